@@ -1,0 +1,1 @@
+"""Torch-free runtime for FiT model packages: RoPE tables, samplers, backends (ONNX Runtime, TensorRT)."""
