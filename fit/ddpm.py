@@ -23,7 +23,12 @@ def respaced_timesteps(num_steps: int, count: int) -> list[int]:
     if count == 1:
         return [0]
     stride = (num_steps - 1) / (count - 1)
-    return sorted({round(i * stride) for i in range(count)})
+    # Accumulate the stride as improved-diffusion does: round(i * stride) differs for some counts (e.g. 21).
+    taken, position = set(), 0.0
+    for _ in range(count):
+        taken.add(round(position))
+        position += stride
+    return sorted(taken)
 
 
 class RespacedDiffusion:

@@ -45,8 +45,8 @@ def masked_velocity_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.T
 #################################################################################
 
 def guidance_scale(cfg_scale: float, t: torch.Tensor, scale_pow: float = 0.0) -> torch.Tensor:
-    """Per-sample guidance scale (B,). With ``scale_pow`` > 0 the official power-cosine schedule ramps it up
-    from 1 at t = 0 to ``cfg_scale`` at t = 1."""
+    """Per-sample guidance scale (B,). With ``scale_pow`` > 0 the official power-cosine schedule lowers it
+    from ``cfg_scale`` at t = 0 (noise) to 1 at t = 1 (data)."""
     if scale_pow == 0.0:
         return torch.full_like(t, float(cfg_scale), dtype=torch.float32)
     step = (1 - torch.cos(((1 - t.clamp_max(1.0)) ** scale_pow) * math.pi)) / 2

@@ -354,14 +354,18 @@ class FiT(nn.Module):
         return x
 
     def forward_with_cfg(self, x, t, y, grid, mask, size, cfg_scale, scale_pow=0.0):
-        """The official CFG forward: batch holds [cond; uncond] halves; returns guided output for both halves."""
+        """The official CFG forward: batch holds [cond; uncond] halves (2B, ...); returns (2B, ...).
+
+        The guided channels are the same in both halves; the unguided rest keeps each half's own prediction.
+        """
         from fit.flow import guide
-        half = x[: len(x) // 2]
-        out = self.forward(torch.cat([half, half]), t, y, grid, mask, size)
-        channels = self.config.cfg_channels or self.in_channels
-        guided = guide(out, cfg_scale, t[: len(x) // 2], channels * self.patch_size ** 2,
-                       channel_dim=-1 if self.use_sit else 1, scale_pow=scale_pow)
-        return torch.cat([guided, guided])
+        b = len(x) // 2
+        out = self.forward(torch.cat([x[:b], x[:b]]), t, y, grid, mask, size)
+        dim = -1 if self.use_sit else 1
+        n_guided = (self.config.cfg_channels or self.in_channels) * self.patch_size ** 2
+        guided = guide(out, cfg_scale, t[:b], n_guided, channel_dim=dim, scale_pow=scale_pow)
+        rest = out[b:].narrow(dim, n_guided, out.shape[dim] - n_guided)
+        return torch.cat([guided, torch.cat([guided.narrow(dim, 0, n_guided), rest], dim=dim)])
 
 
 def parameter_count(model: nn.Module) -> int:
