@@ -1,0 +1,86 @@
+"""``fit-train``: train FiTv2 (``run``) and turn an image folder into training data (``prepare``)."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+USER_ERRORS = (ValueError, OSError)   # ConfigError, DataError, CheckpointError are ValueErrors
+
+
+def _fail(error: Exception):
+    click.echo(f"fit-train: error: {error}", err=True)
+    sys.exit(2)
+
+
+@click.group()
+def main():
+    """Train FiTv2 flexible-resolution diffusion transformers."""
+
+
+@main.command()
+@click.option("--config", "config_spec", required=True, help="Preset name (fitv2-tiny, ...) or YAML file.")
+@click.option("--data", help="Latent folder (official format) or KIND:ARG, e.g. procedural:0. Default: train.data.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (checkpoints, logs, EMA).")
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --out (if any).")
+@click.option("--init", "init_from", type=click.Path(dir_okay=False),
+              help="Pretrained weights to start from (HR post-training); default: the config's pretrain_ckpt.")
+@click.option("--steps", type=int, help="Total optimizer steps.")
+@click.option("--batch-size", type=int, help="Global batch size (split over processes).")
+@click.option("--lr", type=float, help="Learning rate.")
+@click.option("--warmup-steps", type=int, help="Linear warmup steps, then constant.")
+@click.option("--grad-clip", type=float, help="Max gradient norm (0 = off).")
+@click.option("--ema-decay", type=float, help="EMA decay per step.")
+@click.option("--seed", type=int, help="Seed of the data order, noise, timesteps and label dropout.")
+@click.option("--max-tokens", type=int, help="Token budget L of the data (default: the config's context_size).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), help="auto: bf16 on GPU, fp32 on CPU.")
+@click.option("--grad-checkpointing/--no-grad-checkpointing", default=None, help="Recompute blocks in backward.")
+@click.option("--workers", "num_workers", type=int, help="Data loader processes per training process.")
+@click.option("--save-every", type=int, help="Checkpoint every N steps.")
+@click.option("--log-every", type=int, help="Loss row every N steps.")
+@click.option("--tensorboard/--no-tensorboard", default=None, help="Also log to TensorBoard (OUT/tb).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def run(config_spec, data, out, resume, device, quiet, **overrides):
+    """Train a model; under torchrun every process runs this same command."""
+    from fit.train import load_run_config, train
+
+    try:
+        config, settings = load_run_config(config_spec)
+        settings = settings.replace(**overrides)
+        result = train(config, settings, out, data=data, resume=resume,
+                       device=None if device == "auto" else device, progress=not quiet)
+    except KeyboardInterrupt:
+        click.echo(f"fit-train: interrupted; continue with --resume --out {out}", err=True)
+        sys.exit(130)
+    except (*USER_ERRORS, FloatingPointError) as e:
+        _fail(e)
+    if result["rank"] == 0:
+        click.echo(f"done: step {result['step']}, EMA weights in {out}/ema.safetensors", err=True)
+
+
+@main.command()
+@click.argument("images", type=click.Path())
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--max-tokens", type=int, required=True, help="Token budget L (256 for 256x256 through the SD VAE).")
+@click.option("--vae", type=click.Path(), help="Local diffusers AutoencoderKL folder (sd-vae-ft-ema layout).")
+@click.option("--pixels", is_flag=True, help="Keep images in pixel space (3 channels, values in [-1, 1]).")
+@click.option("--patch-size", type=int, default=2, show_default=True)
+@click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
+@click.option("--device", default="cpu", show_default=True, help="Device for the VAE.")
+def prepare(images, out, max_tokens, vae, pixels, patch_size, strict, device):
+    """IMAGES (one subfolder per class) -> OUT in the official flexible-latent format."""
+    from fit.data.prepare import prepare_folder
+
+    if bool(vae) == bool(pixels):
+        _fail(ValueError("pass exactly one of --vae DIR or --pixels"))
+    try:
+        report = prepare_folder(images, out, max_tokens, vae=vae, patch_size=patch_size, strict=strict,
+                                device=device)
+    except USER_ERRORS as e:
+        _fail(e)
+    click.echo(report.summary(), err=True)
+
+
+if __name__ == "__main__":
+    main()
