@@ -1,0 +1,139 @@
+"""``fit-export``: model packages (``onnx``), validation against PyTorch (``validate``), TensorRT engines
+(``build``, ``trt-check``). Thin wrappers."""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from cli.trt import build, trt_check
+from engines.manifest import PackageError
+from engines.rope import METHODS, METHOD_ALIASES
+
+
+def _user_errors():
+    # Imported lazily so ``fit-export --help`` does not load torch.
+    from fit.config import ConfigError
+    from fit.loading import CheckpointError
+    from fit_export.onnx_export import ExportError
+    from fit_export.validate import ValidationError
+    from engines.backend import BackendError
+    return ConfigError, CheckpointError, ExportError, ValidationError, PackageError, BackendError
+
+
+def _fail(err: BaseException) -> None:
+    """A user error: one line on stderr, exit 2."""
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    click.echo(f"error: {text}", err=True)
+    sys.exit(2)
+
+
+def _sizes(text):
+    if not text:
+        return None
+    sizes = []
+    for item in text.split(","):
+        w, sep, h = item.strip().lower().partition("x")
+        if not sep or not w.isdigit() or not h.isdigit():
+            raise click.BadParameter(f"{item!r} is not WIDTHxHEIGHT (e.g. 256x256)", param_hint="--sizes")
+        sizes.append((int(w), int(h)))
+    return sizes
+
+
+def _buckets(text):
+    if not text:
+        return None
+    items = [t.strip() for t in text.split(",")]
+    if not all(t.isdigit() and int(t) > 0 for t in items):
+        raise click.BadParameter(f"{text!r} is not a list of positive token counts (e.g. 256,1024)",
+                                 param_hint="--buckets")
+    return [int(t) for t in items]
+
+
+@click.group()
+def main():
+    """Export FiT models to ONNX model packages and validate them against PyTorch."""
+
+
+@main.command("onnx")
+@click.option("--config", "config", required=True, help="Preset name (fitv2-xl, fitv2-tiny, ...) or official YAML.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Weights (.safetensors / .bin / .pt).")
+@click.option("--random-weights", is_flag=True, help="Export freshly initialised weights (tests, benchmarks).")
+@click.option("--out", "out", required=True, type=click.Path(), help="Package directory to write.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--vae", "vae", type=click.Path(file_okay=False), help="Local diffusers AutoencoderKL directory; "
+              "adds vae_decoder.onnx.")
+@click.option("--name", help="Package name in the manifest (default: the preset or output directory name).")
+@click.option("--sizes", help="Declared pixel sizes WIDTHxHEIGHT,... (default: training budget, 5 aspect ratios).")
+@click.option("--buckets", help="Token budgets, e.g. 256,1024 (default: training budget + larger sizes).")
+@click.option("--include-weights", is_flag=True, help="Store the PyTorch weights so validate needs no checkpoint.")
+@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (docs/export.md says why 18).")
+@click.option("--force", is_flag=True, help="Replace an existing package at --out.")
+def onnx_command(config, checkpoint, random_weights, out, precision, vae, name, sizes, buckets, include_weights,
+                 opset, force):
+    """Write a model package: transformer.onnx (+ vae_decoder.onnx) and manifest.json."""
+    if checkpoint is None and not random_weights:
+        _fail(click.UsageError("pass --checkpoint PATH (or --random-weights for an untrained model)"))
+    if checkpoint is not None and random_weights:
+        _fail(click.UsageError("--checkpoint and --random-weights exclude each other"))
+    sizes, buckets = _sizes(sizes), _buckets(buckets)
+    errors = _user_errors()
+    from fit_export.package import export_package
+    try:
+        path = export_package(config, checkpoint, out, precision=precision, vae_dir=vae, name=name, force=force,
+                              sizes=sizes, buckets=buckets, include_weights=include_weights, opset=opset)
+    except errors as e:
+        _fail(e)
+    click.echo(f"wrote {path}")
+
+
+@main.command("validate")
+@click.argument("package", type=click.Path())
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Weights the package was exported from "
+              "(default: the package's weights.safetensors).")
+@click.option("--report", type=click.Path(dir_okay=False), help="Write the JSON report here.")
+@click.option("--provider", "providers", multiple=True, help="ONNX Runtime execution provider(s) "
+              "(default: CPU, plus CUDA when available).")
+@click.option("--method", "methods", multiple=True, type=click.Choice(list(METHODS) + list(METHOD_ALIASES)),
+              help="RoPE extrapolation method(s) to test (default: every method the manifest lists).")
+@click.option("--e2e-steps", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Euler steps of the end-to-end sampling case.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "trt"]), default="onnxruntime", show_default=True,
+              help="Run the package's ONNX graph on ONNX Runtime, or its TensorRT engines (needs a GPU).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]),
+              help="With --backend trt: which engines to validate (default: the newest matching build).")
+def validate_command(package, checkpoint, report, providers, methods, e2e_steps, backend, precision):
+    """Compare the package's ONNX graph or TensorRT engines with the PyTorch reference; exit 1 on a failure."""
+    if report and not os.access(os.path.dirname(os.path.abspath(report)), os.W_OK):
+        _fail(OSError(f"cannot write the report {report}: its directory is missing or not writable"))
+    errors = _user_errors()
+    try:
+        if backend == "trt":
+            from fit_export.trt_validate import format_report, validate_trt
+            result = validate_trt(package, checkpoint=checkpoint, precision=precision, methods=methods or None,
+                                  e2e_steps=e2e_steps)
+            text = format_report(result)
+        else:
+            from fit_export.validate import validate_package
+            result = validate_package(package, checkpoint=checkpoint, providers=providers or None,
+                                      methods=methods or None, e2e_steps=e2e_steps)
+            text = result.table()
+    except errors as e:
+        _fail(e)
+    click.echo(text)
+    if report:
+        try:
+            result.write_json(report)
+        except OSError as e:
+            _fail(OSError(f"cannot write the report {report}: {e.strerror}"))
+        click.echo(f"report: {report}")
+    sys.exit(0 if result.passed else 1)
+
+
+main.add_command(build)
+main.add_command(trt_check)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""torch -> ONNX: the FiT transformer under the package graph contract, and the optional VAE decoder.
+
+Exporter: ``torch.onnx.export(..., dynamo=True, dynamic_shapes=...)`` (torch.export + onnxscript), opset 18.
+docs/export.md records why; the short version: the TorchScript exporter is deprecated, torch.export states the
+dynamic axes as symbols (a shape it would have to bake in is an export error, not a silent constant), and opset 18
+has every op we need while staying inside what the TensorRT 10 ONNX parser and ONNX Runtime support.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import onnx_ir as ir
+import torch
+import torch.nn as nn
+
+from engines.manifest import INPUT_NAMES, OUTPUT_NAMES
+from engines.rope import rope_tables
+from fit.model import FiT
+
+DEFAULT_OPSET = 18
+EXPORTER = f"torch.onnx.export(dynamo=True) torch {torch.__version__.split('+')[0]}"
+EXTERNAL_DATA_LIMIT = 2 * 1024 ** 3 - 64 * 1024 ** 2     # protobuf's 2 GiB cap, minus room for the graph itself
+# Ops whose float16 inputs are cast to float32 (and outputs back) in the fp16 variant: LayerNorm statistics and
+# softmax sums overflow or lose all precision in float16 (RMSNorm already computes in float32 in the model).
+FP32_OPS = ("LayerNormalization", "Softmax")
+_COMPLEX = {ir.DataType.COMPLEX64, ir.DataType.COMPLEX128}
+
+
+class ExportError(RuntimeError):
+    """The model or its ONNX graph cannot be exported under the package contract."""
+
+
+#################################################################################
+#                          The transformer graph contract                       #
+#################################################################################
+
+class TransformerGraph(nn.Module):
+    """FiT with the package signature: (x, t, y, rope_cos, rope_sin, mask) -> v, tokens always (B, N, C)."""
+
+    def __init__(self, model: FiT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, t, y, rope_cos, rope_sin, mask):
+        channels_first = not self.model.use_sit
+        out = self.model(x.transpose(1, 2) if channels_first else x, t, y, mask=mask,
+                         rope_cos=rope_cos, rope_sin=rope_sin)
+        return out.transpose(1, 2) if channels_first else out
+
+
+def example_inputs(model: FiT, dtype=torch.float32):
+    """Trace inputs: batch 2, two grids of different sizes padded to one sequence (the padding path is traced).
+
+    Sizes differ from anything the tests run, so a shape baked into the graph shows up as a failure.
+    """
+    cfg = model.config
+    grids = [(3, 5), (2, 4)]                                             # 15 and 8 tokens, padded to 15
+    n = max(h * w for h, w in grids)
+    x = torch.randn(len(grids), n, cfg.token_dim, generator=torch.Generator().manual_seed(0)).to(dtype)
+    cos = torch.zeros(len(grids), n, cfg.head_dim)
+    sin = torch.zeros_like(cos)
+    mask = torch.zeros(len(grids), n)
+    for i, (h, w) in enumerate(grids):
+        c, s = rope_tables(cfg.rope_settings(), h, w)
+        cos[i, : h * w], sin[i, : h * w], mask[i, : h * w] = torch.tensor(c), torch.tensor(s), 1
+    t = torch.tensor([0.25, 0.75])
+    y = torch.tensor([1, cfg.null_class], dtype=torch.long)
+    return x, t, y, cos, sin, mask
+
+
+def _dynamic_shapes():
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+    return {"x": {0: batch, 1: seq}, "t": {0: batch}, "y": {0: batch}, "rope_cos": {0: batch, 1: seq},
+            "rope_sin": {0: batch, 1: seq}, "mask": {0: batch, 1: seq}}
+
+
+def _quiet_export(module, args, **kwargs):
+    """torch.onnx.export with its progress chatter and known-harmless warnings silenced; errors still raise."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.onnx.export(module, args, dynamo=True, verbose=False, report=False, **kwargs)
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def export_transformer(model: FiT, path, precision: str = "fp32", opset: int = DEFAULT_OPSET) -> dict:
+    """Write the transformer graph to ``path`` (+ ``<name>.data`` when over 2 GB). Returns export facts.
+
+    precision: ``fp32``, or ``fp16`` (weights and activations in float16; LayerNorm and softmax in float32;
+    ``t``, ``rope_cos``, ``rope_sin`` and ``mask`` stay float32 inputs).
+    """
+    if precision not in ("fp32", "fp16"):
+        raise ExportError(f"unknown precision {precision!r}; choose fp32 or fp16")
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    # The ONNX initializers share storage with the module until saved: convert a copy, never the caller's model.
+    same_dtype = all(p.dtype == dtype for p in model.parameters())
+    graph_module = TransformerGraph(model if same_dtype else copy.deepcopy(model).to(dtype))
+    was_training = model.training
+    graph_module.eval()
+    start = time.perf_counter()
+    try:
+        with torch.no_grad():
+            program = _quiet_export(graph_module, example_inputs(model, dtype), input_names=list(INPUT_NAMES),
+                                    output_names=list(OUTPUT_NAMES), dynamic_shapes=_dynamic_shapes(),
+                                    opset_version=opset, optimize=True)
+    except Exception as e:  # torch.export raises many types; the first line names the construct
+        raise ExportError(f"ONNX export failed: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from e
+    finally:
+        model.train(was_training)
+    onnx_model = program.model
+    if precision == "fp16":
+        keep_ops_in_fp32(onnx_model.graph, FP32_OPS)
+    check_graph(onnx_model)
+    external = save_model(onnx_model, path)
+    return {"exporter": EXPORTER, "opset": opset, "precision": precision,
+            "seconds": round(time.perf_counter() - start, 3), "external_data": external}
+
+
+def save_model(onnx_model: ir.Model, path) -> Optional[str]:
+    """Save; weights go to ``<file>.data`` next to it when the model exceeds protobuf's 2 GB limit."""
+    path = Path(path)
+    weight_bytes = sum(v.const_value.nbytes for v in onnx_model.graph.initializers.values()
+                       if v.const_value is not None)
+    data_name = path.name + ".data" if weight_bytes > EXTERNAL_DATA_LIMIT else None
+    ir.save(onnx_model, path, external_data=data_name)
+    return data_name
+
+
+#################################################################################
+#                                  Graph passes                                 #
+#################################################################################
+
+def keep_ops_in_fp32(graph: ir.Graph, op_types) -> int:
+    """Run ``op_types`` nodes in float32 inside a float16 graph: Cast their float16 inputs up and outputs down.
+
+    Returns the number of nodes changed.
+    """
+    changed = 0
+    for node in list(graph):
+        if node.op_type not in op_types or node.domain not in ("", "ai.onnx"):
+            continue
+        touched = False
+        for index, value in enumerate(node.inputs):
+            if value is not None and value.dtype == ir.DataType.FLOAT16:
+                up = ir.node("Cast", [value], attributes={"to": ir.DataType.FLOAT})
+                up.outputs[0].dtype, up.outputs[0].shape = ir.DataType.FLOAT, value.shape
+                graph.insert_before(node, up)
+                node.replace_input_with(index, up.outputs[0])
+                touched = True
+        for value in node.outputs:
+            if value.dtype != ir.DataType.FLOAT16:
+                continue
+            down = ir.node("Cast", [value], attributes={"to": ir.DataType.FLOAT16})
+            down.outputs[0].dtype, down.outputs[0].shape = ir.DataType.FLOAT16, value.shape
+            for user, index in list(value.uses()):
+                if user is not down:
+                    user.replace_input_with(index, down.outputs[0])
+            if value.is_graph_output():
+                raise ExportError(f"{node.op_type} output {value.name} is a graph output; cannot keep it in fp32")
+            value.dtype = ir.DataType.FLOAT
+            graph.insert_after(node, down)
+            touched = True
+        changed += touched
+    return changed
+
+
+def check_graph(onnx_model: ir.Model) -> None:
+    """The contract's static part: standard ONNX ops only, no complex tensors, ``batch``/``seq`` symbolic."""
+    graph = onnx_model.graph
+    foreign = sorted({f"{n.domain}::{n.op_type}" for n in graph if n.domain not in ("", "ai.onnx")})
+    if foreign or onnx_model.functions:
+        raise ExportError(f"graph uses non-standard ops or local functions: {', '.join(foreign) or 'functions'}")
+    values = [v for n in graph for v in n.outputs] + list(graph.inputs) + list(graph.initializers.values())
+    complex_values = sorted({v.name for v in values if v.dtype in _COMPLEX})
+    if complex_values:
+        raise ExportError(f"graph has complex tensors ({', '.join(complex_values[:3])}); TensorRT cannot run them")
+    names = tuple(v.name for v in graph.inputs), tuple(v.name for v in graph.outputs)
+    if names != (INPUT_NAMES, OUTPUT_NAMES):
+        raise ExportError(f"graph signature {names} differs from the contract {(INPUT_NAMES, OUTPUT_NAMES)}")
+    for value in list(graph.inputs) + list(graph.outputs):
+        dims = list(value.shape)
+        if any(isinstance(d, int) for d in dims[:2 if value.name not in ("t", "y") else 1]):
+            raise ExportError(f"{value.name} has a fixed batch/seq dimension {dims}; the export lost the dynamic axes")
+
+
+#################################################################################
+#                                  VAE decoder                                  #
+#################################################################################
+
+class VaeDecoderGraph(nn.Module):
+    """VAE latent (B, C, h, w) -> image (B, 3, d*h, d*w) in about [-1, 1].
+
+    The input is the VAE's own latent: the host divides the transformer's latent by ``latent.scaling_factor``
+    first (as diffusers pipelines do), so the graph is the plain decoder.
+    """
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latent):
+        return self.vae.decode(latent).sample
+
+
+def load_vae(vae_dir):
+    """A diffusers AutoencoderKL from a local directory (``config.json`` + weights), in eval mode."""
+    try:
+        from diffusers import AutoencoderKL
+    except ImportError as e:  # pragma: no cover - diffusers is part of the export extra
+        raise ExportError("exporting a VAE needs diffusers: pip install 'fit-toolkit[export]'") from e
+    directory = Path(vae_dir)
+    if not (directory / "config.json").is_file():
+        raise ExportError(f"VAE directory {directory} has no config.json (expected a diffusers AutoencoderKL "
+                          f"saved with save_pretrained, e.g. sd-vae-ft-ema)")
+    try:
+        vae = AutoencoderKL.from_pretrained(str(directory), local_files_only=True)
+    except Exception as e:
+        raise ExportError(f"cannot load the VAE from {directory}: {str(e).strip().splitlines()[0]}") from None
+    return vae.eval().float()
+
+
+def vae_downsample(vae) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def export_vae_decoder(vae, path, opset: int = DEFAULT_OPSET) -> dict:
+    """Write ``vae_decoder.onnx`` (fp32) with dynamic batch, height and width. Returns its manifest entry."""
+    graph_module = VaeDecoderGraph(vae).eval()
+    latent = torch.randn(2, vae.config.latent_channels, 6, 10, generator=torch.Generator().manual_seed(0))
+    dims = {"latent": {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}}
+    try:
+        with torch.no_grad():
+            program = _quiet_export(graph_module, (latent,), input_names=["latent"], output_names=["image"],
+                                    dynamic_shapes=dims, opset_version=opset, optimize=True)
+    except Exception as e:
+        raise ExportError(f"VAE decoder export failed: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from e
+    save_model(program.model, path)
+    d = vae_downsample(vae)
+    channels = vae.config.latent_channels
+    return {"file": Path(path).name, "opset": opset, "precision": "fp32", "exporter": EXPORTER,
+            "scaling_factor": float(vae.config.scaling_factor), "input_is_scaled": False, "downsample": d,
+            "inputs": [{"name": "latent", "dtype": "float32", "shape": ["batch", channels, "height", "width"]}],
+            "outputs": [{"name": "image", "dtype": "float32",
+                         "shape": ["batch", vae.config.out_channels, f"{d}*height", f"{d}*width"]}]}
+
+
+def run_vae_reference(vae, latent: np.ndarray) -> np.ndarray:
+    """The diffusers decoder on a VAE latent, the reference the ONNX decoder is checked against."""
+    with torch.no_grad():
+        return VaeDecoderGraph(vae)(torch.from_numpy(latent)).numpy()

@@ -1,0 +1,251 @@
+"""Model packages: export a FiT (and optionally its VAE decoder) into a self-describing directory.
+
+The directory is built in a temporary sibling and renamed into place at the end, so a failed export never
+leaves a partial package behind and an existing package is only replaced once the new one is complete.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from engines import manifest as mf
+from engines.buckets import Bucket, BucketError, smallest_bucket, tokens_for_size
+from engines.rope import METHODS
+from fit.config import ConfigError, FiTConfig
+from fit.loading import CheckpointError, load_model
+from fit.model import FiT
+from fit_export.onnx_export import (DEFAULT_OPSET, ExportError, export_transformer, export_vae_decoder, load_vae,
+                                    run_vae_reference, vae_downsample)
+
+TRANSFORMER_FILE = "transformer.onnx"
+VAE_FILE = "vae_decoder.onnx"
+WEIGHTS_FILE = "weights.safetensors"
+SD_VAE_SCALING = 0.18215
+EXTRAPOLATION_METHODS = list(METHODS) + ["vision-ntk", "vision-yarn"]
+VAE_TOLERANCE = 1e-3          # max abs error of the ONNX decoder relative to the image scale
+
+
+def export_package(model_or_config: Union[FiT, FiTConfig, str, dict], checkpoint: Optional[str], out_dir,
+                   precision: str = "fp32", vae_dir=None, name: Optional[str] = None, force: bool = False,
+                   sizes: Optional[Sequence[tuple[int, int]]] = None, buckets: Optional[Sequence[int]] = None,
+                   include_weights: bool = False, opset: int = DEFAULT_OPSET) -> Path:
+    """Export a FiT into the model package ``out_dir`` and return its path.
+
+    model_or_config: a :class:`FiT` (used as is; ``checkpoint`` must then be None), or a preset name, official
+        YAML path, :class:`FiTConfig` or params dict, built and loaded from ``checkpoint`` (random weights if None).
+    precision: ``fp32`` or ``fp16`` transformer graph.
+    vae_dir: local diffusers ``AutoencoderKL`` directory; adds ``vae_decoder.onnx`` (checked against diffusers).
+    sizes: (width, height) pixel sizes the package declares; default: the training token budget at five
+        aspect ratios. buckets: token budgets; each size goes to the smallest that holds it (default: the
+        training budget, plus the token count of each size beyond it).
+    include_weights: also store the PyTorch weights (``weights.safetensors``) so ``validate`` needs no checkpoint.
+    force: replace an existing package at ``out_dir``.
+
+    Raises ExportError, ConfigError or CheckpointError (all ValueError/RuntimeError with a one-line message);
+    nothing is left at ``out_dir`` on failure.
+    """
+    out_dir = Path(out_dir)
+    _check_destination(out_dir, force)
+    if isinstance(model_or_config, FiT):
+        if checkpoint is not None:
+            raise ExportError("pass either a FiT model or a config with a checkpoint, not a model and a checkpoint")
+        model = model_or_config
+    else:
+        model = load_model(model_or_config, checkpoint)
+    cfg = model.config
+    name = name or (model_or_config if isinstance(model_or_config, str) and not os.path.exists(model_or_config)
+                    else out_dir.name)
+    vae = load_vae(vae_dir) if vae_dir is not None else None
+    sizes_section = describe_sizes(cfg, vae, sizes, buckets)         # bad sizes fail before the slow export
+
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    except OSError as e:
+        raise ExportError(f"cannot write to {out_dir.parent}: {e.strerror}") from None
+    try:
+        transformer = export_transformer(model, work / TRANSFORMER_FILE, precision, opset)
+        files = [TRANSFORMER_FILE] + ([transformer["external_data"]] if transformer["external_data"] else [])
+        vae_entry = None
+        if vae is not None:
+            vae_entry = export_vae_decoder(vae, work / VAE_FILE, opset)
+            vae_entry["check"] = check_vae_decoder(vae, work / VAE_FILE)
+            files.append(VAE_FILE)
+        reference = {"weights": None, "checkpoint": None, "checkpoint_sha256": None}
+        if checkpoint is not None:
+            reference.update(checkpoint=Path(checkpoint).name, checkpoint_sha256=mf.sha256_file(checkpoint))
+        if include_weights:
+            from safetensors.torch import save_file
+            save_file({k: v.detach().float().contiguous() for k, v in model.state_dict().items()},
+                      str(work / WEIGHTS_FILE))
+            reference["weights"] = WEIGHTS_FILE
+            files.append(WEIGHTS_FILE)
+        doc = mf.build_manifest(
+            name=str(name), model=describe_model(cfg), latent=describe_latent(cfg, vae),
+            transformer=describe_transformer(cfg, transformer), vae_decoder=vae_entry,
+            guidance={"cfg_channels": cfg.cfg_channels, "default_scale": 1.5, "scale_pow": 0.0},
+            sampler={"method": "euler", "steps": 50, "atol": 1e-6, "rtol": 1e-3, "time_shifting": cfg.time_shifting},
+            rope=describe_rope(cfg), sizes=sizes_section, reference=reference,
+            files=mf.file_entries(work, files))
+        mf.write_manifest(work, doc)
+        _publish_permissions(work)
+        _move_into_place(work, out_dir, force)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return out_dir
+
+
+#################################################################################
+#                                Manifest sections                              #
+#################################################################################
+
+def describe_model(cfg: FiTConfig) -> dict:
+    return {"config": cfg.to_dict(), "patch_size": cfg.patch_size, "latent_channels": cfg.in_channels,
+            "token_dim": cfg.token_dim, "out_token_dim": cfg.patch_size ** 2 * cfg.out_channels,
+            "head_dim": cfg.head_dim, "num_classes": cfg.num_classes, "null_class": cfg.null_class,
+            "class_names": None, "learn_sigma": cfg.learn_sigma}
+
+
+def describe_latent(cfg: FiTConfig, vae) -> dict:
+    """SD-VAE latent space for 4-channel models (8x, 0.18215 unless the VAE says otherwise); RGB pixels for 3."""
+    if cfg.in_channels == 3 and vae is None:
+        return {"space": "pixel", "downsample": 1, "scaling_factor": 1.0, "pixel_granularity": cfg.patch_size}
+    d = vae_downsample(vae) if vae is not None else 8
+    scaling = float(vae.config.scaling_factor) if vae is not None else SD_VAE_SCALING
+    return {"space": "sd-vae", "downsample": d, "scaling_factor": scaling, "pixel_granularity": d * cfg.patch_size}
+
+
+def describe_transformer(cfg: FiTConfig, export_facts: dict) -> dict:
+    out_token_dim = cfg.patch_size ** 2 * cfg.out_channels
+    inputs, outputs = mf.transformer_io(cfg.token_dim, out_token_dim, cfg.head_dim, export_facts["precision"])
+    return {"file": TRANSFORMER_FILE, "external_data": export_facts["external_data"],
+            "precision": export_facts["precision"], "opset": export_facts["opset"],
+            "exporter": export_facts["exporter"], "export_seconds": export_facts["seconds"],
+            "fp32_ops": ["LayerNormalization", "Softmax", "RMSNorm"] if export_facts["precision"] == "fp16" else [],
+            "inputs": inputs, "outputs": outputs, "dynamic_axes": list(mf.DYNAMIC_AXES)}
+
+
+def describe_rope(cfg: FiTConfig) -> dict:
+    settings = cfg.rope_settings()
+    return {"theta": settings.theta, "head_dim": settings.head_dim, "method": settings.method,
+            "decouple": settings.decouple, "ori_max_pe_len": cfg.train_grid_side, "online": cfg.online_rope,
+            "max_pe_len": [cfg.max_pe_len_h, cfg.max_pe_len_w], "methods": EXTRAPOLATION_METHODS}
+
+
+def default_grids(cfg: FiTConfig) -> list[tuple[int, int]]:
+    """(h, w) patch grids within the training token budget: square, 4:3, 3:4, 4:1, 1:4 (width:height)."""
+    budget = cfg.context_size
+    grids = []
+    for ratio in (1.0, 4 / 3, 3 / 4, 4.0, 1 / 4):
+        h = max(1, math.isqrt(int(budget / ratio)))
+        w = max(1, min(budget // h, int(round(h * ratio))))
+        if (h, w) not in grids:
+            grids.append((h, w))
+    return grids
+
+
+def describe_sizes(cfg: FiTConfig, vae, sizes=None, buckets=None) -> dict:
+    """The ``sizes`` section: buckets (token budget + the pixel sizes [width, height] it serves), default size.
+
+    A size belongs to the smallest bucket that holds its tokens. Default buckets: the training token budget,
+    plus the token count of every declared size beyond the largest bucket.
+    """
+    g = describe_latent(cfg, vae)["pixel_granularity"]
+    if sizes is None:
+        sizes = [(w * g, h * g) for h, w in default_grids(cfg)]
+    try:
+        tokens_of = {(int(w), int(h)): tokens_for_size(int(w), int(h), g) for w, h in sizes}
+    except BucketError as e:
+        raise ExportError(str(e)) from None
+    budgets = sorted(set(buckets) if buckets else {cfg.context_size})
+    if any(b <= 0 for b in budgets):
+        raise ExportError(f"bucket token budgets must be positive, got {budgets}")
+    if not buckets:
+        budgets = sorted(set(budgets) | {t for t in tokens_of.values() if t > budgets[-1]})
+    plain = [Bucket(b) for b in budgets]
+    served = {b: [] for b in budgets}
+    for size, tokens in tokens_of.items():
+        try:
+            served[smallest_bucket(plain, tokens).tokens].append(list(size))
+        except BucketError:
+            raise ExportError(f"size {size[0]}x{size[1]} has {tokens} tokens, more than the largest bucket "
+                              f"({budgets[-1]})") from None
+    side = math.isqrt(cfg.context_size) * g
+    return {"train_token_budget": cfg.context_size, "max_tokens": budgets[-1], "default": [side, side],
+            "buckets": [{"tokens": b, "sizes": served[b]} for b in budgets]}
+
+
+#################################################################################
+#                                Helpers                                        #
+#################################################################################
+
+def check_vae_decoder(vae, path) -> dict:
+    """Run the exported decoder on ONNX Runtime against diffusers at two latent sizes; raise on a mismatch."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for shape in ((1, vae.config.latent_channels, 4, 6), (2, vae.config.latent_channels, 7, 3)):
+        latent = rng.standard_normal(shape).astype(np.float32)
+        ref = run_vae_reference(vae, latent)
+        out = session.run(None, {"latent": latent})[0]
+        if out.shape != ref.shape:
+            raise ExportError(f"VAE decoder gives shape {out.shape} for latent {shape}, diffusers {ref.shape}")
+        worst = max(worst, float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-12)))
+    if not worst <= VAE_TOLERANCE:
+        raise ExportError(f"exported VAE decoder differs from diffusers: max abs error {worst:.2e} of the output "
+                          f"scale (tolerance {VAE_TOLERANCE:g})")
+    return {"max_abs_relative_to_scale": worst, "tolerance": VAE_TOLERANCE}
+
+
+def _publish_permissions(work: Path) -> None:
+    """mkdtemp and safetensors create private files; give the package the usual umask-based modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(work, 0o777 & ~umask)
+    for path in work.iterdir():
+        os.chmod(path, 0o666 & ~umask)
+
+
+def _check_destination(out_dir: Path, force: bool) -> None:
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if not force:
+        raise ExportError(f"output {out_dir} already exists; pass --force to replace it")
+    if out_dir.is_symlink() or not out_dir.is_dir():
+        raise ExportError(f"output {out_dir} exists and is not a directory; refusing to replace it even with --force")
+    if any(out_dir.iterdir()) and not (out_dir / mf.MANIFEST_NAME).is_file():
+        raise ExportError(f"output {out_dir} is a non-empty directory that is not a model package; "
+                          f"refusing to replace it even with --force")
+    if not os.access(out_dir.parent, os.W_OK):
+        raise ExportError(f"cannot replace {out_dir}: its directory is not writable")
+
+
+def _move_into_place(work: Path, out_dir: Path, force: bool) -> None:
+    """Rename the finished package into place; an existing one is moved aside first and deleted after."""
+    old = None
+    if out_dir.exists():
+        if not force:
+            raise ExportError(f"output {out_dir} appeared during the export; pass --force to replace it")
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, old)
+    try:
+        os.replace(work, out_dir)
+    except OSError as e:
+        if old is not None:
+            os.replace(old, out_dir)
+        raise ExportError(f"cannot move the package to {out_dir}: {e.strerror}") from None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+__all__ = ["export_package", "ExportError", "ConfigError", "CheckpointError", "TRANSFORMER_FILE", "VAE_FILE",
+           "WEIGHTS_FILE"]

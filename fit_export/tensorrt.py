@@ -1,0 +1,317 @@
+"""TensorRT engines for a model package: one optimization profile per resolution bucket, built with Polygraphy.
+
+    plan = plan_build("pkg", profiles="256x256,320x320,224x448", precision="fp16", batch="1:2")
+    print(plan.describe())         # what --dry-run prints: exact profiles and engine file names, no TensorRT
+    build_engines(plan)            # needs TensorRT + a GPU; writes pkg/engines/*.plan + sidecar *.json
+
+Shapes: every dynamic input of the graph contract gets min/opt/max for ``batch`` and ``seq`` from
+``engines.buckets`` (RoPE tables and mask included); fixed axes come from the manifest.
+
+Precision: when the requested precision is the ONNX graph's own (fp32 package -> fp32, fp16 package -> fp16)
+the network is parsed *strongly typed*: TensorRT keeps every tensor in the dtype the exporter chose, including
+the fp32 LayerNorm/softmax islands of the fp16 export. Building fp16/bf16 from an fp32 graph is TensorRT's
+weakly typed mode (precision flags); normalization, softmax and reduction layers are then pinned to fp32 because
+fp16 LayerNorm overflow is the classic diffusion-transformer failure. TensorRT releases without precision flags
+(weak typing is deprecated since TensorRT 10.12) refuse that combination: export an fp16 package instead.
+
+The timing cache (tactic timings, per TensorRT version and GPU) is loaded before and merged back after each
+build, so rebuilding with other profiles or precisions is much faster. Engines are written atomically: plans
+first, sidecars (the commit marker, ``engines.tensorrt_backend.Sidecar``) last, after removing the old sidecars
+of the engines being replaced — an interrupted build never leaves a sidecar pointing at a different plan.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from engines.buckets import (BatchRange, Bucket, BucketProfile, InputSpec, parse_batch,
+                             parse_profiles, plan_profiles)
+from engines.manifest import load_manifest, sha256_file
+from engines.tensorrt_backend import (ENGINE_DIR, ENGINE_SUFFIX, PRECISIONS, GpuInfo, Sidecar, atomic_write,
+                                      engine_stem, gpu_info, require_tensorrt, sidecar_path, write_sidecar)
+from engines.backend import BackendError
+
+# Layer kinds kept in fp32 when an fp32 graph is built with fp16/bf16 kernels (weakly typed builds).
+FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")
+_PACKAGE_PRECISION = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+class BuildError(RuntimeError):
+    """An engine cannot be planned or built; the message says what to change."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Planning (no TensorRT)
+# ----------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EngineTarget:
+    """One engine file to build and the profiles it holds, in profile order."""
+
+    stem: str
+    profiles: tuple[BucketProfile, ...]
+
+    @property
+    def engine_file(self) -> str:
+        return f"{ENGINE_DIR}/{self.stem}{ENGINE_SUFFIX}"
+
+    @property
+    def sidecar_file(self) -> str:
+        return f"{ENGINE_DIR}/{sidecar_path(Path(self.stem + ENGINE_SUFFIX)).name}"
+
+
+@dataclass
+class BuildPlan:
+    package: Path
+    manifest: dict
+    onnx_file: str
+    onnx_precision: str
+    precision: str
+    inputs: list[InputSpec]
+    batch: BatchRange
+    buckets: tuple[Bucket, ...]
+    static: bool
+    engines: list[EngineTarget]
+    timing_cache: Optional[Path] = None           # None: the per-TensorRT/GPU file under default_cache_dir()
+    optimization_level: Optional[int] = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def strongly_typed(self) -> bool:
+        return self.precision == self.onnx_precision
+
+    @property
+    def granularity(self) -> int:
+        return int(self.manifest["latent"]["pixel_granularity"])
+
+    def timing_cache_for(self, trt_version: str, gpu: GpuInfo) -> Path:
+        if self.timing_cache is not None:
+            return self.timing_cache
+        return default_cache_dir() / f"timing-trt{trt_version}-{gpu.sm}.cache"
+
+    def to_dict(self) -> dict:
+        return {
+            "package": str(self.package), "onnx": self.onnx_file, "onnx_precision": self.onnx_precision,
+            "precision": self.precision, "strongly_typed": self.strongly_typed, "batch": self.batch.to_dict(),
+            "static": self.static,
+            "engines": [{"engine": e.engine_file, "sidecar": e.sidecar_file,
+                         "profiles": [p.to_dict(self.inputs) for p in e.profiles]} for e in self.engines],
+            "timing_cache": str(self.timing_cache) if self.timing_cache else
+            str(default_cache_dir() / "timing-trt<version>-<sm>.cache"),
+        }
+
+    def describe(self) -> str:
+        """Human-readable plan: what ``--dry-run`` prints."""
+        b = self.batch
+        graph = b.graph
+        typing = ("strongly typed (dtypes as exported)" if self.strongly_typed else
+                  f"weakly typed: {self.onnx_precision} graph with {self.precision} kernels, "
+                  f"{'/'.join(t.lower() for t in FP32_LAYER_TYPES)} layers kept in fp32")
+        lines = [
+            f"package   {self.package}",
+            f"onnx      {self.onnx_file} ({self.onnx_precision})",
+            f"precision {self.precision}, {typing}",
+            f"batch     images {b.images_min}..{b.images_max} (opt {b.images_opt})"
+            + (", CFG doubles" if b.cfg else ", no CFG")
+            + f" -> graph batch min {graph.min} opt {graph.opt} max {graph.max}",
+            f"seq       {'static: padded to each bucket budget' if self.static else 'dynamic within each bucket'}",
+            f"cache     {self.to_dict()['timing_cache']}",
+        ]
+        width = max(len(spec.name) for spec in self.inputs)
+        for engine in self.engines:
+            lines.append(f"engine    {engine.engine_file}  (sidecar {engine.sidecar_file})")
+            for index, profile in enumerate(engine.profiles):
+                bucket = profile.bucket
+                sizes = " ".join(f"{w}x{h}" for w, h in bucket.sizes) or "any size"
+                lines.append(f"  profile {index}: bucket {bucket.name} ({bucket.tokens} tokens; {sizes})"
+                             + ("  [static: CUDA graph]" if profile.is_static else ""))
+                for name, (lo, opt, hi) in profile.shapes(self.inputs).items():
+                    lines.append(f"    {name:<{width}}  min {_shape(lo):<16} opt {_shape(opt):<16} max {_shape(hi)}")
+        lines.extend(f"note      {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+def _shape(shape) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fit-toolkit" / "tensorrt"
+
+
+def _manifest_buckets(manifest: dict) -> tuple[Bucket, ...]:
+    """Default buckets: the package's declared ones, else its training and largest token budgets."""
+    sizes = manifest["sizes"]
+    declared = [Bucket.from_dict(b) if isinstance(b, dict) else Bucket(int(b)) for b in sizes.get("buckets") or []]
+    if declared:
+        return tuple(sorted(declared, key=lambda b: b.tokens))
+    return tuple(Bucket(t) for t in sorted({int(sizes["train_token_budget"]), int(sizes["max_tokens"])}))
+
+
+def plan_build(package, profiles: Optional[str] = None, precision: Optional[str] = None, batch: str = "1",
+               cfg: bool = True, engine_per_bucket: bool = False, static: bool = False,
+               timing_cache: Optional[str] = None, optimization_level: Optional[int] = None,
+               manifest: Optional[dict] = None) -> BuildPlan:
+    """Decide everything about a build without TensorRT. Raises BuildError/BucketError/PackageError on bad input."""
+    package = Path(package)
+    manifest = manifest if manifest is not None else load_manifest(package, verify=False)
+    transformer = manifest["transformer"]
+    onnx_precision = transformer["precision"]
+    precision = precision or onnx_precision
+    if precision not in PRECISIONS:
+        raise BuildError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if onnx_precision != "fp32" and precision != onnx_precision:
+        raise BuildError(f"the package graph is {onnx_precision}; build --precision {onnx_precision}, or export an "
+                         f"fp32 package to build {precision}")
+    if optimization_level is not None and not 0 <= optimization_level <= 5:
+        raise BuildError(f"--optimization-level must be 0..5, got {optimization_level}")
+    granularity = int(manifest["latent"]["pixel_granularity"])
+    buckets = parse_profiles(profiles, granularity) if profiles else _manifest_buckets(manifest)
+    batch_range = batch if isinstance(batch, BatchRange) else parse_batch(batch, cfg=cfg)
+    planned = plan_profiles(buckets, batch_range, static=static)
+    if engine_per_bucket:
+        engines = [EngineTarget(engine_stem(precision, p.bucket.name), (p,)) for p in planned]
+    else:
+        engines = [EngineTarget(engine_stem(precision), planned)]
+    inputs = [InputSpec.from_manifest(s) for s in transformer["inputs"]]
+    plan = BuildPlan(package, manifest, transformer["file"], onnx_precision, precision, inputs, batch_range,
+                     buckets, static, engines, Path(timing_cache) if timing_cache else None, optimization_level)
+    max_tokens = manifest["sizes"].get("max_tokens")
+    beyond = [b.name for b in buckets if max_tokens and b.tokens > max_tokens]
+    if beyond:
+        plan.notes.append(f"bucket(s) {', '.join(beyond)} go beyond the package's declared sizes ({max_tokens} "
+                          f"tokens): they serve RoPE extrapolation and validation; fit-run only asks for sizes "
+                          f"the package declares")
+    if static and not batch_range.graph.is_static:
+        plan.notes.append("the batch range is not a single value, so no profile is fully static and CUDA graphs "
+                          "stay off; use --batch N for CUDA graphs")
+    return plan
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building (TensorRT)
+# ----------------------------------------------------------------------------------------------------------
+
+def _progress_monitor(trt, log: Callable[[str], None]):
+    """A trt.IProgressMonitor that logs phase starts/ends and step counts (at most one line per second)."""
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+            self.depth = {}
+            self.last = 0.0
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            self.depth[phase_name] = self.depth.get(parent_phase, -1) + 1 if parent_phase else 0
+            log(f"{'  ' * self.depth[phase_name]}{phase_name} ({num_steps} steps)")
+
+        def step_complete(self, phase_name, step):
+            now = time.monotonic()
+            if now - self.last > 1.0:
+                self.last = now
+                log(f"{'  ' * self.depth.get(phase_name, 0)}{phase_name}: step {step + 1}")
+            return True                                            # False would cancel the build
+
+        def phase_finish(self, phase_name):
+            self.depth.pop(phase_name, None)
+
+    return Monitor()
+
+
+def _pin_fp32(trt):
+    """Postprocessing step for weakly typed builds: normalization/softmax/reduce layers compute in fp32."""
+    kinds = tuple(getattr(trt.LayerType, k) for k in FP32_LAYER_TYPES if hasattr(trt.LayerType, k))
+
+    def pin(network):
+        for i in range(network.num_layers):
+            layer = network.get_layer(i)
+            if layer.type in kinds:
+                layer.precision = trt.float32
+                for j in range(layer.num_outputs):
+                    if layer.get_output(j).dtype == trt.float32:     # keep the result fp32 for the next layer too
+                        layer.set_output_type(j, trt.float32)
+    return pin
+
+
+def build_engines(plan: BuildPlan, log: Callable[[str], None] = None, verify_onnx: bool = True) -> list[Path]:
+    """Build every engine of ``plan`` into the package; returns the sidecar paths. Needs TensorRT and a GPU."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    try:
+        require_tensorrt("building TensorRT engines")
+    except BackendError as err:
+        raise BuildError(str(err)) from None
+    import tensorrt as trt
+    from polygraphy.backend.trt import (CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, PostprocessNetwork,
+                                        Profile)
+    from polygraphy.exception import PolygraphyException
+
+    package, manifest = plan.package, plan.manifest
+    onnx_path = package / plan.onnx_file
+    if verify_onnx:
+        load_manifest(package, verify=True)                       # the graph we build from is the one it lists
+    onnx_sha = manifest["files"][plan.onnx_file]["sha256"]
+    gpu = gpu_info()
+    version = trt.__version__
+    if not plan.strongly_typed and not hasattr(trt.BuilderFlag, plan.precision.upper()):
+        fix = ("export an fp16 package (fit-export onnx --precision fp16) and build that" if plan.precision == "fp16"
+               else "bf16 engines from an fp32 graph need a TensorRT 10 release with weak typing")
+        raise BuildError(f"TensorRT {version} builds only strongly typed networks: {fix}")
+    cache = plan.timing_cache_for(version, gpu)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    build_id = uuid.uuid4().hex
+    log(f"TensorRT {version} on {gpu.name} ({gpu.sm}); timing cache {cache}")
+
+    # Drop the sidecars of the engines being replaced first: a crash below leaves plans without sidecars
+    # (ignored by the runtime), never a sidecar describing another plan.
+    for target in plan.engines:
+        (package / target.sidecar_file).unlink(missing_ok=True)
+    built: list[tuple[EngineTarget, Path, float]] = []
+    try:
+        for target in plan.engines:
+            network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=plan.strongly_typed)
+            if not plan.strongly_typed:
+                network = PostprocessNetwork(network, _pin_fp32(trt), name="pin-fp32")
+            profiles = []
+            for bucket_profile in target.profiles:
+                profile = Profile()
+                for name, (lo, opt, hi) in bucket_profile.shapes(plan.inputs).items():
+                    profile.add(name, lo, opt, hi)
+                profiles.append(profile)
+            config = CreateConfig(
+                fp16=plan.precision == "fp16" and not plan.strongly_typed,
+                bf16=plan.precision == "bf16" and not plan.strongly_typed,
+                precision_constraints=None if plan.strongly_typed else "obey",
+                profiles=profiles,
+                load_timing_cache=str(cache) if cache.exists() else None,
+                builder_optimization_level=plan.optimization_level,
+                progress_monitor=_progress_monitor(trt, log))
+            log(f"building {target.engine_file} ({len(profiles)} profile{'s' * (len(profiles) > 1)})")
+            start = time.monotonic()
+            engine_bytes = EngineBytesFromNetwork(network, config=config, save_timing_cache=str(cache))()
+            seconds = time.monotonic() - start
+            path = package / target.engine_file
+            atomic_write(path, bytes(engine_bytes))
+            del engine_bytes
+            built.append((target, path, seconds))
+            log(f"wrote {target.engine_file} ({path.stat().st_size / 2**20:.1f} MiB, {seconds:.0f} s)")
+    except PolygraphyException as err:
+        for _, path, _ in built:
+            path.unlink(missing_ok=True)
+        raise BuildError(f"TensorRT could not build the engine: {err}") from None
+
+    sidecars = []
+    for target, path, seconds in built:
+        side = Sidecar(engine=path.name, engine_sha256=sha256_file(path), engine_bytes=path.stat().st_size,
+                       onnx_file=plan.onnx_file, onnx_sha256=onnx_sha, tensorrt_version=version, gpu=gpu,
+                       precision=plan.precision, strongly_typed=plan.strongly_typed, profiles=list(target.profiles),
+                       batch=plan.batch.to_dict(), inputs=manifest["transformer"]["inputs"],
+                       build_seconds=round(seconds, 1), build_id=build_id)
+        write_sidecar(package / target.sidecar_file, side)
+        sidecars.append(package / target.sidecar_file)
+    return sidecars

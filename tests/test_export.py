@@ -1,0 +1,340 @@
+"""ONNX export, model packages and validation on the tiny FiTv2 (every weight random)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.export import main as fit_export
+from engines.manifest import FORMAT_VERSION, PackageError, load_manifest, validate_manifest
+from engines.rope import rope_tables
+from fit.config import preset
+from fit.model import FiT
+from fit_export import ExportError, export_package, validate_package
+from fit_export.onnx_export import TransformerGraph
+from fit_export.package import describe_sizes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def random_tiny(seed: int) -> FiT:
+    """fitv2-tiny with every weight random (the zero-initialised output layers would hide any difference)."""
+    torch.manual_seed(seed)
+    model = FiT(preset("fitv2-tiny")).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_tiny(0)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(model, tmp_path_factory):
+    from safetensors.torch import save_file
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_file(model.state_dict(), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def package(model, tmp_path_factory):
+    return export_package(model, None, tmp_path_factory.mktemp("pkg") / "tiny", include_weights=True)
+
+
+def feed(batch_grids, settings, token_dim, rng, pad_value=0.0, dtype=np.float32):
+    """A graph feed for [(h, w)] grids padded to the longest; padding tokens hold ``pad_value``."""
+    n = max(h * w for h, w in batch_grids)
+    b = len(batch_grids)
+    x = np.full((b, n, token_dim), pad_value, np.float32)
+    cos = np.zeros((b, n, settings.head_dim), np.float32)
+    sin = np.zeros_like(cos)
+    mask = np.zeros((b, n), np.float32)
+    for i, (h, w) in enumerate(batch_grids):
+        x[i, : h * w] = rng.standard_normal((h * w, token_dim))
+        cos[i, : h * w], sin[i, : h * w] = rope_tables(settings, h, w)
+        mask[i, : h * w] = 1
+    return dict(x=x.astype(dtype), t=rng.uniform(0, 1, b).astype(np.float32),
+                y=rng.integers(0, 11, b).astype(np.int64), rope_cos=cos, rope_sin=sin, mask=mask)
+
+
+def torch_out(model, f):
+    with torch.no_grad():
+        args = [torch.from_numpy(np.asarray(f[k], np.float32 if k == "x" else None))
+                for k in ("x", "t", "y", "rope_cos", "rope_sin", "mask")]
+        return TransformerGraph(model)(*args).numpy()
+
+
+def cosine(a, b):
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The package and the graph contract
+# ------------------------------------------------------------------------------------------------------------
+
+def test_manifest_describes_the_package(package, model):
+    doc = load_manifest(package, verify=True)
+    assert doc["format_version"] == FORMAT_VERSION
+    assert set(doc["files"]) == {"transformer.onnx", "weights.safetensors"}
+    assert doc["model"]["config"] == model.config.to_dict()
+    assert doc["model"]["token_dim"] == 16 and doc["model"]["null_class"] == 10
+    assert [i["name"] for i in doc["transformer"]["inputs"]] == ["x", "t", "y", "rope_cos", "rope_sin", "mask"]
+    assert doc["transformer"]["inputs"][0]["shape"] == ["batch", "seq", 16]
+    assert doc["rope"]["ori_max_pe_len"] == 16 and "vision-yarn" in doc["rope"]["methods"]
+    assert doc["sizes"]["buckets"][0]["tokens"] == 256 and [256, 256] in doc["sizes"]["buckets"][0]["sizes"]
+    assert doc["latent"] == {"space": "sd-vae", "downsample": 8, "scaling_factor": 0.18215, "pixel_granularity": 16}
+    assert not [p for p in package.parent.iterdir() if p.name.startswith(".")], "temporary directory left behind"
+
+
+def test_graph_is_standard_onnx_with_symbolic_batch_and_seq(package):
+    proto = onnx.load(str(package / "transformer.onnx"))
+    onnx.checker.check_model(proto)
+    assert {o.domain for o in proto.opset_import} <= {"", "ai.onnx"} or all(o.domain in ("", "ai.onnx")
+                                                                           for o in proto.opset_import if o.version)
+    assert {n.domain for n in proto.graph.node} <= {""}
+    assert not proto.functions
+    complex_types = {onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128}
+    assert all(i.data_type not in complex_types for i in proto.graph.initializer)
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+            for i in list(proto.graph.input) + list(proto.graph.output)}
+    assert dims == {"x": ["batch", "seq", 16], "t": ["batch"], "y": ["batch"], "rope_cos": ["batch", "seq", 16],
+                    "rope_sin": ["batch", "seq", 16], "mask": ["batch", "seq"], "v": ["batch", "seq", 16]}
+    elem = {i.name: i.type.tensor_type.elem_type for i in proto.graph.input}
+    assert elem["y"] == onnx.TensorProto.INT64 and elem["mask"] == onnx.TensorProto.FLOAT
+
+
+def test_graph_runs_at_sizes_other_than_the_trace(package, model):
+    """The trace used batch 2 and 15 tokens; other batches and sequence lengths must give the torch numbers."""
+    session = ort.InferenceSession(str(package / "transformer.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    settings = model.config.rope_settings()
+    for grids in ([(1, 7)], [(5, 10), (3, 3), (4, 4)], [(2, 2)] * 5, [(16, 16)]):
+        f = feed(grids, settings, 16, rng)
+        out, ref = session.run(None, f)[0], torch_out(model, f)
+        assert out.shape == ref.shape == (len(grids), max(h * w for h, w in grids), 16)
+        assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_padding_is_finite_zero_and_ignored(package, model):
+    session = ort.InferenceSession(str(package / "transformer.onnx"), providers=["CPUExecutionProvider"])
+    settings = model.config.rope_settings()
+    padded = feed([(6, 6), (3, 5)], settings, 16, np.random.default_rng(2), pad_value=3e4)
+    alone = {k: v[1:2, :15] for k, v in padded.items() if k not in ("t", "y")}
+    alone.update(t=padded["t"][1:], y=padded["y"][1:])
+    out = session.run(None, padded)[0]
+    assert np.isfinite(out).all()
+    assert not out[1, 15:].any(), "padding tokens must output exactly zero"
+    np.testing.assert_allclose(out[1, :15], session.run(None, alone)[0][0], atol=1e-5)
+
+
+def test_validate_passes_and_writes_a_report(package, tmp_path):
+    report = tmp_path / "report.json"
+    result = CliRunner().invoke(fit_export, ["validate", str(package), "--method", "yarn", "--method", "vision-ntk",
+                                             "--e2e-steps", "3", "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    assert "cosine" in result.output and "PASSED" in result.output
+    doc = json.loads(report.read_text())
+    names = [c["name"] for c in doc["cases"]]
+    assert doc["passed"] and len(names) == 5 + 2 + 2
+    assert any(n.startswith("cfg batch") for n in names) and any(n.startswith("padded mixed") for n in names)
+    assert all(c["max_abs"] <= 1e-4 * c["scale"] for c in doc["cases"])
+    assert doc["end_to_end"][0]["psnr_db"] == "inf" or doc["end_to_end"][0]["psnr_db"] >= 40
+
+
+def test_validate_fails_against_a_different_model(package):
+    """The validator must be able to fail: compare against other weights."""
+    report = validate_package(package, model=random_tiny(1), methods=["normal"], e2e_steps=2)
+    assert not report.passed
+    assert all(not c.passed for c in report.cases) and not report.end_to_end[0].passed
+    assert "FAIL" in report.table()
+
+
+def test_fp16_export_keeps_norms_and_softmax_in_fp32(model, checkpoint, package, tmp_path):
+    out = tmp_path / "fp16"
+    shutil.copytree(package, out)                                        # an existing package: needs --force
+    args = ["onnx", "--config", "fitv2-tiny", "--checkpoint", str(checkpoint), "--out", str(out),
+            "--precision", "fp16"]
+    assert CliRunner().invoke(fit_export, args).exit_code == 2
+    result = CliRunner().invoke(fit_export, args + ["--force"])
+    assert result.exit_code == 0, result.output
+    doc = load_manifest(out)
+    assert doc["transformer"]["precision"] == "fp16" and "weights.safetensors" not in doc["files"]
+    assert doc["reference"]["checkpoint"] == "tiny.safetensors"
+
+    proto = onnx.load(str(out / "transformer.onnx"))
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             list(proto.graph.input) + list(proto.graph.output) + list(proto.graph.value_info)}
+    assert types["x"] == types["v"] == onnx.TensorProto.FLOAT16
+    assert types["t"] == types["rope_cos"] == types["mask"] == onnx.TensorProto.FLOAT
+    guarded = [n for n in proto.graph.node if n.op_type in ("LayerNormalization", "Softmax")]
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    assert guarded
+    for node in guarded:
+        source = producers[node.input[0]]
+        assert source.op_type == "Cast" and source.attribute[0].i == onnx.TensorProto.FLOAT, node.name
+
+    session = ort.InferenceSession(str(out / "transformer.onnx"), providers=["CPUExecutionProvider"])
+    f = feed([(16, 16), (12, 21), (5, 7)], model.config.rope_settings(), 16, np.random.default_rng(3),
+             pad_value=100.0, dtype=np.float16)
+    v = session.run(None, f)[0]
+    assert v.dtype == np.float16 and np.isfinite(v).all()
+    assert cosine(v, torch_out(model, f)) >= 0.999
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Bad input: one line, exit 2, nothing written
+# ------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bad_checkpoints(model, tmp_path_factory):
+    from safetensors.torch import save_file
+    root = tmp_path_factory.mktemp("bad")
+    state = dict(model.state_dict())
+    state.pop("final_layer.linear.bias")
+    state["blocks.9.attn.qkv.weight"] = torch.zeros(1)
+    save_file(state, str(root / "mismatch.safetensors"))
+    (root / "corrupt.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{nonsense")
+    (root / "corrupt.pt").write_bytes(b"PK\x03\x04 truncated zip")
+    (root / "a_file").write_text("x")
+    (root / "not_a_package").mkdir()
+    (root / "not_a_package" / "notes.txt").write_text("keep me")
+    return root
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "fitv2-nope", "--random-weights"], "unknown preset 'fitv2-nope'"),
+    (["--config", "fitv2-tiny"], "pass --checkpoint"),
+    (["--config", "fitv2-tiny", "--checkpoint", "{root}/missing.safetensors"], "does not exist"),
+    (["--config", "fitv2-tiny", "--checkpoint", "{root}/mismatch.safetensors"],
+     "missing keys: final_layer.linear.bias; unexpected keys: blocks.9.attn.qkv.weight"),
+    (["--config", "fitv2-tiny", "--checkpoint", "{root}/corrupt.safetensors"], "cannot read checkpoint"),
+    (["--config", "fitv2-tiny", "--checkpoint", "{root}/corrupt.pt"], "cannot read checkpoint"),
+    (["--config", "fitv2-tiny", "--random-weights", "--sizes", "250x256"], "off the pixel grid"),
+])
+def test_bad_export_input(args, message, bad_checkpoints, tmp_path):
+    out = tmp_path / "pkg"
+    args = [a.format(root=bad_checkpoints) for a in args]
+    result = CliRunner().invoke(fit_export, ["onnx", *args, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == [], "nothing may be written"
+
+
+@pytest.mark.parametrize("out, message", [
+    ("{root}/a_file/pkg", "cannot write to"),
+    ("{root}/a_file", "already exists"),
+    ("{root}/not_a_package", "already exists"),
+])
+def test_bad_output_location(out, message, bad_checkpoints):
+    before = sorted(p.name for p in bad_checkpoints.iterdir())
+    out = out.format(root=bad_checkpoints)
+    result = CliRunner().invoke(fit_export, ["onnx", "--config", "fitv2-tiny", "--random-weights", "--out", out])
+    assert result.exit_code == 2 and message in result.stderr, result.output
+    result = CliRunner().invoke(fit_export, ["onnx", "--config", "fitv2-tiny", "--random-weights", "--out", out,
+                                             "--force"])
+    assert result.exit_code == 2, result.output
+    assert sorted(p.name for p in bad_checkpoints.iterdir()) == before
+    assert (bad_checkpoints / "not_a_package" / "notes.txt").read_text() == "keep me"
+
+
+def test_failed_export_leaves_no_partial_package(model, tmp_path, monkeypatch):
+    import fit_export.package as package_module
+
+    def broken(model, path, precision, opset):
+        Path(path).write_bytes(b"half a graph")
+        raise ExportError("simulated failure")
+
+    monkeypatch.setattr(package_module, "export_transformer", broken)
+    with pytest.raises(ExportError, match="simulated"):
+        export_package(model, None, tmp_path / "pkg")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_package_is_refused(package, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(package, broken)
+    data = bytearray((broken / "transformer.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (broken / "transformer.onnx").write_bytes(bytes(data))
+    result = CliRunner().invoke(fit_export, ["validate", str(broken)])
+    assert result.exit_code == 2 and "sha256 of transformer.onnx does not match" in result.stderr
+    (broken / "manifest.json").write_text("{")
+    result = CliRunner().invoke(fit_export, ["validate", str(broken)])
+    assert result.exit_code == 2 and "not valid JSON" in result.stderr
+    result = CliRunner().invoke(fit_export, ["validate", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "does not exist" in result.stderr
+
+
+def test_validate_needs_the_right_weights(tmp_path, checkpoint):
+    pkg = tmp_path / "from_ckpt"
+    export_package("fitv2-tiny", str(checkpoint), pkg)                   # no weights stored in the package
+    result = CliRunner().invoke(fit_export, ["validate", str(pkg)])
+    assert result.exit_code == 2 and "--checkpoint" in result.stderr
+    other = tmp_path / "other.safetensors"
+    from safetensors.torch import save_file
+    save_file(random_tiny(5).state_dict(), str(other))
+    result = CliRunner().invoke(fit_export, ["validate", str(pkg), "--checkpoint", str(other)])
+    assert result.exit_code == 2 and "is not the one" in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Manifest schema and sizes (no export)
+# ------------------------------------------------------------------------------------------------------------
+
+def test_manifest_schema_rejects_unknown_versions(package):
+    doc = json.loads((package / "manifest.json").read_text())
+    validate_manifest(doc)
+    with pytest.raises(PackageError, match="format version 2 is not supported"):
+        validate_manifest(dict(doc, format_version=2))
+    with pytest.raises(PackageError, match="not a FiT model package"):
+        validate_manifest(dict(doc, format="other"))
+    with pytest.raises(PackageError, match="graph contract"):
+        validate_manifest(dict(doc, transformer=dict(doc["transformer"], outputs=[{"name": "out"}])))
+    with pytest.raises(PackageError, match="relative"):
+        validate_manifest(dict(doc, files=dict(doc["files"], **{"../x": {"sha256": "0", "bytes": 1}})))
+
+
+def test_manifest_module_is_torch_free():
+    code = "import sys, engines.manifest; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_sizes_go_to_the_smallest_bucket_that_holds_them():
+    cfg = preset("fitv2-tiny")
+    section = describe_sizes(cfg, None, [(256, 256), (320, 192), (512, 512), (256, 128)], [256, 1024])
+    assert section["buckets"] == [{"tokens": 256, "sizes": [[256, 256], [320, 192], [256, 128]]},
+                                  {"tokens": 1024, "sizes": [[512, 512]]}]
+    assert section["max_tokens"] == 1024 and section["default"] == [256, 256]
+    assert describe_sizes(cfg, None, [(512, 512)])["buckets"][-1]["tokens"] == 1024
+    with pytest.raises(ExportError, match="more than the largest bucket"):
+        describe_sizes(cfg, None, [(512, 512)], [256])
+
+
+def test_external_data_when_over_the_limit(model, tmp_path, monkeypatch):
+    """Packages over protobuf's 2 GB put weights in transformer.onnx.data (limit lowered to exercise it)."""
+    import fit_export.onnx_export as onnx_export
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_LIMIT", 1024)
+    package = export_package(model, None, tmp_path / "pkg")
+    doc = load_manifest(package, verify=True)
+    assert doc["transformer"]["external_data"] == "transformer.onnx.data"
+    assert set(doc["files"]) == {"transformer.onnx", "transformer.onnx.data"}
+    assert (package / "transformer.onnx.data").stat().st_size > (package / "transformer.onnx").stat().st_size
+    session = ort.InferenceSession(str(package / "transformer.onnx"), providers=["CPUExecutionProvider"])
+    f = feed([(4, 5)], model.config.rope_settings(), 16, np.random.default_rng(4))
+    np.testing.assert_allclose(session.run(None, f)[0], torch_out(model, f), atol=1e-5)
