@@ -28,7 +28,7 @@ from engines.buckets import BucketError, choose_profile
 from engines.manifest import load_manifest
 from engines.tensorrt_backend import TensorRTBackend, gpu_info, require_tensorrt, select_engines
 from fit_export.validate import (FP16_MIN_COSINE, MIN_PSNR_DB, CaseResult, EndToEndResult, ValidationReport, _judge,
-                                 _torch_runner, build_cases, compare, psnr, reference_model)
+                                 _torch_runner, build_cases, compare, compare_end_to_end, reference_model)
 
 PROVIDER = "tensorrt"
 
@@ -135,57 +135,24 @@ def end_to_end_trt(model, manifest: dict, package: Path, steps: int, seed: int =
     """The Euler loop of ``validate.end_to_end`` on the TensorRT backend, with per-step cosine checks."""
     import torch
 
-    from fit.flow import SamplerSettings, guide, integrate
-    from fit.sampling import PaddedBatch, Request, request_noise, sample
     from fit_export.onnx_export import TransformerGraph
 
-    d = manifest["latent"]["downsample"]
-    sizes = [manifest["sizes"]["default"], manifest["sizes"]["buckets"][0]["sizes"][-1]]
-    requests = [Request(h // d, w // d, label) for (w, h), label in zip(sizes, (1, 2 % model.num_classes))]
-    noise = [request_noise(model, r, seed + i) for i, r in enumerate(requests)]
-    scale = float(manifest["guidance"]["default_scale"])
-    settings = SamplerSettings("euler", steps)
-    reference = sample(model, requests, sampler=settings, cfg_scale=scale, noise=noise)
-
-    batch = PaddedBatch(model, requests, None, noise, "cpu", torch.float32)
-    p = manifest["model"]["patch_size"]
-    guided = (manifest["guidance"]["cfg_channels"] or manifest["model"]["latent_channels"]) * p * p
-    null = torch.full_like(batch.y, manifest["model"]["null_class"])
-    both = lambda v: torch.cat([v, v]).numpy()
-    fixed = {"y": torch.cat([batch.y, null]).numpy(), "rope_cos": both(batch.cos), "rope_sin": both(batch.sin),
-             "mask": both(batch.mask)}
     graph = TransformerGraph(model).eval()
     cosines: list[float] = []
     backend = TensorRTBackend(package, manifest=manifest, precision=precision)
-    act = None
 
-    def velocity(x, t):
-        feed = dict(fixed, x=both(x), t=both(t).astype(np.float32))
-        out = backend.infer({k: v.astype(act) if k == "x" else v for k, v in feed.items()})["v"].astype(np.float32)
+    def infer(feed):
+        out = backend.infer(feed)["v"].astype(np.float32)
         with torch.no_grad():
             ref_out = graph(*(torch.from_numpy(np.asarray(feed[k], np.float32) if k != "y" else feed[k])
                               for k in ("x", "t", "y", "rope_cos", "rope_sin", "mask"))).numpy()
-        real = fixed["mask"] != 0
+        real = feed["mask"] != 0
         cosines.append(compare(out[real], ref_out[real])["cosine"])
-        return guide(torch.from_numpy(out), scale, t, guided)
+        return out
 
     with backend:
-        act = backend.inputs["x"].dtype
-        with torch.no_grad():
-            trt_latents = batch.unpack(integrate(velocity, batch.x, settings), p)
-    ref_np = [r.numpy() for r in reference]
-    out_np = [o.numpy() for o in trt_latents]
-    space = "latents"
-    if manifest.get("vae_decoder"):
-        import onnxruntime as ort
-
-        decoder = ort.InferenceSession(str(package / manifest["vae_decoder"]["file"]),
-                                       providers=["CPUExecutionProvider"])
-        decode = lambda z: np.clip(decoder.run(None, {"latent": z[None].astype(np.float32)})[0][0], -1, 1)
-        ref_np, out_np = [decode(z) for z in ref_np], [decode(z) for z in out_np]
-        space = "images"
-    peak = 2.0 if space == "images" else max(float(np.ptp(np.concatenate([r.ravel() for r in ref_np]))), 1e-12)
-    value = psnr(np.concatenate([o.ravel() for o in out_np]), np.concatenate([r.ravel() for r in ref_np]), peak)
+        sizes, scale, space, value = compare_end_to_end(model, manifest, package, infer, steps, seed,
+                                                        x_dtype=backend.inputs["x"].dtype)
     fp32 = judged_precision(precision or "fp32") == "fp32"
     threshold = MIN_PSNR_DB if fp32 else None
     worst = min(cosines) if cosines else 1.0

@@ -342,19 +342,21 @@ def _check_onnx(path: Path) -> None:
         raise PackageError(f"{path} is not a valid ONNX model: {str(e).strip().splitlines()[0]}") from None
 
 
-def end_to_end(model: FiT, manifest: dict, package: Path, session: ort.InferenceSession, provider: str,
-               steps: int, seed: int = 0) -> EndToEndResult:
-    """Same noise, Euler steps and CFG through ``fit.sampling.sample`` and through the ONNX graph."""
+def compare_end_to_end(model: FiT, manifest: dict, package: Path, infer, steps: int, seed: int = 0,
+                       x_dtype=np.float32, decoder_provider: str = "CPUExecutionProvider"):
+    """Same noise, Euler steps and CFG through ``fit.sampling.sample`` and through ``infer`` (graph feed -> v).
+
+    Compares decoded images when the package has a VAE decoder, latents otherwise.
+    Returns (sizes [[w, h], ...], cfg scale, "images" | "latents", PSNR in dB).
+    """
     d = manifest["latent"]["downsample"]
-    buckets = manifest["sizes"]["buckets"]
-    sizes = [manifest["sizes"]["default"], buckets[0]["sizes"][-1]]
+    sizes = [manifest["sizes"]["default"], manifest["sizes"]["buckets"][0]["sizes"][-1]]
     requests = [Request(h // d, w // d, label) for (w, h), label in zip(sizes, (1, 2 % model.num_classes))]
     noise = [request_noise(model, r, seed + i) for i, r in enumerate(requests)]
     scale = float(manifest["guidance"]["default_scale"])
     settings = SamplerSettings("euler", steps)
     reference = sample(model, requests, sampler=settings, cfg_scale=scale, noise=noise)
 
-    precision_dtype = np.float16 if manifest["transformer"]["precision"] == "fp16" else np.float32
     batch = PaddedBatch(model, requests, None, noise, "cpu", torch.float32)
     p = manifest["model"]["patch_size"]
     guided = (manifest["guidance"]["cfg_channels"] or manifest["model"]["latent_channels"]) * p * p
@@ -364,17 +366,17 @@ def end_to_end(model: FiT, manifest: dict, package: Path, session: ort.Inference
              "mask": both(batch.mask)}
 
     def velocity(x, t):
-        feed = dict(fixed, x=both(x).astype(precision_dtype), t=both(t).astype(np.float32))
-        out = torch.from_numpy(session.run(None, feed)[0].astype(np.float32))
+        feed = dict(fixed, x=both(x).astype(x_dtype), t=both(t).astype(np.float32))
+        out = torch.from_numpy(np.asarray(infer(feed), dtype=np.float32))
         return guide(out, scale, t, guided)
 
     with torch.no_grad():
-        onnx_latents = batch.unpack(integrate(velocity, batch.x, settings), p)
+        graph_latents = batch.unpack(integrate(velocity, batch.x, settings), p)
     ref_np = [r.numpy() for r in reference]
-    out_np = [o.numpy() for o in onnx_latents]
+    out_np = [o.numpy() for o in graph_latents]
     space = "latents"
     if manifest.get("vae_decoder"):
-        decoder = _session(package / manifest["vae_decoder"]["file"], session.get_providers()[0])
+        decoder = _session(package / manifest["vae_decoder"]["file"], decoder_provider)
         unscale = 1.0 / manifest["latent"]["scaling_factor"]
 
         def decode(z):
@@ -383,6 +385,16 @@ def end_to_end(model: FiT, manifest: dict, package: Path, session: ort.Inference
         space = "images"
     peak = 2.0 if space == "images" else max(float(np.ptp(np.concatenate([r.ravel() for r in ref_np]))), 1e-12)
     value = psnr(np.concatenate([o.ravel() for o in out_np]), np.concatenate([r.ravel() for r in ref_np]), peak)
+    return sizes, scale, space, value
+
+
+def end_to_end(model: FiT, manifest: dict, package: Path, session: ort.InferenceSession, provider: str,
+               steps: int, seed: int = 0) -> EndToEndResult:
+    """The end-to-end case on ONNX Runtime: PSNR >= MIN_PSNR_DB required for fp32 packages."""
+    precision_dtype = np.float16 if manifest["transformer"]["precision"] == "fp16" else np.float32
+    sizes, scale, space, value = compare_end_to_end(
+        model, manifest, package, lambda feed: session.run(None, feed)[0], steps, seed, precision_dtype,
+        session.get_providers()[0])
     threshold = MIN_PSNR_DB if precision_dtype == np.float32 else None
     return EndToEndResult(provider, steps, scale, [list(s) for s in sizes], space, value, threshold,
                           threshold is None or value >= threshold)
