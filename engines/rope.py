@@ -42,6 +42,9 @@ METHOD_ALIASES = {
     "visionntk": ("ntk-aware", True),
     "vision-yarn": ("yarn", True),
     "visionyarn": ("yarn", True),
+    "ntk-parts": ("ntk-by-parts", False),
+    "ntk-pro1": ("ntk-aware-pro1", False),
+    "ntk-pro2": ("ntk-aware-pro2", False),
 }
 
 F32 = np.float32

@@ -68,7 +68,7 @@ def example_inputs(model: FiT, dtype=torch.float32):
     mask = torch.zeros(len(grids), n)
     for i, (h, w) in enumerate(grids):
         c, s = rope_tables(cfg.rope_settings(), h, w)
-        cos[i, : h * w], sin[i, : h * w], mask[i, : h * w] = torch.tensor(c), torch.tensor(s), 1
+        cos[i, : h * w], sin[i, : h * w], mask[i, : h * w] = torch.tensor(np.array(c)), torch.tensor(np.array(s)), 1
     t = torch.tensor([0.25, 0.75])
     y = torch.tensor([1, cfg.null_class], dtype=torch.long)
     return x, t, y, cos, sin, mask

@@ -1,0 +1,363 @@
+"""Per-step denoiser latency and peak memory: PyTorch eager vs ONNX Runtime (fp32 and int8), same weights.
+
+    python benchmarks/runtime_vs_torch.py [--xl-depth 2] [--repeats 5] [--out benchmarks/results/runtime]
+
+Measures, in one run on this machine:
+- the machine's fp32 GEMM throughput: numpy, torch.mm and a one-MatMul ONNX Runtime graph at 2048^3 at the start
+  and end of the run, and numpy inside every timing process before and after it times; the peak is the best of
+  them all (machines here are shared), and every latency is also given as the share of that peak its FLOPs
+  (linear layers + attention matmuls) reach;
+- one transformer call (one Euler step without CFG) at the demo config (the shipped default model's config when
+  installed, else ``--demo-config``) and at the FiTv2-XL shape with ``--xl-depth`` of its 36 blocks (random
+  weights). Time per call is linear in depth (every block has the same shape), so the full-depth figure is
+  ``embed + 36 x per-block``, estimated from this run and a 2x-depth check run when ``--check-scaling``;
+- batch 1 and 2 at 256 and 1024 tokens; each (engine, model, batch, tokens) runs in its own process, which
+  reports its best and median latency and its peak RSS (VmHWM) above the RSS after loading;
+- ONNX Runtime int8 dynamic quantization (weights int8, activations quantized per call): latency and the change
+  of the output (cosine vs fp32) and of a sampled image (PSNR vs the fp32 image, same seed);
+- end-to-end ``fit-run`` time for a 96x64 image and its cold-start share (a fresh process each time).
+
+Writes ``<out>.json`` and ``<out>.md`` (a markdown table with date and machine). A script, not a test.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+XL_FULL_DEPTH = 36
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def peak_rss_mib() -> float:
+    """VmHWM: this process's peak RSS. (ru_maxrss would do, but Linux carries it over from the parent across
+    fork + exec, so a child would report the benchmark parent's peak.)"""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def numpy_gemm_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """Best-of fp32 GEMM throughput through numpy's BLAS, measured where it is used (machines here are shared)."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
+    a @ b
+    return 2 * n ** 3 / min(_timed(lambda: a @ b) for _ in range(repeats)) / 1e9
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Work done in child processes
+# --------------------------------------------------------------------------------------------------------------
+
+def make_inputs(config: dict, batch: int, tokens: int, seed: int = 0) -> dict:
+    from engines.rope import RopeSettings, rope_tables
+
+    side = int(math.isqrt(tokens))
+    head_dim = config["hidden_size"] // config["num_heads"]
+    cos, sin = rope_tables(RopeSettings(head_dim), side, tokens // side)
+    rng = np.random.default_rng(seed)
+    token_dim = config["patch_size"] ** 2 * config["in_channels"]
+    return {"x": rng.standard_normal((batch, tokens, token_dim), dtype=np.float32),
+            "t": np.full(batch, 0.5, np.float32), "y": np.arange(batch, dtype=np.int64) % config["num_classes"],
+            "rope_cos": np.repeat(cos[None], batch, 0), "rope_sin": np.repeat(sin[None], batch, 0),
+            "mask": np.ones((batch, tokens), np.float32)}
+
+
+def worker(spec: dict) -> dict:
+    """Time one (engine, model, batch, tokens) case; returns latency, memory and an output sample."""
+    feed = make_inputs(spec["config"], spec["batch"], spec["tokens"])
+    if spec["engine"] == "torch":
+        import torch
+
+        from fit.config import FiTConfig
+        from fit.model import FiT
+
+        torch.set_num_threads(spec["threads"])
+        model = FiT(FiTConfig.from_dict(spec["config"])).eval()
+        model.load_state_dict(torch.load(spec["weights"], weights_only=True))
+        tensors = {k: torch.from_numpy(v) for k, v in feed.items()}
+
+        def call():
+            with torch.inference_mode():
+                return model(tensors["x"], tensors["t"], tensors["y"], mask=tensors["mask"],
+                             rope_cos=tensors["rope_cos"], rope_sin=tensors["rope_sin"]).numpy()
+    else:
+        from engines.onnxruntime_backend import OnnxRuntimeBackend
+
+        backend = OnnxRuntimeBackend(None, model_path=spec["onnx"], threads=spec["threads"]).activate()
+
+        def call():
+            return backend.infer(feed)["v"]
+    gemm = numpy_gemm_gflops()
+    base = rss_mib()
+    out = call()                                                   # warm-up (and first-shape planning)
+    times = []
+    for _ in range(spec["repeats"]):
+        start = time.perf_counter()
+        out = call()
+        times.append(time.perf_counter() - start)
+    gemm = max(gemm, numpy_gemm_gflops())
+    np.save(spec["output"], out)
+    return {"ms": 1000 * min(times), "ms_median": 1000 * statistics.median(times), "gemm_gflops": round(gemm, 1),
+            "peak_mib_above_load": round(peak_rss_mib() - base, 1), "rss_after_load_mib": round(base, 1)}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Parent
+# --------------------------------------------------------------------------------------------------------------
+
+def peak_gemm_gflops(threads: int, n: int = 2048) -> dict:
+    """fp32 GEMM throughput of this machine through three BLAS paths (numpy, torch.mm, an ONNX Runtime MatMul):
+    the best of them is the peak every latency is compared with."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnx import TensorProto, helper
+
+    rates = {"numpy": numpy_gemm_gflops(n)}
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    rates["torch"] = 2 * n ** 3 / min(_timed(lambda: torch.mm(a, b)) for _ in range(5)) / 1e9
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
+                              [helper.make_tensor_value_info(k, TensorProto.FLOAT, [n, n]) for k in "ab"],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(onnx.helper.make_model(graph).SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    feed = {"a": a.numpy(), "b": b.numpy()}
+    session.run(None, feed)
+    rates["onnxruntime"] = 2 * n ** 3 / min(_timed(lambda: session.run(None, feed)) for _ in range(5)) / 1e9
+    return {k: round(v, 1) for k, v in rates.items()}
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def transformer_flops(config: dict, batch: int, tokens: int) -> float:
+    """Multiply-add FLOPs of one call (linear layers and attention matmuls; elementwise work ignored)."""
+    d, depth = config["hidden_size"], config["depth"]
+    hidden = int(d * config["mlp_ratio"])
+    if config.get("use_swiglu") and not config.get("use_swiglu_large"):
+        hidden = hidden * 2 // 3
+    mlp = 3 * d * hidden if config.get("use_swiglu") else 2 * d * hidden
+    per_token = 4 * d * d + mlp                                     # qkv + proj, MLP
+    attention = 2 * tokens * d                                      # QK^T and AV per token
+    return 2 * batch * tokens * depth * (per_token + attention)
+
+
+def run_child(spec: dict) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(spec, f)
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--worker", f.name], capture_output=True, text=True,
+                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    finally:
+        os.unlink(f.name)
+    if proc.returncode:
+        raise RuntimeError(f"worker failed for {spec['engine']} {spec['model']}: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def prepare_model(name: str, config: dict, work: Path) -> dict:
+    """Random weights (seeded, zero-initialised layers made random), saved for torch, exported + int8 for ORT."""
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from fit.config import FiTConfig
+    from fit.model import FiT
+    from fit_export.onnx_export import export_transformer
+
+    torch.manual_seed(0)
+    model = FiT(FiTConfig.from_dict(config)).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            if not param.abs().sum():
+                param.normal_(0, 0.02)
+    weights, onnx_path, int8_path = work / f"{name}.pt", work / f"{name}.onnx", work / f"{name}.int8.onnx"
+    torch.save(model.state_dict(), weights)
+    export_transformer(model, onnx_path)
+    logging.getLogger().setLevel(logging.ERROR)          # quantize_dynamic's pre-processing advice
+    quantize_dynamic(str(onnx_path), str(int8_path), weight_type=QuantType.QInt8)
+    return {"model": model, "weights": str(weights), "onnx": str(onnx_path), "int8": str(int8_path)}
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255 ** 2 / mse))
+
+
+def image_psnr_int8(model, int8_path: str, work: Path, steps: int) -> dict:
+    """Same seed through the fp32 and int8 graphs (96x64 image, Euler) -> PSNR of the images."""
+    import engines
+    from fit_export import export_package
+
+    package = export_package(model, None, work / "psnr-package", force=True)
+    images = {}
+    for label, options in (("fp32", {}), ("int8", {"model_path": int8_path})):
+        with engines.load(package, **options) as pipe:
+            images[label] = pipe.generate(width=96, height=64, label=1, seed=0, steps=steps, output="array")
+    return {"image_psnr_db": round(psnr(images["fp32"], images["int8"]), 2), "image": "96x64", "steps": steps}
+
+
+def fit_run_times(package: str, steps: int, runs: int) -> dict:
+    """Wall time of complete fit-run processes (cold start included) and of the import + load part alone."""
+    out = Path(tempfile.mkdtemp()) / "x.png"
+    base = [sys.executable, "-m", "cli.run", package, "-W", "96", "-H", "64", "--steps", str(steps), "-q",
+            "-o", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    full = [_timed(lambda: subprocess.run(base, check=True, cwd=ROOT, env=env, capture_output=True))
+            for _ in range(runs)]
+    startup = [_timed(lambda: subprocess.run([sys.executable, "-c", "import cli.run, engines; "
+                                              f"engines.load({package!r}).close()"], check=True, cwd=ROOT,
+                                             env=env, capture_output=True)) for _ in range(runs)]
+    return {"fit_run_96x64_s": round(min(full), 3), "import_and_load_s": round(min(startup), 3), "steps": steps}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--demo-config", default="fitv2-tiny", help="preset used when no default model is shipped")
+    parser.add_argument("--xl-depth", type=int, default=2, help="blocks of the FiTv2-XL shape to run (of 36)")
+    parser.add_argument("--batches", default="1,2")
+    parser.add_argument("--tokens", default="256,1024")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--steps", type=int, default=8, help="steps of the end-to-end and PSNR images")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "runtime_vs_torch"))
+    args = parser.parse_args()
+    if args.worker:
+        with open(args.worker) as f:
+            print(json.dumps(worker(json.load(f))))
+        return
+
+    from fit.config import preset
+    from engines.pipeline import DEFAULT_MODEL_DIR
+
+    default_manifest = DEFAULT_MODEL_DIR / "manifest.json"
+    if default_manifest.is_file():
+        demo_name, demo_config = "demo (default model)", json.loads(default_manifest.read_text())["model"]["config"]
+    else:
+        demo_name, demo_config = f"demo ({args.demo_config})", preset(args.demo_config).to_dict()
+    xl_config = {**preset("fitv2-xl").to_dict(), "depth": args.xl_depth}
+    models = {demo_name: demo_config, f"FiTv2-XL shape, {args.xl_depth}/{XL_FULL_DEPTH} blocks": xl_config}
+
+    gemm_runs = [peak_gemm_gflops(args.threads)]
+    peak = max(gemm_runs[0].values())
+    print(f"fp32 GEMM: {gemm_runs[0]} GFLOP/s ({args.threads} threads)", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="fit-bench-"))
+    rows, int8_checks = [], {}
+    for name, config in models.items():
+        prepared = prepare_model(name.split()[0].lower(), config, work)
+        for batch in map(int, args.batches.split(",")):
+            for tokens in map(int, args.tokens.split(",")):
+                outputs = {}
+                row = {"model": name, "batch": batch, "tokens": tokens,
+                       "gflop": round(transformer_flops(config, batch, tokens) / 1e9, 2)}
+                for engine, path in (("torch", None), ("ort", prepared["onnx"]), ("ort-int8", prepared["int8"])):
+                    spec = {"engine": "torch" if engine == "torch" else "ort", "model": name, "config": config,
+                            "weights": prepared["weights"], "onnx": path, "batch": batch, "tokens": tokens,
+                            "repeats": args.repeats, "threads": args.threads,
+                            "output": str(work / f"out-{engine}.npy")}
+                    result = run_child(spec)
+                    outputs[engine] = np.load(spec["output"])
+                    peak = max(peak, result["gemm_gflops"])
+                    row[engine] = result
+                    print(f"{name} b{batch} n{tokens} {engine}: {result['ms']:.1f} ms", flush=True)
+                row["ort_speedup"] = round(row["torch"]["ms"] / row["ort"]["ms"], 2)
+                row["int8_speedup"] = round(row["torch"]["ms"] / row["ort-int8"]["ms"], 2)
+                row["ort_vs_torch_cosine"] = round(cosine(outputs["ort"], outputs["torch"]), 6)
+                row["int8_vs_fp32_cosine"] = round(cosine(outputs["ort-int8"], outputs["ort"]), 6)
+                rows.append(row)
+        if name.startswith("demo"):
+            int8_checks = image_psnr_int8(prepared["model"], prepared["int8"], work, args.steps)
+            package = (str(DEFAULT_MODEL_DIR) if default_manifest.is_file() else str(work / "psnr-package"))
+            end_to_end = fit_run_times(package, args.steps, runs=3)
+    gemm_runs.append(peak_gemm_gflops(args.threads))     # again at the end: the machine is shared
+    peak = max([peak] + list(gemm_runs[-1].values()))
+    for row in rows:                                    # % of the best GEMM rate measured anywhere in this run
+        for engine in ("torch", "ort", "ort-int8"):
+            row[engine]["pct_of_gemm_peak"] = round(100 * row["gflop"] / (row[engine]["ms"] / 1000) / peak, 1)
+    machine = {"cpu": cpu_name(), "cores": os.cpu_count(),
+               "threads": args.threads, "python": platform.python_version(), "platform": platform.platform()}
+    import onnxruntime
+    import torch
+    report = {"date": datetime.date.today().isoformat(), "machine": machine, "gemm_fp32_gflops": round(peak, 1),
+              "gemm_runs_gflops": gemm_runs,
+              "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
+              "xl_scaling": f"per-call time is linear in depth: full FiTv2-XL ~ {XL_FULL_DEPTH}/{args.xl_depth} x "
+                            f"the block part of these figures", "rows": rows, "int8_image": int8_checks,
+              "end_to_end": end_to_end}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+
+
+def markdown(report: dict) -> str:
+    lines = [f"Runtime benchmark, {report['date']}, {report['machine']['cpu']} ({report['machine']['cores']} cores, "
+             f"{report['machine']['threads']} threads), torch {report['versions']['torch']}, onnxruntime "
+             f"{report['versions']['onnxruntime']}. fp32 GEMM peak (best of numpy, torch.mm "
+             f"and an ONNX Runtime MatMul at 2048^3, and numpy inside every timing process): {report['gemm_fp32_gflops']} GFLOP/s. Latency: best of the repeats; "
+             "the machine is shared, so compare rows of one run only.",
+             "", "| model | batch | tokens | GFLOP | torch ms (% GEMM peak) | ORT fp32 ms (% GEMM peak) | ORT int8 ms | "
+             "ORT/torch | int8/torch | int8 cosine | torch peak MiB | ORT peak MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['model']} | {r['batch']} | {r['tokens']} | {r['gflop']} | {r['torch']['ms']:.1f} "
+                     f"({r['torch']['pct_of_gemm_peak']}%) | {r['ort']['ms']:.1f} ({r['ort']['pct_of_gemm_peak']}%) "
+                     f"| {r['ort-int8']['ms']:.1f} | {r['ort_speedup']}x | {r['int8_speedup']}x | "
+                     f"{r['int8_vs_fp32_cosine']} | {r['torch']['peak_mib_above_load']} | "
+                     f"{r['ort']['peak_mib_above_load']} |")
+    e2e, q = report["end_to_end"], report["int8_image"]
+    lines += ["", f"{report['xl_scaling']}.",
+              f"int8 image PSNR vs fp32: {q.get('image_psnr_db')} dB ({q.get('image')}, {q.get('steps')} steps).",
+              f"fit-run 96x64, {e2e['steps']} steps, cold process: {e2e['fit_run_96x64_s']} s "
+              f"(of which import + package load: {e2e['import_and_load_s']} s).", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

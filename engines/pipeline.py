@@ -1,0 +1,452 @@
+"""Image generation from a model package: sizes, labels, noise, padded batches, sampling, decoding, PNG.
+
+    import engines
+    pipe = engines.load("path/to/package")              # checks format version and file hashes
+    image = pipe.generate(width=256, height=192, label="golden retriever", seed=1, steps=20)
+    image.save("dog.png")                                # or save_png(image, "dog.png", image.info["parameters"])
+
+The per-step loop is specified in docs/runtime.md. Nothing here imports torch.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from engines.backend import Backend, BackendError, create_backend, resolve_backend_name
+from engines.manifest import PackageError, load_manifest
+from engines.rope import METHOD_ALIASES, METHODS, RopeSettings, rope_tables
+from engines.sampler import SAMPLERS, Callback, SamplerSettings, guide, integrate
+
+F32 = np.float32
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+
+# Short names for the attention-scale NTK variants (FiTv2 paper), on top of engines.rope's aliases.
+EXTRAPOLATIONS = tuple(METHOD_ALIASES) + METHODS
+
+# Approximate SD-VAE latent -> RGB map (a well-known linear fit), for packages shipped without vae_decoder.onnx.
+_SD_LATENT_RGB = np.array([[0.298, 0.207, 0.208], [0.187, 0.286, 0.173],
+                           [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]], dtype=F32)
+
+
+class GenerationError(ValueError):
+    """A request the package cannot serve (size off the grid or too large, unknown class, bad settings)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One image: pixel size, class id (``None`` = unconditional) and the seed of its initial noise."""
+
+    width: int
+    height: int
+    label: Optional[int]
+    seed: int
+
+
+def load(path: Union[str, os.PathLike, None] = None, backend: str = "onnxruntime", verify: bool = True,
+         **backend_options) -> "Pipeline":
+    """Open a model package (the shipped default model when ``path`` is None) for generation.
+
+    verify: check every file's sha256 against the manifest. backend_options go to the backend
+    (ONNX Runtime: device, threads, optimization, optimized_model_path, memory, memory_pattern).
+    """
+    if path is None:
+        if not (DEFAULT_MODEL_DIR / "manifest.json").is_file():
+            raise PackageError(f"no default model is installed at {DEFAULT_MODEL_DIR}; pass a package directory")
+        path = DEFAULT_MODEL_DIR
+    manifest = load_manifest(path, verify=verify)
+    return Pipeline(Path(path), manifest, backend=backend, **backend_options)
+
+
+class Pipeline:
+    """A loaded package plus its backends. Create with :func:`load`; use as a context manager to free them."""
+
+    def __init__(self, directory: Path, manifest: dict, backend: str = "onnxruntime", **backend_options):
+        self.directory = Path(directory)
+        self.manifest = manifest
+        try:
+            self._read_manifest(manifest)
+        except PackageError:
+            raise
+        except (KeyError, TypeError, ValueError) as err:
+            detail = f"missing field {err}" if isinstance(err, KeyError) else str(err).splitlines()[0]
+            raise PackageError(f"package {directory}: manifest.json is not usable ({detail}); "
+                               f"re-export the package") from None
+        self.backend_name = backend
+        self.backend: Backend = create_backend(backend, self.directory, manifest=manifest, **backend_options)
+        self.vae: Optional[Backend] = None
+        if manifest.get("vae_decoder"):
+            # The VAE always runs on ONNX Runtime; it shares the transformer's settings when that does too.
+            shared = backend_options if resolve_backend_name(backend) == "onnxruntime" else {}
+            vae_options = {k: v for k, v in shared.items() if k in ("device", "threads", "optimization")}
+            self.vae = create_backend("onnxruntime", self.directory, manifest=manifest, graph="vae_decoder",
+                                      **vae_options)
+        try:
+            self.backend.activate()
+            if self.vae is not None:
+                self.vae.activate()
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_manifest(self, manifest: dict) -> None:
+        """The settings generation needs, from the manifest sections (docs/package-format.md)."""
+        directory = self.directory
+        model, latent, rope = manifest["model"], manifest["latent"], manifest["rope"]
+        config = model.get("config") or {}
+        if config.get("learn_sigma") or model["out_token_dim"] != model["token_dim"]:
+            raise PackageError(f"package {directory}: the runtime serves FiTv2 velocity models; this one predicts "
+                               f"noise and sigma (FiT v1), use fit.sampling with PyTorch")
+        self.patch_size = int(model["patch_size"])
+        self.channels = int(model["latent_channels"])
+        self.num_classes = int(model["num_classes"])
+        self.null_class = int(model["null_class"])
+        self.class_names = list(model.get("class_names") or [])
+        self.space = latent["space"]
+        self.downsample = int(latent.get("downsample", 1))
+        self.scaling_factor = float(latent.get("scaling_factor", 1.0))
+        self.granularity = int(latent.get("pixel_granularity", self.downsample * self.patch_size))
+        if self.space == "pixel" and self.channels not in (1, 3):
+            raise PackageError(f"package {directory}: a pixel-space model needs 1 or 3 channels, not {self.channels}")
+        sizes = manifest["sizes"]
+        self.max_tokens = int(sizes["max_tokens"])
+        self.default_size = tuple(int(s) for s in (sizes.get("default") or (256, 256)))
+        self.train_side = int(rope.get("ori_max_pe_len") or round(math.sqrt(sizes["train_token_budget"])))
+        self.rope = RopeSettings(int(rope["head_dim"]), float(rope["theta"]), rope["method"], bool(rope["decouple"]),
+                                 rope.get("ori_max_pe_len"))
+        guidance = manifest["guidance"]
+        self.cfg_default = float(guidance.get("default_scale", 1.0))
+        self.scale_pow = float(guidance.get("scale_pow", 0.0))
+        self.guided_channels = (guidance.get("cfg_channels") or self.channels) * self.patch_size ** 2
+        self.sampler_defaults = manifest["sampler"]
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the backends (sessions, engines, device memory)."""
+        for backend in (self.backend, self.vae):
+            if backend is not None:
+                backend.deactivate()
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    # -- request checks ---------------------------------------------------------------------------------------
+    def tokens(self, width: int, height: int) -> int:
+        """Token count of a W x H pixel image."""
+        side = self.granularity
+        return (width // side) * (height // side)
+
+    def nearest_sizes(self, width: int, height: int) -> list[tuple[int, int]]:
+        """Valid (width, height) sizes around a requested one, nearest first (at most 4)."""
+        g = self.granularity
+        options = {(max(g, w), max(g, h)) for w in (width // g * g, -(-width // g) * g)
+                   for h in (height // g * g, -(-height // g) * g)}
+        options = [(w, h) for w, h in options if self.tokens(w, h) <= self.max_tokens]
+        return sorted(options, key=lambda s: (abs(s[0] - width) + abs(s[1] - height), s))
+
+    def check_size(self, width, height, snap: bool = False) -> tuple[int, int]:
+        """(width, height) if the package can generate it; with ``snap`` the nearest valid size instead.
+
+        Raises GenerationError naming the nearest valid sizes for sizes off the pixel grid or too large.
+        """
+        for name, value in (("width", width), ("height", height)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise GenerationError(f"{name} must be a whole number of pixels, got {value!r}")
+            if value <= 0:
+                raise GenerationError(f"{name} must be positive, got {value}")
+        width, height = int(width), int(height)
+        g = self.granularity
+        if width % g or height % g:
+            nearest = self.nearest_sizes(width, height)
+            if snap and nearest:
+                return nearest[0]
+            names = ", ".join(f"{w}x{h}" for w, h in nearest) or "none within the size limit"
+            raise GenerationError(f"{width}x{height} is not on the model's {g}-pixel grid; nearest valid sizes: "
+                                  f"{names} (or pass --snap)")
+        if self.tokens(width, height) > self.max_tokens:
+            scale = math.sqrt(self.max_tokens / self.tokens(width, height))
+            w = max(g, int(width * scale) // g * g)
+            h = max(g, int(height * scale) // g * g)
+            raise GenerationError(f"{width}x{height} needs {self.tokens(width, height)} tokens, more than this "
+                                  f"model's maximum of {self.max_tokens}; the largest size with this aspect ratio "
+                                  f"is about {w}x{h}")
+        return width, height
+
+    def resolve_label(self, label) -> Optional[int]:
+        """Class id from an id (int or digit string) or a class name; None stays None (unconditional)."""
+        if label is None:
+            return None
+        if isinstance(label, str):
+            text = label.strip()
+            if text.lstrip("-").isdigit():
+                label = int(text)
+            else:
+                lowered = [name.lower() for name in self.class_names]
+                if text.lower() in lowered:
+                    return lowered.index(text.lower())
+                matches = [name for name in self.class_names if text.lower() in name.lower()]
+                hint = f"; did you mean {', '.join(matches[:3])}?" if matches else ""
+                raise GenerationError(f"unknown class {label!r}{hint} (ids 0..{self.num_classes - 1})")
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+            raise GenerationError(f"class must be an id or a name, got {label!r}")
+        if not 0 <= label < self.num_classes:
+            raise GenerationError(f"class id {label} is outside 0..{self.num_classes - 1}")
+        return int(label)
+
+    def rope_settings(self, extrapolation: Optional[str]) -> RopeSettings:
+        """The package's RoPE settings, or those of another extrapolation method (friendly or official name)."""
+        if extrapolation is None:
+            return self.rope
+        try:
+            return self.rope.with_method(extrapolation, self.train_side)
+        except ValueError:
+            raise GenerationError(f"unknown extrapolation {extrapolation!r}; choose one of "
+                                  f"{', '.join(EXTRAPOLATIONS)}") from None
+
+    def sampler_settings(self, sampler: Optional[str] = None, steps: Optional[int] = None) -> SamplerSettings:
+        defaults = self.sampler_defaults
+        method = sampler or defaults.get("method", "euler")
+        steps = defaults.get("steps", 50) if steps is None else steps
+        if method not in SAMPLERS:
+            raise GenerationError(f"unknown sampler {method!r}; choose one of {', '.join(SAMPLERS)}")
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+            raise GenerationError(f"steps must be a positive whole number, got {steps!r}")
+        return SamplerSettings(method, int(steps), float(defaults.get("atol", 1e-6)),
+                               float(defaults.get("rtol", 1e-3)))
+
+    # -- generation -------------------------------------------------------------------------------------------
+    def noise(self, request: Request) -> np.ndarray:
+        """Initial latent noise (C, H/d, W/d) of a request: standard normal from numpy's PCG64 seeded by its seed,
+        so an image depends only on its own seed, never on what shares its batch."""
+        d = self.downsample
+        rng = np.random.default_rng(int(request.seed))
+        return rng.standard_normal((self.channels, request.height // d, request.width // d), dtype=F32)
+
+    def sample_latents(self, requests: Sequence[Request], sampler: SamplerSettings, cfg: float,
+                       rope: RopeSettings, scale_pow: Optional[float] = None, callback: Optional[Callback] = None,
+                       noise: Optional[Sequence[np.ndarray]] = None) -> list[np.ndarray]:
+        """Latents (C, H/d, W/d) for ``requests`` sampled together as one padded batch."""
+        batch = PaddedBatch(requests, self, rope, noise if noise is not None else [self.noise(r) for r in requests])
+        use_cfg = cfg != 1.0 and any(r.label is not None for r in requests)
+        scale_pow = self.scale_pow if scale_pow is None else scale_pow
+        feed = batch.feed(self.null_class, use_cfg)
+        out_name = next(iter(self.backend.outputs))
+
+        def velocity(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+            if use_cfg:
+                feed.update(x=np.concatenate([x, x]), t=np.concatenate([t, t]))
+                out = self.backend.infer(feed)[out_name].astype(F32, copy=False)
+                return guide(out, cfg, t, self.guided_channels, scale_pow)
+            feed.update(x=x, t=t)
+            return self.backend.infer(feed)[out_name].astype(F32, copy=False)
+
+        seeds = [int(r.seed) for r in requests]
+        x = integrate(velocity, batch.x, sampler, rng=np.random.default_rng(seeds + [len(seeds)]), callback=callback)
+        return batch.unpack(x)
+
+    def decode(self, latent: np.ndarray) -> np.ndarray:
+        """Latent (C, h, w) -> uint8 RGB image (H, W, 3): through vae_decoder.onnx when the package has one."""
+        z = latent / F32(self.scaling_factor)
+        if self.space == "pixel":
+            rgb = np.repeat(z, 3, axis=0) if z.shape[0] == 1 else z
+        elif self.vae is not None:
+            name = next(iter(self.vae.inputs))
+            rgb = next(iter(self.vae.infer({name: z[None]}).values()))[0].astype(F32)
+        else:
+            rgb = self._preview(z)
+        image = np.clip((rgb + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(image.transpose(1, 2, 0))
+
+    def _preview(self, z: np.ndarray) -> np.ndarray:
+        """Approximate RGB (3, H, W) in [-1, 1] of an SD-VAE latent, upsampled, when no decoder is shipped."""
+        rgb = np.einsum("chw,cr->rhw", z[:4] * F32(self.scaling_factor), _SD_LATENT_RGB)
+        d = self.downsample
+        return np.repeat(np.repeat(rgb, d, axis=1), d, axis=2)
+
+    def generate_many(self, requests: Sequence[Request], *, steps: Optional[int] = None,
+                      sampler: Optional[str] = None, cfg: Optional[float] = None,
+                      extrapolation: Optional[str] = None, scale_pow: Optional[float] = None,
+                      callback: Optional[Callback] = None) -> list[np.ndarray]:
+        """uint8 RGB images (H, W, 3) for ``requests``, all sampled in one padded batch."""
+        if not requests:
+            raise GenerationError("no requests to generate")
+        for r in requests:
+            self.check_size(r.width, r.height)
+            self.resolve_label(r.label)
+        settings = self.sampler_settings(sampler, steps)
+        cfg = self.cfg_default if cfg is None else float(cfg)
+        if not math.isfinite(cfg) or cfg < 0:
+            raise GenerationError(f"cfg must be a non-negative number, got {cfg}")
+        rope = self.rope_settings(extrapolation)
+        latents = self.sample_latents(requests, settings, cfg, rope, scale_pow, callback)
+        return [self.decode(z) for z in latents]
+
+    def parameters(self, request: Request, *, steps=None, sampler=None, cfg=None, extrapolation=None) -> dict:
+        """The generation parameters of one image, as stored in its PNG text metadata."""
+        settings = self.sampler_settings(sampler, steps)
+        label = request.label
+        return {
+            "model": self.name, "width": request.width, "height": request.height,
+            "class": label if label is None else int(label),
+            "class_name": self.class_names[label] if label is not None and label < len(self.class_names) else None,
+            "seed": int(request.seed), "sampler": settings.method, "steps": settings.steps,
+            "cfg": self.cfg_default if cfg is None else float(cfg),
+            "extrapolation": extrapolation or "package default", "backend": self.backend_name,
+        }
+
+    def generate(self, width: Optional[int] = None, height: Optional[int] = None, label=None, seed: int = 0, *,
+                 steps: Optional[int] = None, sampler: Optional[str] = None, cfg: Optional[float] = None,
+                 extrapolation: Optional[str] = None, snap: bool = False, output: str = "pil",
+                 callback: Optional[Callback] = None):
+        """One image of ``width`` x ``height`` pixels (the package default size when omitted).
+
+        label: class id, class name, or None (unconditional). Returns a PIL image whose ``info["parameters"]``
+        holds the generation parameters (``output="pil"``), or a uint8 array (H, W, 3) (``output="array"``).
+        """
+        if output not in ("pil", "array"):
+            raise GenerationError(f"output must be 'pil' or 'array', got {output!r}")
+        width = self.default_size[0] if width is None else width
+        height = self.default_size[1] if height is None else height
+        width, height = self.check_size(width, height, snap)
+        request = Request(width, height, self.resolve_label(label), int(seed))
+        options = dict(steps=steps, sampler=sampler, cfg=cfg, extrapolation=extrapolation)
+        image = self.generate_many([request], callback=callback, **options)[0]
+        if output == "array":
+            return image
+        return to_pil(image, self.parameters(request, **options))
+
+
+class PaddedBatch:
+    """Requests of different sizes as one (B, N_max) token batch: tokens, mask, labels and RoPE tables."""
+
+    def __init__(self, requests: Sequence[Request], pipe: Pipeline, rope: RopeSettings,
+                 noise: Sequence[np.ndarray]):
+        p, d = pipe.patch_size, pipe.downsample
+        self.p = p
+        self.grids = [(r.height // (d * p), r.width // (d * p)) for r in requests]
+        self.lengths = [h * w for h, w in self.grids]
+        b, n = len(requests), max(self.lengths)
+        self.x = np.zeros((b, n, pipe.channels * p * p), dtype=F32)
+        self.mask = np.zeros((b, n), dtype=F32)
+        self.cos = np.zeros((b, n, rope.head_dim), dtype=F32)
+        self.sin = np.zeros((b, n, rope.head_dim), dtype=F32)
+        for i, ((h, w), length) in enumerate(zip(self.grids, self.lengths)):
+            self.x[i, :length] = patchify(np.asarray(noise[i], dtype=F32), p)
+            self.mask[i, :length] = 1
+            self.cos[i, :length], self.sin[i, :length] = rope_tables(rope, h, w)
+        self.y = np.array([pipe.null_class if r.label is None else r.label for r in requests], dtype=np.int64)
+
+    def feed(self, null_class: int, cfg: bool) -> dict[str, np.ndarray]:
+        """The per-call constant inputs, doubled into [cond; uncond] halves for CFG."""
+        if not cfg:
+            return {"y": self.y, "rope_cos": self.cos, "rope_sin": self.sin, "mask": self.mask}
+        null = np.full_like(self.y, null_class)
+        return {"y": np.concatenate([self.y, null]), "rope_cos": np.concatenate([self.cos, self.cos]),
+                "rope_sin": np.concatenate([self.sin, self.sin]), "mask": np.concatenate([self.mask, self.mask])}
+
+    def unpack(self, x: np.ndarray) -> list[np.ndarray]:
+        return [unpatchify(x[i, :length], h, w, self.p)
+                for i, ((h, w), length) in enumerate(zip(self.grids, self.lengths))]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tokens <-> latents
+# ----------------------------------------------------------------------------------------------------------
+
+def patchify(latent: np.ndarray, p: int) -> np.ndarray:
+    """(C, H, W) -> (H/p * W/p, C*p*p): row-major tokens, channel order (c, p1, p2)."""
+    c, h, w = latent.shape
+    x = latent.reshape(c, h // p, p, w // p, p).transpose(1, 3, 0, 2, 4)
+    return x.reshape((h // p) * (w // p), c * p * p)
+
+
+def unpatchify(tokens: np.ndarray, h: int, w: int, p: int) -> np.ndarray:
+    """(h*w, C*p*p) tokens of an h x w patch grid -> (C, h*p, w*p)."""
+    c = tokens.shape[-1] // (p * p)
+    x = tokens.reshape(h, w, c, p, p).transpose(2, 0, 3, 1, 4)
+    return np.ascontiguousarray(x.reshape(c, h * p, w * p))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Images and PNG files
+# ----------------------------------------------------------------------------------------------------------
+
+def to_pil(image: np.ndarray, parameters: Optional[dict] = None):
+    """uint8 (H, W, 3) array -> PIL image carrying ``parameters`` in ``info`` (written by :func:`save_png`)."""
+    from PIL import Image
+
+    pil = Image.fromarray(image, "RGB")
+    if parameters is not None:
+        pil.info["parameters"] = json.dumps(parameters, sort_keys=True)
+    return pil
+
+
+def image_grid(images: Sequence[np.ndarray], columns: Optional[int] = None, gap: int = 2) -> np.ndarray:
+    """Tile uint8 images (H, W, 3) of any sizes into one, row by row, ``gap`` black pixels apart."""
+    columns = columns or math.ceil(math.sqrt(len(images)))
+    rows = [images[i:i + columns] for i in range(0, len(images), columns)]
+    row_heights = [max(im.shape[0] for im in row) for row in rows]
+    col_widths = [max(row[c].shape[1] for row in rows if c < len(row)) for c in range(columns)]
+    out = np.zeros((sum(row_heights) + gap * (len(rows) - 1), sum(col_widths) + gap * (columns - 1), 3), np.uint8)
+    top = 0
+    for row, row_h in zip(rows, row_heights):
+        left = 0
+        for c, im in enumerate(row):
+            out[top:top + im.shape[0], left:left + im.shape[1]] = im
+            left += col_widths[c] + gap
+        top += row_h + gap
+    return out
+
+
+def save_png(image, path, parameters: Optional[dict] = None) -> Path:
+    """Write a PNG atomically (temporary file in the same folder, then rename) with ``parameters`` as text chunks:
+    ``parameters`` (all of them as JSON) and one ``fit:<name>`` entry per parameter."""
+    from PIL import Image, PngImagePlugin
+
+    pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image), "RGB")
+    if parameters is None and "parameters" in getattr(pil, "info", {}):
+        parameters = json.loads(pil.info["parameters"])
+    info = PngImagePlugin.PngInfo()
+    if parameters:
+        info.add_text("parameters", json.dumps(parameters, sort_keys=True))
+        for key, value in parameters.items():
+            info.add_text(f"fit:{key}", "" if value is None else str(value))
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pil.save(f, format="PNG", pnginfo=info)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)               # mkstemp creates 0600; give the file the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_parameters(path) -> dict:
+    """The generation parameters stored in a PNG written by :func:`save_png`."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return json.loads(im.text["parameters"])
+
+
+__all__ = ["load", "Pipeline", "Request", "GenerationError", "PackageError", "BackendError", "patchify",
+           "unpatchify", "save_png", "read_parameters", "image_grid", "to_pil", "EXTRAPOLATIONS",
+           "DEFAULT_MODEL_DIR"]

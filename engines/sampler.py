@@ -1,0 +1,267 @@
+"""Rectified-flow samplers and classifier-free guidance in numpy, numerically matching ``fit/flow.py``.
+
+Convention: x_t = t * data + (1 - t) * noise; t = 0 is noise, t = 1 is data; the network predicts the velocity
+v = data - noise. Sampling integrates dx/dt = v(x, t) from t = 0 to t = 1. The state x is float32 and keeps its
+layout (B, N, C); times are float64 on the host and reach the network as float32 (B,) arrays, as in torch.
+
+Every sampler takes ``v(x, t) -> velocity`` and an optional ``callback(done, total, t)`` called after each
+completed step (``total`` is None for the adaptive dopri5, whose step count is not known in advance).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+Velocity = Callable[[np.ndarray, np.ndarray], np.ndarray]       # v(x (B, N, C), t (B,)) -> (B, N, C)
+Callback = Callable[[int, Optional[int], float], None]           # (steps done, total steps or None, t reached)
+
+F32 = np.float32
+SAMPLERS = ("euler", "heun", "dopri5", "sde")
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How to integrate from noise to data. ``method``: euler | heun | dopri5 | sde (official SDE defaults)."""
+
+    method: str = "euler"
+    steps: int = 50
+    atol: float = 1e-6
+    rtol: float = 1e-3
+    diffusion_norm: float = 1.0
+    last_step_size: float = 0.04
+
+    def __post_init__(self):
+        if self.method not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.method!r}; choose one of {', '.join(SAMPLERS)}")
+        if int(self.steps) != self.steps or self.steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {self.steps}")
+        if self.atol <= 0 or self.rtol <= 0:
+            raise ValueError("dopri5 tolerances atol and rtol must be positive")
+
+    def evaluations(self) -> Optional[int]:
+        """Network evaluations the sampler makes (None for dopri5: adaptive)."""
+        return {"euler": self.steps, "heun": 2 * self.steps, "sde": self.steps, "dopri5": None}[self.method]
+
+
+def _full(t: float, x: np.ndarray) -> np.ndarray:
+    return np.full((x.shape[0],), t, dtype=F32)
+
+
+def _notify(callback: Optional[Callback], done: int, total: Optional[int], t: float) -> None:
+    if callback is not None:
+        callback(done, total, float(t))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Classifier-free guidance
+# ----------------------------------------------------------------------------------------------------------
+
+def guidance_scale(cfg_scale: float, t: np.ndarray, scale_pow: float = 0.0) -> np.ndarray:
+    """Per-sample guidance scale (B,) float32. With ``scale_pow`` > 0 the official power-cosine schedule ramps
+    it from 1 at t = 0 to ``cfg_scale`` at t = 1:  s(t) = (cfg - 1) (1 - cos(pi (1 - t)^pow)) / 2 + 1."""
+    t = np.asarray(t, dtype=F32)
+    if scale_pow == 0.0:
+        return np.full(t.shape, cfg_scale, dtype=F32)
+    step = (F32(1) - np.cos(((F32(1) - np.minimum(t, F32(1))) ** F32(scale_pow)) * F32(math.pi))) / F32(2)
+    return (F32(cfg_scale - 1) * step + F32(1)).astype(F32)
+
+
+def guide(out: np.ndarray, cfg_scale: float, t: np.ndarray, guided: int, scale_pow: float = 0.0) -> np.ndarray:
+    """Combine a [cond; uncond] network output (2B, N, C) into (B, N, C).
+
+    The first ``guided`` channels become uncond + s (cond - uncond); the others keep the conditional output
+    (the official rule: guided = cfg_channels * p * p, e.g. 3 of 4 latent channels).
+    """
+    cond, uncond = np.split(out, 2, axis=0)
+    s = guidance_scale(cfg_scale, t, scale_pow).astype(out.dtype).reshape(-1, *([1] * (out.ndim - 1)))
+    mixed = uncond + s * (cond - uncond)
+    if guided >= out.shape[-1]:
+        return mixed
+    return np.concatenate([mixed[..., :guided], cond[..., guided:]], axis=-1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fixed-step samplers
+# ----------------------------------------------------------------------------------------------------------
+
+def time_grid(steps: int) -> list[float]:
+    """steps + 1 equally spaced times from 0 to 1 (float64, as ``torch.linspace(..., dtype=float64)``)."""
+    return np.linspace(0.0, 1.0, steps + 1, dtype=np.float64).tolist()
+
+
+def euler(v: Velocity, x: np.ndarray, steps: int, callback: Optional[Callback] = None) -> np.ndarray:
+    """x <- x + (t1 - t0) v(x, t0) on an even grid; one evaluation per step."""
+    ts = time_grid(steps)
+    for i, (t0, t1) in enumerate(zip(ts[:-1], ts[1:])):
+        x = x + F32(t1 - t0) * v(x, _full(t0, x))
+        _notify(callback, i + 1, steps, t1)
+    return x
+
+
+def heun(v: Velocity, x: np.ndarray, steps: int, callback: Optional[Callback] = None) -> np.ndarray:
+    """Explicit trapezoidal rule (second order), two evaluations per step."""
+    ts = time_grid(steps)
+    for i, (t0, t1) in enumerate(zip(ts[:-1], ts[1:])):
+        h = t1 - t0
+        k1 = v(x, _full(t0, x))
+        k2 = v(x + F32(h) * k1, _full(t1, x))
+        x = x + F32(0.5 * h) * (k1 + k2)
+        _notify(callback, i + 1, steps, t1)
+    return x
+
+
+def sde(v: Velocity, x: np.ndarray, steps: int, diffusion_norm: float = 1.0, last_step_size: float = 0.04,
+        rng: Optional[np.random.Generator] = None, callback: Optional[Callback] = None) -> np.ndarray:
+    """The official SDE sampler on the linear path.
+
+    score = (t v - x) / (1 - t), diffusion w(t) = norm (1 - t), drift = v + w score; Euler-Maruyama over
+    ``steps - 1`` steps on [0, 1 - last_step_size] with x += drift dt + sqrt(2 w) noise sqrt(dt), then one
+    deterministic step of size ``last_step_size``. ``rng.standard_normal(shape, dtype=float32)`` draws the noise.
+    """
+    rng = rng if rng is not None else np.random.default_rng()
+    t_end = 1.0 - last_step_size
+    ts = np.linspace(0.0, t_end, steps, dtype=np.float64)
+    dt = float(ts[1] - ts[0]) if steps > 1 else 0.0
+
+    def drift(x, t):
+        tt = t.reshape(-1, *([1] * (x.ndim - 1)))
+        vel = v(x, t)
+        score = (tt * vel - x) / (F32(1) - tt)
+        w = F32(diffusion_norm) * (F32(1) - tt)
+        return vel + w * score, w
+
+    for i, t in enumerate(ts[:-1].tolist()):
+        d, w = drift(x, _full(t, x))
+        noise = np.asarray(rng.standard_normal(x.shape, dtype=F32))
+        x = x + d * F32(dt) + np.sqrt(F32(2) * w) * noise * F32(math.sqrt(dt))
+        _notify(callback, i + 1, steps, float(ts[i + 1]))
+    if last_step_size > 0:
+        x = x + drift(x, _full(t_end, x))[0] * F32(last_step_size)
+    _notify(callback, steps, steps, 1.0)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Adaptive Dormand-Prince 5(4)
+# ----------------------------------------------------------------------------------------------------------
+# The algorithm of torchdiffeq's ``dopri5`` (the reference sampler's integrator), step for step: Hairer's initial
+# step selection, RMS error norm, safety 0.9, growth <= 10, shrink >= 0.2 on rejection, steps may overshoot t = 1
+# and the answer is read from the 4th-order dense output. Times are float64; each step runs in float32.
+
+_ALPHA = (1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
+_BETA = (
+    (1 / 5,),
+    (3 / 40, 9 / 40),
+    (44 / 45, -56 / 15, 32 / 9),
+    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+    (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
+)
+_C_ERROR = (35 / 384 - 1951 / 21600, 0.0, 500 / 1113 - 22642 / 50085, 125 / 192 - 451 / 720,
+            -2187 / 6784 - -12231 / 42400, 11 / 84 - 649 / 6300, -1.0 / 60.0)
+_C_MID = (6025192743 / 30085553152 / 2, 0.0, 51252292925 / 65400821598 / 2, -2691868925 / 45128329728 / 2,
+          187940372067 / 1594534317056 / 2, -1776094331 / 19743644256 / 2, 11237099 / 235043384 / 2)
+
+
+def _rms(a: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(a, dtype=F32), dtype=F32)))
+
+
+def _combine(y0: np.ndarray, ks: list[np.ndarray], coeffs, dt: np.float32) -> np.ndarray:
+    """y0 + sum_i k_i (coeff_i dt), the coefficients rounded to float32 like torchdiffeq's tableau."""
+    total = np.zeros_like(y0)
+    for k, c in zip(ks, coeffs):
+        if c:
+            total += k * (F32(c) * dt)
+    return y0 + total
+
+
+def _initial_step(v: Velocity, x: np.ndarray, f0: np.ndarray, atol: float, rtol: float, order: int = 4) -> float:
+    scale = F32(atol) + np.abs(x) * F32(rtol)
+    d0, d1 = _rms(x / scale), _rms(f0 / scale)
+    h0 = F32(1e-6) if d0 < 1e-5 or d1 < 1e-5 else F32(0.01) * F32(d0) / F32(d1)
+    f1 = v(x + h0 * f0, _full(float(h0), x))
+    d2 = abs(F32(_rms((f1 - f0) / scale)) / h0)
+    if d1 <= 1e-15 and d2 <= 1e-15:
+        h1 = max(F32(1e-6), h0 * F32(1e-3))
+    else:
+        h1 = (F32(0.01) / F32(max(d1, float(d2)))) ** F32(1.0 / (order + 1))
+    return float(min(F32(100) * h0, h1))
+
+
+def dopri5(v: Velocity, x: np.ndarray, atol: float = 1e-6, rtol: float = 1e-3, max_steps: int = 10_000,
+           callback: Optional[Callback] = None) -> np.ndarray:
+    """Adaptive Dormand-Prince 5(4) from t = 0 to 1 (the paper's FID setting: atol 1e-6, rtol 1e-3)."""
+    f0 = v(x, _full(0.0, x))
+    dt = _initial_step(v, x, f0, atol, rtol)
+    t0, t1 = 0.0, 0.0
+    y, f, interp = x, f0, None
+    accepted = 0
+    for _ in range(max_steps):
+        if t1 >= 1.0:
+            break
+        t_start = t1
+        t_end = t_start + dt
+        dt32, ts32, te32 = F32(dt), F32(t_start), F32(t_end)
+        ks = [f]
+        for alpha, beta in zip(_ALPHA, _BETA):
+            # Stages at alpha = 1 run just before the step end (torchdiffeq's Perturb.PREV).
+            ti = np.nextafter(te32, F32(-np.inf)) if alpha == 1.0 else ts32 + F32(alpha) * dt32
+            yi = _combine(y, ks, beta, dt32)
+            ks.append(v(yi, np.full((x.shape[0],), ti, dtype=F32)))
+        y_new, f_new = yi, ks[-1]
+        error = _combine(np.zeros_like(y), ks, _C_ERROR, dt32)
+        tolerance = F32(atol) + F32(rtol) * np.maximum(np.abs(y), np.abs(y_new))
+        ratio = _rms(error / tolerance)
+        if ratio <= 1:
+            y_mid = _combine(y, ks, _C_MID, dt32)
+            interp = _dense_output(y, y_new, y_mid, ks[0], ks[-1], dt32)
+            t0, t1 = t_start, t_end
+            y, f = y_new, f_new
+            accepted += 1
+            _notify(callback, accepted, None, min(t1, 1.0))
+        dt = _next_step(dt, ratio)
+    else:
+        raise RuntimeError(f"dopri5 did not reach t = 1 in {max_steps} steps; loosen atol/rtol")
+    s = F32((1.0 - t0) / (t1 - t0))
+    total = interp[0] + s * interp[1]
+    power = s
+    for coefficient in interp[2:]:
+        power = power * s
+        total = total + power * coefficient
+    return total
+
+
+def _dense_output(y0, y1, y_mid, f0, f1, dt):
+    """Coefficients [e, d, c, b, a] of the quartic through the step (torchdiffeq's ``_interp_fit``)."""
+    a = F32(2) * dt * (f1 - f0) - F32(8) * (y1 + y0) + F32(16) * y_mid
+    b = dt * (F32(5) * f0 - F32(3) * f1) + F32(18) * y0 + F32(14) * y1 - F32(32) * y_mid
+    c = dt * (f1 - F32(4) * f0) - F32(11) * y0 - F32(5) * y1 + F32(16) * y_mid
+    return [y0, dt * f0, c, b, a]
+
+
+def _next_step(dt: float, ratio: float, safety: float = 0.9, ifactor: float = 10.0, dfactor: float = 0.2,
+               order: int = 5) -> float:
+    if ratio == 0:
+        return dt * ifactor
+    if ratio < 1:
+        dfactor = 1.0
+    return dt * min(ifactor, max(safety / ratio ** (1.0 / order), dfactor))
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+def integrate(v: Velocity, x: np.ndarray, settings: SamplerSettings, rng: Optional[np.random.Generator] = None,
+              callback: Optional[Callback] = None) -> np.ndarray:
+    """Run the sampler ``settings.method`` from noise x (B, N, C) float32 at t = 0 to data at t = 1."""
+    x = np.asarray(x, dtype=F32)
+    if settings.method == "euler":
+        return euler(v, x, settings.steps, callback)
+    if settings.method == "heun":
+        return heun(v, x, settings.steps, callback)
+    if settings.method == "dopri5":
+        return dopri5(v, x, settings.atol, settings.rtol, callback=callback)
+    return sde(v, x, settings.steps, settings.diffusion_norm, settings.last_step_size, rng, callback)

@@ -1,0 +1,263 @@
+"""engines.pipeline on an exported tiny model: parity with fit.sampling.sample, padded batches, decoding, PNGs."""
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import engines  # noqa: E402
+from engines.backend import BackendError, create_backend  # noqa: E402
+from engines.manifest import PackageError, file_entries  # noqa: E402
+from engines.pipeline import EXTRAPOLATIONS, GenerationError, Request, patchify, read_parameters, save_png, unpatchify  # noqa: E402
+from engines.sampler import SamplerSettings  # noqa: E402
+from fit import flow  # noqa: E402
+from fit.sampling import sample  # noqa: E402
+from tests.runtime_helpers import copy_package, tiny_package  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    return tiny_package(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def pipe(package):
+    with engines.load(package[0], threads=1) as p:
+        yield p
+
+
+def latent_noise(requests, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((4, r.height // 8, r.width // 8), dtype=np.float32) for r in requests]
+
+
+@pytest.mark.parametrize("method,cfg,extrapolation", [("euler", 1.0, None), ("euler", 3.0, "ntk-pro1"),
+                                                      ("heun", 2.0, "vision-yarn"), ("dopri5", 1.0, None)])
+def test_runtime_matches_torch_sampling(pipe, package, method, cfg, extrapolation):
+    """ONNX Runtime + numpy sampler vs fit.sampling.sample with the same noise, mixed sizes in one batch."""
+    model = package[1]
+    requests = [Request(64, 32, 3, 0), Request(32, 48, 7, 1), Request(48, 48, None, 2)]
+    noise = latent_noise(requests)
+    settings = SamplerSettings(method, steps=4)
+    ours = pipe.sample_latents(requests, settings, cfg, pipe.rope_settings(extrapolation), noise=noise)
+    ref = sample(model, [(r.height // 8, r.width // 8, model.num_classes if r.label is None else r.label)
+                         for r in requests],
+                 sampler=flow.SamplerSettings(method, steps=4), cfg_scale=cfg,
+                 rope_method=extrapolation,
+                 noise=[torch.from_numpy(n) for n in noise])
+    for a, b in zip(ours, ref):
+        assert a.shape == tuple(b.shape)
+        np.testing.assert_allclose(a, b.numpy(), atol=1e-4, rtol=0)
+
+
+def test_batching_does_not_change_an_image(pipe):
+    requests = [Request(64, 32, 1, 10), Request(32, 32, 2, 11)]
+    together = pipe.generate_many(requests, steps=3, cfg=2.0)
+    alone = pipe.generate_many(requests[1:], steps=3, cfg=2.0)
+    np.testing.assert_allclose(together[1].astype(int), alone[0].astype(int), atol=1)
+
+
+def test_same_seed_same_image_and_other_seed_differs(pipe):
+    a = pipe.generate(width=48, height=32, label=2, seed=5, steps=3, output="array")
+    b = pipe.generate(width=48, height=32, label=2, seed=5, steps=3, output="array")
+    c = pipe.generate(width=48, height=32, label=2, seed=6, steps=3, output="array")
+    assert a.shape == (32, 48, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a.astype(int) - c.astype(int)).max() > 0
+
+
+def test_generate_returns_pil_with_parameters(pipe, tmp_path):
+    image = pipe.generate(width=32, height=64, label=4, seed=3, steps=2, sampler="heun", cfg=1.5)
+    assert image.size == (32, 64)
+    params = json.loads(image.info["parameters"])
+    assert params["seed"] == 3 and params["sampler"] == "heun" and params["class"] == 4
+    path = save_png(image, tmp_path / "a.png")
+    assert read_parameters(path) == params
+    assert not [p for p in tmp_path.iterdir() if p.name != "a.png"]          # no temporary file left
+
+
+def test_patchify_matches_torch_and_round_trips():
+    latent = np.random.default_rng(0).standard_normal((4, 6, 10)).astype(np.float32)
+    tokens = patchify(latent, 2)
+    np.testing.assert_array_equal(tokens, flow.patchify(torch.from_numpy(latent), 2).numpy())
+    np.testing.assert_array_equal(unpatchify(tokens, 3, 5, 2), latent)
+
+
+@pytest.mark.parametrize("width,height,snap,expected", [(48, 32, False, (48, 32)), (50, 30, True, (48, 32))])
+def test_size_checks(pipe, width, height, snap, expected):
+    assert pipe.check_size(width, height, snap) == expected
+
+
+@pytest.mark.parametrize("width,height,message", [(50, 32, "nearest valid sizes: 48x32, 64x32"),
+                                                  (0, 32, "positive"), (2048, 2048, "maximum"),
+                                                  ("64", 32, "whole number")])
+def test_bad_sizes_name_the_fix(pipe, width, height, message):
+    with pytest.raises(GenerationError, match=message):
+        pipe.check_size(width, height)
+
+
+def test_labels(pipe):
+    assert pipe.resolve_label("3") == 3 and pipe.resolve_label(None) is None
+    for bad in (10, -1, "dog", 2.5):
+        with pytest.raises(GenerationError):
+            pipe.resolve_label(bad)
+
+
+def test_bad_generation_settings(pipe):
+    with pytest.raises(GenerationError, match="cfg"):
+        pipe.generate(width=32, height=32, cfg=-1)
+    with pytest.raises(GenerationError, match="steps"):
+        pipe.generate(width=32, height=32, steps=0)
+    with pytest.raises(GenerationError, match="extrapolation"):
+        pipe.generate(width=32, height=32, extrapolation="warp")
+
+
+def test_corrupt_packages_are_refused(package, tmp_path):
+    bad_hash = copy_package(package[0], tmp_path / "hash")
+    with open(bad_hash / "transformer.onnx", "r+b") as f:
+        f.seek(100)
+        f.write(b"\0\1\2\3")
+    with pytest.raises(PackageError, match="sha256"):
+        engines.load(bad_hash)
+    truncated = copy_package(package[0], tmp_path / "trunc")
+    data = (truncated / "transformer.onnx").read_bytes()
+    (truncated / "transformer.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(PackageError, match="bytes"):
+        engines.load(truncated)
+    doc = json.loads((truncated / "manifest.json").read_text())           # hashes rewritten: ONNX Runtime refuses
+    doc["files"].update(file_entries(truncated, ["transformer.onnx"]))
+    (truncated / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(BackendError, match="cannot load"):
+        engines.load(truncated)
+    bad_json = copy_package(package[0], tmp_path / "json")
+    (bad_json / "manifest.json").write_text("{not json")
+    with pytest.raises(PackageError, match="not valid JSON"):
+        engines.load(bad_json)
+    with pytest.raises(PackageError, match="does not exist"):
+        engines.load(tmp_path / "missing")
+
+
+def test_vae_decoder_path(package, tmp_path):
+    """A package with vae_decoder.onnx decodes through it: a stand-in decoder (nearest x8 upsample of the first
+    three channels) makes the expected image computable."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    pkg = copy_package(package[0], tmp_path / "vae")
+    graph = helper.make_graph(
+        [helper.make_node("Slice", ["latent", "starts", "ends", "axes"], ["rgb"]),
+         helper.make_node("Resize", ["rgb", "", "scales"], ["image"], mode="nearest")],
+        "decoder", [helper.make_tensor_value_info("latent", TensorProto.FLOAT, [1, 4, "h", "w"])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, "H", "W"])],
+        [helper.make_tensor("starts", TensorProto.INT64, [1], [0]), helper.make_tensor("ends", TensorProto.INT64, [1], [3]),
+         helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+         helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 8, 8])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), pkg / "vae_decoder.onnx")
+    doc = json.loads((pkg / "manifest.json").read_text())
+    doc["vae_decoder"] = {"file": "vae_decoder.onnx"}
+    doc["files"].update(file_entries(pkg, ["vae_decoder.onnx"]))
+    (pkg / "manifest.json").write_text(json.dumps(doc))
+    with engines.load(pkg, threads=1) as p:
+        request = Request(32, 48, 1, 0)
+        settings = p.sampler_settings("euler", 2)
+        latent = p.sample_latents([request], settings, 1.0, p.rope)[0]
+        image = p.generate_many([request], steps=2, sampler="euler", cfg=1.0)[0]
+    z = latent[:3] / np.float32(0.18215)
+    expected = np.clip((np.repeat(np.repeat(z, 8, 1), 8, 2) + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(image, expected.transpose(1, 2, 0))
+
+
+def test_backend_interface(package):
+    backend = create_backend("ort", package[0], threads=1, device="cpu")
+    with pytest.raises(BackendError, match="not active"):
+        backend.infer({})
+    with backend:
+        assert list(backend.inputs) == ["x", "t", "y", "rope_cos", "rope_sin", "mask"]
+        assert list(backend.outputs) == ["v"]
+        with pytest.raises(BackendError, match="missing"):
+            backend.infer({"x": np.zeros((1, 4, 16), np.float32)})
+    assert not backend.is_active
+    with pytest.raises(BackendError, match="unknown backend"):
+        create_backend("cuda-magic", package[0])
+    with pytest.raises(BackendError, match="optimization"):
+        create_backend("onnxruntime", package[0], optimization="max")
+    with pytest.raises(BackendError, match="no option"):
+        create_backend("onnxruntime", package[0], warp_speed=True)
+    with pytest.raises(BackendError, match="memory policy"):
+        create_backend("onnxruntime", package[0], memory="hoard")
+
+
+def test_memory_policies_give_identical_outputs(package):
+    rng = np.random.default_rng(0)
+    feed = {"x": rng.standard_normal((2, 12, 16), dtype=np.float32), "t": np.array([0.2, 0.7], np.float32),
+            "y": np.array([1, 10]), "rope_cos": np.ones((2, 12, 16), np.float32),
+            "rope_sin": np.zeros((2, 12, 16), np.float32), "mask": np.ones((2, 12), np.float32)}
+    outputs = []
+    for memory in ("shrink", "arena", "off"):
+        with create_backend("onnxruntime", package[0], threads=1, memory=memory) as backend:
+            outputs.append(backend.infer(feed)["v"])
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    np.testing.assert_array_equal(outputs[0], outputs[2])
+
+
+def test_optimized_model_is_saved(package, tmp_path):
+    target = tmp_path / "optimized.onnx"
+    with create_backend("onnxruntime", package[0], optimized_model_path=str(target), optimization="extended"):
+        pass
+    assert target.is_file() and target.stat().st_size > 0
+
+
+def test_example_app_serves_png(package):
+    """examples/embed_app.py: a request returns a PNG with parameters; a bad one gets HTTP 400."""
+    import importlib.util
+    import threading
+    import urllib.error
+    import urllib.request
+    from http.server import HTTPServer
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "embed_app.py"
+    spec = importlib.util.spec_from_file_location("embed_app", path)
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    with engines.load(package[0], threads=1) as p:
+        server = HTTPServer(("127.0.0.1", 0), app.make_handler(p, threading.Lock()))
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        base = f"http://127.0.0.1:{server.server_port}/generate"
+        try:
+            with urllib.request.urlopen(f"{base}?width=32&height=48&label=2&seed=1&steps=2") as response:
+                assert response.headers["Content-Type"] == "image/png"
+                assert json.loads(response.headers["X-Generation-Parameters"])["seed"] == 1
+                assert response.read()[:8] == b"\x89PNG\r\n\x1a\n"
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(f"{base}?width=33&height=48")
+            assert err.value.code == 400
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+def test_every_listed_extrapolation_resolves(pipe):
+    methods = {pipe.rope_settings(name).method for name in EXTRAPOLATIONS}
+    assert methods == {"normal", "linear", "ntk-aware", "ntk-by-parts", "yarn", "ntk-aware-pro1", "ntk-aware-pro2"}
+    assert pipe.rope_settings("vision-yarn").decouple and not pipe.rope_settings("yarn").decouple
+
+
+def test_fp16_package_runs_and_agrees(package, pipe, tmp_path):
+    """An fp16 graph takes float16 x and returns float16 v; the runtime casts both ways and stays close to fp32."""
+    from fit_export import export_package
+
+    p16 = export_package(package[1], None, tmp_path / "fp16", precision="fp16")
+    requests = [Request(64, 32, 3, 0), Request(32, 32, 5, 1)]
+    noise = latent_noise(requests)
+    settings = SamplerSettings("euler", steps=3)
+    ref = pipe.sample_latents(requests, settings, 2.0, pipe.rope, noise=noise)
+    with engines.load(p16, threads=1) as half:
+        assert half.backend.inputs["x"].dtype == np.float16
+        out = half.sample_latents(requests, settings, 2.0, half.rope, noise=noise)
+    for a, b in zip(out, ref):
+        assert a.dtype == np.float32
+        cosine = float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+        assert cosine > 0.999

@@ -1,0 +1,100 @@
+"""numpy samplers (engines.sampler) against the torch reference (fit.flow) and against exact solutions."""
+import math
+
+import numpy as np
+import pytest
+
+from engines import sampler as ns
+
+torch = pytest.importorskip("torch")
+from fit import flow  # noqa: E402
+
+A = np.random.default_rng(0).standard_normal((3, 5, 4)).astype(np.float32)
+X0 = np.random.default_rng(1).standard_normal((3, 5, 4)).astype(np.float32)
+
+
+def field_torch(x, t):
+    return torch.sin(3 * t.view(-1, 1, 1) + x) * torch.from_numpy(A) - 0.5 * x
+
+
+def field_numpy(x, t):
+    return np.sin(3 * t.reshape(-1, 1, 1) + x) * A - np.float32(0.5) * x
+
+
+def counted(fn):
+    def wrapped(x, t):
+        wrapped.calls += 1
+        return fn(x, t)
+    wrapped.calls = 0
+    return wrapped
+
+
+@pytest.mark.parametrize("method,steps", [("euler", 1), ("euler", 7), ("heun", 7), ("dopri5", 0)])
+def test_matches_torch_on_an_analytic_field(method, steps):
+    vt, vn = counted(field_torch), counted(field_numpy)
+    ref = flow.integrate(vt, torch.from_numpy(X0), flow.SamplerSettings(method, steps=max(steps, 1))).numpy()
+    out = ns.integrate(vn, X0, ns.SamplerSettings(method, steps=max(steps, 1)))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, ref, atol=2e-5, rtol=0)
+    assert vn.calls == vt.calls                      # same steps (dopri5: same accepted/rejected sequence)
+
+
+def test_sde_matches_torch_with_the_same_noise():
+    g = torch.Generator().manual_seed(5)
+    ref = flow.integrate(field_torch, torch.from_numpy(X0), flow.SamplerSettings("sde", steps=7), g).numpy()
+    g = torch.Generator().manual_seed(5)
+
+    class TorchNoise:                                # replays torch.randn in the reference's order
+        def standard_normal(self, shape, dtype):
+            return torch.randn(shape, generator=g).numpy().astype(dtype)
+
+    out = ns.integrate(field_numpy, X0, ns.SamplerSettings("sde", steps=7), rng=TorchNoise())
+    np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("scale_pow", [0.0, 2.0])
+@pytest.mark.parametrize("guided", [12, 16])
+def test_guidance_matches_torch(scale_pow, guided):
+    out = np.random.default_rng(2).standard_normal((6, 5, 16)).astype(np.float32)
+    t = np.array([0.0, 0.5, 1.0], np.float32)
+    ref = flow.guide(torch.from_numpy(out), 4.0, torch.from_numpy(t), guided, scale_pow=scale_pow).numpy()
+    np.testing.assert_allclose(ns.guide(out, 4.0, t, guided, scale_pow=scale_pow), ref, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(ns.guidance_scale(4.0, t, scale_pow),
+                               flow.guidance_scale(4.0, torch.from_numpy(t), scale_pow).numpy(), atol=1e-6)
+
+
+def test_guide_keeps_unguided_channels_conditional():
+    cond = np.ones((1, 2, 8), np.float32)
+    uncond = np.zeros((1, 2, 8), np.float32)
+    out = ns.guide(np.concatenate([cond, uncond]), 3.0, np.array([0.5], np.float32), guided=4)
+    np.testing.assert_array_equal(out[..., :4], 3.0)
+    np.testing.assert_array_equal(out[..., 4:], 1.0)
+
+
+def test_power_cosine_schedule_ramps_from_one_to_cfg():
+    s = ns.guidance_scale(4.0, np.array([0.0, 1.0], np.float32), scale_pow=1.0)
+    np.testing.assert_allclose(s, [4.0, 1.0], atol=1e-6)   # official: full scale at t = 0 side of (1 - t)^pow
+
+
+@pytest.mark.parametrize("method,steps,tol", [("euler", 200, 5e-3), ("heun", 20, 1e-3), ("dopri5", 1, 1e-3)])
+def test_converges_to_the_exact_solution(method, steps, tol):
+    """dx/dt = t - x has x(t) = (x0 + 1) e^-t + t - 1, so x(1) = (x0 + 1) / e."""
+    x0 = np.linspace(-2, 2, 12, dtype=np.float32).reshape(1, 3, 4)
+    exact = (x0 + 1) / math.e
+    out = ns.integrate(lambda x, t: -x + t.reshape(-1, 1, 1), x0, ns.SamplerSettings(method, steps=steps))
+    np.testing.assert_allclose(out, exact, atol=tol)
+
+
+def test_callback_reports_every_step():
+    seen = []
+    ns.integrate(field_numpy, X0, ns.SamplerSettings("heun", steps=4), callback=lambda d, n, t: seen.append((d, n)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    seen.clear()
+    ns.integrate(field_numpy, X0, ns.SamplerSettings("dopri5"), callback=lambda d, n, t: seen.append((d, n, t)))
+    assert seen and seen[-1][2] == 1.0 and all(n is None for _, n, _ in seen)
+
+
+@pytest.mark.parametrize("kwargs", [dict(method="rk4"), dict(steps=0), dict(steps=2.5), dict(atol=0)])
+def test_settings_reject_bad_values(kwargs):
+    with pytest.raises(ValueError):
+        ns.SamplerSettings(**kwargs)
