@@ -1,6 +1,6 @@
 """``fit-export build`` (TensorRT engines) and ``fit-export trt-check`` (op support, no GPU): thin click wrappers.
 
-The lead registers these command objects in the ``fit-export`` group (``main.add_command(build)``).
+Registered in the ``fit-export`` group by ``cli/export.py``.
 """
 from __future__ import annotations
 
