@@ -60,8 +60,8 @@ def _notify(callback: Optional[Callback], done: int, total: Optional[int], t: fl
 # ----------------------------------------------------------------------------------------------------------
 
 def guidance_scale(cfg_scale: float, t: np.ndarray, scale_pow: float = 0.0) -> np.ndarray:
-    """Per-sample guidance scale (B,) float32. With ``scale_pow`` > 0 the official power-cosine schedule ramps
-    it from 1 at t = 0 to ``cfg_scale`` at t = 1:  s(t) = (cfg - 1) (1 - cos(pi (1 - t)^pow)) / 2 + 1."""
+    """Per-sample guidance scale (B,) float32. With ``scale_pow`` > 0 the official power-cosine schedule lowers
+    it from ``cfg_scale`` at t = 0 (noise) to 1 at t = 1 (data):  s(t) = (cfg - 1) (1 - cos(pi (1 - t)^pow)) / 2 + 1."""
     t = np.asarray(t, dtype=F32)
     if scale_pow == 0.0:
         return np.full(t.shape, cfg_scale, dtype=F32)

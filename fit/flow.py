@@ -6,10 +6,11 @@ network predicts the velocity v = x1 - x0. Sampling integrates dx/dt = v(x, t) f
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+
+from engines.sampler import SamplerSettings  # one definition for the torch and numpy samplers
 
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]   # v(x, t) with t of shape (B,)
 
@@ -73,25 +74,6 @@ def guide(out: torch.Tensor, cfg_scale: float, t: torch.Tensor, guided: int, cha
 #                                   Samplers                                    #
 #################################################################################
 
-@dataclass
-class SamplerSettings:
-    """How to integrate from noise to data. ``method``: euler | heun | dopri5 | sde."""
-
-    method: str = "euler"
-    steps: int = 50
-    atol: float = 1e-6
-    rtol: float = 1e-3
-    # SDE (official defaults): Euler-Maruyama, diffusion "sigma" form, final mean step.
-    diffusion_norm: float = 1.0
-    last_step_size: float = 0.04
-
-    def __post_init__(self):
-        if self.method not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.method!r}; choose one of {', '.join(SAMPLERS)}")
-        if self.steps < 1:
-            raise ValueError("steps must be at least 1")
-
-
 def _full(t: float, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
 
@@ -147,9 +129,6 @@ def sde_euler_maruyama(v: Velocity, x: torch.Tensor, steps: int, diffusion_norm:
     if last_step_size > 0:
         x = x + drift(x, _full(t_end, x))[0] * last_step_size
     return x
-
-
-SAMPLERS = ("euler", "heun", "dopri5", "sde")
 
 
 def integrate(v: Velocity, x: torch.Tensor, settings: SamplerSettings,
