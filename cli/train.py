@@ -1,4 +1,5 @@
-"""``fit-train``: train FiTv2 (``run``) and turn an image folder into training data (``prepare``)."""
+"""``fit-train``: train FiTv2 (``run``), turn an image folder into training data (``prepare``), and train a tiny
+latent autoencoder on the procedural shapes (``vae``)."""
 from __future__ import annotations
 
 import sys
@@ -80,6 +81,39 @@ def prepare(images, out, max_tokens, vae, pixels, patch_size, strict, device):
     except USER_ERRORS as e:
         _fail(e)
     click.echo(report.summary(), err=True)
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output: diffusers AutoencoderKL folder (sd-vae-ft-ema layout), loss.csv, reconstructions.png.")
+@click.option("--steps", type=int, default=1200, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--crop", type=int, default=48, show_default=True, help="Square training crops (pixels).")
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--kl-weight", type=float, default=1e-6, show_default=True)
+@click.option("--channels", default="32,64,64,64", show_default=True,
+              help="block_out_channels; N entries = N-1 downsamplings.")
+@click.option("--latent-channels", type=int, default=4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--init", "init_from", type=click.Path(file_okay=False),
+              help="Continue from a saved autoencoder folder (its network settings win over --channels).")
+@click.option("--decoder-only", is_flag=True,
+              help="With --init: freeze the encoder (same latents and scaling_factor), train the decoder.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def vae(out, steps, batch_size, crop, lr, kl_weight, channels, latent_channels, seed, init_from, decoder_only, quiet):
+    """Train a tiny SD-VAE-like AutoencoderKL on the procedural shapes (for fit-train prepare --vae OUT)."""
+    from fit.autoencoder import AutoencoderSettings, train_autoencoder
+
+    try:
+        if not all(c.strip().isdigit() for c in channels.split(",")):
+            raise ValueError(f"--channels takes comma-separated integers such as 32,64,64,64, got {channels!r}")
+        settings = AutoencoderSettings(block_out_channels=tuple(int(c) for c in channels.split(",")),
+                                       latent_channels=latent_channels, steps=steps, batch_size=batch_size,
+                                       crop=crop, lr=lr, kl_weight=kl_weight, seed=seed, init_from=init_from,
+                                       decoder_only=decoder_only)
+        train_autoencoder(settings, out, progress=not quiet, log=lambda line: click.echo(line, err=True))
+    except USER_ERRORS as e:
+        _fail(e)
 
 
 if __name__ == "__main__":

@@ -158,3 +158,10 @@ def test_prepare_with_a_local_vae(tmp_path):
     assert sample["feature"].shape[0] == int(sample["size"].prod()) <= 16
     with pytest.raises(DataError, match="AutoencoderKL"):
         prepare_folder(str(images), str(tmp_path / "o2"), 16, vae=str(tmp_path / "img"), progress=False)
+
+
+def test_resize_keeps_an_image_that_exactly_fills_a_non_square_budget():
+    from fit.data.prepare import resize_size
+    # 64 x 96 px = 4 x 6 = 24 tokens of 16 px: exactly the budget; sqrt(24)**2 is not 24 in floating point.
+    assert resize_size(64, 96, 24, 16) == (64, 96)
+    assert resize_size(96, 64, 24, 16) == (96, 64)

@@ -36,7 +36,7 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 def resize_size(width: int, height: int, max_tokens: int, unit: int) -> tuple[int, int]:
     """(w, h) of the resize version: multiples of ``unit`` with at most ``max_tokens`` tokens of unit x unit."""
     side = math.sqrt(max_tokens) * unit
-    if width * height > side ** 2:
+    if width * height > max_tokens * unit * unit:         # integers: sqrt(24)**2 != 24 in floating point
         w = math.sqrt(width / height) * side
         h = w * height / width
     elif width < unit:
