@@ -58,7 +58,8 @@ def check_writable(paths: list[Path]) -> None:
 @click.argument("package", required=False, type=click.Path(path_type=Path))
 @click.option("--width", "-W", type=int, default=None, help="Image width in pixels (default: the model's).")
 @click.option("--height", "-H", type=int, default=None, help="Image height in pixels (default: the model's).")
-@click.option("--class", "label", default=None, help="Class id or name (default: unconditional).")
+@click.option("--class", "label", default=None,
+              help="Class id or name, or a comma-separated list cycled over --num (default: unconditional).")
 @click.option("--num", "-n", type=click.IntRange(min=1), default=1, show_default=True, help="Number of images.")
 @click.option("--steps", type=int, default=None, help="Sampler steps (default: the package's).")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default=None, help="Integrator (default: the package's).")
@@ -105,11 +106,11 @@ def run(package, width, height, label, num, steps, sampler, cfg, seed, extrapola
         size = pipe.check_size(*wanted, snap=snap)
         if size != wanted:
             click.echo(f"fit-run: snapped {wanted[0]}x{wanted[1]} to {size[0]}x{size[1]}", err=True)
-        class_id = pipe.resolve_label(label)
+        class_ids = [pipe.resolve_label(part) for part in label.split(",")] if label else [pipe.resolve_label(None)]
         generation = dict(steps=steps, sampler=sampler, cfg=cfg, extrapolation=extrapolation)
         settings = pipe.sampler_settings(sampler, steps)
         pipe.rope_settings(extrapolation)
-        requests = [Request(size[0], size[1], class_id, seed + i) for i in range(num)]
+        requests = [Request(size[0], size[1], class_ids[i % len(class_ids)], seed + i) for i in range(num)]
         from tqdm import tqdm
 
         total = settings.steps if settings.method != "dopri5" else None

@@ -16,6 +16,7 @@ import numpy as np
 
 from engines import manifest as mf
 from engines.buckets import Bucket, BucketError, smallest_bucket, tokens_for_size
+from engines.sampler import SamplerSettings
 from engines.rope import METHODS
 from fit.config import ConfigError, FiTConfig
 from fit.loading import CheckpointError, load_model
@@ -34,7 +35,9 @@ VAE_TOLERANCE = 1e-3          # max abs error of the ONNX decoder relative to th
 def export_package(model_or_config: Union[FiT, FiTConfig, str, dict], checkpoint: Optional[str], out_dir,
                    precision: str = "fp32", vae_dir=None, name: Optional[str] = None, force: bool = False,
                    sizes: Optional[Sequence[tuple[int, int]]] = None, buckets: Optional[Sequence[int]] = None,
-                   include_weights: bool = False, opset: int = DEFAULT_OPSET) -> Path:
+                   include_weights: bool = False, opset: int = DEFAULT_OPSET,
+                   class_names: Optional[Sequence[str]] = None, default_cfg: float = 1.5,
+                   default_sampler: str = "euler", default_steps: int = 50) -> Path:
     """Export a FiT into the model package ``out_dir`` and return its path.
 
     model_or_config: a :class:`FiT` (used as is; ``checkpoint`` must then be None), or a preset name, official
@@ -46,6 +49,8 @@ def export_package(model_or_config: Union[FiT, FiTConfig, str, dict], checkpoint
         training budget, plus the token count of each size beyond it).
     include_weights: also store the PyTorch weights (``weights.safetensors``) so ``validate`` needs no checkpoint.
     force: replace an existing package at ``out_dir``.
+    class_names: one name per class (``fit-run --class NAME``); default_cfg / default_sampler / default_steps:
+        the generation defaults the manifest records for runtimes.
 
     Raises ExportError, ConfigError or CheckpointError (all ValueError/RuntimeError with a one-line message);
     nothing is left at ``out_dir`` on failure.
@@ -61,6 +66,14 @@ def export_package(model_or_config: Union[FiT, FiTConfig, str, dict], checkpoint
     cfg = model.config
     name = name or (model_or_config if isinstance(model_or_config, str) and not os.path.exists(model_or_config)
                     else out_dir.name)
+    if class_names is not None and len(class_names) != cfg.num_classes:
+        raise ExportError(f"{len(class_names)} class names given for a model with {cfg.num_classes} classes")
+    try:
+        sampler_defaults = SamplerSettings(default_sampler, default_steps)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    if not default_cfg >= 0:
+        raise ExportError(f"the default guidance scale must be >= 0, got {default_cfg}")
     vae = load_vae(vae_dir) if vae_dir is not None else None
     sizes_section = describe_sizes(cfg, vae, sizes, buckets)         # bad sizes fail before the slow export
 
@@ -87,10 +100,11 @@ def export_package(model_or_config: Union[FiT, FiTConfig, str, dict], checkpoint
             reference["weights"] = WEIGHTS_FILE
             files.append(WEIGHTS_FILE)
         doc = mf.build_manifest(
-            name=str(name), model=describe_model(cfg), latent=describe_latent(cfg, vae),
+            name=str(name), model=describe_model(cfg, class_names), latent=describe_latent(cfg, vae),
             transformer=describe_transformer(cfg, transformer), vae_decoder=vae_entry,
-            guidance={"cfg_channels": cfg.cfg_channels, "default_scale": 1.5, "scale_pow": 0.0},
-            sampler={"method": "euler", "steps": 50, "atol": 1e-6, "rtol": 1e-3, "time_shifting": cfg.time_shifting},
+            guidance={"cfg_channels": cfg.cfg_channels, "default_scale": float(default_cfg), "scale_pow": 0.0},
+            sampler={"method": sampler_defaults.method, "steps": sampler_defaults.steps,
+                     "atol": sampler_defaults.atol, "rtol": sampler_defaults.rtol, "time_shifting": cfg.time_shifting},
             rope=describe_rope(cfg), sizes=sizes_section, reference=reference,
             files=mf.file_entries(work, files))
         mf.write_manifest(work, doc)
@@ -106,11 +120,11 @@ def export_package(model_or_config: Union[FiT, FiTConfig, str, dict], checkpoint
 #                                Manifest sections                              #
 #################################################################################
 
-def describe_model(cfg: FiTConfig) -> dict:
+def describe_model(cfg: FiTConfig, class_names: Optional[Sequence[str]] = None) -> dict:
     return {"config": cfg.to_dict(), "patch_size": cfg.patch_size, "latent_channels": cfg.in_channels,
             "token_dim": cfg.token_dim, "out_token_dim": cfg.patch_size ** 2 * cfg.out_channels,
             "head_dim": cfg.head_dim, "num_classes": cfg.num_classes, "null_class": cfg.null_class,
-            "class_names": None, "learn_sigma": cfg.learn_sigma}
+            "class_names": list(class_names) if class_names is not None else None, "learn_sigma": cfg.learn_sigma}
 
 
 def describe_latent(cfg: FiTConfig, vae) -> dict:

@@ -10,6 +10,6 @@ if [ ! -x .venv-core/bin/fit-run ]; then
     .venv-core/bin/pip install -q -e .
 fi
 if [ "$#" -eq 0 ]; then
-    set -- --width 64 --height 64 --num 8 --grid --out demo.png
+    set -- --width 96 --height 64 --class circle,square,triangle,diamond,cross,ring,frame,star --num 8 --grid --out demo.png
 fi
 .venv-core/bin/fit-run "$@"
