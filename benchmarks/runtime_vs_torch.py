@@ -13,8 +13,11 @@ Measures, in one run on this machine:
   ``embed + 36 x per-block``, estimated from this run and a 2x-depth check run when ``--check-scaling``;
 - batch 1 and 2 at 256 and 1024 tokens; each (engine, model, batch, tokens) runs in its own process, which
   reports its best and median latency and its peak RSS (VmHWM) above the RSS after loading;
-- ONNX Runtime int8 dynamic quantization (weights int8, activations quantized per call): latency and the change
-  of the output (cosine vs fp32) and of a sampled image (PSNR vs the fp32 image, same seed);
+- ONNX Runtime on the package graph (``transformer.onnx``, standard ops) and on its ONNX Runtime-only copy with
+  fused attention (``fit-export ort-optimize``, ``fit_export/ort_optimize.py``), side by side;
+- ONNX Runtime int8 dynamic quantization (weights int8, activations quantized per call) of each: per-tensor
+  weights on the package graph, per-channel weights on the fused copy; latency and the change of the output
+  (cosine vs fp32) and of a sampled image (PSNR vs the fp32 image, same seed);
 - end-to-end ``fit-run`` time for a 96x64 image and its cold-start share (a fresh process each time).
 
 Writes ``<out>.json`` and ``<out>.md`` (a markdown table with date and machine). A script, not a test.
@@ -195,14 +198,19 @@ def run_child(spec: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+ORT_VARIANTS = ("ort", "ort-fused", "ort-int8", "ort-fused-int8")
+
+
 def prepare_model(name: str, config: dict, work: Path) -> dict:
-    """Random weights (seeded, zero-initialised layers made random), saved for torch, exported + int8 for ORT."""
+    """Random weights (seeded, zero-initialised layers made random), saved for torch; exported for ORT as the
+    package graph, its fused-attention copy, and int8 copies of both."""
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from fit.config import FiTConfig
     from fit.model import FiT
     from fit_export.onnx_export import export_transformer
+    from fit_export.ort_optimize import optimize_graph
 
     torch.manual_seed(0)
     model = FiT(FiTConfig.from_dict(config)).eval()
@@ -210,12 +218,17 @@ def prepare_model(name: str, config: dict, work: Path) -> dict:
         for param in model.parameters():
             if not param.abs().sum():
                 param.normal_(0, 0.02)
-    weights, onnx_path, int8_path = work / f"{name}.pt", work / f"{name}.onnx", work / f"{name}.int8.onnx"
+    weights = work / f"{name}.pt"
+    paths = {variant: work / f"{name}.{variant}.onnx" for variant in ORT_VARIANTS}
     torch.save(model.state_dict(), weights)
-    export_transformer(model, onnx_path)
+    export_transformer(model, paths["ort"])
+    cfg = model.config
+    optimize_graph(paths["ort"], paths["ort-fused"], cfg.num_heads, cfg.head_dim, cfg.token_dim)
     logging.getLogger().setLevel(logging.ERROR)          # quantize_dynamic's pre-processing advice
-    quantize_dynamic(str(onnx_path), str(int8_path), weight_type=QuantType.QInt8)
-    return {"model": model, "weights": str(weights), "onnx": str(onnx_path), "int8": str(int8_path)}
+    quantize_dynamic(str(paths["ort"]), str(paths["ort-int8"]), weight_type=QuantType.QInt8)
+    quantize_dynamic(str(paths["ort-fused"]), str(paths["ort-fused-int8"]), weight_type=QuantType.QInt8,
+                     per_channel=True)
+    return {"model": model, "weights": str(weights), **{k: str(v) for k, v in paths.items()}}
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -228,17 +241,19 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(255 ** 2 / mse))
 
 
-def image_psnr_int8(model, int8_path: str, work: Path, steps: int) -> dict:
-    """Same seed through the fp32 and int8 graphs (96x64 image, Euler) -> PSNR of the images."""
+def image_psnr(model, prepared: dict, work: Path, steps: int) -> dict:
+    """Same seed through the fp32 package graph and each other ORT variant (96x64 image, Euler) -> PSNR of the
+    images against the fp32 one."""
     import engines
     from fit_export import export_package
 
     package = export_package(model, None, work / "psnr-package", force=True)
     images = {}
-    for label, options in (("fp32", {}), ("int8", {"model_path": int8_path})):
-        with engines.load(package, **options) as pipe:
-            images[label] = pipe.generate(width=96, height=64, label=1, seed=0, steps=steps, output="array")
-    return {"image_psnr_db": round(psnr(images["fp32"], images["int8"]), 2), "image": "96x64", "steps": steps}
+    for variant in ORT_VARIANTS:
+        with engines.load(package, model_path=prepared[variant]) as pipe:
+            images[variant] = pipe.generate(width=96, height=64, label=1, seed=0, steps=steps, output="array")
+    return {"image": "96x64", "steps": steps,
+            **{f"{v}_psnr_db": round(psnr(images["ort"], images[v]), 2) for v in ORT_VARIANTS[1:]}}
 
 
 def fit_run_times(package: str, steps: int, runs: int) -> dict:
@@ -287,7 +302,7 @@ def main() -> None:
     peak = max(gemm_runs[0].values())
     print(f"fp32 GEMM: {gemm_runs[0]} GFLOP/s ({args.threads} threads)", flush=True)
     work = Path(tempfile.mkdtemp(prefix="fit-bench-"))
-    rows, int8_checks = [], {}
+    rows, image_checks = [], {}
     for name, config in models.items():
         prepared = prepare_model(name.split()[0].lower(), config, work)
         for batch in map(int, args.batches.split(",")):
@@ -295,9 +310,10 @@ def main() -> None:
                 outputs = {}
                 row = {"model": name, "batch": batch, "tokens": tokens,
                        "gflop": round(transformer_flops(config, batch, tokens) / 1e9, 2)}
-                for engine, path in (("torch", None), ("ort", prepared["onnx"]), ("ort-int8", prepared["int8"])):
+                for engine in ("torch",) + ORT_VARIANTS:
                     spec = {"engine": "torch" if engine == "torch" else "ort", "model": name, "config": config,
-                            "weights": prepared["weights"], "onnx": path, "batch": batch, "tokens": tokens,
+                            "weights": prepared["weights"], "onnx": prepared.get(engine), "batch": batch,
+                            "tokens": tokens,
                             "repeats": args.repeats, "threads": args.threads,
                             "output": str(work / f"out-{engine}.npy")}
                     result = run_child(spec)
@@ -305,19 +321,19 @@ def main() -> None:
                     peak = max(peak, result["gemm_gflops"])
                     row[engine] = result
                     print(f"{name} b{batch} n{tokens} {engine}: {result['ms']:.1f} ms", flush=True)
-                row["ort_speedup"] = round(row["torch"]["ms"] / row["ort"]["ms"], 2)
-                row["int8_speedup"] = round(row["torch"]["ms"] / row["ort-int8"]["ms"], 2)
+                for variant in ORT_VARIANTS:
+                    row[f"{variant}_vs_torch"] = round(row["torch"]["ms"] / row[variant]["ms"], 2)
+                    row[f"{variant}_cosine"] = round(cosine(outputs[variant], outputs["ort"]), 6)
                 row["ort_vs_torch_cosine"] = round(cosine(outputs["ort"], outputs["torch"]), 6)
-                row["int8_vs_fp32_cosine"] = round(cosine(outputs["ort-int8"], outputs["ort"]), 6)
                 rows.append(row)
         if name.startswith("demo"):
-            int8_checks = image_psnr_int8(prepared["model"], prepared["int8"], work, args.steps)
+            image_checks = image_psnr(prepared["model"], prepared, work, args.steps)
             package = (str(DEFAULT_MODEL_DIR) if default_manifest.is_file() else str(work / "psnr-package"))
             end_to_end = fit_run_times(package, args.steps, runs=3)
     gemm_runs.append(peak_gemm_gflops(args.threads))     # again at the end: the machine is shared
     peak = max([peak] + list(gemm_runs[-1].values()))
     for row in rows:                                    # % of the best GEMM rate measured anywhere in this run
-        for engine in ("torch", "ort", "ort-int8"):
+        for engine in ("torch",) + ORT_VARIANTS:
             row[engine]["pct_of_gemm_peak"] = round(100 * row["gflop"] / (row[engine]["ms"] / 1000) / peak, 1)
     machine = {"cpu": cpu_name(), "cores": os.cpu_count(),
                "threads": args.threads, "python": platform.python_version(), "platform": platform.platform()}
@@ -327,7 +343,7 @@ def main() -> None:
               "gemm_runs_gflops": gemm_runs,
               "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
               "xl_scaling": f"per-call time is linear in depth: full FiTv2-XL ~ {XL_FULL_DEPTH}/{args.xl_depth} x "
-                            f"the block part of these figures", "rows": rows, "int8_image": int8_checks,
+                            f"the block part of these figures", "rows": rows, "image_psnr": image_checks,
               "end_to_end": end_to_end}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -340,24 +356,32 @@ def markdown(report: dict) -> str:
     lines = [f"Runtime benchmark, {report['date']}, {report['machine']['cpu']} ({report['machine']['cores']} cores, "
              f"{report['machine']['threads']} threads), torch {report['versions']['torch']}, onnxruntime "
              f"{report['versions']['onnxruntime']}. fp32 GEMM peak (best of numpy, torch.mm "
-             f"and an ONNX Runtime MatMul at 2048^3, and numpy inside every timing process): {report['gemm_fp32_gflops']} GFLOP/s. Latency: best of the repeats; "
-             "the machine is shared, so compare rows of one run only.",
-             "", "| model | batch | tokens | GFLOP | torch ms (% GEMM peak) | ORT fp32 ms (% GEMM peak) | ORT int8 ms | "
-             "ORT/torch | int8/torch | int8 cosine | torch peak MiB | ORT peak MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"and an ONNX Runtime MatMul at 2048^3, and numpy inside every timing process): "
+             f"{report['gemm_fp32_gflops']} GFLOP/s. Latency: best of the repeats. *graph*: the package's "
+             "standard-op transformer.onnx; *fused*: its ONNX Runtime-only copy with fused attention "
+             "(`fit-export ort-optimize`); int8: dynamic quantization, per-tensor weights on the graph, per-channel "
+             "on the fused copy; cosine: output vs the fp32 graph.",
+             "", "| model | batch | tokens | GFLOP | torch ms (% peak) | ORT graph ms (% peak) | ORT fused ms (% peak) "
+             "| int8 graph ms | int8 fused ms | graph/torch | fused/torch | int8 fused/torch | int8 fused/fused "
+             "| int8 cosine graph / fused | torch peak MiB | ORT graph / fused peak MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
-        lines.append(f"| {r['model']} | {r['batch']} | {r['tokens']} | {r['gflop']} | {r['torch']['ms']:.1f} "
-                     f"({r['torch']['pct_of_gemm_peak']}%) | {r['ort']['ms']:.1f} ({r['ort']['pct_of_gemm_peak']}%) "
-                     f"| {r['ort-int8']['ms']:.1f} | {r['ort_speedup']}x | {r['int8_speedup']}x | "
-                     f"{r['int8_vs_fp32_cosine']} | {r['torch']['peak_mib_above_load']} | "
-                     f"{r['ort']['peak_mib_above_load']} |")
-    e2e, q = report["end_to_end"], report["int8_image"]
+        ms = {k: r[k]["ms"] for k in ("torch", "ort", "ort-fused", "ort-int8", "ort-fused-int8")}
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {r['tokens']} | {r['gflop']} "
+            f"| {ms['torch']:.1f} ({r['torch']['pct_of_gemm_peak']}%) | {ms['ort']:.1f} ({r['ort']['pct_of_gemm_peak']}%) "
+            f"| {ms['ort-fused']:.1f} ({r['ort-fused']['pct_of_gemm_peak']}%) | {ms['ort-int8']:.1f} "
+            f"| {ms['ort-fused-int8']:.1f} | {r['ort_vs_torch']}x | {r['ort-fused_vs_torch']}x "
+            f"| {r['ort-fused-int8_vs_torch']}x | {ms['ort-fused'] / ms['ort-fused-int8']:.2f}x "
+            f"| {r['ort-int8_cosine']} / {r['ort-fused-int8_cosine']} | {r['torch']['peak_mib_above_load']} "
+            f"| {r['ort']['peak_mib_above_load']} / {r['ort-fused']['peak_mib_above_load']} |")
+    e2e, q = report["end_to_end"], report["image_psnr"]
     lines += ["", f"{report['xl_scaling']}.",
-              f"int8 image PSNR vs fp32: {q.get('image_psnr_db')} dB ({q.get('image')}, {q.get('steps')} steps).",
+              f"Image PSNR vs the fp32 graph ({q['image']}, {q['steps']} steps): fused {q['ort-fused_psnr_db']} dB, "
+              f"int8 graph {q['ort-int8_psnr_db']} dB, int8 fused {q['ort-fused-int8_psnr_db']} dB.",
               f"fit-run 96x64, {e2e['steps']} steps, cold process: {e2e['fit_run_96x64_s']} s "
               f"(of which import + package load: {e2e['import_and_load_s']} s).", ""]
     return "\n".join(lines)
-
 
 if __name__ == "__main__":
     main()

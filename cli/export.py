@@ -1,5 +1,5 @@
-"""``fit-export``: model packages (``onnx``), validation against PyTorch (``validate``), TensorRT engines
-(``build``, ``trt-check``). Thin wrappers."""
+"""``fit-export``: model packages (``onnx``), validation against PyTorch (``validate``), the ONNX Runtime-only
+optimized graph (``ort-optimize``), TensorRT engines (``build``, ``trt-check``). Thin wrappers."""
 from __future__ import annotations
 
 import os
@@ -10,6 +10,7 @@ import click
 from cli.trt import build, trt_check
 from engines.manifest import PackageError
 from engines.rope import METHODS, METHOD_ALIASES
+from engines.sampler import SAMPLERS
 
 
 def _user_errors():
@@ -69,9 +70,16 @@ def main():
 @click.option("--buckets", help="Token budgets, e.g. 256,1024 (default: training budget + larger sizes).")
 @click.option("--include-weights", is_flag=True, help="Store the PyTorch weights so validate needs no checkpoint.")
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (docs/export.md says why 18).")
+@click.option("--class-names", help="Comma-separated class names, one per class (fit-run --class NAME).")
+@click.option("--cfg", "default_cfg", type=float, default=1.5, show_default=True,
+              help="Default guidance scale recorded for runtimes.")
+@click.option("--sampler", "default_sampler", type=click.Choice(SAMPLERS), default="euler", show_default=True,
+              help="Default sampler recorded for runtimes.")
+@click.option("--steps", "default_steps", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Default sampler steps recorded for runtimes.")
 @click.option("--force", is_flag=True, help="Replace an existing package at --out.")
 def onnx_command(config, checkpoint, random_weights, out, precision, vae, name, sizes, buckets, include_weights,
-                 opset, force):
+                 opset, class_names, default_cfg, default_sampler, default_steps, force):
     """Write a model package: transformer.onnx (+ vae_decoder.onnx) and manifest.json."""
     if checkpoint is None and not random_weights:
         _fail(click.UsageError("pass --checkpoint PATH (or --random-weights for an untrained model)"))
@@ -82,7 +90,9 @@ def onnx_command(config, checkpoint, random_weights, out, precision, vae, name, 
     from fit_export.package import export_package
     try:
         path = export_package(config, checkpoint, out, precision=precision, vae_dir=vae, name=name, force=force,
-                              sizes=sizes, buckets=buckets, include_weights=include_weights, opset=opset)
+                              sizes=sizes, buckets=buckets, include_weights=include_weights, opset=opset,
+                              class_names=[c.strip() for c in class_names.split(",")] if class_names else None,
+                              default_cfg=default_cfg, default_sampler=default_sampler, default_steps=default_steps)
     except errors as e:
         _fail(e)
     click.echo(f"wrote {path}")
@@ -129,6 +139,22 @@ def validate_command(package, checkpoint, report, providers, methods, e2e_steps,
             _fail(OSError(f"cannot write the report {report}: {e.strerror}"))
         click.echo(f"report: {report}")
     sys.exit(0 if result.passed else 1)
+
+
+@main.command("ort-optimize")
+@click.argument("package", type=click.Path())
+def ort_optimize_command(package):
+    """Add transformer.ort.onnx (fused attention, ONNX Runtime only) to a fp32 package; the ONNX Runtime
+    backend runs it instead of transformer.onnx, which stays unchanged for TensorRT."""
+    from fit_export.ort_optimize import OrtOptimizeError, optimize_package
+    try:
+        entry = optimize_package(package)
+    except (OrtOptimizeError, PackageError) as e:
+        _fail(e)
+    check = entry["check"]
+    click.echo(f"wrote {os.path.join(package, entry['file'])}: {entry['fused_attention']} attention blocks fused; "
+               f"vs transformer.onnx max abs {check['max_abs_relative_to_scale']:.1e} of scale, "
+               f"cosine {check['cosine']:.7f}")
 
 
 main.add_command(build)

@@ -54,6 +54,8 @@ class OnnxRuntimeBackend(Backend):
     memory: "arena" (keep the arena), "shrink" (arena per call, released after it), "off" (no arena)
     memory_pattern: ONNX Runtime's per-shape allocation planning (off: shapes change every request)
     model_path: run this ONNX file instead of the package's graph (e.g. an int8-quantized copy of it)
+    ort_optimized: run the package's ONNX Runtime-only copy of the transformer (``fit-export ort-optimize``:
+        fused attention, checked against the standard graph) when the manifest lists one
     """
 
     name = "onnxruntime"
@@ -61,7 +63,7 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, package, *, manifest: Optional[dict] = None, graph: str = "transformer",
                  device: str = "auto", threads: int = 0, optimization: str = "all",
                  optimized_model_path: Optional[str] = None, memory: str = "arena",
-                 memory_pattern: bool = False, model_path: Optional[str] = None):
+                 memory_pattern: bool = False, model_path: Optional[str] = None, ort_optimized: bool = True):
         super().__init__()
         if device not in DEVICES:
             raise BackendError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
@@ -78,6 +80,9 @@ class OnnxRuntimeBackend(Backend):
             if manifest is None:
                 manifest = load_manifest(package, verify=False)
             self.model_path = graph_file(Path(package), manifest, graph)
+            optimized = manifest["transformer"].get("ort_optimized") if graph == "transformer" else None
+            if ort_optimized and optimized:
+                self.model_path = Path(package) / optimized["file"]
         self.graph = graph
         self.device = device
         self.threads = int(threads)

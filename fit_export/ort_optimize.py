@@ -1,0 +1,229 @@
+"""An ONNX Runtime-only copy of a package's transformer graph, with attention fused into one contrib op.
+
+The package's ``transformer.onnx`` stays standard-op (TensorRT parses it; ``fit_export.trt_ops`` checks it).
+Profiling the FiTv2-XL shape on ONNX Runtime's CPU provider (docs/runtime.md, *Performance*) shows that past
+the linear layers most time goes to the decomposed attention the exporter writes for
+``scaled_dot_product_attention``:
+
+    MatMul(q*s, kT*s) -> Add(mask bias) -> Softmax -> IsNaN -> Where(nan, 0) -> MatMul(., v) -> Transpose -> Reshape
+
+Each arrow is a pass over a (batch, heads, seq, seq) tensor. :func:`fuse_attention` replaces the chain with
+``com.microsoft.MultiHeadAttention`` (query (B, N, D), key and value (B, H, N, Dh), the same additive mask as
+``attention_bias``), which adds the bias inside its GEMM, normalises in place and writes (B, N, D) directly.
+The NaN guard is dropped: the package's mask lets every token attend at least to itself, so no softmax row is
+empty. ``ort-optimize`` writes the copy next to the graph (``transformer.ort.onnx``, sharing its external
+weights file) and records it in the manifest; the ONNX Runtime backend runs it when present.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from engines import manifest as mf
+
+ORT_FILE = "transformer.ort.onnx"
+MS_DOMAIN = "com.microsoft"
+
+
+class OrtOptimizeError(ValueError):
+    """The graph does not have the shape this pass rewrites, or the package cannot take the optimized copy."""
+
+
+class _Graph:
+    """Producer/consumer lookups over an onnx GraphProto."""
+
+    def __init__(self, graph: onnx.GraphProto, base_dir: str = ""):
+        self.graph = graph
+        self.base_dir = base_dir                           # where external tensor data lives
+        self.producer = {out: node for node in graph.node for out in node.output}
+        self.consumers: dict[str, list] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.constants = {init.name: init for init in graph.initializer}
+
+    def only_consumer(self, name: str, op_type: str):
+        users = self.consumers.get(name, [])
+        return users[0] if len(users) == 1 and users[0].op_type == op_type else None
+
+    def made_by(self, name: str, op_type: str):
+        node = self.producer.get(name)
+        return node if node is not None and node.op_type == op_type else None
+
+    def scalar(self, name: str) -> Optional[float]:
+        init = self.constants.get(name)
+        if init is None:
+            node = self.made_by(name, "Constant")
+            if node is None:
+                return None
+            init = node.attribute[0].t
+        value = numpy_helper.to_array(init, self.base_dir)
+        return float(value.reshape(-1)[0]) if value.size == 1 else None
+
+
+def _attr(node, name, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _untransposed_key(g: _Graph, key_t: str) -> Optional[str]:
+    """k (B, H, N, Dh) behind the exporter's kT = Reshape(Transpose(Reshape(k, (-1, N, Dh)), (0, 2, 1)))."""
+    outer = g.made_by(key_t, "Reshape")
+    transpose = outer and g.made_by(outer.input[0], "Transpose")
+    inner = transpose and g.made_by(transpose.input[0], "Reshape")
+    if inner is None or list(_attr(transpose, "perm", [])) != [0, 2, 1]:
+        return None
+    return inner.input[0]
+
+
+def fuse_attention(model: onnx.ModelProto, num_heads: int, base_dir: str = "") -> int:
+    """Replace every decomposed masked attention with com.microsoft.MultiHeadAttention. Returns the count.
+
+    base_dir: directory of the model's external data, when it has some and it is not loaded.
+    """
+    g = _Graph(model.graph, base_dir)
+    replace: dict[str, list] = {}                   # output of each chain's final Reshape -> the nodes replacing it
+    for softmax in [n for n in model.graph.node if n.op_type == "Softmax"]:
+        add = g.made_by(softmax.input[0], "Add")
+        scores = add and g.made_by(add.input[0], "MatMul")
+        if scores is None:
+            continue
+        bias = add.input[1]
+        q_mul, k_mul = g.made_by(scores.input[0], "Mul"), g.made_by(scores.input[1], "Mul")
+        if q_mul is None or k_mul is None:
+            continue
+        q_scale, k_scale = g.scalar(q_mul.input[1]), g.scalar(k_mul.input[1])
+        key = _untransposed_key(g, k_mul.input[0])
+        users = g.consumers.get(softmax.output[0], [])
+        is_nan = next((n for n in users if n.op_type == "IsNaN"), None) if len(users) == 2 else None
+        where = is_nan and g.only_consumer(is_nan.output[0], "Where")
+        context = where and g.only_consumer(where.output[0], "MatMul")
+        transpose = context and g.only_consumer(context.output[0], "Transpose")
+        merge = transpose and g.only_consumer(transpose.output[0], "Reshape")
+        if None in (q_scale, k_scale, key, merge) or list(_attr(transpose, "perm", [])) != [0, 2, 1, 3]:
+            continue
+        if g.scalar(where.input[1]) != 0.0 or where.input[2] != softmax.output[0]:
+            continue
+        query, value, out = q_mul.input[0], context.input[1], merge.output[0]
+        prefix = f"{softmax.name}/ort_attention"
+        q_bsnh = helper.make_node("Transpose", [query], [f"{prefix}/q_bsnh"], perm=[0, 2, 1, 3],
+                                  name=f"{prefix}/q_transpose")
+        q_flat = helper.make_node("Reshape", [q_bsnh.output[0], merge.input[1]], [f"{prefix}/q"],
+                                  name=f"{prefix}/q_reshape")
+        attention = helper.make_node("MultiHeadAttention", [q_flat.output[0], key, value, "", "", bias], [out],
+                                     domain=MS_DOMAIN, num_heads=num_heads, scale=q_scale * k_scale,
+                                     name=f"{prefix}/mha")
+        replace[out] = [q_bsnh, q_flat, attention]
+    if not replace:
+        return 0
+    nodes = []
+    for node in model.graph.node:
+        nodes.extend(replace.get(node.output[0], [node]) if node.output else [node])
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    remove_unused(model.graph)
+    if not any(op.domain == MS_DOMAIN for op in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return len(replace)
+
+
+def remove_unused(graph: onnx.GraphProto) -> None:
+    """Drop nodes (and initializers) no graph output depends on."""
+    needed = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(graph.node):
+        if any(out in needed for out in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+    keep.reverse()
+    del graph.node[:]
+    graph.node.extend(keep)
+    unused = [init for init in graph.initializer if init.name not in needed]
+    for init in unused:
+        graph.initializer.remove(init)
+
+
+#################################################################################
+#                             The package's ORT copy                            #
+#################################################################################
+
+def check_outputs(reference_path, optimized_path, head_dim: int, token_dim: int, seed: int = 0) -> dict:
+    """Run both graphs on ONNX Runtime CPU on a padded batch (two sequences, the second one padded with
+    values of 3e4) and compare ``v``: max abs relative to the output scale, and cosine."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(seed)
+    batch, seq, real = 2, 24, (24, 13)
+    mask = np.zeros((batch, seq), np.float32)
+    for row, n in enumerate(real):
+        mask[row, :n] = 1
+    angles = rng.uniform(0, 2 * np.pi, (batch, seq, head_dim)).astype(np.float32) * mask[..., None]
+    x = rng.standard_normal((batch, seq, token_dim), dtype=np.float32)
+    x[mask == 0] = 3e4
+    feed = {"x": x, "t": np.array([0.3, 0.8], np.float32), "y": np.array([1, 0], np.int64),
+            "rope_cos": np.cos(angles) * mask[..., None], "rope_sin": np.sin(angles) * mask[..., None], "mask": mask}
+    outputs = []
+    for path in (reference_path, optimized_path):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        outputs.append(session.run(["v"], feed)[0].astype(np.float64))
+    ref, out = outputs
+    scale = float(np.abs(ref).max())
+    cosine = float((ref * out).sum() / (np.linalg.norm(ref) * np.linalg.norm(out) + 1e-30))
+    return {"max_abs_relative_to_scale": float(np.abs(ref - out).max() / max(scale, 1e-12)), "cosine": cosine,
+            "padding_max_abs": float(np.abs(out[mask == 0]).max()), "finite": bool(np.isfinite(out).all())}
+
+
+MAX_ABS_TOLERANCE = 1e-4          # of the output scale, as fit-export validate asks of fp32 graphs
+COSINE_TOLERANCE = 0.9999
+
+
+def optimize_graph(source, target, num_heads: int, head_dim: int, token_dim: int) -> dict:
+    """Write the ONNX Runtime-only copy of the transformer graph ``source`` to ``target`` (same directory when
+    ``source`` has external weights: the copy refers to them) after checking it against ``source``.
+
+    Returns ``{"fused_attention": count, "check": check_outputs(...)}``; raises :class:`OrtOptimizeError` (and
+    writes nothing) when there is nothing to fuse or the outputs differ.
+    """
+    source, target = Path(source), Path(target)
+    model = onnx.load(str(source), load_external_data=False)      # external weights stay where they are
+    fused = fuse_attention(model, num_heads, str(source.parent))
+    if fused == 0:
+        raise OrtOptimizeError(f"{source.name} has no attention of the form this pass fuses "
+                               f"(MatMul -> Add -> Softmax -> IsNaN/Where -> MatMul); nothing written")
+    temporary = target.with_name(f".{target.name}.tmp")
+    try:
+        onnx.save(model, str(temporary))
+        check = check_outputs(source, temporary, head_dim, token_dim)
+        if not (check["finite"] and check["padding_max_abs"] == 0.0 and check["cosine"] >= COSINE_TOLERANCE
+                and check["max_abs_relative_to_scale"] <= MAX_ABS_TOLERANCE):
+            raise OrtOptimizeError(f"the optimized graph differs from {source.name}: {check}; nothing written")
+        temporary.replace(target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return {"fused_attention": fused, "check": check}
+
+
+def optimize_package(package) -> dict:
+    """Write ``transformer.ort.onnx`` into a fp32 package, check it against ``transformer.onnx`` and record it
+    in the manifest (``transformer.ort_optimized`` + its sha256 under ``files``). Returns that manifest entry.
+
+    Raises :class:`OrtOptimizeError` or :class:`engines.manifest.PackageError`.
+    """
+    package = Path(package)
+    doc = mf.load_manifest(package)
+    transformer, model = doc["transformer"], doc["model"]
+    if transformer["precision"] != "fp32":
+        raise OrtOptimizeError(f"ort-optimize rewrites fp32 packages; {package} is {transformer['precision']}")
+    result = optimize_graph(package / transformer["file"], package / ORT_FILE, int(model["config"]["num_heads"]),
+                            model["head_dim"], model["token_dim"])
+    entry = {"file": ORT_FILE, "runtime": "onnxruntime", **result}
+    transformer["ort_optimized"] = entry
+    doc["files"].update(mf.file_entries(package, [ORT_FILE]))
+    mf.write_manifest(package, doc)
+    return entry

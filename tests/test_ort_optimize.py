@@ -1,0 +1,134 @@
+"""fit-export ort-optimize: the ONNX Runtime-only transformer copy (fused attention) matches the package graph."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+pytest.importorskip("torch")
+
+import engines  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+from cli.export import main as export_cli  # noqa: E402
+from engines.backend import create_backend  # noqa: E402
+from engines.manifest import load_manifest, sha256_file  # noqa: E402
+from fit_export import ort_optimize  # noqa: E402
+from fit_export.onnx_export import check_graph  # noqa: E402
+from fit_export.ort_optimize import ORT_FILE, OrtOptimizeError, fuse_attention, optimize_package  # noqa: E402
+from tests.runtime_helpers import copy_package, tiny_package  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def optimized(tmp_path_factory):
+    """A copy of the tiny package with its ORT copy written, and the transformer.onnx hash from before."""
+    source, _ = tiny_package(tmp_path_factory)
+    package = copy_package(source, tmp_path_factory.mktemp("ortopt") / "tiny")
+    before = sha256_file(package / "transformer.onnx")
+    entry = optimize_package(package)
+    return package, entry, before
+
+
+def padded_feed(seed=0):
+    """Batch 3 with 37, 20 and 9 real tokens (padding filled with large values), random RoPE angles."""
+    rng = np.random.default_rng(seed)
+    batch, seq = 3, 37
+    mask = np.zeros((batch, seq), np.float32)
+    for row, n in enumerate((37, 20, 9)):
+        mask[row, :n] = 1
+    angles = rng.uniform(0, 6.3, (batch, seq, 16)).astype(np.float32)
+    x = rng.standard_normal((batch, seq, 16), dtype=np.float32)
+    x[mask == 0] = -3e4
+    return {"x": x, "t": np.array([0.1, 0.5, 0.9], np.float32), "y": np.array([1, 4, 10]),
+            "rope_cos": np.cos(angles) * mask[..., None], "rope_sin": np.sin(angles) * mask[..., None],
+            "mask": mask}
+
+
+def test_copy_is_recorded_and_package_graph_untouched(optimized):
+    package, entry, before = optimized
+    doc = load_manifest(package)                                  # every hash, the new file's included
+    assert doc["transformer"]["ort_optimized"]["file"] == ORT_FILE and ORT_FILE in doc["files"]
+    assert entry["fused_attention"] == doc["model"]["config"]["depth"]
+    assert sha256_file(package / "transformer.onnx") == before
+    check_graph(__import__("onnx_ir").load(package / "transformer.onnx"))          # still standard-op
+    ops = {n.op_type for n in onnx.load(str(package / ORT_FILE)).graph.node}
+    assert "MultiHeadAttention" in ops and not ops & {"Softmax", "IsNaN"}
+
+
+def test_backend_runs_the_copy_and_it_matches_the_standard_graph(optimized):
+    package, _, _ = optimized
+    feed = padded_feed()
+    with create_backend("onnxruntime", package, threads=1) as fused, \
+            create_backend("onnxruntime", package, threads=1, ort_optimized=False) as plain:
+        assert fused.model_path.name == ORT_FILE and plain.model_path.name == "transformer.onnx"
+        out, ref = fused.infer(feed)["v"], plain.infer(feed)["v"]
+    scale = np.abs(ref).max()
+    assert np.abs(out - ref).max() <= 1e-4 * scale
+    assert float((out * ref).sum() / np.linalg.norm(out) / np.linalg.norm(ref)) >= 0.9999
+    assert np.all(out[feed["mask"] == 0] == 0) and np.isfinite(out).all()
+
+
+def test_images_agree_through_the_pipeline(optimized):
+    package, _, _ = optimized
+    images = []
+    for flag in (True, False):
+        with engines.load(package, threads=1, ort_optimized=flag) as pipe:
+            images.append(pipe.generate(width=48, height=32, label=3, seed=5, steps=4, cfg=1.5,
+                                        output="array").astype(int))
+    assert np.abs(images[0] - images[1]).max() <= 1
+
+
+def test_a_wrong_fusion_is_caught_and_nothing_is_written(optimized, tmp_path, monkeypatch):
+    package = copy_package(optimized[0], tmp_path / "pkg")
+    (package / ORT_FILE).unlink()
+    doc = json.loads((package / "manifest.json").read_text())
+    del doc["transformer"]["ort_optimized"], doc["files"][ORT_FILE]
+    (package / "manifest.json").write_text(json.dumps(doc))
+    real = ort_optimize.fuse_attention
+
+    def off_by_a_bit(model, num_heads, base_dir):             # the scale of one block 1% off
+        count = real(model, num_heads, base_dir)
+        node = next(n for n in model.graph.node if n.op_type == "MultiHeadAttention")
+        next(a for a in node.attribute if a.name == "scale").f *= 1.01
+        return count
+
+    monkeypatch.setattr(ort_optimize, "fuse_attention", off_by_a_bit)
+    with pytest.raises(OrtOptimizeError, match="differs"):
+        optimize_package(package)
+    assert not (package / ORT_FILE).exists() and not list(package.glob(".*tmp"))
+    assert "ort_optimized" not in load_manifest(package)["transformer"]
+
+
+def test_external_weights_stay_shared(optimized, tmp_path):
+    """A graph with external weights (XL and larger): the copy refers to the same data file."""
+    package = copy_package(optimized[0], tmp_path / "pkg")
+    model = onnx.load(str(package / "transformer.onnx"))
+    onnx.save(model, str(package / "transformer.onnx"), save_as_external_data=True,
+              location="transformer.onnx.data")
+    doc = json.loads((package / "manifest.json").read_text())
+    doc["transformer"]["external_data"] = "transformer.onnx.data"
+    doc["files"] = {name: {"sha256": sha256_file(package / name), "bytes": (package / name).stat().st_size}
+                    for name in ("transformer.onnx", "transformer.onnx.data")}
+    (package / "manifest.json").write_text(json.dumps(doc))
+    optimize_package(package)
+    size = lambda name: (package / name).stat().st_size
+    assert size(ORT_FILE) <= size("transformer.onnx") < size("transformer.onnx.data")
+    assert not list(package.glob("*.ort.onnx.data"))
+    feed = padded_feed(1)
+    with create_backend("onnxruntime", package, threads=1) as fused, \
+            create_backend("onnxruntime", package, threads=1, ort_optimized=False) as plain:
+        np.testing.assert_allclose(fused.infer(feed)["v"], plain.infer(feed)["v"], atol=1e-5)
+
+
+def test_refusals(optimized, tmp_path):
+    package = copy_package(optimized[0], tmp_path / "pkg")
+    doc = json.loads((package / "manifest.json").read_text())
+    doc["transformer"]["precision"] = "fp16"
+    (package / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(OrtOptimizeError, match="fp32"):
+        optimize_package(package)
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Softmax", ["a"], ["b"])], "g",
+                                   [onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [2, 2])],
+                                   [onnx.helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [2, 2])])
+    assert fuse_attention(onnx.helper.make_model(graph), 4) == 0
+    result = CliRunner().invoke(export_cli, ["ort-optimize", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "does not exist" in result.output
