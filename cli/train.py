@@ -32,6 +32,8 @@ def main():
 @click.option("--warmup-steps", type=int, help="Linear warmup steps, then constant.")
 @click.option("--grad-clip", type=float, help="Max gradient norm (0 = off).")
 @click.option("--ema-decay", type=float, help="EMA decay per step.")
+@click.option("--timestep-shift", type=float,
+              help="Shift logit-normal timesteps toward noise: t/(t + s(1-t)); >1 for large tokens (default 1).")
 @click.option("--seed", type=int, help="Seed of the data order, noise, timesteps and label dropout.")
 @click.option("--max-tokens", type=int, help="Token budget L of the data (default: the config's context_size).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), help="auto: bf16 on GPU, fp32 on CPU.")

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from fit.config import PRESETS, ConfigError, FiTConfig, preset
 from fit.data import DataError, FlexibleDataset, open_dataset
 from fit.data.batching import pad_batch
-from fit.flow import interpolate, logit_normal_t, masked_velocity_loss
+from fit.flow import interpolate, logit_normal_t, masked_velocity_loss, shift_timesteps
 from fit.hr import init_from_pretrained, set_trainable
 from fit.loading import CheckpointError
 from fit.model import FiT
@@ -62,6 +62,7 @@ class TrainSettings:
     eps: float = 1e-8
     grad_clip: float = 1.0              # max gradient norm; 0 = off
     ema_decay: float = 0.9999
+    timestep_shift: float = 1.0         # t <- t / (t + s (1 - t)): s > 1 trains more near noise (large tokens)
     seed: int = 0
     precision: str = "auto"             # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     grad_checkpointing: bool = False
@@ -80,6 +81,8 @@ class TrainSettings:
                 raise ConfigError(f"train setting {name} must be at least 1, got {getattr(self, name)}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if not self.timestep_shift > 0:
+            raise ConfigError(f"timestep_shift must be positive, got {self.timestep_shift}")
         if not 0.0 <= self.ema_decay <= 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1], got {self.ema_decay}")
         if self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0:
@@ -195,8 +198,9 @@ class SampleStream(torch.utils.data.Dataset):
     a warning), so a damaged file never stops training mid-epoch.
     """
 
-    def __init__(self, dataset: FlexibleDataset, seed: int, drop_prob: float):
+    def __init__(self, dataset: FlexibleDataset, seed: int, drop_prob: float, timestep_shift: float = 1.0):
         self.dataset, self.seed, self.drop_prob = dataset, int(seed), float(drop_prob)
+        self.timestep_shift = float(timestep_shift)
         self._epoch, self._perm = None, None
 
     def __len__(self):
@@ -222,7 +226,7 @@ class SampleStream(torch.utils.data.Dataset):
         else:
             raise DataError("100 unreadable samples in a row; check the data folder")
         sample["noise"] = torch.randn(sample["feature"].shape, generator=g)
-        sample["t"] = logit_normal_t(1, generator=g)[0]
+        sample["t"] = shift_timesteps(logit_normal_t(1, generator=g), self.timestep_shift)[0]
         sample["drop"] = torch.rand((), generator=g) < self.drop_prob
         return sample
 
@@ -410,7 +414,7 @@ def train(config: FiTConfig, settings: TrainSettings, out_dir: str, data: Union[
         torch.backends.cuda.matmul.allow_tf32 = True
 
     # ---- data: this process's share of each global batch, from position start * batch_size on ----
-    stream = SampleStream(dataset, settings.seed, config.class_dropout_prob)
+    stream = SampleStream(dataset, settings.seed, config.class_dropout_prob, settings.timestep_shift)
     loader = torch.utils.data.DataLoader(stream, batch_sampler=list(step_batches(start, settings.steps,
                                          settings.batch_size, rank, world)), num_workers=settings.num_workers,
                                          collate_fn=collate, pin_memory=dev.type == "cuda")

@@ -185,3 +185,19 @@ def test_cli_errors_are_one_line_exit_2(latents, tmp_path):
                                       "--no-tensorboard", "--quiet"])
     assert result.exit_code == 0, result.output
     assert os.path.exists(tmp_path / "ok" / "ema.safetensors")
+
+
+def test_timestep_shift_moves_training_time_toward_noise():
+    import torch
+
+    from fit.config import ConfigError
+    from fit.flow import shift_timesteps
+    from fit.train import TrainSettings
+
+    t = torch.linspace(0.05, 0.95, 19)
+    assert torch.equal(shift_timesteps(t, 1.0), t)
+    shifted = shift_timesteps(t, 3.0)
+    assert torch.all(shifted < t) and torch.all(shifted > 0)
+    assert torch.allclose(shift_timesteps(torch.tensor([0.5]), 3.0), torch.tensor([0.25]))
+    with pytest.raises(ConfigError):
+        TrainSettings(timestep_shift=0)
