@@ -7,7 +7,7 @@ from click.testing import CliRunner
 pytest.importorskip("torch")
 
 from cli.run import main  # noqa: E402
-from engines.pipeline import DEFAULT_MODEL_DIR, read_parameters  # noqa: E402
+from engines.pipeline import read_parameters  # noqa: E402
 from tests.runtime_helpers import copy_package, tiny_package  # noqa: E402
 
 
@@ -133,8 +133,10 @@ def test_write_failure_leaves_no_file(package, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.skipif((DEFAULT_MODEL_DIR / "manifest.json").is_file(), reason="the default model is installed")
-def test_no_package_without_default_model_is_one_line(tmp_path):
+def test_no_package_without_default_model_is_one_line(tmp_path, monkeypatch):
+    import engines.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "DEFAULT_MODEL_DIR", tmp_path / "missing")
     result = invoke("-q", "-o", tmp_path / "x.png")
     assert result.exit_code == 2 and "no default model" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
