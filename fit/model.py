@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from engines.rope import assemble_tables, grid_frequencies
 from fit.config import FiTConfig
+from fit.flow import guide
 
 
 #################################################################################
@@ -358,7 +359,6 @@ class FiT(nn.Module):
 
         The guided channels are the same in both halves; the unguided rest keeps each half's own prediction.
         """
-        from fit.flow import guide
         b = len(x) // 2
         out = self.forward(torch.cat([x[:b], x[:b]]), t, y, grid, mask, size)
         dim = -1 if self.use_sit else 1
