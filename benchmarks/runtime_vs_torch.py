@@ -223,7 +223,7 @@ def prepare_model(name: str, config: dict, work: Path) -> dict:
     torch.save(model.state_dict(), weights)
     export_transformer(model, paths["ort"])
     cfg = model.config
-    optimize_graph(paths["ort"], paths["ort-fused"], cfg.num_heads, cfg.head_dim, cfg.token_dim)
+    optimize_graph(paths["ort"], paths["ort-fused"], cfg.head_dim, cfg.token_dim)
     logging.getLogger().setLevel(logging.ERROR)          # quantize_dynamic's pre-processing advice
     quantize_dynamic(str(paths["ort"]), str(paths["ort-int8"]), weight_type=QuantType.QInt8)
     quantize_dynamic(str(paths["ort-fused"]), str(paths["ort-fused-int8"]), weight_type=QuantType.QInt8,

@@ -12,6 +12,7 @@ Everything else is ONNX Runtime's defaults unless asked for.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -54,8 +55,9 @@ class OnnxRuntimeBackend(Backend):
     memory: "arena" (keep the arena), "shrink" (arena per call, released after it), "off" (no arena)
     memory_pattern: ONNX Runtime's per-shape allocation planning (off: shapes change every request)
     model_path: run this ONNX file instead of the package's graph (e.g. an int8-quantized copy of it)
-    ort_optimized: run the package's ONNX Runtime-only copy of the transformer (``fit-export ort-optimize``:
-        fused attention, checked against the standard graph) when the manifest lists one
+    ort_optimized: run the package's ONNX Runtime-tuned copy of the transformer (``fit-export ort-optimize``:
+        attention and RoPE as fused opset-23 ops, checked against the standard graph) when the manifest lists
+        one; an ONNX Runtime that cannot load it (no opset-23 kernels) runs the standard graph, with a warning
     """
 
     name = "onnxruntime"
@@ -82,7 +84,7 @@ class OnnxRuntimeBackend(Backend):
             self.model_path = graph_file(Path(package), manifest, graph)
             optimized = manifest["transformer"].get("ort_optimized") if graph == "transformer" else None
             if ort_optimized and optimized:
-                self.model_path = Path(package) / optimized["file"]
+                self.fallback_path, self.model_path = self.model_path, Path(package) / optimized["file"]
         self.graph = graph
         self.device = device
         self.threads = int(threads)
@@ -93,6 +95,8 @@ class OnnxRuntimeBackend(Backend):
         self.session = None
         self.run_options = None
         self.providers: list[str] = []
+
+    fallback_path: Optional[Path] = None       # the standard graph, when model_path is the tuned copy
 
     def session_options(self):
         ort = _ort()
@@ -135,7 +139,12 @@ class OnnxRuntimeBackend(Backend):
                                                 providers=requested)
         except Exception as err:  # onnxruntime raises its own exception types for bad or truncated models
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise BackendError(f"ONNX Runtime cannot load {self.model_path.name}: {first}") from err
+            if self.fallback_path is None:
+                raise BackendError(f"ONNX Runtime cannot load {self.model_path.name}: {first}") from err
+            warnings.warn(f"ONNX Runtime {ort.__version__} cannot load {self.model_path.name} ({first}); "
+                          f"running {self.fallback_path.name}", RuntimeWarning, stacklevel=2)
+            self.model_path, self.fallback_path = self.fallback_path, None
+            return self._activate()
         self.providers = self.session.get_providers()
         if self.device == "cuda" and "CUDAExecutionProvider" not in self.providers:
             self.session = None

@@ -1,18 +1,24 @@
-"""An ONNX Runtime-only copy of a package's transformer graph, with attention fused into one contrib op.
+"""An ONNX Runtime-tuned copy of a package's transformer graph: attention and RoPE as single fused ops.
 
-The package's ``transformer.onnx`` stays standard-op (TensorRT parses it; ``fit_export.trt_ops`` checks it).
-Profiling the FiTv2-XL shape on ONNX Runtime's CPU provider (docs/runtime.md, *Performance*) shows that past
-the linear layers most time goes to the decomposed attention the exporter writes for
-``scaled_dot_product_attention``:
+The package's ``transformer.onnx`` stays opset 18 and standard-op (TensorRT parses it; ``fit_export.trt_ops``
+checks it). Profiling the FiTv2-XL shape on ONNX Runtime's CPU provider (docs/runtime.md, *Performance*) shows
+that past the linear layers the time goes to what the exporter writes for ``scaled_dot_product_attention`` and
+for the interleaved 2D RoPE:
 
-    MatMul(q*s, kT*s) -> Add(mask bias) -> Softmax -> IsNaN -> Where(nan, 0) -> MatMul(., v) -> Transpose -> Reshape
+    attention: MatMul(q*s, kT*s) -> Add(mask bias) -> Softmax -> IsNaN -> Where(nan, 0) -> MatMul(., v)
+    RoPE:      x*cos + Reshape(Concat(-Gather(x2, 1), Gather(x2, 0)))*sin      (x2: x viewed as (..., Dh/2, 2))
 
-Each arrow is a pass over a (batch, heads, seq, seq) tensor. :func:`fuse_attention` replaces the chain with
-``com.microsoft.MultiHeadAttention`` (query (B, N, D), key and value (B, H, N, Dh), the same additive mask as
-``attention_bias``), which adds the bias inside its GEMM, normalises in place and writes (B, N, D) directly.
-The NaN guard is dropped: the package's mask lets every token attend at least to itself, so no softmax row is
-empty. ``ort-optimize`` writes the copy next to the graph (``transformer.ort.onnx``, sharing its external
-weights file) and records it in the manifest; the ONNX Runtime backend runs it when present.
+Each arrow is a pass over a (batch, heads, seq, seq) or (batch, heads, seq, head_dim) tensor.
+:func:`fuse_attention` replaces the first chain with ONNX ``Attention`` (opset 23; query, key and value
+(B, H, N, Dh), the same additive mask as ``attn_mask``), which ONNX Runtime runs as one kernel; the NaN guard
+is dropped: the package's mask lets every token attend at least to itself, so no softmax row is empty.
+:func:`fuse_rotary` replaces the second with ONNX ``RotaryEmbedding`` (opset 23, ``interleaved=1``) fed
+per-token (B, N, Dh/2) tables: the package's ``rope_cos``/``rope_sin`` repeat each angle for the two members of
+a pair (``engines.rope.assemble_tables``), so every second column is the whole table. The copy is written at
+default-domain opset 23; ``ort-optimize`` writes it next to the graph (``transformer.ort.onnx``, sharing its
+external weights file) after checking it against the graph, and records it in the manifest; the ONNX Runtime
+backend runs it when present and falls back to ``transformer.onnx`` when the installed ONNX Runtime cannot
+load it (versions without opset-23 kernels).
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ from onnx import helper, numpy_helper
 from engines import manifest as mf
 
 ORT_FILE = "transformer.ort.onnx"
-MS_DOMAIN = "com.microsoft"
+COPY_OPSET = 23          # ONNX Attention and RotaryEmbedding
 
 
 class OrtOptimizeError(ValueError):
@@ -82,19 +88,37 @@ def _untransposed_key(g: _Graph, key_t: str) -> Optional[str]:
     return inner.input[0]
 
 
-def fuse_attention(model: onnx.ModelProto, num_heads: int, base_dir: str = "") -> int:
-    """Replace every decomposed masked attention with com.microsoft.MultiHeadAttention. Returns the count.
+def _splice(model: onnx.ModelProto, replace: dict[str, list], prologue: Optional[list] = None) -> None:
+    """Put ``replace[out]`` where the node writing ``out`` was, ``prologue`` first; drop what became unused."""
+    nodes = list(prologue or [])
+    for node in model.graph.node:
+        nodes.extend(replace.get(node.output[0], [node]) if node.output else [node])
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    remove_unused(model.graph)
+
+
+def _require_opset(model: onnx.ModelProto, version: int) -> None:
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = max(opset.version, version)
+            return
+    model.opset_import.append(helper.make_opsetid("", version))
+
+
+def fuse_attention(model: onnx.ModelProto, base_dir: str = "") -> int:
+    """Replace every decomposed masked attention with ONNX ``Attention`` (opset 23; the head count comes from
+    the (B, H, N, Dh) inputs). Returns the count.
 
     base_dir: directory of the model's external data, when it has some and it is not loaded.
     """
     g = _Graph(model.graph, base_dir)
-    replace: dict[str, list] = {}                   # output of each chain's final Reshape -> the nodes replacing it
+    replace: dict[str, list] = {}                   # output of each chain's context MatMul -> its replacement
     for softmax in [n for n in model.graph.node if n.op_type == "Softmax"]:
         add = g.made_by(softmax.input[0], "Add")
         scores = add and g.made_by(add.input[0], "MatMul")
         if scores is None:
             continue
-        bias = add.input[1]
         q_mul, k_mul = g.made_by(scores.input[0], "Mul"), g.made_by(scores.input[1], "Mul")
         if q_mul is None or k_mul is None:
             continue
@@ -104,32 +128,74 @@ def fuse_attention(model: onnx.ModelProto, num_heads: int, base_dir: str = "") -
         is_nan = next((n for n in users if n.op_type == "IsNaN"), None) if len(users) == 2 else None
         where = is_nan and g.only_consumer(is_nan.output[0], "Where")
         context = where and g.only_consumer(where.output[0], "MatMul")
-        transpose = context and g.only_consumer(context.output[0], "Transpose")
-        merge = transpose and g.only_consumer(transpose.output[0], "Reshape")
-        if None in (q_scale, k_scale, key, merge) or list(_attr(transpose, "perm", [])) != [0, 2, 1, 3]:
+        if None in (q_scale, k_scale, key, context) or (context and context.input[0] != where.output[0]):
             continue
         if g.scalar(where.input[1]) != 0.0 or where.input[2] != softmax.output[0]:
             continue
-        query, value, out = q_mul.input[0], context.input[1], merge.output[0]
-        prefix = f"{softmax.name}/ort_attention"
-        q_bsnh = helper.make_node("Transpose", [query], [f"{prefix}/q_bsnh"], perm=[0, 2, 1, 3],
-                                  name=f"{prefix}/q_transpose")
-        q_flat = helper.make_node("Reshape", [q_bsnh.output[0], merge.input[1]], [f"{prefix}/q"],
-                                  name=f"{prefix}/q_reshape")
-        attention = helper.make_node("MultiHeadAttention", [q_flat.output[0], key, value, "", "", bias], [out],
-                                     domain=MS_DOMAIN, num_heads=num_heads, scale=q_scale * k_scale,
-                                     name=f"{prefix}/mha")
-        replace[out] = [q_bsnh, q_flat, attention]
+        attention = helper.make_node("Attention", [q_mul.input[0], key, context.input[1], add.input[1]],
+                                     [context.output[0]], scale=q_scale * k_scale,
+                                     name=f"{softmax.name}/fused_attention")
+        replace[context.output[0]] = [attention]
+    if replace:
+        _splice(model, replace)
+        _require_opset(model, COPY_OPSET)
+    return len(replace)
+
+
+def _rotated_half(g: _Graph, name: str) -> Optional[str]:
+    """x behind the exporter's interleaved rotation Reshape(Concat(Unsqueeze(-x2[..., 1]), Unsqueeze(x2[..., 0])))
+    with x2 = Reshape(x, (..., Dh/2, 2)); None when ``name`` is not that."""
+    merge = g.made_by(name, "Reshape")
+    stack = merge and g.made_by(merge.input[0], "Concat")
+    if stack is None or len(stack.input) != 2 or _attr(stack, "axis") != -1:
+        return None
+    first, second = (g.made_by(i, "Unsqueeze") for i in stack.input)
+    neg = first and g.made_by(first.input[0], "Neg")
+    odd = neg and g.made_by(neg.input[0], "Gather")
+    even = second and g.made_by(second.input[0], "Gather")
+    if odd is None or even is None or odd.input[0] != even.input[0]:
+        return None
+    if g.scalar(odd.input[1]) != 1.0 or g.scalar(even.input[1]) != 0.0 or _attr(odd, "axis") != _attr(even, "axis"):
+        return None
+    pairs = g.made_by(odd.input[0], "Reshape")
+    return pairs.input[0] if pairs is not None else None
+
+
+def fuse_rotary(model: onnx.ModelProto, cos_input: str = "rope_cos", sin_input: str = "rope_sin",
+                base_dir: str = "") -> int:
+    """Replace every ``x*cos + rotate_interleaved(x)*sin`` on the graph inputs ``cos_input``/``sin_input``
+    ((B, N, Dh), each angle repeated for both members of a pair) with ONNX ``RotaryEmbedding`` (opset 23,
+    ``interleaved=1``) fed their every-second column. Returns the count."""
+    g = _Graph(model.graph, base_dir)
+    tables = {}
+    for name in (cos_input, sin_input):
+        tables[name] = f"{name}/pairs"
+    replace: dict[str, list] = {}
+    for add in [n for n in model.graph.node if n.op_type == "Add"]:
+        products = [g.made_by(i, "Mul") for i in add.input]
+        if None in products:
+            continue
+        for plain, rotated in (products, products[::-1]):
+            cos_u, sin_u = g.made_by(plain.input[1], "Unsqueeze"), g.made_by(rotated.input[1], "Unsqueeze")
+            if cos_u is None or sin_u is None or (cos_u.input[0], sin_u.input[0]) != (cos_input, sin_input):
+                continue
+            x = plain.input[0]
+            if _rotated_half(g, rotated.input[0]) != x:
+                continue
+            replace[add.output[0]] = [helper.make_node("RotaryEmbedding", [x, tables[cos_input], tables[sin_input]],
+                                                       [add.output[0]], interleaved=1,
+                                                       name=f"{add.name}/fused_rotary")]
+            break
     if not replace:
         return 0
-    nodes = []
-    for node in model.graph.node:
-        nodes.extend(replace.get(node.output[0], [node]) if node.output else [node])
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    remove_unused(model.graph)
-    if not any(op.domain == MS_DOMAIN for op in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    prefix = "fused_rotary"
+    model.graph.initializer.extend(numpy_helper.from_array(np.array([value], np.int64), f"{prefix}/{key}")
+                                   for key, value in (("start", 0), ("end", 2 ** 62), ("axis", -1), ("step", 2)))
+    prologue = [helper.make_node("Slice", [name, f"{prefix}/start", f"{prefix}/end", f"{prefix}/axis",
+                                           f"{prefix}/step"], [out], name=f"{out}/slice")
+                for name, out in tables.items()]
+    _splice(model, replace, prologue)
+    _require_opset(model, COPY_OPSET)
     return len(replace)
 
 
@@ -155,7 +221,8 @@ def remove_unused(graph: onnx.GraphProto) -> None:
 
 def check_outputs(reference_path, optimized_path, head_dim: int, token_dim: int, seed: int = 0) -> dict:
     """Run both graphs on ONNX Runtime CPU on a padded batch (two sequences, the second one padded with
-    values of 3e4) and compare ``v``: max abs relative to the output scale, and cosine."""
+    values of 3e4; RoPE tables laid out as the runtime's, one random angle per pair) and compare ``v``: max abs
+    relative to the output scale, and cosine."""
     import onnxruntime as ort
 
     rng = np.random.default_rng(seed)
@@ -163,7 +230,8 @@ def check_outputs(reference_path, optimized_path, head_dim: int, token_dim: int,
     mask = np.zeros((batch, seq), np.float32)
     for row, n in enumerate(real):
         mask[row, :n] = 1
-    angles = rng.uniform(0, 2 * np.pi, (batch, seq, head_dim)).astype(np.float32) * mask[..., None]
+    angles = np.repeat(rng.uniform(0, 2 * np.pi, (batch, seq, head_dim // 2)), 2, axis=-1).astype(np.float32)
+    angles *= mask[..., None]
     x = rng.standard_normal((batch, seq, token_dim), dtype=np.float32)
     x[mask == 0] = 3e4
     feed = {"x": x, "t": np.array([0.3, 0.8], np.float32), "y": np.array([1, 0], np.int64),
@@ -183,19 +251,21 @@ MAX_ABS_TOLERANCE = 1e-4          # of the output scale, as fit-export validate 
 COSINE_TOLERANCE = 0.9999
 
 
-def optimize_graph(source, target, num_heads: int, head_dim: int, token_dim: int) -> dict:
-    """Write the ONNX Runtime-only copy of the transformer graph ``source`` to ``target`` (same directory when
+def optimize_graph(source, target, head_dim: int, token_dim: int) -> dict:
+    """Write the ONNX Runtime-tuned copy of the transformer graph ``source`` to ``target`` (same directory when
     ``source`` has external weights: the copy refers to them) after checking it against ``source``.
 
-    Returns ``{"fused_attention": count, "check": check_outputs(...)}``; raises :class:`OrtOptimizeError` (and
-    writes nothing) when there is nothing to fuse or the outputs differ.
+    Returns ``{"fused_attention": count, "fused_rotary": count, "opset": 23, "check": check_outputs(...)}``;
+    raises :class:`OrtOptimizeError` (and writes nothing) when there is no attention to fuse or the outputs
+    differ.
     """
     source, target = Path(source), Path(target)
     model = onnx.load(str(source), load_external_data=False)      # external weights stay where they are
-    fused = fuse_attention(model, num_heads, str(source.parent))
+    fused = fuse_attention(model, str(source.parent))
     if fused == 0:
         raise OrtOptimizeError(f"{source.name} has no attention of the form this pass fuses "
                                f"(MatMul -> Add -> Softmax -> IsNaN/Where -> MatMul); nothing written")
+    rotary = fuse_rotary(model, base_dir=str(source.parent))
     temporary = target.with_name(f".{target.name}.tmp")
     try:
         onnx.save(model, str(temporary))
@@ -206,7 +276,7 @@ def optimize_graph(source, target, num_heads: int, head_dim: int, token_dim: int
         temporary.replace(target)
     finally:
         temporary.unlink(missing_ok=True)
-    return {"fused_attention": fused, "check": check}
+    return {"fused_attention": fused, "fused_rotary": rotary, "opset": COPY_OPSET, "check": check}
 
 
 def optimize_package(package) -> dict:
@@ -220,8 +290,7 @@ def optimize_package(package) -> dict:
     transformer, model = doc["transformer"], doc["model"]
     if transformer["precision"] != "fp32":
         raise OrtOptimizeError(f"ort-optimize rewrites fp32 packages; {package} is {transformer['precision']}")
-    result = optimize_graph(package / transformer["file"], package / ORT_FILE, int(model["config"]["num_heads"]),
-                            model["head_dim"], model["token_dim"])
+    result = optimize_graph(package / transformer["file"], package / ORT_FILE, model["head_dim"], model["token_dim"])
     entry = {"file": ORT_FILE, "runtime": "onnxruntime", **result}
     transformer["ort_optimized"] = entry
     doc["files"].update(mf.file_entries(package, [ORT_FILE]))

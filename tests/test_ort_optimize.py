@@ -1,4 +1,4 @@
-"""fit-export ort-optimize: the ONNX Runtime-only transformer copy (fused attention) matches the package graph."""
+"""fit-export ort-optimize: the ONNX Runtime-tuned transformer copy (fused attention and RoPE) matches the package graph."""
 import json
 
 import numpy as np
@@ -29,13 +29,14 @@ def optimized(tmp_path_factory):
 
 
 def padded_feed(seed=0):
-    """Batch 3 with 37, 20 and 9 real tokens (padding filled with large values), random RoPE angles."""
+    """Batch 3 with 37, 20 and 9 real tokens (padding filled with large values), random RoPE angles laid out as
+    the runtime's tables (one angle per pair of channels)."""
     rng = np.random.default_rng(seed)
     batch, seq = 3, 37
     mask = np.zeros((batch, seq), np.float32)
     for row, n in enumerate((37, 20, 9)):
         mask[row, :n] = 1
-    angles = rng.uniform(0, 6.3, (batch, seq, 16)).astype(np.float32)
+    angles = np.repeat(rng.uniform(0, 6.3, (batch, seq, 8)), 2, axis=-1).astype(np.float32)
     x = rng.standard_normal((batch, seq, 16), dtype=np.float32)
     x[mask == 0] = -3e4
     return {"x": x, "t": np.array([0.1, 0.5, 0.9], np.float32), "y": np.array([1, 4, 10]),
@@ -47,11 +48,14 @@ def test_copy_is_recorded_and_package_graph_untouched(optimized):
     package, entry, before = optimized
     doc = load_manifest(package)                                  # every hash, the new file's included
     assert doc["transformer"]["ort_optimized"]["file"] == ORT_FILE and ORT_FILE in doc["files"]
-    assert entry["fused_attention"] == doc["model"]["config"]["depth"]
+    depth = doc["model"]["config"]["depth"]
+    assert entry["fused_attention"] == depth and entry["fused_rotary"] == 2 * depth and entry["opset"] == 23
     assert sha256_file(package / "transformer.onnx") == before
     check_graph(__import__("onnx_ir").load(package / "transformer.onnx"))          # still standard-op
-    ops = {n.op_type for n in onnx.load(str(package / ORT_FILE)).graph.node}
-    assert "MultiHeadAttention" in ops and not ops & {"Softmax", "IsNaN"}
+    copy = onnx.load(str(package / ORT_FILE))
+    ops = {n.op_type for n in copy.graph.node}
+    assert {"Attention", "RotaryEmbedding"} <= ops and not ops & {"Softmax", "IsNaN", "Neg"}
+    assert {(o.domain, o.version) for o in copy.opset_import} == {("", 23)}
 
 
 def test_backend_runs_the_copy_and_it_matches_the_standard_graph(optimized):
@@ -85,9 +89,9 @@ def test_a_wrong_fusion_is_caught_and_nothing_is_written(optimized, tmp_path, mo
     (package / "manifest.json").write_text(json.dumps(doc))
     real = ort_optimize.fuse_attention
 
-    def off_by_a_bit(model, num_heads, base_dir):             # the scale of one block 1% off
-        count = real(model, num_heads, base_dir)
-        node = next(n for n in model.graph.node if n.op_type == "MultiHeadAttention")
+    def off_by_a_bit(model, base_dir):                        # the scale of one block 1% off
+        count = real(model, base_dir)
+        node = next(n for n in model.graph.node if n.op_type == "Attention")
         next(a for a in node.attribute if a.name == "scale").f *= 1.01
         return count
 
@@ -129,6 +133,44 @@ def test_refusals(optimized, tmp_path):
     graph = onnx.helper.make_graph([onnx.helper.make_node("Softmax", ["a"], ["b"])], "g",
                                    [onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [2, 2])],
                                    [onnx.helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [2, 2])])
-    assert fuse_attention(onnx.helper.make_model(graph), 4) == 0
+    assert fuse_attention(onnx.helper.make_model(graph)) == 0
     result = CliRunner().invoke(export_cli, ["ort-optimize", str(tmp_path / "missing")])
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "does not exist" in result.output
+
+
+def test_a_wrong_rotary_fusion_is_caught(optimized, tmp_path, monkeypatch):
+    """Half-split instead of interleaved pairs: the check against the package graph refuses the copy."""
+    package = copy_package(optimized[0], tmp_path / "pkg")
+    real = ort_optimize.fuse_rotary
+
+    def half_split(model, **kwargs):
+        count = real(model, **kwargs)
+        for node in model.graph.node:
+            if node.op_type == "RotaryEmbedding":
+                next(a for a in node.attribute if a.name == "interleaved").i = 0
+        return count
+
+    monkeypatch.setattr(ort_optimize, "fuse_rotary", half_split)
+    with pytest.raises(OrtOptimizeError, match="differs"):
+        ort_optimize.optimize_graph(package / "transformer.onnx", tmp_path / "copy.onnx", 16, 16)
+    assert not (tmp_path / "copy.onnx").exists()
+
+
+def test_backend_falls_back_when_the_copy_cannot_be_loaded(optimized, monkeypatch):
+    """An ONNX Runtime without the opset-23 kernels: the standard graph runs, with a warning."""
+    import onnxruntime
+
+    package, _, _ = optimized
+    real = onnxruntime.InferenceSession
+
+    def no_opset_23(path, *args, **kwargs):
+        if str(path).endswith(ORT_FILE):
+            raise RuntimeError("[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : Could not find an implementation "
+                               "for Attention(23) node")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", no_opset_23)
+    with pytest.warns(RuntimeWarning, match="cannot load transformer.ort.onnx"):
+        with create_backend("onnxruntime", package, threads=1) as backend:
+            out = backend.infer(padded_feed())["v"]
+    assert backend.model_path.name == "transformer.onnx" and np.isfinite(out).all()
