@@ -9,12 +9,17 @@ Measures, in one run on this machine:
   (linear layers + attention matmuls) reach;
 - one transformer call (one Euler step without CFG) at the demo config (the shipped default model's config when
   installed, else ``--demo-config``) and at the FiTv2-XL shape with ``--xl-depth`` of its 36 blocks (random
-  weights). Time per call is linear in depth (every block has the same shape), so the full-depth figure is
-  ``embed + 36 x per-block``, estimated from this run and a 2x-depth check run when ``--check-scaling``;
+  weights). Time per call is linear in depth (every block has the same shape), so the XL shape also runs at
+  ``--scaling-depth`` blocks (PyTorch and the two fp32 ORT graphs) and the full 36-block figure is estimated as
+  ``fixed + 36 x per-block`` from the two depths, with its share of the GEMM peak;
+- the ceiling of one FiTv2-XL block on ONNX Runtime: its five linear layers (MatMul at the block's shapes) and
+  its attention (ONNX ``Attention``, the op the tuned copy runs) alone in one graph, nothing else; the share of
+  the GEMM peak the block's FLOPs would reach if LayerNorm, RoPE, modulation and residual adds took no time;
+  and the linear layers and the attention each alone;
 - batch 1 and 2 at 256 and 1024 tokens; each (engine, model, batch, tokens) runs in its own process, which
   reports its best and median latency and its peak RSS (VmHWM) above the RSS after loading;
-- ONNX Runtime on the package graph (``transformer.onnx``, standard ops) and on its ONNX Runtime-only copy with
-  fused attention (``fit-export ort-optimize``, ``fit_export/ort_optimize.py``), side by side;
+- ONNX Runtime on the package graph (``transformer.onnx``, standard ops, opset 18) and on its ONNX Runtime-tuned
+  copy with fused attention and RoPE (``fit-export ort-optimize``, ``fit_export/ort_optimize.py``), side by side;
 - ONNX Runtime int8 dynamic quantization (weights int8, activations quantized per call) of each: per-tensor
   weights on the package graph, per-channel weights on the fused copy; latency and the change of the output
   (cosine vs fp32) and of a sampled image (PSNR vs the fp32 image, same seed);
@@ -87,10 +92,56 @@ def make_inputs(config: dict, batch: int, tokens: int, seed: int = 0) -> dict:
             "mask": np.ones((batch, tokens), np.float32)}
 
 
+def block_kernels_graph(config: dict, batch: int, tokens: int, parts=("linear", "attention")):
+    """One block's linear layers (qkv, proj, the SwiGLU MLP's three; weights constant) and/or its attention
+    (ONNX Attention-23 with an additive mask, (B, H, N, Dh) inputs) as independent nodes of one graph; returns
+    the serialized model and a feed for it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    d, heads = config["hidden_size"], config["num_heads"]
+    head_dim = d // heads
+    hidden = int(d * config["mlp_ratio"])
+    if config.get("use_swiglu") and not config.get("use_swiglu_large"):
+        hidden = hidden * 2 // 3
+    rng = np.random.default_rng(0)
+    nodes, shapes, inits = [], {}, []
+    if "linear" in parts:
+        weights = {"w_qkv": ("x", (d, 3 * d)), "w_proj": ("x", (d, d)), "w_gate": ("x", (d, hidden)),
+                   "w_up": ("x", (d, hidden)), "w_down": ("h", (hidden, d))}
+        inits = [numpy_helper.from_array(0.02 * rng.standard_normal(shape, dtype=np.float32), name)
+                 for name, (_, shape) in weights.items()]
+        nodes += [helper.make_node("MatMul", [source, name], [f"{name}_out"]) for name, (source, _) in weights.items()]
+        shapes.update(x=[batch, tokens, d], h=[batch, tokens, hidden])
+    if "attention" in parts:
+        shapes.update({k: [batch, heads, tokens, head_dim] for k in "qkv"}, bias=[batch, 1, tokens, tokens])
+        nodes.append(helper.make_node("Attention", ["q", "k", "v", "bias"], ["attention_out"],
+                                      scale=head_dim ** -0.5))
+    graph = helper.make_graph(nodes, "block_kernels",
+                              [helper.make_tensor_value_info(k, TensorProto.FLOAT, v) for k, v in shapes.items()],
+                              [helper.make_tensor_value_info(n.output[0], TensorProto.FLOAT, None) for n in nodes],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    feed = {k: rng.standard_normal(v, dtype=np.float32) for k, v in shapes.items()}
+    if "bias" in feed:
+        feed["bias"] = np.zeros(shapes["bias"], np.float32)
+    return onnx.ModelProto.SerializeToString(model), feed
+
+
 def worker(spec: dict) -> dict:
     """Time one (engine, model, batch, tokens) case; returns latency, memory and an output sample."""
     feed = make_inputs(spec["config"], spec["batch"], spec["tokens"])
-    if spec["engine"] == "torch":
+    if spec["engine"] == "ceiling":
+        import onnxruntime as ort
+
+        model, kernel_feed = block_kernels_graph(spec["config"], spec["batch"], spec["tokens"], spec["parts"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = spec["threads"]
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+        def call():
+            return session.run(None, kernel_feed)[-1][:, :1]
+    elif spec["engine"] == "torch":
         import torch
 
         from fit.config import FiTConfig
@@ -114,7 +165,11 @@ def worker(spec: dict) -> dict:
             return backend.infer(feed)["v"]
     gemm = numpy_gemm_gflops()
     base = rss_mib()
-    out = call()                                                   # warm-up (and first-shape planning)
+    warm_up = time.perf_counter()                                  # first-shape planning, weight prepacking,
+    for calls in range(1, 100):                                    # thread pool and arena: at least 3 calls
+        out = call()                                               # and 1 s before timing
+        if calls >= 3 and time.perf_counter() - warm_up >= 1.0:
+            break
     times = []
     for _ in range(spec["repeats"]):
         start = time.perf_counter()
@@ -130,29 +185,42 @@ def worker(spec: dict) -> dict:
 # Parent
 # --------------------------------------------------------------------------------------------------------------
 
+def _best_rate(flop: float, fn, repeats: int = 5, warm_up_s: float = 1.0) -> float:
+    """GFLOP/s of the fastest of ``repeats`` calls of ``fn``, after ``warm_up_s`` seconds of calls."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < warm_up_s:
+        fn()
+    return flop / min(_timed(fn) for _ in range(repeats)) / 1e9
+
+
 def peak_gemm_gflops(threads: int, n: int = 2048) -> dict:
-    """fp32 GEMM throughput of this machine through three BLAS paths (numpy, torch.mm, an ONNX Runtime MatMul):
-    the best of them is the peak every latency is compared with."""
+    """fp32 GEMM throughput of this machine at n^3 through four BLAS paths, each warmed up for a second: numpy,
+    torch.mm, and ONNX Runtime MatMul with both operands as inputs and with B a constant (the way a model's
+    weights run: ONNX Runtime prepacks constant B). The best of them is the peak every latency is compared
+    with."""
     import onnx
     import onnxruntime as ort
     import torch
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
-    rates = {"numpy": numpy_gemm_gflops(n)}
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
+    flop = 2 * n ** 3
+    rates = {"numpy": _best_rate(flop, lambda: a @ b)}
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    rates["torch"] = 2 * n ** 3 / min(_timed(lambda: torch.mm(a, b)) for _ in range(5)) / 1e9
-    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
-                              [helper.make_tensor_value_info(k, TensorProto.FLOAT, [n, n]) for k in "ab"],
-                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    rates["torch"] = _best_rate(flop, lambda: torch.mm(ta, tb))
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(onnx.helper.make_model(graph).SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
-    feed = {"a": a.numpy(), "b": b.numpy()}
-    session.run(None, feed)
-    rates["onnxruntime"] = 2 * n ** 3 / min(_timed(lambda: session.run(None, feed)) for _ in range(5)) / 1e9
+    for key, constant in (("onnxruntime", False), ("onnxruntime_prepacked", True)):
+        inputs = [helper.make_tensor_value_info(k, TensorProto.FLOAT, [n, n]) for k in ("a",) + ("b",) * (not constant)]
+        graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm", inputs,
+                                  [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+                                  [numpy_helper.from_array(b, "b")] if constant else [])
+        session = ort.InferenceSession(onnx.helper.make_model(graph).SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+        feed = {"a": a} if constant else {"a": a, "b": b}
+        rates[key] = _best_rate(flop, lambda: session.run(None, feed))
     return {k: round(v, 1) for k, v in rates.items()}
 
 
@@ -201,9 +269,9 @@ def run_child(spec: dict) -> dict:
 ORT_VARIANTS = ("ort", "ort-fused", "ort-int8", "ort-fused-int8")
 
 
-def prepare_model(name: str, config: dict, work: Path) -> dict:
+def prepare_model(name: str, config: dict, work: Path, int8: bool = True) -> dict:
     """Random weights (seeded, zero-initialised layers made random), saved for torch; exported for ORT as the
-    package graph, its fused-attention copy, and int8 copies of both."""
+    package graph, its tuned copy, and (``int8``) int8 copies of both."""
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -224,10 +292,13 @@ def prepare_model(name: str, config: dict, work: Path) -> dict:
     export_transformer(model, paths["ort"])
     cfg = model.config
     optimize_graph(paths["ort"], paths["ort-fused"], cfg.head_dim, cfg.token_dim)
+    if not int8:
+        return {"model": model, "weights": str(weights), "ort": str(paths["ort"]), "ort-fused": str(paths["ort-fused"])}
     logging.getLogger().setLevel(logging.ERROR)          # quantize_dynamic's pre-processing advice
     quantize_dynamic(str(paths["ort"]), str(paths["ort-int8"]), weight_type=QuantType.QInt8)
     quantize_dynamic(str(paths["ort-fused"]), str(paths["ort-fused-int8"]), weight_type=QuantType.QInt8,
-                     per_channel=True)
+                     per_channel=True, op_types_to_quantize=["MatMul", "Gemm"])   # not ONNX Attention: the
+    # quantizer takes every node named "Attention" for com.microsoft.Attention
     return {"model": model, "weights": str(weights), **{k: str(v) for k, v in paths.items()}}
 
 
@@ -275,6 +346,8 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--demo-config", default="fitv2-tiny", help="preset used when no default model is shipped")
     parser.add_argument("--xl-depth", type=int, default=2, help="blocks of the FiTv2-XL shape to run (of 36)")
+    parser.add_argument("--scaling-depth", type=int, default=4,
+                        help="second FiTv2-XL depth for the full-depth estimate (0: skip it and the block ceiling)")
     parser.add_argument("--batches", default="1,2")
     parser.add_argument("--tokens", default="256,1024")
     parser.add_argument("--repeats", type=int, default=5)
@@ -302,7 +375,7 @@ def main() -> None:
     peak = max(gemm_runs[0].values())
     print(f"fp32 GEMM: {gemm_runs[0]} GFLOP/s ({args.threads} threads)", flush=True)
     work = Path(tempfile.mkdtemp(prefix="fit-bench-"))
-    rows, image_checks = [], {}
+    rows, image_checks, scaling = [], {}, []
     for name, config in models.items():
         prepared = prepare_model(name.split()[0].lower(), config, work)
         for batch in map(int, args.batches.split(",")):
@@ -330,8 +403,21 @@ def main() -> None:
             image_checks = image_psnr(prepared["model"], prepared, work, args.steps)
             package = (str(DEFAULT_MODEL_DIR) if default_manifest.is_file() else str(work / "psnr-package"))
             end_to_end = fit_run_times(package, args.steps, runs=3)
+        if name.startswith("FiTv2-XL") and args.scaling_depth:
+            scaling = full_depth_estimates(rows, name, config, args, work)
+            peak = max([peak] + [e[k]["gemm_gflops"] for e in scaling for k in (*CEILING_PARTS, *FP32_ENGINES)])
     gemm_runs.append(peak_gemm_gflops(args.threads))     # again at the end: the machine is shared
     peak = max([peak] + list(gemm_runs[-1].values()))
+    for entry in scaling:
+        block_gflop = entry["block_gflop"]
+        flops = {"ceiling": block_gflop, "ceiling_attention": entry["attention_gflop"],
+                 "ceiling_linear": block_gflop - entry["attention_gflop"]}
+        for key, gflop in flops.items():
+            entry[key]["pct_of_gemm_peak"] = round(100 * gflop / (entry[key]["ms"] / 1000) / peak, 1)
+        for engine in FP32_ENGINES:
+            e = entry[engine]
+            e["full_pct_of_gemm_peak"] = round(100 * entry["full_gflop"] / (e["full_ms"] / 1000) / peak, 1)
+            e["block_pct_of_gemm_peak"] = round(100 * block_gflop / (e["block_ms"] / 1000) / peak, 1)
     for row in rows:                                    # % of the best GEMM rate measured anywhere in this run
         for engine in ("torch",) + ORT_VARIANTS:
             row[engine]["pct_of_gemm_peak"] = round(100 * row["gflop"] / (row[engine]["ms"] / 1000) / peak, 1)
@@ -343,7 +429,8 @@ def main() -> None:
               "gemm_runs_gflops": gemm_runs,
               "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
               "xl_scaling": f"per-call time is linear in depth: full FiTv2-XL ~ {XL_FULL_DEPTH}/{args.xl_depth} x "
-                            f"the block part of these figures", "rows": rows, "image_psnr": image_checks,
+                            f"the block part of these figures", "rows": rows, "full_depth": scaling,
+              "image_psnr": image_checks,
               "end_to_end": end_to_end}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -352,14 +439,53 @@ def main() -> None:
     print(markdown(report))
 
 
+FP32_ENGINES = ("torch", "ort", "ort-fused")
+CEILING_PARTS = {"ceiling": ("linear", "attention"), "ceiling_linear": ("linear",), "ceiling_attention": ("attention",)}
+
+
+def full_depth_estimates(rows: list, name: str, config: dict, args, work: Path) -> list:
+    """Run the FiTv2-XL shape again at ``args.scaling_depth`` blocks (PyTorch, ORT graph, ORT tuned copy) and the
+    one-block kernel ceiling; per engine: per-block and fixed time from the two depths and the 36-block estimate."""
+    shallow, deep = args.xl_depth, args.scaling_depth
+    if deep == shallow:
+        raise SystemExit("--scaling-depth must differ from --xl-depth")
+    deep_config = {**config, "depth": deep}
+    prepared = prepare_model("xl-scaling", deep_config, work, int8=False)
+    estimates = []
+    for row in (r for r in rows if r["model"] == name):
+        batch, tokens = row["batch"], row["tokens"]
+        entry = {"batch": batch, "tokens": tokens, "depths": [shallow, deep],
+                 "full_gflop": round(transformer_flops({**config, "depth": XL_FULL_DEPTH}, batch, tokens) / 1e9, 2),
+                 "block_gflop": round(transformer_flops({**config, "depth": 1}, batch, tokens) / 1e9, 3),
+                 "attention_gflop": round(4 * batch * tokens ** 2 * config["hidden_size"] / 1e9, 3)}
+        base = {"model": name, "batch": batch, "tokens": tokens, "repeats": args.repeats, "threads": args.threads,
+                "output": str(work / "out-scaling.npy")}
+        for engine in FP32_ENGINES:
+            result = run_child({**base, "engine": "torch" if engine == "torch" else "ort", "config": deep_config,
+                                "weights": prepared["weights"], "onnx": prepared.get(engine)})
+            block = (result["ms"] - row[engine]["ms"]) / (deep - shallow)
+            fixed = row[engine]["ms"] - shallow * block
+            entry[engine] = {"ms_at_depths": [row[engine]["ms"], result["ms"]], "block_ms": round(block, 2),
+                             "fixed_ms": round(fixed, 2), "full_ms": round(fixed + XL_FULL_DEPTH * block, 1),
+                             "gemm_gflops": result["gemm_gflops"]}
+            print(f"{name} b{batch} n{tokens} {engine} at depth {deep}: {result['ms']:.1f} ms; "
+                  f"block {block:.1f} ms", flush=True)
+        for key, parts in CEILING_PARTS.items():
+            entry[key] = run_child({**base, "engine": "ceiling", "config": config, "parts": parts})
+            print(f"{key} b{batch} n{tokens}: {entry[key]['ms']:.1f} ms", flush=True)
+        estimates.append(entry)
+    return estimates
+
+
 def markdown(report: dict) -> str:
     lines = [f"Runtime benchmark, {report['date']}, {report['machine']['cpu']} ({report['machine']['cores']} cores, "
              f"{report['machine']['threads']} threads), torch {report['versions']['torch']}, onnxruntime "
              f"{report['versions']['onnxruntime']}. fp32 GEMM peak (best of numpy, torch.mm "
-             f"and an ONNX Runtime MatMul at 2048^3, and numpy inside every timing process): "
+             f"and ONNX Runtime MatMul, with B an input and with B a prepacked constant, at 2048^3, each warmed up "
+             f"for 1 s, at the start and end of the run, and numpy inside every timing process): "
              f"{report['gemm_fp32_gflops']} GFLOP/s. Latency: best of the repeats. *graph*: the package's "
-             "standard-op transformer.onnx; *fused*: its ONNX Runtime-only copy with fused attention "
-             "(`fit-export ort-optimize`); int8: dynamic quantization, per-tensor weights on the graph, per-channel "
+             "standard-op transformer.onnx; *fused*: its ONNX Runtime-tuned copy, attention and RoPE as fused "
+             "opset-23 ops (`fit-export ort-optimize`); int8: dynamic quantization, per-tensor weights on the graph, per-channel "
              "on the fused copy; cosine: output vs the fp32 graph.",
              "", "| model | batch | tokens | GFLOP | torch ms (% peak) | ORT graph ms (% peak) | ORT fused ms (% peak) "
              "| int8 graph ms | int8 fused ms | graph/torch | fused/torch | int8 fused/torch | int8 fused/fused "
@@ -375,6 +501,24 @@ def markdown(report: dict) -> str:
             f"| {r['ort-fused-int8_vs_torch']}x | {ms['ort-fused'] / ms['ort-fused-int8']:.2f}x "
             f"| {r['ort-int8_cosine']} / {r['ort-fused-int8_cosine']} | {r['torch']['peak_mib_above_load']} "
             f"| {r['ort']['peak_mib_above_load']} / {r['ort-fused']['peak_mib_above_load']} |")
+    if report.get("full_depth"):
+        depths = report["full_depth"][0]["depths"]
+        lines += ["", f"FiTv2-XL at its full {XL_FULL_DEPTH} blocks, estimated from the runs at {depths[0]} and "
+                  f"{depths[1]} blocks (per-block time = difference / {depths[1] - depths[0]}; full = fixed + "
+                  f"{XL_FULL_DEPTH} x per-block). *Block ceiling*: one block's five linear layers and its ONNX "
+                  "Attention alone on ONNX Runtime (nothing else), the most the block's FLOPs can reach on this "
+                  "machine's kernels; then each part alone.", "",
+                  "| batch | tokens | GFLOP (36 blocks) | torch ms (% peak) | ORT graph ms (% peak) "
+                  "| ORT fused ms (% peak) | fused/torch | ORT fused per block ms (% peak) "
+                  "| block ceiling ms (% peak) | linear layers alone ms (% peak) | attention alone ms (% peak) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for e in report["full_depth"]:
+            cell = lambda k: f"{e[k]['full_ms']:.0f} ({e[k]['full_pct_of_gemm_peak']}%)"
+            lines.append(f"| {e['batch']} | {e['tokens']} | {e['full_gflop']} | {cell('torch')} | {cell('ort')} "
+                         f"| {cell('ort-fused')} | {e['torch']['full_ms'] / e['ort-fused']['full_ms']:.2f}x "
+                         f"| {e['ort-fused']['block_ms']:.1f} ({e['ort-fused']['block_pct_of_gemm_peak']}%) "
+                         + "".join(f"| {e[k]['ms']:.1f} ({e[k]['pct_of_gemm_peak']}%) " for k in CEILING_PARTS)
+                         + "|")
     e2e, q = report["end_to_end"], report["image_psnr"]
     lines += ["", f"{report['xl_scaling']}.",
               f"Image PSNR vs the fp32 graph ({q['image']}, {q['steps']} steps): fused {q['ort-fused_psnr_db']} dB, "

@@ -1,5 +1,5 @@
-"""``fit-export``: model packages (``onnx``), validation against PyTorch (``validate``), the ONNX Runtime-only
-optimized graph (``ort-optimize``), TensorRT engines (``build``, ``trt-check``). Thin wrappers."""
+"""``fit-export``: model packages (``onnx``), validation against PyTorch (``validate``), the ONNX Runtime-tuned
+graph copy (``ort-optimize``), TensorRT engines (``build``, ``trt-check``). Thin wrappers."""
 from __future__ import annotations
 
 import os
@@ -144,15 +144,16 @@ def validate_command(package, checkpoint, report, providers, methods, e2e_steps,
 @main.command("ort-optimize")
 @click.argument("package", type=click.Path())
 def ort_optimize_command(package):
-    """Add transformer.ort.onnx (fused attention, ONNX Runtime only) to a fp32 package; the ONNX Runtime
-    backend runs it instead of transformer.onnx, which stays unchanged for TensorRT."""
+    """Add transformer.ort.onnx (opset 23: attention and RoPE as fused ops, tuned for ONNX Runtime) to a fp32
+    package; the ONNX Runtime backend runs it instead of transformer.onnx, which stays unchanged for TensorRT."""
     from fit_export.ort_optimize import OrtOptimizeError, optimize_package
     try:
         entry = optimize_package(package)
     except (OrtOptimizeError, PackageError) as e:
         _fail(e)
     check = entry["check"]
-    click.echo(f"wrote {os.path.join(package, entry['file'])}: {entry['fused_attention']} attention blocks fused; "
+    click.echo(f"wrote {os.path.join(package, entry['file'])}: {entry['fused_attention']} attention blocks and "
+               f"{entry['fused_rotary']} RoPE rotations fused; "
                f"vs transformer.onnx max abs {check['max_abs_relative_to_scale']:.1e} of scale, "
                f"cosine {check['cosine']:.7f}")
 

@@ -174,3 +174,16 @@ def test_backend_falls_back_when_the_copy_cannot_be_loaded(optimized, monkeypatc
         with create_backend("onnxruntime", package, threads=1) as backend:
             out = backend.infer(padded_feed())["v"]
     assert backend.model_path.name == "transformer.onnx" and np.isfinite(out).all()
+
+
+def test_cli_writes_the_copy_and_reports_what_it_fused(optimized, tmp_path):
+    package = copy_package(optimized[0], tmp_path / "pkg")
+    (package / ORT_FILE).unlink()
+    doc = json.loads((package / "manifest.json").read_text())
+    del doc["transformer"]["ort_optimized"], doc["files"][ORT_FILE]
+    (package / "manifest.json").write_text(json.dumps(doc))
+    result = CliRunner().invoke(export_cli, ["ort-optimize", str(package)])
+    depth = doc["model"]["config"]["depth"]
+    assert result.exit_code == 0, result.output
+    assert f"{depth} attention blocks and {2 * depth} RoPE rotations fused" in result.output
+    assert load_manifest(package)["transformer"]["ort_optimized"]["file"] == ORT_FILE
