@@ -167,9 +167,7 @@ def fuse_rotary(model: onnx.ModelProto, cos_input: str = "rope_cos", sin_input: 
     ((B, N, Dh), each angle repeated for both members of a pair) with ONNX ``RotaryEmbedding`` (opset 23,
     ``interleaved=1``) fed their every-second column. Returns the count."""
     g = _Graph(model.graph, base_dir)
-    tables = {}
-    for name in (cos_input, sin_input):
-        tables[name] = f"{name}/pairs"
+    tables = {name: f"{name}/pairs" for name in (cos_input, sin_input)}      # (B, N, Dh/2), sliced once
     replace: dict[str, list] = {}
     for add in [n for n in model.graph.node if n.op_type == "Add"]:
         products = [g.made_by(i, "Mul") for i in add.input]
