@@ -92,6 +92,12 @@ def make_inputs(config: dict, batch: int, tokens: int, seed: int = 0) -> dict:
             "mask": np.ones((batch, tokens), np.float32)}
 
 
+def mlp_hidden(config: dict) -> int:
+    from fit.config import FiTConfig
+
+    return FiTConfig.from_dict(config).mlp_hidden_size
+
+
 def block_kernels_graph(config: dict, batch: int, tokens: int, parts=("linear", "attention")):
     """One block's linear layers (qkv, proj, the SwiGLU MLP's three; weights constant) and/or its attention
     (ONNX Attention-23 with an additive mask, (B, H, N, Dh) inputs) as independent nodes of one graph; returns
@@ -100,10 +106,7 @@ def block_kernels_graph(config: dict, batch: int, tokens: int, parts=("linear", 
     from onnx import TensorProto, helper, numpy_helper
 
     d, heads = config["hidden_size"], config["num_heads"]
-    head_dim = d // heads
-    hidden = int(d * config["mlp_ratio"])
-    if config.get("use_swiglu") and not config.get("use_swiglu_large"):
-        hidden = hidden * 2 // 3
+    head_dim, hidden = d // heads, mlp_hidden(config)
     rng = np.random.default_rng(0)
     nodes, shapes, inits = [], {}, []
     if "linear" in parts:
@@ -244,9 +247,7 @@ def _timed(fn) -> float:
 def transformer_flops(config: dict, batch: int, tokens: int) -> float:
     """Multiply-add FLOPs of one call (linear layers and attention matmuls; elementwise work ignored)."""
     d, depth = config["hidden_size"], config["depth"]
-    hidden = int(d * config["mlp_ratio"])
-    if config.get("use_swiglu") and not config.get("use_swiglu_large"):
-        hidden = hidden * 2 // 3
+    hidden = mlp_hidden(config)
     mlp = 3 * d * hidden if config.get("use_swiglu") else 2 * d * hidden
     per_token = 4 * d * d + mlp                                     # qkv + proj, MLP
     attention = 2 * tokens * d                                      # QK^T and AV per token

@@ -87,6 +87,13 @@ class FiTConfig:
         return self.patch_size ** 2 * self.in_channels
 
     @property
+    def mlp_hidden_size(self) -> int:
+        """Hidden width of a block's MLP: mlp_ratio x hidden_size, of which SwiGLU keeps 2/3 unless
+        ``use_swiglu_large``."""
+        hidden = int(self.hidden_size * self.mlp_ratio)
+        return hidden * 2 // 3 if self.use_swiglu and not self.use_swiglu_large else hidden
+
+    @property
     def null_class(self) -> int:
         return self.num_classes
 

@@ -217,11 +217,8 @@ class FiTBlock(nn.Module):
         self.attn = Attention(d, cfg.num_heads, qkv_bias=cfg.qkv_bias, q_norm=cfg.q_norm, k_norm=cfg.k_norm,
                               qk_norm_weight=cfg.qk_norm_weight, rel_pos_embed=cfg.rel_pos_embed,
                               add_rel_pe_to_v=cfg.add_rel_pe_to_v)
-        hidden = int(d * cfg.mlp_ratio)
-        if cfg.use_swiglu:
-            self.mlp = SwiGLU(d, hidden if cfg.use_swiglu_large else (hidden * 2) // 3, bias=cfg.ffn_bias)
-        else:
-            self.mlp = Mlp(d, hidden, bias=cfg.ffn_bias)
+        mlp = SwiGLU if cfg.use_swiglu else Mlp
+        self.mlp = mlp(d, cfg.mlp_hidden_size, bias=cfg.ffn_bias)
         self.adaLN_modulation = _adaln(cfg.adaln_type, d, 6, cfg.adaln_lora_dim, cfg.adaln_bias)
 
     def forward(self, x, c, mask, freqs_cos, freqs_sin, global_adaln=0.0):

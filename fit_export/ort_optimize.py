@@ -128,7 +128,7 @@ def fuse_attention(model: onnx.ModelProto, base_dir: str = "") -> int:
         is_nan = next((n for n in users if n.op_type == "IsNaN"), None) if len(users) == 2 else None
         where = is_nan and g.only_consumer(is_nan.output[0], "Where")
         context = where and g.only_consumer(where.output[0], "MatMul")
-        if None in (q_scale, k_scale, key, context) or (context and context.input[0] != where.output[0]):
+        if None in (q_scale, k_scale, key, context) or context.input[0] != where.output[0]:
             continue
         if g.scalar(where.input[1]) != 0.0 or where.input[2] != softmax.output[0]:
             continue
