@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from engines.manifest import load_manifest  # noqa: E402
 
 
 def peak_rss_mb() -> float:
@@ -45,14 +46,14 @@ def run(config: str = "fitv2-xl", depth: int | None = None, precision: str = "fp
         package = export_package(model, None, Path(tmp) / "pkg", precision=precision, name=config)
         seconds = time.perf_counter() - start
         files = {p.name: p.stat().st_size for p in sorted(package.iterdir())}
-        manifest = json.loads((package / "manifest.json").read_text())
+        manifest = load_manifest(package)
     onnx_bytes = sum(v for k, v in files.items() if k.startswith("transformer.onnx"))
     scale = full_depth / cfg.depth
     return {
         "config": config, "depth": cfg.depth, "full_depth": full_depth, "precision": precision,
         "parameters": parameter_count(model), "export_seconds": round(seconds, 2),
         "files": files, "transformer_bytes": onnx_bytes,
-        "external_data": manifest["transformer"]["external_data"],
+        "external_data": manifest.transformer.external_data,
         "peak_rss_mb": round(peak_rss_mb(), 1), "rss_before_model_mb": round(rss_start, 1),
         "rss_after_model_mb": round(rss_model, 1),
         "estimate_full_depth": None if scale == 1 else {"export_seconds": round(seconds * scale, 1),

@@ -362,11 +362,12 @@ def main() -> None:
         return
 
     from fit.config import preset
+    from engines.manifest import load_manifest
     from engines.pipeline import DEFAULT_MODEL_DIR
 
     default_manifest = DEFAULT_MODEL_DIR / "manifest.json"
     if default_manifest.is_file():
-        demo_name, demo_config = "demo (default model)", json.loads(default_manifest.read_text())["model"]["config"]
+        demo_name, demo_config = "demo (default model)", load_manifest(DEFAULT_MODEL_DIR).model.config
     else:
         demo_name, demo_config = f"demo ({args.demo_config})", preset(args.demo_config).to_dict()
     xl_config = {**preset("fitv2-xl").to_dict(), "depth": args.xl_depth}

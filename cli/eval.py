@@ -23,7 +23,7 @@ def _config_next_to(checkpoint: str):
     if os.path.exists(os.path.join(here, "config.yaml")):
         return os.path.join(here, "config.yaml")
     if os.path.exists(os.path.join(here, "manifest.json")):
-        return FiTConfig.from_dict(load_manifest(here, verify=False)["model"]["config"])
+        return FiTConfig.from_dict(load_manifest(here).model.config)
     raise ValueError(f"no --config given and neither config.yaml nor a package manifest.json next to {checkpoint}")
 
 

@@ -8,6 +8,7 @@ import sys
 import click
 
 from cli.trt import build, trt_check
+from engines.backend import resolve_backend_name
 from engines.manifest import PackageError
 from engines.rope import METHODS, METHOD_ALIASES
 from engines.sampler import SAMPLERS
@@ -109,7 +110,8 @@ def onnx_command(config, checkpoint, random_weights, out, precision, vae, name, 
               help="RoPE extrapolation method(s) to test (default: every method the manifest lists).")
 @click.option("--e2e-steps", type=click.IntRange(min=1), default=10, show_default=True,
               help="Euler steps of the end-to-end sampling case.")
-@click.option("--backend", type=click.Choice(["onnxruntime", "trt"]), default="onnxruntime", show_default=True,
+@click.option("--backend", type=click.Choice(["onnxruntime", "ort", "tensorrt", "trt"]), default="onnxruntime",
+              show_default=True,
               help="Run the package's ONNX graph on ONNX Runtime, or its TensorRT engines (needs a GPU).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]),
               help="With --backend trt: which engines to validate (default: the newest matching build).")
@@ -119,16 +121,11 @@ def validate_command(package, checkpoint, report, providers, methods, e2e_steps,
         _fail(OSError(f"cannot write the report {report}: its directory is missing or not writable"))
     errors = _user_errors()
     try:
-        if backend == "trt":
-            from fit_export.trt_validate import format_report, validate_trt
-            result = validate_trt(package, checkpoint=checkpoint, precision=precision, methods=methods or None,
+        from fit_export.validate import validate_package
+        result = validate_package(package, checkpoint=checkpoint, backend=resolve_backend_name(backend),
+                                  providers=providers or None, precision=precision, methods=methods or None,
                                   e2e_steps=e2e_steps)
-            text = format_report(result)
-        else:
-            from fit_export.validate import validate_package
-            result = validate_package(package, checkpoint=checkpoint, providers=providers or None,
-                                      methods=methods or None, e2e_steps=e2e_steps)
-            text = result.table()
+        text = result.table()
     except errors as e:
         _fail(e)
     click.echo(text)

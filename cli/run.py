@@ -107,20 +107,18 @@ def run(package, width, height, label, num, steps, sampler, cfg, seed, extrapola
         if size != wanted:
             click.echo(f"fit-run: snapped {wanted[0]}x{wanted[1]} to {size[0]}x{size[1]}", err=True)
         class_ids = [pipe.resolve_label(part) for part in label.split(",")] if label else [pipe.resolve_label(None)]
-        generation = dict(steps=steps, sampler=sampler, cfg=cfg, extrapolation=extrapolation)
-        settings = pipe.sampler_settings(sampler, steps)
-        pipe.rope_settings(extrapolation)
+        settings = pipe.settings(steps=steps, sampler=sampler, cfg=cfg, extrapolation=extrapolation)
         requests = [Request(size[0], size[1], class_ids[i % len(class_ids)], seed + i) for i in range(num)]
         from tqdm import tqdm
 
-        total = settings.steps if settings.method != "dopri5" else None
-        with tqdm(total=total, desc=f"{settings.method} x{num}", unit="step", disable=quiet, leave=False,
+        total = settings.sampler.steps if settings.sampler.method != "dopri5" else None
+        with tqdm(total=total, desc=f"{settings.sampler.method} x{num}", unit="step", disable=quiet, leave=False,
                   file=sys.stderr) as bar:
             def progress(done, _total, _t):
                 bar.update(done - bar.n)
 
-            images = pipe.generate_many(requests, callback=progress, **generation)
-        params = [pipe.parameters(r, **generation) for r in requests]
+            images = pipe.generate_many(requests, settings, callback=progress)
+        params = [pipe.parameters(r, settings) for r in requests]
     return write_images(images, params, paths, grid)
 
 

@@ -87,7 +87,7 @@ def trt_check(package_or_onnx):
     path = Path(package_or_onnx)
     try:
         if path.is_dir():
-            path = path / load_manifest(path, verify=False)["transformer"]["file"]
+            path = path / load_manifest(path).transformer.file
         report = check_model(path)
     except (DecodeError, *USER_ERRORS) as err:
         _fail(err)

@@ -16,7 +16,7 @@ import importlib
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -43,6 +43,8 @@ class Backend:
 
     #: registry name, e.g. "onnxruntime"; set by subclasses
     name: str = "backend"
+    #: numeric precision of what runs (fp32, fp16, bf16, ...), once known (TensorRT: when active)
+    precision: Optional[str] = None
 
     def __init__(self):
         self.inputs: dict[str, TensorInfo] = {}
@@ -129,7 +131,8 @@ def resolve_backend_name(name: str) -> str:
 def create_backend(name: str, package, **options) -> Backend:
     """Build (but do not activate) the backend ``name`` for the package directory ``package``.
 
-    options go to the backend: ``manifest=`` (an already loaded manifest dict, saves re-reading it),
+    options go to the backend: ``manifest=`` (an already loaded :class:`engines.manifest.Manifest`),
+    ``verify=`` (check the sha256 of the files it opens),
     ``graph=`` ("transformer" or "vae_decoder") and backend-specific settings (e.g. ``threads=2`` for ONNX
     Runtime). Raises BackendError for unknown names or a missing runtime library.
     """
@@ -152,12 +155,12 @@ def create_backend(name: str, package, **options) -> Backend:
     return factory(Path(package), **options)
 
 
-def graph_file(package: Path, manifest: dict, graph: str) -> Path:
+def graph_file(package: Path, manifest, graph: str) -> Path:
     """Path of a package graph ("transformer" or "vae_decoder") as the manifest names it."""
-    section = manifest.get(graph)
-    if not isinstance(section, dict) or "file" not in section:
+    section = getattr(manifest, graph, None)
+    if section is None:
         raise BackendError(f"package {package} has no {graph} graph")
-    return Path(package) / section["file"]
+    return Path(package) / section.file
 
 
 def package_path(package) -> Path:

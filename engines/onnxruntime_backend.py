@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 from engines.backend import Backend, BackendError, TensorInfo, graph_file, register_backend
-from engines.manifest import load_manifest
+from engines.manifest import Manifest, graph_files, load_manifest, verify_files
 
 _DTYPES = {
     "tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),
@@ -62,7 +62,7 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, package, *, manifest: Optional[dict] = None, graph: str = "transformer",
+    def __init__(self, package, *, manifest: Optional[Manifest] = None, graph: str = "transformer", verify: bool = True,
                  device: str = "auto", threads: int = 0, optimization: str = "all",
                  optimized_model_path: Optional[str] = None, memory: str = "arena",
                  memory_pattern: bool = False, model_path: Optional[str] = None, ort_optimized: bool = True):
@@ -82,9 +82,13 @@ class OnnxRuntimeBackend(Backend):
             if manifest is None:
                 manifest = load_manifest(package, verify=False)
             self.model_path = graph_file(Path(package), manifest, graph)
-            optimized = manifest["transformer"].get("ort_optimized") if graph == "transformer" else None
+            optimized = manifest.transformer.ort_optimized if graph == "transformer" else None
             if ort_optimized and optimized:
-                self.fallback_path, self.model_path = self.model_path, Path(package) / optimized["file"]
+                self.fallback_path, self.model_path = self.model_path, Path(package) / optimized.file
+        self.package, self.verify = Path(package), verify
+        self.manifest = manifest if model_path is None else None       # files outside the package are not listed
+        if manifest is not None and graph == "transformer":
+            self.precision = manifest.transformer.precision
         self.graph = graph
         self.device = device
         self.threads = int(threads)
@@ -133,6 +137,8 @@ class OnnxRuntimeBackend(Backend):
         ort = _ort()
         if not self.model_path.is_file():
             raise BackendError(f"{self.model_path} does not exist")
+        if self.verify and self.manifest is not None:
+            verify_files(self.package, self.manifest, graph_files(self.manifest, self.model_path.name))
         requested = self._requested_providers()
         try:
             self.session = ort.InferenceSession(str(self.model_path), sess_options=self.session_options(),

@@ -20,15 +20,13 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from engines.backend import Backend, BackendError, create_backend, resolve_backend_name
-from engines.manifest import PackageError, load_manifest
-from engines.rope import METHOD_ALIASES, METHODS, RopeSettings, rope_tables
+from engines.manifest import Manifest, PackageError, load_manifest
+from engines.rope import (EXTRAPOLATIONS, METHODS, RopeSettings, canonical_extrapolation, extrapolation_name,
+                          rope_tables)
 from engines.sampler import SAMPLERS, Callback, SamplerSettings, guide, integrate
 
 F32 = np.float32
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
-
-# Short names for the attention-scale NTK variants (FiTv2 paper), on top of engines.rope's aliases.
-EXTRAPOLATIONS = tuple(METHOD_ALIASES) + METHODS
 
 # Approximate SD-VAE latent -> RGB map (a well-known linear fit), for packages shipped without vae_decoder.onnx.
 _SD_LATENT_RGB = np.array([[0.298, 0.207, 0.208], [0.187, 0.286, 0.173],
@@ -49,44 +47,61 @@ class Request:
     seed: int
 
 
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Everything besides the request that decides an image, resolved once from the request and the package
+    defaults (:meth:`Pipeline.settings`); it drives the sampler and is what the PNG metadata records."""
+
+    sampler: SamplerSettings
+    cfg: float
+    extrapolation: str                  # canonical name of the RoPE method used
+    rope: RopeSettings
+    scale_pow: float = 0.0
+
+    @property
+    def guided(self) -> bool:
+        """Whether the network runs cond and uncond halves (classifier-free guidance on)."""
+        return self.cfg != 1.0
+
+    def loop_key(self) -> tuple:
+        """Requests whose settings share this key can share one step loop (and so one padded batch): same
+        integrator, steps and tolerances, guidance on or off. Scale and extrapolation may differ per row."""
+        return (self.sampler, self.guided, self.scale_pow)
+
+
 def load(path: Union[str, os.PathLike, None] = None, backend: str = "onnxruntime", verify: bool = True,
          **backend_options) -> "Pipeline":
     """Open a model package (the shipped default model when ``path`` is None) for generation.
 
-    verify: check every file's sha256 against the manifest. backend_options go to the backend
-    (ONNX Runtime: device, threads, optimization, optimized_model_path, memory, memory_pattern).
+    verify: check the sha256 of every file the backends open (each once per process) against the manifest.
+    backend_options go to the backend (ONNX Runtime: device, threads, optimization, optimized_model_path, memory,
+    memory_pattern).
     """
     if path is None:
         if not (DEFAULT_MODEL_DIR / "manifest.json").is_file():
             raise PackageError(f"no default model is installed at {DEFAULT_MODEL_DIR}; pass a package directory")
         path = DEFAULT_MODEL_DIR
-    manifest = load_manifest(path, verify=verify)
-    return Pipeline(Path(path), manifest, backend=backend, **backend_options)
+    return Pipeline(Path(path), load_manifest(path), backend=backend, verify=verify, **backend_options)
 
 
 class Pipeline:
     """A loaded package plus its backends. Create with :func:`load`; use as a context manager to free them."""
 
-    def __init__(self, directory: Path, manifest: dict, backend: str = "onnxruntime", **backend_options):
+    def __init__(self, directory: Path, manifest: Manifest, backend: str = "onnxruntime", verify: bool = True,
+                 **backend_options):
         self.directory = Path(directory)
         self.manifest = manifest
-        try:
-            self._read_manifest(manifest)
-        except PackageError:
-            raise
-        except (KeyError, TypeError, ValueError) as err:
-            detail = f"missing field {err}" if isinstance(err, KeyError) else str(err).splitlines()[0]
-            raise PackageError(f"package {directory}: manifest.json is not usable ({detail}); "
-                               f"re-export the package") from None
-        self.backend_name = backend
-        self.backend: Backend = create_backend(backend, self.directory, manifest=manifest, **backend_options)
+        self._read_manifest(manifest)
+        self.backend_name = resolve_backend_name(backend)
+        self.backend: Backend = create_backend(backend, self.directory, manifest=manifest, verify=verify,
+                                               **backend_options)
         self.vae: Optional[Backend] = None
-        if manifest.get("vae_decoder"):
+        if manifest.vae_decoder is not None:
             # The VAE always runs on ONNX Runtime; it shares the transformer's settings when that does too.
-            shared = backend_options if resolve_backend_name(backend) == "onnxruntime" else {}
+            shared = backend_options if self.backend_name == "onnxruntime" else {}
             vae_options = {k: v for k, v in shared.items() if k in ("device", "threads", "optimization")}
             self.vae = create_backend("onnxruntime", self.directory, manifest=manifest, graph="vae_decoder",
-                                      **vae_options)
+                                      verify=verify, **vae_options)
         try:
             self.backend.activate()
             if self.vae is not None:
@@ -95,36 +110,36 @@ class Pipeline:
             self.close()
             raise
 
-    def _read_manifest(self, manifest: dict) -> None:
-        """The settings generation needs, from the manifest sections (docs/package-format.md)."""
-        directory = self.directory
-        model, latent, rope = manifest["model"], manifest["latent"], manifest["rope"]
-        config = model.get("config") or {}
-        if config.get("learn_sigma") or model["out_token_dim"] != model["token_dim"]:
-            raise PackageError(f"package {directory}: the runtime serves FiTv2 velocity models; this one predicts "
-                               f"noise and sigma (FiT v1), use fit.sampling with PyTorch")
-        self.patch_size = int(model["patch_size"])
-        self.channels = int(model["latent_channels"])
-        self.num_classes = int(model["num_classes"])
-        self.null_class = int(model["null_class"])
-        self.class_names = list(model.get("class_names") or [])
-        self.space = latent["space"]
-        self.downsample = int(latent.get("downsample", 1))
-        self.scaling_factor = float(latent.get("scaling_factor", 1.0))
-        self.granularity = int(latent.get("pixel_granularity", self.downsample * self.patch_size))
+    def _read_manifest(self, manifest: Manifest) -> None:
+        """The settings generation needs, from the typed manifest (docs/package-format.md)."""
+        model, latent, rope = manifest.model, manifest.latent, manifest.rope
+        if model.learn_sigma or model.config.get("learn_sigma") or model.out_token_dim != model.token_dim:
+            raise PackageError(f"package {self.directory}: the runtime serves FiTv2 velocity models; this one "
+                               f"predicts noise and sigma (FiT v1), use fit.sampling with PyTorch")
+        self.contract = manifest.graph
+        self.patch_size = model.patch_size
+        self.channels = model.latent_channels
+        self.num_classes = model.num_classes
+        self.null_class = model.null_class
+        self.class_names = list(model.class_names or [])
+        self.space = latent.space
+        self.downsample = latent.downsample
+        self.scaling_factor = latent.scaling_factor
+        self.granularity = latent.pixel_granularity
         if self.space == "pixel" and self.channels not in (1, 3):
-            raise PackageError(f"package {directory}: a pixel-space model needs 1 or 3 channels, not {self.channels}")
-        sizes = manifest["sizes"]
-        self.max_tokens = int(sizes["max_tokens"])
-        self.default_size = tuple(int(s) for s in (sizes.get("default") or (256, 256)))
-        self.train_side = int(rope.get("ori_max_pe_len") or round(math.sqrt(sizes["train_token_budget"])))
-        self.rope = RopeSettings(int(rope["head_dim"]), float(rope["theta"]), rope["method"], bool(rope["decouple"]),
-                                 rope.get("ori_max_pe_len"))
-        guidance = manifest["guidance"]
-        self.cfg_default = float(guidance.get("default_scale", 1.0))
-        self.scale_pow = float(guidance.get("scale_pow", 0.0))
-        self.guided_channels = (guidance.get("cfg_channels") or self.channels) * self.patch_size ** 2
-        self.sampler_defaults = manifest["sampler"]
+            raise PackageError(f"package {self.directory}: a pixel-space model needs 1 or 3 channels, "
+                               f"not {self.channels}")
+        self.max_tokens = manifest.sizes.max_tokens
+        self.default_size = tuple(manifest.sizes.default)
+        self.train_side = rope.ori_max_pe_len or math.isqrt(manifest.sizes.train_token_budget)
+        try:
+            self.rope = RopeSettings(rope.head_dim, rope.theta, rope.method, rope.decouple, rope.ori_max_pe_len)
+        except ValueError as err:
+            raise PackageError(f"package {self.directory}: manifest.json is not usable (rope: {err}); "
+                               f"re-export the package") from None
+        self.extrapolations = tuple(dict.fromkeys(extrapolation_name(self.rope.with_method(name, self.train_side))
+                                                  for name in rope.methods or METHODS))
+        self.guided_channels = (manifest.guidance.cfg_channels or self.channels) * self.patch_size ** 2
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -141,7 +156,7 @@ class Pipeline:
 
     @property
     def name(self) -> str:
-        return self.manifest["name"]
+        return self.manifest.name
 
     # -- request checks ---------------------------------------------------------------------------------------
     def tokens(self, width: int, height: int) -> int:
@@ -207,25 +222,40 @@ class Pipeline:
         return int(label)
 
     def rope_settings(self, extrapolation: Optional[str]) -> RopeSettings:
-        """The package's RoPE settings, or those of another extrapolation method (friendly or official name)."""
-        if extrapolation is None:
-            return self.rope
-        try:
-            return self.rope.with_method(extrapolation, self.train_side)
-        except ValueError:
-            raise GenerationError(f"unknown extrapolation {extrapolation!r}; choose one of "
-                                  f"{', '.join(EXTRAPOLATIONS)}") from None
+        """The package's RoPE settings, or those of another extrapolation method (canonical name or alias)."""
+        return self.settings(extrapolation=extrapolation).rope
 
     def sampler_settings(self, sampler: Optional[str] = None, steps: Optional[int] = None) -> SamplerSettings:
-        defaults = self.sampler_defaults
-        method = sampler or defaults.get("method", "euler")
-        steps = defaults.get("steps", 50) if steps is None else steps
+        return self.settings(sampler=sampler, steps=steps).sampler
+
+    def settings(self, *, steps: Optional[int] = None, sampler: Optional[str] = None, cfg: Optional[float] = None,
+                 extrapolation: Optional[str] = None) -> GenerationSettings:
+        """Resolve a request's settings against the package defaults, once; raises GenerationError."""
+        defaults = self.manifest.sampler
+        method = defaults.method if sampler is None else sampler
+        steps = defaults.steps if steps is None else steps
         if method not in SAMPLERS:
             raise GenerationError(f"unknown sampler {method!r}; choose one of {', '.join(SAMPLERS)}")
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
             raise GenerationError(f"steps must be a positive whole number, got {steps!r}")
-        return SamplerSettings(method, int(steps), float(defaults.get("atol", 1e-6)),
-                               float(defaults.get("rtol", 1e-3)))
+        cfg = self.manifest.guidance.default_scale if cfg is None else cfg
+        if isinstance(cfg, bool) or not isinstance(cfg, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(cfg) or cfg < 0:
+            raise GenerationError(f"cfg must be a non-negative number, got {cfg!r}")
+        if extrapolation is None:
+            rope, name = self.rope, extrapolation_name(self.rope)
+        else:
+            try:
+                name = canonical_extrapolation(extrapolation)
+            except ValueError:
+                raise GenerationError(f"unknown extrapolation {extrapolation!r}; choose one of "
+                                      f"{', '.join(self.extrapolations)}") from None
+            if name not in self.extrapolations:
+                raise GenerationError(f"this package does not offer extrapolation {name!r}; choose one of "
+                                      f"{', '.join(self.extrapolations)}")
+            rope = self.rope.with_method(name, self.train_side)
+        sampler_settings = SamplerSettings(method, int(steps), defaults.atol, defaults.rtol)
+        return GenerationSettings(sampler_settings, float(cfg), name, rope, self.manifest.guidance.scale_pow)
 
     # -- generation -------------------------------------------------------------------------------------------
     def noise(self, request: Request) -> np.ndarray:
@@ -235,76 +265,92 @@ class Pipeline:
         rng = np.random.default_rng(int(request.seed))
         return rng.standard_normal((self.channels, request.height // d, request.width // d), dtype=F32)
 
-    def sample_latents(self, requests: Sequence[Request], sampler: SamplerSettings, cfg: float,
-                       rope: RopeSettings, scale_pow: Optional[float] = None, callback: Optional[Callback] = None,
+    def sample_latents(self, requests: Sequence[Request], settings: Union[GenerationSettings,
+                       Sequence[GenerationSettings]], callback: Optional[Callback] = None,
                        noise: Optional[Sequence[np.ndarray]] = None) -> list[np.ndarray]:
-        """Latents (C, H/d, W/d) for ``requests`` sampled together as one padded batch."""
-        batch = PaddedBatch(requests, self, rope, noise if noise is not None else [self.noise(r) for r in requests])
-        use_cfg = cfg != 1.0 and any(r.label is not None for r in requests)
-        scale_pow = self.scale_pow if scale_pow is None else scale_pow
+        """Latents (C, H/d, W/d) for ``requests`` sampled together as one padded batch.
+
+        settings: one for all requests, or one per request; per-request settings must share
+        :meth:`GenerationSettings.loop_key` (their guidance scale and extrapolation may differ).
+        """
+        per_row = [settings] * len(requests) if isinstance(settings, GenerationSettings) else list(settings)
+        if len(per_row) != len(requests) or len({s.loop_key() for s in per_row}) != 1:
+            raise GenerationError("requests sampled together need one sampler, step count and guidance on/off")
+        first = per_row[0]
+        batch = PaddedBatch(requests, self, [s.rope for s in per_row],
+                            noise if noise is not None else [self.noise(r) for r in requests])
+        use_cfg = first.guided and any(r.label is not None for r in requests)
+        cfg = np.array([s.cfg for s in per_row], dtype=np.float64)
         feed = batch.feed(self.null_class, use_cfg)
-        out_name = next(iter(self.backend.outputs))
+        out_name = self.contract.OUTPUT_NAMES[0]
 
         def velocity(x: np.ndarray, t: np.ndarray) -> np.ndarray:
             if use_cfg:
                 feed.update(x=np.concatenate([x, x]), t=np.concatenate([t, t]))
                 out = self.backend.infer(feed)[out_name].astype(F32, copy=False)
-                return guide(out, cfg, t, self.guided_channels, scale_pow)
+                return guide(out, cfg, t, self.guided_channels, first.scale_pow)
             feed.update(x=x, t=t)
             return self.backend.infer(feed)[out_name].astype(F32, copy=False)
 
         seeds = [int(r.seed) for r in requests]
-        x = integrate(velocity, batch.x, sampler, rng=np.random.default_rng(seeds + [len(seeds)]), callback=callback)
+        x = integrate(velocity, batch.x, first.sampler, rng=np.random.default_rng(seeds + [len(seeds)]),
+                      callback=callback)
         return batch.unpack(x)
 
     def decode(self, latent: np.ndarray) -> np.ndarray:
         """Latent (C, h, w) -> uint8 RGB image (H, W, 3): through vae_decoder.onnx when the package has one."""
-        z = latent / F32(self.scaling_factor)
         if self.space == "pixel":
+            z = latent / F32(self.scaling_factor)
             rgb = np.repeat(z, 3, axis=0) if z.shape[0] == 1 else z
         elif self.vae is not None:
+            scaled = self.manifest.vae_decoder.input_is_scaled
+            z = latent if scaled else latent / F32(self.scaling_factor)
             name = next(iter(self.vae.inputs))
             rgb = next(iter(self.vae.infer({name: z[None]}).values()))[0].astype(F32)
         else:
-            rgb = self._preview(z)
+            rgb = self._preview(latent)
         image = np.clip((rgb + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
         return np.ascontiguousarray(image.transpose(1, 2, 0))
 
-    def _preview(self, z: np.ndarray) -> np.ndarray:
-        """Approximate RGB (3, H, W) in [-1, 1] of an SD-VAE latent, upsampled, when no decoder is shipped."""
-        rgb = np.einsum("chw,cr->rhw", z[:4] * F32(self.scaling_factor), _SD_LATENT_RGB)
+    def _preview(self, latent: np.ndarray) -> np.ndarray:
+        """Approximate RGB (3, H, W) in [-1, 1] of a (scaled) SD-VAE latent, upsampled, when no decoder is shipped."""
+        rgb = np.einsum("chw,cr->rhw", latent[:4], _SD_LATENT_RGB)
         d = self.downsample
         return np.repeat(np.repeat(rgb, d, axis=1), d, axis=2)
 
-    def generate_many(self, requests: Sequence[Request], *, steps: Optional[int] = None,
-                      sampler: Optional[str] = None, cfg: Optional[float] = None,
-                      extrapolation: Optional[str] = None, scale_pow: Optional[float] = None,
-                      callback: Optional[Callback] = None) -> list[np.ndarray]:
-        """uint8 RGB images (H, W, 3) for ``requests``, all sampled in one padded batch."""
+    def check_request(self, request: Request) -> Request:
+        """The request with its label resolved to a class id; raises GenerationError for a size or class the
+        package cannot serve."""
+        width, height = self.check_size(request.width, request.height)
+        seed = request.seed
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise GenerationError(f"seed must be a whole number, got {seed!r}")
+        return Request(width, height, self.resolve_label(request.label), int(seed))
+
+    def generate_many(self, requests: Sequence[Request], settings: Optional[GenerationSettings] = None, *,
+                      callback: Optional[Callback] = None, **overrides) -> list[np.ndarray]:
+        """uint8 RGB images (H, W, 3) for ``requests``, all sampled in one padded batch.
+
+        settings: from :meth:`settings`; or give its keyword arguments (steps, sampler, cfg, extrapolation).
+        """
         if not requests:
             raise GenerationError("no requests to generate")
-        for r in requests:
-            self.check_size(r.width, r.height)
-            self.resolve_label(r.label)
-        settings = self.sampler_settings(sampler, steps)
-        cfg = self.cfg_default if cfg is None else float(cfg)
-        if not math.isfinite(cfg) or cfg < 0:
-            raise GenerationError(f"cfg must be a non-negative number, got {cfg}")
-        rope = self.rope_settings(extrapolation)
-        latents = self.sample_latents(requests, settings, cfg, rope, scale_pow, callback)
-        return [self.decode(z) for z in latents]
+        if settings is None:
+            settings = self.settings(**overrides)
+        elif overrides:
+            raise GenerationError("pass either settings or steps/sampler/cfg/extrapolation, not both")
+        requests = [self.check_request(r) for r in requests]
+        return [self.decode(z) for z in self.sample_latents(requests, settings, callback)]
 
-    def parameters(self, request: Request, *, steps=None, sampler=None, cfg=None, extrapolation=None) -> dict:
-        """The generation parameters of one image, as stored in its PNG text metadata."""
-        settings = self.sampler_settings(sampler, steps)
+    def parameters(self, request: Request, settings: GenerationSettings) -> dict:
+        """The generation parameters of one image, as stored in its PNG text metadata: what was actually used."""
         label = request.label
         return {
             "model": self.name, "width": request.width, "height": request.height,
             "class": label if label is None else int(label),
             "class_name": self.class_names[label] if label is not None and label < len(self.class_names) else None,
-            "seed": int(request.seed), "sampler": settings.method, "steps": settings.steps,
-            "cfg": self.cfg_default if cfg is None else float(cfg),
-            "extrapolation": extrapolation or "package default", "backend": self.backend_name,
+            "seed": int(request.seed), "sampler": settings.sampler.method, "steps": settings.sampler.steps,
+            "cfg": settings.cfg, "extrapolation": settings.extrapolation, "backend": self.backend_name,
         }
 
     def generate(self, width: Optional[int] = None, height: Optional[int] = None, label=None, seed: int = 0, *,
@@ -321,18 +367,18 @@ class Pipeline:
         width = self.default_size[0] if width is None else width
         height = self.default_size[1] if height is None else height
         width, height = self.check_size(width, height, snap)
-        request = Request(width, height, self.resolve_label(label), int(seed))
-        options = dict(steps=steps, sampler=sampler, cfg=cfg, extrapolation=extrapolation)
-        image = self.generate_many([request], callback=callback, **options)[0]
+        request = self.check_request(Request(width, height, label, seed))
+        settings = self.settings(steps=steps, sampler=sampler, cfg=cfg, extrapolation=extrapolation)
+        image = self.generate_many([request], settings, callback=callback)[0]
         if output == "array":
             return image
-        return to_pil(image, self.parameters(request, **options))
+        return to_pil(image, self.parameters(request, settings))
 
 
 class PaddedBatch:
     """Requests of different sizes as one (B, N_max) token batch: tokens, mask, labels and RoPE tables."""
 
-    def __init__(self, requests: Sequence[Request], pipe: Pipeline, rope: RopeSettings,
+    def __init__(self, requests: Sequence[Request], pipe: Pipeline, rope: Sequence[RopeSettings],
                  noise: Sequence[np.ndarray]):
         p, d = pipe.patch_size, pipe.downsample
         self.p = p
@@ -341,12 +387,12 @@ class PaddedBatch:
         b, n = len(requests), max(self.lengths)
         self.x = np.zeros((b, n, pipe.channels * p * p), dtype=F32)
         self.mask = np.zeros((b, n), dtype=F32)
-        self.cos = np.zeros((b, n, rope.head_dim), dtype=F32)
-        self.sin = np.zeros((b, n, rope.head_dim), dtype=F32)
+        self.cos = np.zeros((b, n, pipe.rope.head_dim), dtype=F32)
+        self.sin = np.zeros((b, n, pipe.rope.head_dim), dtype=F32)
         for i, ((h, w), length) in enumerate(zip(self.grids, self.lengths)):
             self.x[i, :length] = patchify(np.asarray(noise[i], dtype=F32), p)
             self.mask[i, :length] = 1
-            self.cos[i, :length], self.sin[i, :length] = rope_tables(rope, h, w)
+            self.cos[i, :length], self.sin[i, :length] = rope_tables(rope[i], h, w)
         self.y = np.array([pipe.null_class if r.label is None else r.label for r in requests], dtype=np.int64)
 
     def feed(self, null_class: int, cfg: bool) -> dict[str, np.ndarray]:
@@ -447,6 +493,6 @@ def read_parameters(path) -> dict:
         return json.loads(im.text["parameters"])
 
 
-__all__ = ["load", "Pipeline", "Request", "GenerationError", "PackageError", "BackendError", "patchify",
+__all__ = ["load", "Pipeline", "Request", "GenerationSettings", "GenerationError", "PackageError", "BackendError", "patchify",
            "unpatchify", "save_png", "read_parameters", "image_grid", "to_pil", "EXTRAPOLATIONS",
            "DEFAULT_MODEL_DIR"]

@@ -250,3 +250,28 @@ def rope_tables(settings: RopeSettings, height: int, width: int):
     if height < 1 or width < 1:
         raise ValueError(f"image grid must be at least 1x1 patches, got {height}x{width}")
     return _cached_tables(settings, int(height), int(width))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Extrapolation names
+# --------------------------------------------------------------------------------------------------------------
+
+EXTRAPOLATIONS = METHODS + ("vision-ntk", "vision-yarn")      # canonical names; METHOD_ALIASES are also accepted
+
+
+def canonical_extrapolation(name: str) -> str:
+    """The canonical extrapolation name for a canonical name or alias (case-insensitive)."""
+    key = str(name).strip().lower()
+    if key in EXTRAPOLATIONS:
+        return key
+    if key in METHOD_ALIASES:
+        method, decouple = METHOD_ALIASES[key]
+        return {("ntk-aware", True): "vision-ntk", ("yarn", True): "vision-yarn"}.get((method, decouple), method)
+    raise ValueError(f"unknown extrapolation {name!r}; choose one of {', '.join(EXTRAPOLATIONS)}")
+
+
+def extrapolation_name(settings: RopeSettings) -> str:
+    """The canonical name that selects ``settings``' method (decoupled NTK and YaRN are vision-ntk/-yarn)."""
+    if settings.decouple and settings.method in ("ntk-aware", "yarn"):
+        return "vision-" + settings.method.replace("-aware", "")
+    return settings.method

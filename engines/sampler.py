@@ -59,14 +59,16 @@ def _notify(callback: Optional[Callback], done: int, total: Optional[int], t: fl
 # Classifier-free guidance
 # ----------------------------------------------------------------------------------------------------------
 
-def guidance_scale(cfg_scale: float, t: np.ndarray, scale_pow: float = 0.0) -> np.ndarray:
-    """Per-sample guidance scale (B,) float32. With ``scale_pow`` > 0 the official power-cosine schedule lowers
-    it from ``cfg_scale`` at t = 0 (noise) to 1 at t = 1 (data):  s(t) = (cfg - 1) (1 - cos(pi (1 - t)^pow)) / 2 + 1."""
+def guidance_scale(cfg_scale, t: np.ndarray, scale_pow: float = 0.0) -> np.ndarray:
+    """Per-sample guidance scale (B,) float32; ``cfg_scale`` is one number or one per sample. With ``scale_pow`` > 0
+    the official power-cosine schedule lowers it from ``cfg_scale`` at t = 0 (noise) to 1 at t = 1 (data):
+    s(t) = (cfg - 1) (1 - cos(pi (1 - t)^pow)) / 2 + 1."""
     t = np.asarray(t, dtype=F32)
+    cfg = np.broadcast_to(np.asarray(cfg_scale, dtype=np.float64), t.shape)
     if scale_pow == 0.0:
-        return np.full(t.shape, cfg_scale, dtype=F32)
+        return cfg.astype(F32)
     step = (F32(1) - np.cos(((F32(1) - np.minimum(t, F32(1))) ** F32(scale_pow)) * F32(math.pi))) / F32(2)
-    return (F32(cfg_scale - 1) * step + F32(1)).astype(F32)
+    return ((cfg - 1).astype(F32) * step + F32(1)).astype(F32)
 
 
 def guide(out: np.ndarray, cfg_scale: float, t: np.ndarray, guided: int, scale_pow: float = 0.0) -> np.ndarray:

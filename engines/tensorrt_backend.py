@@ -30,7 +30,7 @@ import numpy as np
 
 from engines.backend import Backend, BackendError, TensorInfo, package_path
 from engines.buckets import BucketError, BucketProfile, Range, choose_profile
-from engines.manifest import PackageError, load_manifest, sha256_file
+from engines.manifest import Manifest, PackageError, TensorSpec, load_manifest, sha256_file
 
 SIDECAR_FORMAT = "fit-tensorrt-engine"
 SIDECAR_VERSION = 1
@@ -156,9 +156,7 @@ class Sidecar:
     build_id: str = ""               # shared by the engines of one per-bucket build
 
     def to_dict(self) -> dict:
-        from engines.buckets import InputSpec
-
-        specs = [InputSpec.from_manifest(s) for s in self.inputs]
+        specs = [TensorSpec.from_dict(s) for s in self.inputs]
         return {
             "format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION,
             "engine": {"file": self.engine, "sha256": self.engine_sha256, "bytes": self.engine_bytes},
@@ -286,7 +284,7 @@ def rebuild_command(package: Path, sidecars: Sequence[Sidecar]) -> str:
     return " ".join(parts)
 
 
-def select_engines(package: Path, manifest: dict, *, precision: Optional[str] = None,
+def select_engines(package: Path, manifest: Manifest, *, precision: Optional[str] = None,
                    trt_version: Optional[str] = None, gpu: Optional[GpuInfo] = None) -> list[tuple[Path, Sidecar]]:
     """The engines of one build in ``package`` that match the package, TensorRT, GPU and precision.
 
@@ -295,11 +293,11 @@ def select_engines(package: Path, manifest: dict, *, precision: Optional[str] = 
     """
     package = Path(package)
     found = find_sidecars(package)
-    onnx_name = manifest["transformer"]["file"]
+    onnx_name = manifest.transformer.file
     if not found:
         raise EngineMismatchError(f"package {package} has no TensorRT engines; build them on this machine with "
                                   f"`fit-export build {package} --profiles ...` (see docs/tensorrt.md)")
-    onnx_sha = manifest["files"][onnx_name]["sha256"]
+    onnx_sha = manifest.files[onnx_name].sha256
     builds: dict[str, list[tuple[Path, Sidecar]]] = {}
     for path, side in found:
         builds.setdefault(side.build_id or path.name, []).append((path, side))
@@ -406,7 +404,7 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
 
-    def __init__(self, package, *, manifest: Optional[dict] = None, precision: Optional[str] = None,
+    def __init__(self, package, *, manifest: Optional[Manifest] = None, precision: Optional[str] = None,
                  cuda_graphs: bool = True, verify: bool = True, device: int = 0, graph: str = "transformer"):
         super().__init__()
         if graph != "transformer":
@@ -422,7 +420,7 @@ class TensorRTBackend(Backend):
         self.cuda_graphs = cuda_graphs
         self.verify = verify
         self.device = device
-        self.null_class = int(self.manifest["model"]["null_class"])
+        self.null_class = self.manifest.model.null_class
         self.sidecars: list[tuple[Path, Sidecar]] = []
         self._slots: list[_Slot] = []
         self._engines: list = []
@@ -440,6 +438,7 @@ class TensorRTBackend(Backend):
         self._cuda.check(self._cuda.rt.cudaSetDevice(self.device), "cudaSetDevice")
         self.sidecars = select_engines(self.package, self.manifest, precision=self.precision,
                                        trt_version=trt.__version__, gpu=gpu_info(self.device))
+        self.precision = self.sidecars[0][1].precision
         self._stream = self._cuda.stream()
         self._logger = trt.Logger(trt.Logger.WARNING)                 # must outlive the runtime and engines
         self._runtime = trt.Runtime(self._logger)
@@ -461,11 +460,12 @@ class TensorRTBackend(Backend):
             raise
 
     def _describe_io(self, trt, engine) -> None:
-        specs = {s["name"]: s for s in self.manifest["transformer"]["inputs"] + self.manifest["transformer"]["outputs"]}
+        contract = self.manifest.graph
+        specs = {s.name: s for s in contract.inputs + contract.outputs}
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
             info = TensorInfo(name, np.dtype(trt.nptype(engine.get_tensor_dtype(name))),
-                              tuple(specs[name]["shape"]) if name in specs else tuple(engine.get_tensor_shape(name)))
+                              specs[name].shape if name in specs else tuple(engine.get_tensor_shape(name)))
             target = self.inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else self.outputs
             target[name] = info
 

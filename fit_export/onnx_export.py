@@ -19,7 +19,7 @@ import onnx_ir as ir
 import torch
 import torch.nn as nn
 
-from engines.manifest import INPUT_NAMES, OUTPUT_NAMES
+from engines.manifest import GraphContract, PackageError
 from engines.rope import rope_tables
 from fit.model import FiT
 
@@ -74,10 +74,17 @@ def example_inputs(model: FiT, dtype=torch.float32):
     return x, t, y, cos, sin, mask
 
 
-def _dynamic_shapes():
-    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
-    return {"x": {0: batch, 1: seq}, "t": {0: batch}, "y": {0: batch}, "rope_cos": {0: batch, 1: seq},
-            "rope_sin": {0: batch, 1: seq}, "mask": {0: batch, 1: seq}}
+def graph_contract(model: FiT, precision: str = "fp32") -> GraphContract:
+    """The package graph contract of a model (engines.manifest)."""
+    cfg = model.config
+    return GraphContract(cfg.token_dim, cfg.patch_size ** 2 * cfg.out_channels, cfg.head_dim, precision)
+
+
+def _dynamic_shapes(contract: GraphContract):
+    """torch.export dynamic shapes of the contract's inputs: one Dim per named axis."""
+    dims = {name: torch.export.Dim(name) for name in contract.dynamic_axes}
+    axes = contract.axes()
+    return {name: {i: dims[d] for i, d in axes[name].items()} for name in contract.INPUT_NAMES}
 
 
 def _quiet_export(module, args, **kwargs):
@@ -112,8 +119,9 @@ def export_transformer(model: FiT, path, precision: str = "fp32", opset: int = D
     start = time.perf_counter()
     try:
         with torch.no_grad():
-            program = _quiet_export(graph_module, example_inputs(model, dtype), input_names=list(INPUT_NAMES),
-                                    output_names=list(OUTPUT_NAMES), dynamic_shapes=_dynamic_shapes(),
+            contract = graph_contract(model, precision)
+            program = _quiet_export(graph_module, example_inputs(model, dtype), input_names=list(contract.INPUT_NAMES),
+                                    output_names=list(contract.OUTPUT_NAMES), dynamic_shapes=_dynamic_shapes(contract),
                                     opset_version=opset, optimize=True)
     except Exception as e:  # torch.export raises many types; the first line names the construct
         raise ExportError(f"ONNX export failed: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from e
@@ -186,12 +194,14 @@ def check_graph(onnx_model: ir.Model) -> None:
     complex_values = sorted({v.name for v in values if v.dtype in _COMPLEX})
     if complex_values:
         raise ExportError(f"graph has complex tensors ({', '.join(complex_values[:3])}); TensorRT cannot run them")
-    names = tuple(v.name for v in graph.inputs), tuple(v.name for v in graph.outputs)
-    if names != (INPUT_NAMES, OUTPUT_NAMES):
-        raise ExportError(f"graph signature {names} differs from the contract {(INPUT_NAMES, OUTPUT_NAMES)}")
+    try:
+        GraphContract.check_names((v.name for v in graph.inputs), (v.name for v in graph.outputs), "exported graph")
+    except PackageError as err:
+        raise ExportError(str(err)) from None
+    axes = GraphContract(0, 0, 0).axes()
     for value in list(graph.inputs) + list(graph.outputs):
         dims = list(value.shape)
-        if any(isinstance(d, int) for d in dims[:2 if value.name not in ("t", "y") else 1]):
+        if any(isinstance(dims[i], int) for i in axes[value.name]):
             raise ExportError(f"{value.name} has a fixed batch/seq dimension {dims}; the export lost the dynamic axes")
 
 

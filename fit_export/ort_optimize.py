@@ -22,6 +22,7 @@ load it (versions without opset-23 kernels).
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -284,13 +285,13 @@ def optimize_package(package) -> dict:
     Raises :class:`OrtOptimizeError` or :class:`engines.manifest.PackageError`.
     """
     package = Path(package)
-    doc = mf.load_manifest(package)
-    transformer, model = doc["transformer"], doc["model"]
-    if transformer["precision"] != "fp32":
-        raise OrtOptimizeError(f"ort-optimize rewrites fp32 packages; {package} is {transformer['precision']}")
-    result = optimize_graph(package / transformer["file"], package / ORT_FILE, model["head_dim"], model["token_dim"])
-    entry = {"file": ORT_FILE, "runtime": "onnxruntime", **result}
-    transformer["ort_optimized"] = entry
-    doc["files"].update(mf.file_entries(package, [ORT_FILE]))
-    mf.write_manifest(package, doc)
-    return entry
+    doc = mf.load_manifest(package, verify=True)
+    transformer, model = doc.transformer, doc.model
+    if transformer.precision != "fp32":
+        raise OrtOptimizeError(f"ort-optimize rewrites fp32 packages; {package} is {transformer.precision}")
+    result = optimize_graph(package / transformer.file, package / ORT_FILE, model.head_dim, model.token_dim)
+    entry = mf.OrtCopySection(file=ORT_FILE, runtime="onnxruntime", **result)
+    files = dict(doc.files, **mf.file_entries(package, [ORT_FILE]))
+    mf.write_manifest(package, doc.replace(transformer=dataclasses.replace(transformer, ort_optimized=entry),
+                                           files=files))
+    return entry.to_dict()

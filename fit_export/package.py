@@ -17,18 +17,17 @@ import numpy as np
 from engines import manifest as mf
 from engines.buckets import Bucket, BucketError, smallest_bucket, tokens_for_size
 from engines.sampler import SamplerSettings
-from engines.rope import METHODS
+from engines.rope import EXTRAPOLATIONS
 from fit.config import ConfigError, FiTConfig
 from fit.loading import CheckpointError, load_model
 from fit.model import FiT
-from fit_export.onnx_export import (DEFAULT_OPSET, ExportError, export_transformer, export_vae_decoder, load_vae,
-                                    run_vae_reference, vae_downsample)
+from fit_export.onnx_export import (DEFAULT_OPSET, FP32_OPS, ExportError, export_transformer, export_vae_decoder,
+                                    graph_contract, load_vae, run_vae_reference, vae_downsample)
 
 TRANSFORMER_FILE = "transformer.onnx"
 VAE_FILE = "vae_decoder.onnx"
 WEIGHTS_FILE = "weights.safetensors"
 SD_VAE_SCALING = 0.18215
-EXTRAPOLATION_METHODS = list(METHODS) + ["vision-ntk", "vision-yarn"]
 VAE_TOLERANCE = 1e-3          # max abs error of the ONNX decoder relative to the image scale
 
 
@@ -99,13 +98,14 @@ def export_package(model_or_config: Union[FiT, FiTConfig, str, dict], checkpoint
                       str(work / WEIGHTS_FILE))
             reference["weights"] = WEIGHTS_FILE
             files.append(WEIGHTS_FILE)
-        doc = mf.build_manifest(
-            name=str(name), model=describe_model(cfg, class_names), latent=describe_latent(cfg, vae),
-            transformer=describe_transformer(cfg, transformer), vae_decoder=vae_entry,
-            guidance={"cfg_channels": cfg.cfg_channels, "default_scale": float(default_cfg), "scale_pow": 0.0},
-            sampler={"method": sampler_defaults.method, "steps": sampler_defaults.steps,
-                     "atol": sampler_defaults.atol, "rtol": sampler_defaults.rtol, "time_shifting": cfg.time_shifting},
-            rope=describe_rope(cfg), sizes=sizes_section, reference=reference,
+        doc = mf.Manifest(
+            name=str(name), created=mf.now_utc(), model=describe_model(cfg, class_names),
+            latent=describe_latent(cfg, vae), transformer=describe_transformer(model, transformer),
+            vae_decoder=mf.VaeDecoderSection.from_dict(vae_entry, "vae_decoder") if vae_entry else None,
+            guidance=mf.GuidanceSection(float(default_cfg), cfg.cfg_channels, 0.0),
+            sampler=mf.SamplerSection(sampler_defaults.method, sampler_defaults.steps, sampler_defaults.atol,
+                                      sampler_defaults.rtol, float(cfg.time_shifting)),
+            rope=describe_rope(cfg), sizes=sizes_section, reference=mf.ReferenceSection(**reference),
             files=mf.file_entries(work, files))
         mf.write_manifest(work, doc)
         _publish_permissions(work)
@@ -120,37 +120,37 @@ def export_package(model_or_config: Union[FiT, FiTConfig, str, dict], checkpoint
 #                                Manifest sections                              #
 #################################################################################
 
-def describe_model(cfg: FiTConfig, class_names: Optional[Sequence[str]] = None) -> dict:
-    return {"config": cfg.to_dict(), "patch_size": cfg.patch_size, "latent_channels": cfg.in_channels,
-            "token_dim": cfg.token_dim, "out_token_dim": cfg.patch_size ** 2 * cfg.out_channels,
-            "head_dim": cfg.head_dim, "num_classes": cfg.num_classes, "null_class": cfg.null_class,
-            "class_names": list(class_names) if class_names is not None else None, "learn_sigma": cfg.learn_sigma}
+def describe_model(cfg: FiTConfig, class_names: Optional[Sequence[str]] = None) -> mf.ModelSection:
+    return mf.ModelSection(config=cfg.to_dict(), patch_size=cfg.patch_size, latent_channels=cfg.in_channels,
+                           token_dim=cfg.token_dim, out_token_dim=cfg.patch_size ** 2 * cfg.out_channels,
+                           head_dim=cfg.head_dim, num_classes=cfg.num_classes, null_class=cfg.null_class,
+                           class_names=tuple(class_names) if class_names is not None else None,
+                           learn_sigma=cfg.learn_sigma)
 
 
-def describe_latent(cfg: FiTConfig, vae) -> dict:
+def describe_latent(cfg: FiTConfig, vae) -> mf.LatentSection:
     """SD-VAE latent space for 4-channel models (8x, 0.18215 unless the VAE says otherwise); RGB pixels for 3."""
     if cfg.in_channels == 3 and vae is None:
-        return {"space": "pixel", "downsample": 1, "scaling_factor": 1.0, "pixel_granularity": cfg.patch_size}
+        return mf.LatentSection("pixel", 1, 1.0, cfg.patch_size)
     d = vae_downsample(vae) if vae is not None else 8
     scaling = float(vae.config.scaling_factor) if vae is not None else SD_VAE_SCALING
-    return {"space": "sd-vae", "downsample": d, "scaling_factor": scaling, "pixel_granularity": d * cfg.patch_size}
+    return mf.LatentSection("sd-vae", d, scaling, d * cfg.patch_size)
 
 
-def describe_transformer(cfg: FiTConfig, export_facts: dict) -> dict:
-    out_token_dim = cfg.patch_size ** 2 * cfg.out_channels
-    inputs, outputs = mf.transformer_io(cfg.token_dim, out_token_dim, cfg.head_dim, export_facts["precision"])
-    return {"file": TRANSFORMER_FILE, "external_data": export_facts["external_data"],
-            "precision": export_facts["precision"], "opset": export_facts["opset"],
-            "exporter": export_facts["exporter"], "export_seconds": export_facts["seconds"],
-            "fp32_ops": ["LayerNormalization", "Softmax", "RMSNorm"] if export_facts["precision"] == "fp16" else [],
-            "inputs": inputs, "outputs": outputs, "dynamic_axes": list(mf.DYNAMIC_AXES)}
+def describe_transformer(model: FiT, export_facts: dict) -> mf.TransformerSection:
+    contract = graph_contract(model, export_facts["precision"])
+    return mf.TransformerSection(
+        file=TRANSFORMER_FILE, precision=contract.precision, opset=export_facts["opset"], inputs=contract.inputs,
+        outputs=contract.outputs, external_data=export_facts["external_data"], exporter=export_facts["exporter"],
+        export_seconds=export_facts["seconds"], fp32_ops=tuple(FP32_OPS) if contract.precision == "fp16" else (),
+        dynamic_axes=contract.dynamic_axes)
 
 
-def describe_rope(cfg: FiTConfig) -> dict:
+def describe_rope(cfg: FiTConfig) -> mf.RopeSection:
     settings = cfg.rope_settings()
-    return {"theta": settings.theta, "head_dim": settings.head_dim, "method": settings.method,
-            "decouple": settings.decouple, "ori_max_pe_len": cfg.train_grid_side, "online": cfg.online_rope,
-            "max_pe_len": [cfg.max_pe_len_h, cfg.max_pe_len_w], "methods": EXTRAPOLATION_METHODS}
+    return mf.RopeSection(theta=settings.theta, head_dim=settings.head_dim, method=settings.method,
+                          decouple=settings.decouple, ori_max_pe_len=cfg.train_grid_side, online=cfg.online_rope,
+                          methods=EXTRAPOLATIONS, max_pe_len=(cfg.max_pe_len_h, cfg.max_pe_len_w))
 
 
 def default_grids(cfg: FiTConfig) -> list[tuple[int, int]]:
@@ -171,7 +171,7 @@ def describe_sizes(cfg: FiTConfig, vae, sizes=None, buckets=None) -> dict:
     A size belongs to the smallest bucket that holds its tokens. Default buckets: the training token budget,
     plus the token count of every declared size beyond the largest bucket.
     """
-    g = describe_latent(cfg, vae)["pixel_granularity"]
+    g = describe_latent(cfg, vae).pixel_granularity
     if sizes is None:
         sizes = [(w * g, h * g) for h, w in default_grids(cfg)]
     try:
@@ -192,8 +192,8 @@ def describe_sizes(cfg: FiTConfig, vae, sizes=None, buckets=None) -> dict:
             raise ExportError(f"size {size[0]}x{size[1]} has {tokens} tokens, more than the largest bucket "
                               f"({budgets[-1]})") from None
     side = math.isqrt(cfg.context_size) * g
-    return {"train_token_budget": cfg.context_size, "max_tokens": budgets[-1], "default": [side, side],
-            "buckets": [{"tokens": b, "sizes": served[b]} for b in budgets]}
+    return mf.SizesSection(train_token_budget=cfg.context_size, max_tokens=budgets[-1], default=(side, side),
+                           buckets=tuple(mf.BucketSection(b, tuple(tuple(s) for s in served[b])) for b in budgets))
 
 
 #################################################################################

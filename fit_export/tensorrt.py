@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from engines.buckets import (BatchRange, Bucket, BucketProfile, InputSpec, parse_batch,
+from engines.buckets import (BatchRange, Bucket, BucketProfile, parse_batch,
                              parse_profiles, plan_profiles)
-from engines.manifest import load_manifest, sha256_file
+from engines.manifest import Manifest, TensorSpec, load_manifest, sha256_file
 from engines.tensorrt_backend import (ENGINE_DIR, ENGINE_SUFFIX, PRECISIONS, GpuInfo, Sidecar, atomic_write,
                                       engine_stem, gpu_info, require_tensorrt, sidecar_path, write_sidecar)
 from engines.backend import BackendError
@@ -68,11 +68,11 @@ class EngineTarget:
 @dataclass
 class BuildPlan:
     package: Path
-    manifest: dict
+    manifest: Manifest
     onnx_file: str
     onnx_precision: str
     precision: str
-    inputs: list[InputSpec]
+    inputs: tuple[TensorSpec, ...]
     batch: BatchRange
     buckets: tuple[Bucket, ...]
     static: bool
@@ -87,7 +87,7 @@ class BuildPlan:
 
     @property
     def granularity(self) -> int:
-        return int(self.manifest["latent"]["pixel_granularity"])
+        return self.manifest.latent.pixel_granularity
 
     def timing_cache_for(self, trt_version: str, gpu: GpuInfo) -> Path:
         if self.timing_cache is not None:
@@ -145,24 +145,24 @@ def default_cache_dir() -> Path:
     return Path(base) / "fit-toolkit" / "tensorrt"
 
 
-def _manifest_buckets(manifest: dict) -> tuple[Bucket, ...]:
+def _manifest_buckets(manifest: Manifest) -> tuple[Bucket, ...]:
     """Default buckets: the package's declared ones, else its training and largest token budgets."""
-    sizes = manifest["sizes"]
-    declared = [Bucket.from_dict(b) if isinstance(b, dict) else Bucket(int(b)) for b in sizes.get("buckets") or []]
+    sizes = manifest.sizes
+    declared = [Bucket(b.tokens, tuple(tuple(s) for s in b.sizes)) for b in sizes.buckets]
     if declared:
         return tuple(sorted(declared, key=lambda b: b.tokens))
-    return tuple(Bucket(t) for t in sorted({int(sizes["train_token_budget"]), int(sizes["max_tokens"])}))
+    return tuple(Bucket(t) for t in sorted({sizes.train_token_budget, sizes.max_tokens}))
 
 
 def plan_build(package, profiles: Optional[str] = None, precision: Optional[str] = None, batch: str = "1",
                cfg: bool = True, engine_per_bucket: bool = False, static: bool = False,
                timing_cache: Optional[str] = None, optimization_level: Optional[int] = None,
-               manifest: Optional[dict] = None) -> BuildPlan:
+               manifest: Optional[Manifest] = None) -> BuildPlan:
     """Decide everything about a build without TensorRT. Raises BuildError/BucketError/PackageError on bad input."""
     package = Path(package)
     manifest = manifest if manifest is not None else load_manifest(package, verify=False)
-    transformer = manifest["transformer"]
-    onnx_precision = transformer["precision"]
+    transformer = manifest.transformer
+    onnx_precision = transformer.precision
     precision = precision or onnx_precision
     if precision not in PRECISIONS:
         raise BuildError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -171,7 +171,7 @@ def plan_build(package, profiles: Optional[str] = None, precision: Optional[str]
                          f"fp32 package to build {precision}")
     if optimization_level is not None and not 0 <= optimization_level <= 5:
         raise BuildError(f"--optimization-level must be 0..5, got {optimization_level}")
-    granularity = int(manifest["latent"]["pixel_granularity"])
+    granularity = manifest.latent.pixel_granularity
     buckets = parse_profiles(profiles, granularity) if profiles else _manifest_buckets(manifest)
     batch_range = batch if isinstance(batch, BatchRange) else parse_batch(batch, cfg=cfg)
     planned = plan_profiles(buckets, batch_range, static=static)
@@ -179,10 +179,10 @@ def plan_build(package, profiles: Optional[str] = None, precision: Optional[str]
         engines = [EngineTarget(engine_stem(precision, p.bucket.name), (p,)) for p in planned]
     else:
         engines = [EngineTarget(engine_stem(precision), planned)]
-    inputs = [InputSpec.from_manifest(s) for s in transformer["inputs"]]
-    plan = BuildPlan(package, manifest, transformer["file"], onnx_precision, precision, inputs, batch_range,
+    inputs = manifest.graph.inputs
+    plan = BuildPlan(package, manifest, transformer.file, onnx_precision, precision, inputs, batch_range,
                      buckets, static, engines, Path(timing_cache) if timing_cache else None, optimization_level)
-    max_tokens = manifest["sizes"].get("max_tokens")
+    max_tokens = manifest.sizes.max_tokens
     beyond = [b.name for b in buckets if max_tokens and b.tokens > max_tokens]
     if beyond:
         plan.notes.append(f"bucket(s) {', '.join(beyond)} go beyond the package's declared sizes ({max_tokens} "
@@ -255,7 +255,7 @@ def build_engines(plan: BuildPlan, log: Callable[[str], None] = None, verify_onn
     onnx_path = package / plan.onnx_file
     if verify_onnx:
         load_manifest(package, verify=True)                       # the graph we build from is the one it lists
-    onnx_sha = manifest["files"][plan.onnx_file]["sha256"]
+    onnx_sha = manifest.files[plan.onnx_file].sha256
     gpu = gpu_info()
     version = trt.__version__
     if not plan.strongly_typed and not hasattr(trt.BuilderFlag, plan.precision.upper()):
@@ -310,7 +310,7 @@ def build_engines(plan: BuildPlan, log: Callable[[str], None] = None, verify_onn
         side = Sidecar(engine=path.name, engine_sha256=sha256_file(path), engine_bytes=path.stat().st_size,
                        onnx_file=plan.onnx_file, onnx_sha256=onnx_sha, tensorrt_version=version, gpu=gpu,
                        precision=plan.precision, strongly_typed=plan.strongly_typed, profiles=list(target.profiles),
-                       batch=plan.batch.to_dict(), inputs=manifest["transformer"]["inputs"],
+                       batch=plan.batch.to_dict(), inputs=[s.to_dict() for s in plan.inputs],
                        build_seconds=round(seconds, 1), build_id=build_id)
         write_sidecar(package / target.sidecar_file, side)
         sidecars.append(package / target.sidecar_file)

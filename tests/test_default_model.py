@@ -13,9 +13,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "engines" / "default_model"
 
 def test_package_is_intact_and_small():
     manifest = load_manifest(PACKAGE, verify=True)
-    assert manifest["model"]["class_names"] == ["circle", "square", "triangle", "diamond", "cross", "ring", "frame",
+    assert list(manifest.model.class_names) == ["circle", "square", "triangle", "diamond", "cross", "ring", "frame",
                                                 "star"]
-    assert manifest["vae_decoder"] is not None
+    assert manifest.vae_decoder is not None
     assert (PACKAGE / "weights.safetensors").stat().st_size <= 25 * 2 ** 20
 
 
@@ -24,7 +24,7 @@ def test_weights_load_with_official_names():
     from fit import FiTConfig, load_model
 
     manifest = load_manifest(PACKAGE, verify=False)
-    model = load_model(FiTConfig.from_dict(manifest["model"]["config"]), PACKAGE / "weights.safetensors")
+    model = load_model(FiTConfig.from_dict(manifest.model.config), PACKAGE / "weights.safetensors")
     assert "blocks.0.attn.qkv.weight" in model.state_dict()
     assert all(torch.isfinite(p).all() for p in model.parameters())
 

@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from cli.export import main as fit_export
-from engines.manifest import FORMAT_VERSION, PackageError, load_manifest, validate_manifest
+from engines.manifest import FORMAT_VERSION, Manifest, PackageError, load_manifest
 from engines.rope import rope_tables
 from fit.config import preset
 from fit.model import FiT
@@ -87,7 +87,7 @@ def cosine(a, b):
 # ------------------------------------------------------------------------------------------------------------
 
 def test_manifest_describes_the_package(package, model):
-    doc = load_manifest(package, verify=True)
+    doc = load_manifest(package, verify=True).to_dict()
     assert doc["format_version"] == FORMAT_VERSION
     assert set(doc["files"]) == {"transformer.onnx", "weights.safetensors"}
     assert doc["model"]["config"] == model.config.to_dict()
@@ -171,7 +171,7 @@ def test_fp16_export_keeps_norms_and_softmax_in_fp32(model, checkpoint, package,
     assert CliRunner().invoke(fit_export, args).exit_code == 2
     result = CliRunner().invoke(fit_export, args + ["--force"])
     assert result.exit_code == 0, result.output
-    doc = load_manifest(out)
+    doc = load_manifest(out).to_dict()
     assert doc["transformer"]["precision"] == "fp16" and "weights.safetensors" not in doc["files"]
     assert doc["reference"]["checkpoint"] == "tiny.safetensors"
 
@@ -298,15 +298,15 @@ def test_validate_needs_the_right_weights(tmp_path, checkpoint):
 
 def test_manifest_schema_rejects_unknown_versions(package):
     doc = json.loads((package / "manifest.json").read_text())
-    validate_manifest(doc)
+    Manifest.from_dict(doc)
     with pytest.raises(PackageError, match="format version 2 is not supported"):
-        validate_manifest(dict(doc, format_version=2))
+        Manifest.from_dict(dict(doc, format_version=2))
     with pytest.raises(PackageError, match="not a FiT model package"):
-        validate_manifest(dict(doc, format="other"))
+        Manifest.from_dict(dict(doc, format="other"))
     with pytest.raises(PackageError, match="graph contract"):
-        validate_manifest(dict(doc, transformer=dict(doc["transformer"], outputs=[{"name": "out"}])))
+        Manifest.from_dict(dict(doc, transformer=dict(doc["transformer"], outputs=[{"name": "out"}])))
     with pytest.raises(PackageError, match="relative"):
-        validate_manifest(dict(doc, files=dict(doc["files"], **{"../x": {"sha256": "0", "bytes": 1}})))
+        Manifest.from_dict(dict(doc, files=dict(doc["files"], **{"../x": {"sha256": "0", "bytes": 1}})))
 
 
 def test_manifest_module_is_torch_free():
@@ -316,11 +316,11 @@ def test_manifest_module_is_torch_free():
 
 def test_sizes_go_to_the_smallest_bucket_that_holds_them():
     cfg = preset("fitv2-tiny")
-    section = describe_sizes(cfg, None, [(256, 256), (320, 192), (512, 512), (256, 128)], [256, 1024])
+    section = describe_sizes(cfg, None, [(256, 256), (320, 192), (512, 512), (256, 128)], [256, 1024]).to_dict()
     assert section["buckets"] == [{"tokens": 256, "sizes": [[256, 256], [320, 192], [256, 128]]},
                                   {"tokens": 1024, "sizes": [[512, 512]]}]
     assert section["max_tokens"] == 1024 and section["default"] == [256, 256]
-    assert describe_sizes(cfg, None, [(512, 512)])["buckets"][-1]["tokens"] == 1024
+    assert describe_sizes(cfg, None, [(512, 512)]).buckets[-1].tokens == 1024
     with pytest.raises(ExportError, match="more than the largest bucket"):
         describe_sizes(cfg, None, [(512, 512)], [256])
 
@@ -331,7 +331,7 @@ def test_external_data_when_over_the_limit(model, tmp_path, monkeypatch):
 
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_LIMIT", 1024)
     package = export_package(model, None, tmp_path / "pkg")
-    doc = load_manifest(package, verify=True)
+    doc = load_manifest(package, verify=True).to_dict()
     assert doc["transformer"]["external_data"] == "transformer.onnx.data"
     assert set(doc["files"]) == {"transformer.onnx", "transformer.onnx.data"}
     assert (package / "transformer.onnx.data").stat().st_size > (package / "transformer.onnx").stat().st_size

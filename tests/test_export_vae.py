@@ -28,7 +28,7 @@ def vae_dir(tmp_path_factory):
 def test_package_with_vae_decoder(vae_dir, tmp_path):
     model = random_tiny(0)
     package = export_package(model, None, tmp_path / "pkg", vae_dir=vae_dir, include_weights=True)
-    doc = load_manifest(package)
+    doc = load_manifest(package).to_dict()
     assert "vae_decoder.onnx" in doc["files"]
     assert doc["latent"] == {"space": "sd-vae", "downsample": 2, "scaling_factor": 0.5, "pixel_granularity": 4}
     assert not doc["vae_decoder"]["input_is_scaled"] and doc["vae_decoder"]["check"]["max_abs_relative_to_scale"] < 1e-3

@@ -10,7 +10,6 @@ import engines  # noqa: E402
 from engines.backend import BackendError, create_backend  # noqa: E402
 from engines.manifest import PackageError, file_entries  # noqa: E402
 from engines.pipeline import EXTRAPOLATIONS, GenerationError, Request, patchify, read_parameters, save_png, unpatchify  # noqa: E402
-from engines.sampler import SamplerSettings  # noqa: E402
 from fit import flow  # noqa: E402
 from fit.sampling import sample  # noqa: E402
 from tests.runtime_helpers import copy_package, tiny_package  # noqa: E402
@@ -39,8 +38,8 @@ def test_runtime_matches_torch_sampling(pipe, package, method, cfg, extrapolatio
     model = package[1]
     requests = [Request(64, 32, 3, 0), Request(32, 48, 7, 1), Request(48, 48, None, 2)]
     noise = latent_noise(requests)
-    settings = SamplerSettings(method, steps=4)
-    ours = pipe.sample_latents(requests, settings, cfg, pipe.rope_settings(extrapolation), noise=noise)
+    settings = pipe.settings(sampler=method, steps=4, cfg=cfg, extrapolation=extrapolation)
+    ours = pipe.sample_latents(requests, settings, noise=noise)
     ref = sample(model, [(r.height // 8, r.width // 8, model.num_classes if r.label is None else r.label)
                          for r in requests],
                  sampler=flow.SamplerSettings(method, steps=4), cfg_scale=cfg,
@@ -126,7 +125,7 @@ def test_corrupt_packages_are_refused(package, tmp_path):
     with pytest.raises(PackageError, match="bytes"):
         engines.load(truncated)
     doc = json.loads((truncated / "manifest.json").read_text())           # hashes rewritten: ONNX Runtime refuses
-    doc["files"].update(file_entries(truncated, ["transformer.onnx"]))
+    doc["files"].update({n: e.to_dict() for n, e in file_entries(truncated, ["transformer.onnx"]).items()})
     (truncated / "manifest.json").write_text(json.dumps(doc))
     with pytest.raises(BackendError, match="cannot load"):
         engines.load(truncated)
@@ -156,12 +155,11 @@ def test_vae_decoder_path(package, tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), pkg / "vae_decoder.onnx")
     doc = json.loads((pkg / "manifest.json").read_text())
     doc["vae_decoder"] = {"file": "vae_decoder.onnx"}
-    doc["files"].update(file_entries(pkg, ["vae_decoder.onnx"]))
+    doc["files"].update({n: e.to_dict() for n, e in file_entries(pkg, ["vae_decoder.onnx"]).items()})
     (pkg / "manifest.json").write_text(json.dumps(doc))
     with engines.load(pkg, threads=1) as p:
         request = Request(32, 48, 1, 0)
-        settings = p.sampler_settings("euler", 2)
-        latent = p.sample_latents([request], settings, 1.0, p.rope)[0]
+        latent = p.sample_latents([request], p.settings(sampler="euler", steps=2, cfg=1.0))[0]
         image = p.generate_many([request], steps=2, sampler="euler", cfg=1.0)[0]
     z = latent[:3] / np.float32(0.18215)
     expected = np.clip((np.repeat(np.repeat(z, 8, 1), 8, 2) + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
@@ -252,11 +250,10 @@ def test_fp16_package_runs_and_agrees(package, pipe, tmp_path):
     p16 = export_package(package[1], None, tmp_path / "fp16", precision="fp16")
     requests = [Request(64, 32, 3, 0), Request(32, 32, 5, 1)]
     noise = latent_noise(requests)
-    settings = SamplerSettings("euler", steps=3)
-    ref = pipe.sample_latents(requests, settings, 2.0, pipe.rope, noise=noise)
+    ref = pipe.sample_latents(requests, pipe.settings(sampler="euler", steps=3, cfg=2.0), noise=noise)
     with engines.load(p16, threads=1) as half:
         assert half.backend.inputs["x"].dtype == np.float16
-        out = half.sample_latents(requests, settings, 2.0, half.rope, noise=noise)
+        out = half.sample_latents(requests, half.settings(sampler="euler", steps=3, cfg=2.0), noise=noise)
     for a, b in zip(out, ref):
         assert a.dtype == np.float32
         cosine = float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))

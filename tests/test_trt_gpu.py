@@ -33,9 +33,9 @@ def feed_for(manifest, grids, labels):
     """A padded feed for (h, w) grids, as the sampler makes it."""
     from engines.rope import RopeSettings
 
-    rope = manifest["rope"]
-    settings = RopeSettings(rope["head_dim"], rope["theta"], rope["method"], rope["decouple"], rope["ori_max_pe_len"])
-    n, b, c = max(h * w for h, w in grids), len(grids), manifest["model"]["token_dim"]
+    rope = manifest.rope
+    settings = RopeSettings(rope.head_dim, rope.theta, rope.method, rope.decouple, rope.ori_max_pe_len)
+    n, b, c = max(h * w for h, w in grids), len(grids), manifest.model.token_dim
     rng = np.random.default_rng(0)
     x = rng.standard_normal((b, n, c)).astype(np.float32)
     mask = np.zeros((b, n), np.float32)
@@ -86,7 +86,7 @@ def test_static_profile_uses_a_cuda_graph(tmp_path_factory):
         assert slot.is_static and slot.graph_exec is not None and not slot.graph_failed
     np.testing.assert_array_equal(first, second)
     np.testing.assert_array_equal(second, third)
-    assert first.shape == (2, 32, trt.manifest["model"]["out_token_dim"])
+    assert first.shape == (2, 32, trt.manifest.model.out_token_dim)
 
 
 def test_mismatched_engine_is_refused_with_rebuild_advice(built, tmp_path):
@@ -102,12 +102,12 @@ def test_mismatched_engine_is_refused_with_rebuild_advice(built, tmp_path):
 
 def test_validation_against_pytorch(tmp_path_factory):
     from fit_export.tensorrt import build_engines, plan_build
-    from fit_export.trt_validate import format_report, validate_trt
+    from fit_export.validate import validate_package
     from tests.runtime_helpers import tiny_model
 
     package = copy_package(tiny_package(tmp_path_factory)[0], tmp_path_factory.mktemp("trt-val") / "pkg")
     for precision in ("fp32", "fp16"):
         build_engines(plan_build(package, precision=precision, profiles="64,256,512", batch="1:2"))
-        report = validate_trt(package, model=tiny_model(), precision=precision, e2e_steps=4)
-        assert report.passed, format_report(report)
+        report = validate_package(package, model=tiny_model(), backend="tensorrt", precision=precision, e2e_steps=4)
+        assert report.passed, report.table()
         assert not [c for c in report.cases if c.note.startswith("skipped")]     # 512 holds the extrapolation

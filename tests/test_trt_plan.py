@@ -1,6 +1,7 @@
 """TensorRT work that needs no GPU: build planning and --dry-run, engine sidecars and their matching, the
 TensorRT backend's refusal paths, and the TensorRT ONNX-parser op-support check (on a real exported graph and
 on graphs with deliberately unsupported ops, attributes and dtypes)."""
+import dataclasses
 import ctypes
 import json
 import os
@@ -77,8 +78,8 @@ def test_dry_run_json_per_bucket_static(package):
 def test_default_profiles_come_from_the_package(package):
     plan = plan_build(package)
     manifest = load_manifest(package, verify=False)
-    assert [b.tokens for b in plan.buckets] == [b["tokens"] for b in manifest["sizes"]["buckets"]]
-    assert plan.precision == manifest["transformer"]["precision"] and plan.strongly_typed
+    assert [b.tokens for b in plan.buckets] == [b.tokens for b in manifest.sizes.buckets]
+    assert plan.precision == manifest.transformer.precision and plan.strongly_typed
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -106,8 +107,8 @@ def test_build_rejects_missing_package(tmp_path):
 
 
 def test_fp16_package_cannot_be_built_fp32(package):
-    manifest = load_manifest(package, verify=False)
-    manifest["transformer"]["precision"] = "fp16"
+    manifest = load_manifest(package)
+    manifest = manifest.replace(transformer=dataclasses.replace(manifest.transformer, precision="fp16"))
     with pytest.raises(BuildError, match="build --precision fp16"):
         plan_build(package, precision="fp32", manifest=manifest)
     assert plan_build(package, precision="fp16", manifest=manifest).strongly_typed
@@ -135,10 +136,10 @@ def fake_engine(package: Path, precision="fp32", profiles="64,256", batch="1:2",
     atomic_write(plan, os.urandom(1000))
     batch_range = parse_batch(batch)
     side = Sidecar(engine=plan.name, engine_sha256=sha256_file(plan), engine_bytes=1000, onnx_file="transformer.onnx",
-                   onnx_sha256=onnx_sha or manifest["files"]["transformer.onnx"]["sha256"], tensorrt_version=version,
+                   onnx_sha256=onnx_sha or manifest.files["transformer.onnx"].sha256, tensorrt_version=version,
                    gpu=gpu, precision=precision, strongly_typed=precision == "fp32",
                    profiles=list(plan_profiles(parse_profiles(profiles, 16), batch_range)),
-                   batch=batch_range.to_dict(), inputs=manifest["transformer"]["inputs"], build_id=build_id,
+                   batch=batch_range.to_dict(), inputs=[s.to_dict() for s in manifest.graph.inputs], build_id=build_id,
                    created=created)
     write_sidecar(plan.with_suffix(".json"), side)
     return plan.with_suffix(".json")
@@ -150,7 +151,7 @@ def test_sidecar_round_trip_records_everything(own_package):
     assert doc["format"] == "fit-tensorrt-engine"
     assert doc["gpu"] == {"name": "NVIDIA H100 80GB HBM3", "compute_capability": [9, 0]}
     assert doc["tensorrt_version"] == "10.15.1" and doc["precision"] == "fp32"
-    assert doc["onnx"]["sha256"] == load_manifest(own_package, verify=False)["files"]["transformer.onnx"]["sha256"]
+    assert doc["onnx"]["sha256"] == load_manifest(own_package).files["transformer.onnx"].sha256
     assert doc["profiles"][1]["shapes"]["rope_cos"] == {"min": [2, 65, 16], "opt": [2, 256, 16], "max": [4, 256, 16]}
     side = read_sidecar(path)
     assert side.profiles[1] == BucketProfile.from_dict(doc["profiles"][1])
@@ -608,19 +609,19 @@ def write_fake_build(package: Path, profiles: str, batch: str, static=False, per
     """Plan with fit_export.tensorrt and write JSON 'plans' + real sidecars, as build_engines would."""
     plan = plan_build(package, profiles=profiles, batch=batch, static=static, engine_per_bucket=per_bucket)
     manifest = plan.manifest
-    dtypes = {s["name"]: s["dtype"] for s in manifest["transformer"]["inputs"] + manifest["transformer"]["outputs"]}
+    dtypes = {s.name: s.dtype for s in manifest.graph.inputs + manifest.graph.outputs}
     for target in plan.engines:
         path = package / target.engine_file
         doc = {"name": target.stem, "onnx": str(package / "transformer.onnx"), "dtypes": dtypes,
-               "out_dim": manifest["model"]["out_token_dim"],
+               "out_dim": manifest.model.out_token_dim,
                "profiles": [{n: {"min": lo, "opt": opt, "max": hi} for n, (lo, opt, hi) in p.shapes(plan.inputs).items()}
                             for p in target.profiles]}
         atomic_write(path, json.dumps(doc).encode())
         write_sidecar(package / target.sidecar_file, Sidecar(
             engine=path.name, engine_sha256=sha256_file(path), engine_bytes=path.stat().st_size,
-            onnx_file="transformer.onnx", onnx_sha256=manifest["files"]["transformer.onnx"]["sha256"],
+            onnx_file="transformer.onnx", onnx_sha256=manifest.files["transformer.onnx"].sha256,
             tensorrt_version=version, gpu=H100, precision="fp32", strongly_typed=True,
-            profiles=list(target.profiles), batch=plan.batch.to_dict(), inputs=manifest["transformer"]["inputs"],
+            profiles=list(target.profiles), batch=plan.batch.to_dict(), inputs=[s.to_dict() for s in plan.inputs],
             build_id="fake"))
 
 
@@ -639,13 +640,13 @@ def graph_feed(package, grids, labels, seed=0):
     from engines.rope import RopeSettings, rope_tables
 
     manifest = load_manifest(package, verify=False)
-    rope = manifest["rope"]
-    settings = RopeSettings(rope["head_dim"], rope["theta"], rope["method"], rope["decouple"], rope["ori_max_pe_len"])
+    rope = manifest.rope
+    settings = RopeSettings(rope.head_dim, rope.theta, rope.method, rope.decouple, rope.ori_max_pe_len)
     rng = np.random.default_rng(seed)
     n, b = max(h * w for h, w in grids), len(grids)
-    feed = {"x": rng.standard_normal((b, n, manifest["model"]["token_dim"])).astype(np.float32),
+    feed = {"x": rng.standard_normal((b, n, manifest.model.token_dim)).astype(np.float32),
             "t": rng.uniform(0.1, 0.9, b).astype(np.float32), "y": np.asarray(labels, np.int64),
-            "rope_cos": np.zeros((b, n, rope["head_dim"]), np.float32), "mask": np.zeros((b, n), np.float32)}
+            "rope_cos": np.zeros((b, n, rope.head_dim), np.float32), "mask": np.zeros((b, n), np.float32)}
     feed["rope_sin"] = np.zeros_like(feed["rope_cos"])
     for i, (h, w) in enumerate(grids):
         feed["mask"][i, : h * w] = 1
