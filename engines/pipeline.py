@@ -21,14 +21,11 @@ import numpy as np
 
 from engines.backend import Backend, BackendError, create_backend, resolve_backend_name
 from engines.manifest import PackageError, load_manifest
-from engines.rope import METHOD_ALIASES, METHODS, RopeSettings, rope_tables
+from engines.rope import EXTRAPOLATIONS, RopeSettings, rope_tables
 from engines.sampler import SAMPLERS, Callback, SamplerSettings, guide, integrate
 
 F32 = np.float32
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
-
-# Short names for the attention-scale NTK variants (FiTv2 paper), on top of engines.rope's aliases.
-EXTRAPOLATIONS = tuple(METHOD_ALIASES) + METHODS
 
 # Approximate SD-VAE latent -> RGB map (a well-known linear fit), for packages shipped without vae_decoder.onnx.
 _SD_LATENT_RGB = np.array([[0.298, 0.207, 0.208], [0.187, 0.286, 0.173],
