@@ -81,26 +81,25 @@ def test_export_group_help_lists_every_command():
 
 # ---- the command and group classes --------------------------------------------------------------------------
 
-def _tool(raise_inside):
+def _tool(error: BaseException):
     @click.group(cls=Group, prog="fit-demo")
     def demo():
         """A demo program."""
 
     @demo.command()
     def go():
-        raise_inside()
+        raise error
 
     return demo
 
 
-@pytest.mark.parametrize("raise_inside, code, line", [
-    (lambda: (_ for _ in ()).throw(KeyboardInterrupt()), 130, "fit-demo: interrupted"),
-    (lambda: (_ for _ in ()).throw(Interrupted("interrupted; continue later")), 130,
-     "fit-demo: interrupted; continue later"),
-    (lambda: (_ for _ in ()).throw(UserError("bad\nsecond line")), 2, "fit-demo: error: bad"),
+@pytest.mark.parametrize("error, code, line", [
+    (KeyboardInterrupt(), 130, "fit-demo: interrupted"),
+    (Interrupted("interrupted; continue later"), 130, "fit-demo: interrupted; continue later"),
+    (UserError("bad\nsecond line"), 2, "fit-demo: error: bad"),
 ])
-def test_interrupts_and_user_errors_end_in_one_line(raise_inside, code, line):
-    result = CliRunner().invoke(_tool(raise_inside), ["go"])
+def test_interrupts_and_user_errors_end_in_one_line(error, code, line):
+    result = CliRunner().invoke(_tool(error), ["go"])
     assert result.exit_code == code
     assert result.stderr == line + "\n"
 
