@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+import tempfile
+from pathlib import Path
 
 import click
 
-
-def _fail(error: Exception):
-    click.echo(f"fit-eval: error: {error}", err=True)
-    sys.exit(2)
+from cli.common import Command, UserError, check_writable, user_errors
+from engines.buckets import parse_sizes
+from engines.rope import EXTRAPOLATIONS, canonical_extrapolation
+from engines.sampler import SAMPLERS
 
 
 def _config_next_to(checkpoint: str):
@@ -31,20 +32,46 @@ def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-@click.command()
+def _outputs(out: str) -> tuple[Path, Path]:
+    """The table file and the rows file next to it (.json), both checked writable before any work."""
+    table = Path(out)
+    if table.suffix.lower() == ".json":
+        raise UserError(f"--out {out}: the rows are written as NAME.json next to the table; give the table a "
+                        f"name such as table.md")
+    rows = table.with_suffix(".json")
+    for path in (table, rows):
+        check_writable(path)
+    return table, rows
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file in the target folder, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+@click.command(cls=Command, prog="fit-eval")
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
               help="EMA weights (.safetensors/.pt) or a fit-train checkpoint (its EMA is used).")
 @click.option("--config", "config_spec", help="Preset or YAML of the network. Default: config.yaml next to "
               "--checkpoint (what fit-train writes) or the manifest of the package it is in.")
 @click.option("--num", "num_per_class", type=int, default=16, show_default=True, help="Samples per class and cell.")
-@click.option("--sizes", help="Comma-separated HEIGHTxWIDTH in pixels. Default: Table III's rows scaled to the model's "
-              "token budget (square, 1:2, 1:3 inside it; 1.56x, 2.25x and wider grids beyond it).")
+@click.option("--sizes", help="Comma-separated WIDTHxHEIGHT in pixels. Default: Table III's rows scaled to the "
+              "model's token budget (square, 2:1 and 3:1 wide inside it; 1.56x, 2.25x and wider grids beyond it).")
 @click.option("--methods", default="all", show_default=True,
-              help="Comma-separated RoPE methods (normal, linear, ntk-aware, yarn, vision-ntk, vision-yarn, "
-                   "ntk-aware-pro1, ntk-aware-pro2) or 'all'.")
-@click.option("--sampler", type=click.Choice(["euler", "heun", "sde"]), default="heun", show_default=True)
+              help=f"Comma-separated RoPE extrapolation methods ({', '.join(EXTRAPOLATIONS)}) or 'all' (Table "
+                   f"III's: every one but ntk-by-parts).")
+@click.option("--sampler", type=click.Choice(SAMPLERS), default="heun", show_default=True)
 @click.option("--steps", type=int, default=16, show_default=True, help="Sampler steps.")
-@click.option("--cfg-scale", type=float, default=4.0, show_default=True, help="Classifier-free guidance scale.")
+@click.option("--cfg", type=float, default=4.0, show_default=True, help="Classifier-free guidance scale.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--vae", type=click.Path(file_okay=False),
               help="For a latent model: the diffusers AutoencoderKL folder its latents come from.")
@@ -52,47 +79,46 @@ def _csv(text: str) -> list[str]:
 @click.option("--threads", type=int, help="torch CPU threads.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the table (Markdown) here; rows as JSON "
               "next to it (.json).")
-def main(checkpoint, config_spec, num_per_class, sizes, methods, sampler, steps, cfg_scale, seed, vae, classifier,
+def main(checkpoint, config_spec, num_per_class, sizes, methods, sampler, steps, cfg, seed, vae, classifier,
          threads, out):
     """Generate NUM samples per class at each size with each RoPE extrapolation method; report the shape
     classifier's accuracy and the Fréchet distance on its features (a table shaped like FiTv2's Table III)."""
+    outputs = _outputs(out) if out else None
+    with user_errors(ValueError):                        # BucketError: a bad --sizes
+        size_list = [(h, w) for w, h in parse_sizes(sizes)] if sizes is not None else None    # (height, width)
+        method_list = None if methods.strip().lower() == "all" else [canonical_extrapolation(m)
+                                                                     for m in _csv(methods)]
+    if method_list == []:
+        raise UserError("give at least one method")
+    if num_per_class < 2:
+        raise UserError("--num must be at least 2 (the Fréchet distance needs a covariance)")
     import torch
 
     from fit.eval.classifier import load_classifier
-    from fit.eval.evaluate import (METHODS, EvalSettings, LatentDecoder, default_sizes, evaluate, format_table,
-                                   parse_size)
+    from fit.eval.evaluate import METHODS, EvalSettings, LatentDecoder, default_sizes, evaluate, format_table
     from fit.flow import SamplerSettings
     from fit.loading import load_model
 
     if threads:
         torch.set_num_threads(threads)
-    try:
+    with user_errors(ValueError, OSError, ImportError):  # EvalError, ConfigError, CheckpointError, DataError
         if config_spec is None:
             config_spec = _config_next_to(checkpoint)
-        if num_per_class < 2:
-            raise ValueError("--num must be at least 2 (the Fréchet distance needs a covariance)")
-        size_list = [parse_size(s) for s in _csv(sizes)] if sizes is not None else None
-        method_list = list(METHODS) if methods.strip().lower() == "all" else _csv(methods)
-        if size_list == [] or not method_list:
-            raise ValueError("give at least one size and one method")
         model = load_model(config_spec, checkpoint)
         clf = load_classifier(classifier)
         decoder = LatentDecoder(vae) if vae else None
         if size_list is None:
             size_list = default_sizes(model.config.context_size,
                                       model.patch_size * (decoder.downsample if decoder else 1))
-        settings = EvalSettings(num_per_class, SamplerSettings(sampler, steps=steps), cfg_scale, seed)
-        rows = evaluate(model, clf, size_list, method_list, settings, progress=lambda m: click.echo(m, err=True),
-                        decoder=decoder)
-    except (ValueError, OSError, ImportError) as e:      # EvalError, ConfigError, CheckpointError, DataError
-        _fail(e)
+        settings = EvalSettings(num_per_class, SamplerSettings(sampler, steps=steps), cfg, seed)
+        rows = evaluate(model, clf, size_list, method_list or list(METHODS),
+                        progress=lambda m: click.echo(m, err=True), settings=settings, decoder=decoder)
     table = format_table(rows, budget=model.config.context_size)
     click.echo(table)
-    if out:
-        with open(out, "w") as f:
-            f.write(table + "\n")
-        with open(os.path.splitext(out)[0] + ".json", "w") as f:
-            json.dump([r.__dict__ for r in rows], f, indent=1)
+    if outputs:
+        with user_errors(OSError):
+            _write_atomically(outputs[0], table + "\n")
+            _write_atomically(outputs[1], json.dumps([r.__dict__ for r in rows], indent=1))
 
 
 if __name__ == "__main__":

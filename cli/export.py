@@ -7,11 +7,13 @@ import sys
 
 import click
 
+from cli.common import BACKEND, Group, Named, UserError, user_errors
 from cli.trt import build, trt_check
-from engines.backend import resolve_backend_name
-from engines.manifest import PackageError
-from engines.rope import METHODS, METHOD_ALIASES
+from engines.buckets import BucketError, parse_sizes
+from engines.manifest import PRECISIONS, PackageError
+from engines.rope import EXTRAPOLATIONS, canonical_extrapolation
 from engines.sampler import SAMPLERS
+from engines.tensorrt_backend import PRECISIONS as ENGINE_PRECISIONS
 
 
 def _user_errors():
@@ -24,25 +26,6 @@ def _user_errors():
     return ConfigError, CheckpointError, ExportError, ValidationError, PackageError, BackendError
 
 
-def _fail(err: BaseException) -> None:
-    """A user error: one line on stderr, exit 2."""
-    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    click.echo(f"error: {text}", err=True)
-    sys.exit(2)
-
-
-def _sizes(text):
-    if not text:
-        return None
-    sizes = []
-    for item in text.split(","):
-        w, sep, h = item.strip().lower().partition("x")
-        if not sep or not w.isdigit() or not h.isdigit():
-            raise click.BadParameter(f"{item!r} is not WIDTHxHEIGHT (e.g. 256x256)", param_hint="--sizes")
-        sizes.append((int(w), int(h)))
-    return sizes
-
-
 def _buckets(text):
     if not text:
         return None
@@ -53,17 +36,18 @@ def _buckets(text):
     return [int(t) for t in items]
 
 
-@click.group()
+@click.group(cls=Group, prog="fit-export")
 def main():
-    """Export FiT models to ONNX model packages and validate them against PyTorch."""
+    """Export FiT models to ONNX model packages (onnx), check them against PyTorch (validate), add the ONNX
+    Runtime-tuned graph (ort-optimize), and build and check TensorRT engines (build, trt-check)."""
 
 
-@main.command("onnx")
+@main.command("onnx", short_help="Write a model package (ONNX graphs + manifest) from a checkpoint.")
 @click.option("--config", "config", required=True, help="Preset name (fitv2-xl, fitv2-tiny, ...) or official YAML.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Weights (.safetensors / .bin / .pt).")
 @click.option("--random-weights", is_flag=True, help="Export freshly initialised weights (tests, benchmarks).")
 @click.option("--out", "out", required=True, type=click.Path(), help="Package directory to write.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option("--vae", "vae", type=click.Path(file_okay=False), help="Local diffusers AutoencoderKL directory; "
               "adds vae_decoder.onnx.")
 @click.option("--name", help="Package name in the manifest (default: the preset or output directory name).")
@@ -83,71 +67,65 @@ def onnx_command(config, checkpoint, random_weights, out, precision, vae, name, 
                  opset, class_names, default_cfg, default_sampler, default_steps, force):
     """Write a model package: transformer.onnx (+ vae_decoder.onnx) and manifest.json."""
     if checkpoint is None and not random_weights:
-        _fail(click.UsageError("pass --checkpoint PATH (or --random-weights for an untrained model)"))
+        raise UserError("pass --checkpoint PATH (or --random-weights for an untrained model)")
     if checkpoint is not None and random_weights:
-        _fail(click.UsageError("--checkpoint and --random-weights exclude each other"))
-    sizes, buckets = _sizes(sizes), _buckets(buckets)
+        raise UserError("--checkpoint and --random-weights exclude each other")
+    with user_errors(BucketError):
+        sizes = parse_sizes(sizes) if sizes else None
+    buckets = _buckets(buckets)
     errors = _user_errors()
     from fit_export.package import export_package
-    try:
+    with user_errors(*errors):
         path = export_package(config, checkpoint, out, precision=precision, vae_dir=vae, name=name, force=force,
                               sizes=sizes, buckets=buckets, include_weights=include_weights, opset=opset,
                               class_names=[c.strip() for c in class_names.split(",")] if class_names else None,
                               default_cfg=default_cfg, default_sampler=default_sampler, default_steps=default_steps)
-    except errors as e:
-        _fail(e)
     click.echo(f"wrote {path}")
 
 
-@main.command("validate")
+@main.command("validate", short_help="Compare a package's ONNX graph or TensorRT engines with PyTorch.")
 @click.argument("package", type=click.Path())
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Weights the package was exported from "
               "(default: the package's weights.safetensors).")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the JSON report here.")
 @click.option("--provider", "providers", multiple=True, help="ONNX Runtime execution provider(s) "
               "(default: CPU, plus CUDA when available).")
-@click.option("--method", "methods", multiple=True, type=click.Choice(list(METHODS) + list(METHOD_ALIASES)),
+@click.option("--method", "methods", multiple=True, type=Named(EXTRAPOLATIONS, canonical_extrapolation),
               help="RoPE extrapolation method(s) to test (default: every method the manifest lists).")
 @click.option("--e2e-steps", type=click.IntRange(min=1), default=10, show_default=True,
               help="Euler steps of the end-to-end sampling case.")
-@click.option("--backend", type=click.Choice(["onnxruntime", "ort", "tensorrt", "trt"]), default="onnxruntime",
-              show_default=True,
+@click.option("--backend", type=BACKEND, default="onnxruntime", show_default=True,
               help="Run the package's ONNX graph on ONNX Runtime, or its TensorRT engines (needs a GPU).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]),
-              help="With --backend trt: which engines to validate (default: the newest matching build).")
+@click.option("--precision", type=click.Choice(ENGINE_PRECISIONS),
+              help="With --backend tensorrt: which engines to validate (default: the newest matching build).")
 def validate_command(package, checkpoint, report, providers, methods, e2e_steps, backend, precision):
     """Compare the package's ONNX graph or TensorRT engines with the PyTorch reference; exit 1 on a failure."""
     if report and not os.access(os.path.dirname(os.path.abspath(report)), os.W_OK):
-        _fail(OSError(f"cannot write the report {report}: its directory is missing or not writable"))
+        raise UserError(f"cannot write the report {report}: its directory is missing or not writable")
     errors = _user_errors()
-    try:
+    with user_errors(*errors):
         from fit_export.validate import validate_package
-        result = validate_package(package, checkpoint=checkpoint, backend=resolve_backend_name(backend),
-                                  providers=providers or None, precision=precision, methods=methods or None,
-                                  e2e_steps=e2e_steps)
+        result = validate_package(package, checkpoint=checkpoint, backend=backend, providers=providers or None,
+                                  precision=precision, methods=methods or None, e2e_steps=e2e_steps)
         text = result.table()
-    except errors as e:
-        _fail(e)
     click.echo(text)
     if report:
         try:
             result.write_json(report)
         except OSError as e:
-            _fail(OSError(f"cannot write the report {report}: {e.strerror}"))
+            raise UserError(f"cannot write the report {report}: {e.strerror}") from e
         click.echo(f"report: {report}")
     sys.exit(0 if result.passed else 1)
 
 
-@main.command("ort-optimize")
+@main.command("ort-optimize", short_help="Add the ONNX Runtime-tuned graph copy (fused attention and RoPE).")
 @click.argument("package", type=click.Path())
 def ort_optimize_command(package):
     """Add transformer.ort.onnx (opset 23: attention and RoPE as fused ops, tuned for ONNX Runtime) to a fp32
     package; the ONNX Runtime backend runs it instead of transformer.onnx, which stays unchanged for TensorRT."""
     from fit_export.ort_optimize import OrtOptimizeError, optimize_package
-    try:
+    with user_errors(OrtOptimizeError, PackageError):
         entry = optimize_package(package)
-    except (OrtOptimizeError, PackageError) as e:
-        _fail(e)
     check = entry["check"]
     click.echo(f"wrote {os.path.join(package, entry['file'])}: {entry['fused_attention']} attention blocks and "
                f"{entry['fused_rotary']} RoPE rotations fused; "

@@ -4,34 +4,19 @@ Every mistake a user can make ends as one line on stderr and exit status 2, with
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import click
 
-from engines.backend import BackendError, backend_names
+from cli.common import BACKEND, Command, Named, check_writable, user_errors
+from engines.backend import BackendError
 from engines.manifest import PackageError
-from engines.pipeline import EXTRAPOLATIONS, GenerationError, Request, image_grid, load, save_png
+from engines.pipeline import GenerationError, Request, image_grid, load, save_png
+from engines.rope import EXTRAPOLATIONS, canonical_extrapolation
 from engines.sampler import SAMPLERS
 
 USER_ERRORS = (PackageError, BackendError, GenerationError, OSError)
-
-
-class OneLineErrors(click.Command):
-    """A click command whose usage errors are one line on stderr (exit 2) instead of a usage block."""
-
-    def main(self, args=None, prog_name=None, **extra):
-        extra["standalone_mode"] = False
-        try:
-            result = super().main(args=args, prog_name=prog_name, **extra)
-        except click.ClickException as err:
-            click.echo(f"{prog_name or 'fit-run'}: error: {err.format_message()}", err=True)
-            sys.exit(2)
-        except click.Abort:
-            click.echo("fit-run: aborted", err=True)
-            sys.exit(1)
-        sys.exit(result if isinstance(result, int) else 0)
 
 
 def output_paths(out: Path, count: int, grid: bool) -> list[Path]:
@@ -41,20 +26,14 @@ def output_paths(out: Path, count: int, grid: bool) -> list[Path]:
     return [out.with_name(f"{out.stem}-{i + 1}{out.suffix}") for i in range(count)]
 
 
-def check_writable(paths: list[Path]) -> None:
+def check_outputs(paths: list[Path]) -> None:
     for path in paths:
-        folder = path.parent if str(path.parent) else Path(".")
         if path.suffix.lower() != ".png":
             raise GenerationError(f"output {path} must end in .png")
-        if not folder.is_dir():
-            raise GenerationError(f"output folder {folder} does not exist")
-        if path.is_dir():
-            raise GenerationError(f"output {path} is a folder")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise GenerationError(f"cannot write to {folder}: permission denied")
+        check_writable(path)
 
 
-@click.command(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, prog="fit-run")
 @click.argument("package", required=False, type=click.Path(path_type=Path))
 @click.option("--width", "-W", type=int, default=None, help="Image width in pixels (default: the model's).")
 @click.option("--height", "-H", type=int, default=None, help="Image height in pixels (default: the model's).")
@@ -65,10 +44,9 @@ def check_writable(paths: list[Path]) -> None:
 @click.option("--sampler", type=click.Choice(SAMPLERS), default=None, help="Integrator (default: the package's).")
 @click.option("--cfg", type=float, default=None, help="Classifier-free guidance scale, >= 0; 1 = off.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of image 1; image i uses seed + i - 1.")
-@click.option("--extrapolation", type=click.Choice(EXTRAPOLATIONS, case_sensitive=False), default=None,
+@click.option("--extrapolation", type=Named(EXTRAPOLATIONS, canonical_extrapolation), default=None,
               help="RoPE extrapolation for sizes beyond training (default: the package's).")
-@click.option("--backend", type=click.Choice(backend_names(), case_sensitive=False), default="onnxruntime",
-              show_default=True)
+@click.option("--backend", type=BACKEND, default="onnxruntime", show_default=True)
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="ONNX Runtime intra-op threads (0 = auto).")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("fit-run.png"), show_default=True,
               help="Output PNG; several images become NAME-1.png, NAME-2.png, ... unless --grid.")
@@ -78,18 +56,11 @@ def check_writable(paths: list[Path]) -> None:
 def main(package, width, height, label, num, steps, sampler, cfg, seed, extrapolation, backend, threads, out,
          grid, snap, quiet):
     """Generate images from a FiT model PACKAGE (default: the model shipped with fit-toolkit)."""
-    try:
+    with user_errors(*USER_ERRORS):
         paths = run(package, width, height, label, num, steps, sampler, cfg, seed, extrapolation, backend, threads,
                     out, grid, snap, quiet)
-    except USER_ERRORS as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if isinstance(err, OSError) and err.filename and str(err.filename) not in message:
-            message = f"{err.filename}: {message}"
-        click.echo(f"fit-run: error: {message}", err=True)
-        return 2
     for path in paths:
         click.echo(str(path))
-    return 0
 
 
 def run(package, width, height, label, num, steps, sampler, cfg, seed, extrapolation, backend, threads, out, grid,
@@ -99,8 +70,8 @@ def run(package, width, height, label, num, steps, sampler, cfg, seed, extrapola
     if cfg is not None and not cfg >= 0:
         raise GenerationError(f"--cfg must be a non-negative number, got {cfg}")
     paths = output_paths(out, num, grid)
-    check_writable(paths)
-    options = {"threads": threads} if backend.lower() in ("onnxruntime", "ort", "onnx") else {}
+    check_outputs(paths)
+    options = {"threads": threads} if backend == "onnxruntime" else {}
     with load(package, backend=backend, **options) as pipe:
         wanted = (pipe.default_size[0] if width is None else width, pipe.default_size[1] if height is None else height)
         size = pipe.check_size(*wanted, snap=snap)

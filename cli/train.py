@@ -2,24 +2,20 @@
 latent autoencoder on the procedural shapes (``vae``)."""
 from __future__ import annotations
 
-import sys
-
 import click
+
+from cli.common import Group, Interrupted, UserError, user_errors
 
 USER_ERRORS = (ValueError, OSError)   # ConfigError, DataError, CheckpointError are ValueErrors
 
 
-def _fail(error: Exception):
-    click.echo(f"fit-train: error: {error}", err=True)
-    sys.exit(2)
-
-
-@click.group()
+@click.group(cls=Group, prog="fit-train")
 def main():
-    """Train FiTv2 flexible-resolution diffusion transformers."""
+    """Train FiTv2 flexible-resolution diffusion transformers (run), turn an image folder into training data
+    (prepare), train a tiny latent autoencoder on the procedural shapes (vae)."""
 
 
-@main.command()
+@main.command(short_help="Train a model (also under torchrun).")
 @click.option("--config", "config_spec", required=True, help="Preset name (fitv2-tiny, ...) or YAML file.")
 @click.option("--data", help="Latent folder (official format) or KIND:ARG, e.g. procedural:0. Default: train.data.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (checkpoints, logs, EMA).")
@@ -36,7 +32,7 @@ def main():
               help="Shift logit-normal timesteps toward noise: t/(t + s(1-t)); >1 for large tokens (default 1).")
 @click.option("--seed", type=int, help="Seed of the data order, noise, timesteps and label dropout.")
 @click.option("--max-tokens", type=int, help="Token budget L of the data (default: the config's context_size).")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), help="auto: bf16 on GPU, fp32 on CPU.")
+@click.option("--precision", help="Training precision; auto: bf16 on GPU, fp32 on CPU.")
 @click.option("--grad-checkpointing/--no-grad-checkpointing", default=None, help="Recompute blocks in backward.")
 @click.option("--workers", "num_workers", type=int, help="Data loader processes per training process.")
 @click.option("--save-every", type=int, help="Checkpoint every N steps.")
@@ -49,20 +45,18 @@ def run(config_spec, data, out, resume, device, quiet, **overrides):
     from fit.train import load_run_config, train
 
     try:
-        config, settings = load_run_config(config_spec)
-        settings = settings.replace(**overrides)
-        result = train(config, settings, out, data=data, resume=resume,
-                       device=None if device == "auto" else device, progress=not quiet)
+        with user_errors(*USER_ERRORS, FloatingPointError):
+            config, settings = load_run_config(config_spec)
+            settings = settings.replace(**overrides)
+            result = train(config, settings, out, data=data, resume=resume,
+                           device=None if device == "auto" else device, progress=not quiet)
     except KeyboardInterrupt:
-        click.echo(f"fit-train: interrupted; continue with --resume --out {out}", err=True)
-        sys.exit(130)
-    except (*USER_ERRORS, FloatingPointError) as e:
-        _fail(e)
+        raise Interrupted(f"interrupted; continue with --resume --out {out}") from None
     if result["rank"] == 0:
         click.echo(f"done: step {result['step']}, EMA weights in {out}/ema.safetensors", err=True)
 
 
-@main.command()
+@main.command(short_help="Turn an image folder into training data.")
 @click.argument("images", type=click.Path())
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--max-tokens", type=int, required=True, help="Token budget L (256 for 256x256 through the SD VAE).")
@@ -76,16 +70,14 @@ def prepare(images, out, max_tokens, vae, pixels, patch_size, strict, device):
     from fit.data.prepare import prepare_folder
 
     if bool(vae) == bool(pixels):
-        _fail(ValueError("pass exactly one of --vae DIR or --pixels"))
-    try:
+        raise UserError("pass exactly one of --vae DIR or --pixels")
+    with user_errors(*USER_ERRORS):
         report = prepare_folder(images, out, max_tokens, vae=vae, patch_size=patch_size, strict=strict,
                                 device=device)
-    except USER_ERRORS as e:
-        _fail(e)
     click.echo(report.summary(), err=True)
 
 
-@main.command()
+@main.command(short_help="Train a tiny latent autoencoder on the procedural shapes.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output: diffusers AutoencoderKL folder (sd-vae-ft-ema layout), loss.csv, reconstructions.png.")
 @click.option("--steps", type=int, default=1200, show_default=True)
@@ -106,7 +98,7 @@ def vae(out, steps, batch_size, crop, lr, kl_weight, channels, latent_channels, 
     """Train a tiny SD-VAE-like AutoencoderKL on the procedural shapes (for fit-train prepare --vae OUT)."""
     from fit.autoencoder import AutoencoderSettings, train_autoencoder
 
-    try:
+    with user_errors(*USER_ERRORS):
         if not all(c.strip().isdigit() for c in channels.split(",")):
             raise ValueError(f"--channels takes comma-separated integers such as 32,64,64,64, got {channels!r}")
         settings = AutoencoderSettings(block_out_channels=tuple(int(c) for c in channels.split(",")),
@@ -114,8 +106,6 @@ def vae(out, steps, batch_size, crop, lr, kl_weight, channels, latent_channels, 
                                        crop=crop, lr=lr, kl_weight=kl_weight, seed=seed, init_from=init_from,
                                        decoder_only=decoder_only)
         train_autoencoder(settings, out, progress=not quiet, log=lambda line: click.echo(line, err=True))
-    except USER_ERRORS as e:
-        _fail(e)
 
 
 if __name__ == "__main__":

@@ -9,29 +9,21 @@ import sys
 
 import click
 
+from cli.common import Command, user_errors
 from engines.backend import BackendError
 from engines.buckets import BucketError
 from engines.manifest import PackageError, load_manifest
+from engines.tensorrt_backend import PRECISIONS
 
 USER_ERRORS = (PackageError, BucketError, BackendError, ValueError, OSError)
 
 
-class _Unsupported(Exception):
-    """The graph fails the op-support check; the message lists every finding."""
-
-
-def _fail(err: Exception) -> None:
-    """User error -> one line on stderr (the full listing for op-support failures), exit 2."""
-    text = str(err) if isinstance(err, _Unsupported) else (str(err).splitlines() or [type(err).__name__])[0]
-    click.echo(f"error: {text}", err=True)
-    sys.exit(2)
-
-
-@click.command("build")
+@click.command("build", cls=Command, prog="fit-export",
+               short_help="Build TensorRT engines for a package (needs TensorRT and an NVIDIA GPU).")
 @click.argument("package", type=click.Path(file_okay=False, path_type=str))
 @click.option("--profiles", help="Buckets: pixel sizes WIDTHxHEIGHT (256x256,224x448) and/or token counts "
                                  "(64,256,1024). Default: the package's declared buckets.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]),
+@click.option("--precision", type=click.Choice(PRECISIONS),
               help="Engine precision. Default: the ONNX graph's own (built strongly typed).")
 @click.option("--batch", default="1", show_default=True,
               help="Images per call: N, MIN:MAX or MIN:OPT:MAX. With CFG the graph batch is twice this.")
@@ -53,7 +45,7 @@ def build(package, profiles, precision, batch, cfg, engine_per_bucket, static, t
     from fit_export.tensorrt import BuildError, build_engines, plan_build
     from fit_export.trt_ops import check_model
 
-    try:
+    with user_errors(BuildError, *USER_ERRORS):
         plan = plan_build(package, profiles=profiles, precision=precision, batch=batch, cfg=cfg,
                           engine_per_bucket=engine_per_bucket, static=static, timing_cache=timing_cache,
                           optimization_level=optimization_level)
@@ -63,17 +55,16 @@ def build(package, profiles, precision, batch, cfg, engine_per_bucket, static, t
             if not as_json:
                 click.echo(report.format())
             if not report.ok:
-                raise _Unsupported(f"{plan.onnx_file} uses operators TensorRT's parser rejects:\n"
-                                 + "\n".join(f"  {f}" for f in report.errors))
+                raise BuildError(f"{plan.onnx_file} uses operators TensorRT's parser rejects: "
+                                 + "; ".join(str(f) for f in report.errors))
         if dry_run:
             return
         for sidecar in build_engines(plan, log=lambda msg: click.echo(msg, err=True)):
             click.echo(f"built {sidecar.with_suffix('.plan')} (+ {sidecar.name})")
-    except (_Unsupported, BuildError, *USER_ERRORS) as err:
-        _fail(err)
 
 
-@click.command("trt-check")
+@click.command("trt-check", cls=Command, prog="fit-export",
+               short_help="Check a graph against TensorRT's ONNX op support (no GPU needed).")
 @click.argument("package_or_onnx", type=click.Path(exists=True, path_type=str))
 def trt_check(package_or_onnx):
     """Check that every op, attribute and dtype of a package's transformer.onnx (or any .onnx file) is supported
@@ -85,11 +76,9 @@ def trt_check(package_or_onnx):
     from fit_export.trt_ops import check_model
 
     path = Path(package_or_onnx)
-    try:
+    with user_errors(DecodeError, *USER_ERRORS):
         if path.is_dir():
             path = path / load_manifest(path).transformer.file
         report = check_model(path)
-    except (DecodeError, *USER_ERRORS) as err:
-        _fail(err)
     click.echo(report.format())
     sys.exit(0 if report.ok else 1)

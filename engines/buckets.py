@@ -5,8 +5,9 @@ of W x H pixels is (W/g) * (H/g) tokens, g = the package's ``pixel_granularity``
 16 for the SD VAE with patch 2, so 256x256 px = 256 tokens). A request goes to the smallest bucket that holds
 it; every aspect ratio with at most that many tokens fits, because the graph takes a padded sequence.
 
-Buckets are written the way ``--profiles`` takes them: pixel sizes ``256x256,320x320,224x448`` (WIDTHxHEIGHT)
-or token counts ``64,256,1024``, mixed freely. Sizes with the same token count share one bucket.
+Every tool writes sizes WIDTHxHEIGHT in pixels (:func:`parse_size`, :func:`parse_sizes`). Buckets are written
+the way ``--profiles`` takes them: pixel sizes ``256x256,320x320,224x448`` or token counts ``64,256,1024``,
+mixed freely. Sizes with the same token count share one bucket.
 
 The graph batch is images x 2 when classifier-free guidance runs (cond and uncond halves in one call), so with
 CFG a ``--batch 1:4`` image range becomes a graph batch range of 2..8 (an unguided call is padded up with masked
@@ -148,6 +149,26 @@ _SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 _COUNT = re.compile(r"^\s*(\d+)\s*$")
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """``"320x240"`` -> (320, 240): the one size syntax of every tool, WIDTHxHEIGHT in pixels (``x``, ``X`` or
+    ``×``, spaces allowed). BucketError for anything else or a zero side."""
+    size = _SIZE.match(str(text))
+    if not size:
+        raise BucketError(f"size {str(text).strip()!r} is not WIDTHxHEIGHT in pixels (e.g. 256x256)")
+    width, height = int(size.group(1)), int(size.group(2))
+    if width < 1 or height < 1:
+        raise BucketError(f"size {width}x{height}: width and height must be positive")
+    return width, height
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """Comma-separated WIDTHxHEIGHT sizes -> [(width, height), ...] in the given order."""
+    sizes = [parse_size(item) for item in str(text).split(",") if item.strip()]
+    if not sizes:
+        raise BucketError(f"no size in {text!r}: give WIDTHxHEIGHT sizes such as 256x256,448x224")
+    return sizes
+
+
 def parse_profiles(text: str | Iterable[str], granularity: int) -> tuple[Bucket, ...]:
     """Buckets from ``--profiles``: comma-separated WIDTHxHEIGHT pixel sizes and/or token counts.
 
@@ -159,9 +180,8 @@ def parse_profiles(text: str | Iterable[str], granularity: int) -> tuple[Bucket,
     by_tokens: dict[int, list[tuple[int, int]]] = {}
     for entry in entries:
         entry = str(entry)
-        size = _SIZE.match(entry)
-        if size:
-            w, h = int(size.group(1)), int(size.group(2))
+        if _SIZE.match(entry):
+            w, h = parse_size(entry)
             sizes = by_tokens.setdefault(tokens_for_size(w, h, granularity), [])
             if (w, h) not in sizes:
                 sizes.append((w, h))

@@ -21,8 +21,7 @@ import numpy as np
 
 from engines.backend import Backend, BackendError, create_backend, resolve_backend_name
 from engines.manifest import Manifest, PackageError, load_manifest
-from engines.rope import (EXTRAPOLATIONS, METHODS, RopeSettings, canonical_extrapolation, extrapolation_name,
-                          rope_tables)
+from engines.rope import EXTRAPOLATIONS, RopeSettings, canonical_extrapolation, extrapolation_name, rope_tables
 from engines.sampler import SAMPLERS, Callback, SamplerSettings, guide, integrate
 
 F32 = np.float32
@@ -137,8 +136,8 @@ class Pipeline:
         except ValueError as err:
             raise PackageError(f"package {self.directory}: manifest.json is not usable (rope: {err}); "
                                f"re-export the package") from None
-        self.extrapolations = tuple(dict.fromkeys(extrapolation_name(self.rope.with_method(name, self.train_side))
-                                                  for name in rope.methods or METHODS))
+        self.extrapolations = tuple(dict.fromkeys(canonical_extrapolation(name) for name in rope.methods
+                                                  if name.lower() in EXTRAPOLATIONS)) or EXTRAPOLATIONS
         self.guided_channels = (manifest.guidance.cfg_channels or self.channels) * self.patch_size ** 2
 
     # -- lifecycle --------------------------------------------------------------------------------------------

@@ -17,8 +17,12 @@ Extrapolation methods change the per-axis frequencies and, for some, scale the t
     ntk-aware-pro1  NTK-aware, tables scaled by sqrt(ln(2L)/ln(L_train)) (longest side)
     ntk-aware-pro2  NTK-aware, same attention scale computed on the token count
 
-where s = max(1, L_target / ori_max_pe_len). With ``decouple`` the height and width axes get their own scale
-(VisionNTK = ntk-aware + decouple, VisionYaRN = yarn + decouple); without it both use the longer side.
+where s = max(1, L_target / ori_max_pe_len). With ``decouple`` the height and width axes get their own scale;
+without it both use the longer side.
+
+Extrapolation names (what users choose, :data:`EXTRAPOLATIONS`): each official method above, coupled
+(``decouple`` off), plus two decoupled ones, ``vision-ntk`` = ntk-aware + decouple and ``vision-yarn`` = yarn +
+decouple. :func:`canonical_extrapolation` also accepts the spellings in :data:`EXTRAPOLATION_ALIASES`.
 
 Arithmetic follows the official float32 formulas step by step so the tables agree with it to float32
 rounding. This module imports only numpy; the torch model reuses :func:`assemble_tables` with ``xp=torch``.
@@ -31,20 +35,25 @@ from functools import lru_cache
 
 import numpy as np
 
+# The official ``custom_freqs`` methods: the formulas of this module.
 METHODS = ("normal", "linear", "ntk-aware", "ntk-by-parts", "yarn", "ntk-aware-pro1", "ntk-aware-pro2")
 
-# Friendly names users type -> (official custom_freqs, decouple).
-METHOD_ALIASES = {
-    "none": ("normal", False),
-    "pi": ("linear", False),
-    "ntk": ("ntk-aware", False),
-    "vision-ntk": ("ntk-aware", True),
-    "visionntk": ("ntk-aware", True),
-    "vision-yarn": ("yarn", True),
-    "visionyarn": ("yarn", True),
-    "ntk-parts": ("ntk-by-parts", False),
-    "ntk-pro1": ("ntk-aware-pro1", False),
-    "ntk-pro2": ("ntk-aware-pro2", False),
+# The decoupled extrapolations (FiTv2's VisionNTK, VisionYaRN): canonical name -> official method.
+_DECOUPLED = {"vision-ntk": "ntk-aware", "vision-yarn": "yarn"}
+
+# Canonical extrapolation names, the only ones command lines show.
+EXTRAPOLATIONS = METHODS + tuple(_DECOUPLED)
+
+# Other spellings accepted for them (lower case) -> canonical name.
+EXTRAPOLATION_ALIASES = {
+    "none": "normal",
+    "pi": "linear",
+    "ntk": "ntk-aware",
+    "ntk-parts": "ntk-by-parts",
+    "ntk-pro1": "ntk-aware-pro1",
+    "ntk-pro2": "ntk-aware-pro2",
+    "visionntk": "vision-ntk",
+    "visionyarn": "vision-yarn",
 }
 
 F32 = np.float32
@@ -62,8 +71,7 @@ class RopeSettings:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise ValueError(f"unknown RoPE method {self.method!r}; choose one of {', '.join(METHODS)} "
-                             f"or an alias ({', '.join(METHOD_ALIASES)})")
+            raise ValueError(f"unknown RoPE method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.head_dim % 4:
             raise ValueError(f"head_dim must be a multiple of 4 for 2D RoPE, got {self.head_dim}")
         if self.method != "normal" and not self.ori_max_pe_len:
@@ -75,20 +83,35 @@ class RopeSettings:
         return self.head_dim // 2
 
     def with_method(self, name: str, ori_max_pe_len: int | None = None) -> "RopeSettings":
-        """Same settings with an extrapolation method chosen by official or friendly name."""
+        """Same settings with the extrapolation ``name`` (canonical or alias), which sets method and decouple."""
         method, decouple = resolve_method(name)
-        return RopeSettings(self.head_dim, self.theta, method, self.decouple if decouple is None else decouple,
-                            ori_max_pe_len or self.ori_max_pe_len)
+        return RopeSettings(self.head_dim, self.theta, method, decouple, ori_max_pe_len or self.ori_max_pe_len)
 
 
-def resolve_method(name: str) -> tuple[str, bool | None]:
-    """Map a method name to (official custom_freqs, decouple). decouple is None when the name leaves it open."""
-    key = name.strip().lower()
-    if key in METHOD_ALIASES:
-        return METHOD_ALIASES[key]
-    if key in METHODS:
-        return key, None
-    raise ValueError(f"unknown RoPE method {name!r}; choose one of {', '.join(METHODS + tuple(METHOD_ALIASES))}")
+def canonical_extrapolation(name: str) -> str:
+    """The canonical extrapolation name (one of :data:`EXTRAPOLATIONS`) of ``name``, an alias or a canonical
+    name in any case; ValueError naming the canonical names otherwise."""
+    key = str(name).strip().lower()
+    key = EXTRAPOLATION_ALIASES.get(key, key)
+    if key not in EXTRAPOLATIONS:
+        raise ValueError(f"unknown RoPE method {name!r}; choose one of {', '.join(EXTRAPOLATIONS)}")
+    return key
+
+
+def resolve_method(name: str) -> tuple[str, bool]:
+    """Map an extrapolation name to (official custom_freqs, decouple)."""
+    key = canonical_extrapolation(name)
+    return (_DECOUPLED[key], True) if key in _DECOUPLED else (key, False)
+
+
+def extrapolation_name(settings: RopeSettings) -> str:
+    """The extrapolation name of ``settings``' method and decouple: the inverse of :func:`resolve_method` (a
+    decoupled method without a canonical name, which only a custom config can have, is reported as
+    ``METHOD+decouple``)."""
+    if not settings.decouple:
+        return settings.method
+    named = [name for name, method in _DECOUPLED.items() if method == settings.method]
+    return named[0] if named else f"{settings.method}+decouple"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -250,28 +273,3 @@ def rope_tables(settings: RopeSettings, height: int, width: int):
     if height < 1 or width < 1:
         raise ValueError(f"image grid must be at least 1x1 patches, got {height}x{width}")
     return _cached_tables(settings, int(height), int(width))
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Extrapolation names
-# --------------------------------------------------------------------------------------------------------------
-
-EXTRAPOLATIONS = METHODS + ("vision-ntk", "vision-yarn")      # canonical names; METHOD_ALIASES are also accepted
-
-
-def canonical_extrapolation(name: str) -> str:
-    """The canonical extrapolation name for a canonical name or alias (case-insensitive)."""
-    key = str(name).strip().lower()
-    if key in EXTRAPOLATIONS:
-        return key
-    if key in METHOD_ALIASES:
-        method, decouple = METHOD_ALIASES[key]
-        return {("ntk-aware", True): "vision-ntk", ("yarn", True): "vision-yarn"}.get((method, decouple), method)
-    raise ValueError(f"unknown extrapolation {name!r}; choose one of {', '.join(EXTRAPOLATIONS)}")
-
-
-def extrapolation_name(settings: RopeSettings) -> str:
-    """The canonical name that selects ``settings``' method (decoupled NTK and YaRN are vision-ntk/-yarn)."""
-    if settings.decouple and settings.method in ("ntk-aware", "yarn"):
-        return "vision-" + settings.method.replace("-aware", "")
-    return settings.method

@@ -10,8 +10,7 @@ from click.testing import CliRunner
 from cli.eval import main as eval_main
 from fit.config import FiTConfig
 from fit.eval.classifier import DEFAULT_WEIGHTS, ShapeClassifier, accuracy_on_procedural, load_classifier
-from fit.eval.evaluate import (EvalError, EvalSettings, LatentDecoder, default_sizes, evaluate, format_table,
-                                parse_size)
+from fit.eval.evaluate import EvalError, EvalSettings, LatentDecoder, default_sizes, evaluate, format_table
 from fit.eval.metrics import class_accuracy, feature_statistics, frechet_distance, frechet_distance_of
 from fit.flow import SamplerSettings
 from fit.model import FiT
@@ -55,13 +54,6 @@ def test_class_accuracy():
     assert class_accuracy([1, 2, 3, 0], [1, 2, 0, 0]) == 0.75
     with pytest.raises(ValueError):
         class_accuracy([], [])
-
-
-def test_parse_size():
-    assert parse_size("64x96") == (64, 96) and parse_size(" 40 X 120 ") == (40, 120)
-    for bad in ("64", "64x", "ax64", "64*64"):
-        with pytest.raises(EvalError, match="HEIGHTxWIDTH"):
-            parse_size(bad)
 
 
 # ---- classifier ---------------------------------------------------------------------------------------------
@@ -134,16 +126,16 @@ def test_cli_writes_the_table(tmp_path):
     out = tmp_path / "table.md"
     result = CliRunner().invoke(eval_main, ["--checkpoint", str(ckpt), "--num", "2", "--sizes", "32x32",
                                             "--methods", "normal,yarn", "--steps", "1", "--sampler", "euler",
-                                            "--cfg-scale", "1", "--out", str(out)])
+                                            "--cfg", "1", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "| 32x32 | 16 | none |" in result.output
     rows = json.loads((tmp_path / "table.json").read_text())
     assert [r["method"] for r in rows] == ["normal", "yarn"] and rows[1]["same_as"] == "normal"
-    assert out.read_text().startswith("| size (HxW)")
+    assert out.read_text().startswith("| size (WxH)")
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--sizes", "64by64"], "HEIGHTxWIDTH"),
+    (["--sizes", "64by64"], "WIDTHxHEIGHT"),
     (["--sizes", "30x32"], "multiple of 8 pixels"),
     (["--methods", "warp"], "unknown RoPE method"),
     (["--num", "1"], "at least 2"),

@@ -222,7 +222,7 @@ def test_method_names_and_aliases():
     assert resolve_method("VisionNTK") == ("ntk-aware", True)
     assert resolve_method("vision-yarn") == ("yarn", True)
     assert resolve_method("pi") == ("linear", False)
-    assert resolve_method("ntk-by-parts") == ("ntk-by-parts", None)
+    assert resolve_method("ntk-by-parts") == ("ntk-by-parts", False)
     settings = RopeSettings(72).with_method("vision-ntk", 16)
     assert (settings.method, settings.decouple, settings.ori_max_pe_len) == ("ntk-aware", True, 16)
 

@@ -9,7 +9,6 @@ decoder (:class:`LatentDecoder`). A method whose RoPE tables equal an already me
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -32,15 +31,7 @@ REFERENCE_SEED = 7_777                   # procedural images the samples are com
 
 
 class EvalError(ValueError):
-    """An evaluation request that cannot be run (bad size, non-pixel model, unknown method)."""
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"64x96"`` -> (64, 96): height x width in pixels."""
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not m:
-        raise EvalError(f"size {text!r} is not HEIGHTxWIDTH in pixels, e.g. 64x64")
-    return int(m.group(1)), int(m.group(2))
+    """An evaluation request that cannot be run (size off the model's grid, non-pixel model, unknown method)."""
 
 
 class LatentDecoder:
@@ -73,9 +64,9 @@ class EvalSettings:
 def default_sizes(context_size: int, granularity: int) -> list[tuple[int, int]]:
     """Table III's rows scaled to a token budget L = ``context_size``: (height, width) in pixels.
 
-    Inside the budget: the square grid, 1:2 and 1:3 grids. Beyond it: the square grid 1.25x and 1.5x as wide
-    (about 1.56x and 2.25x the tokens) and 1:2 and 1:3 grids one size up (the paper's 320x320, 224x448 and
-    160x480 for a 256x256 budget).
+    Inside the budget: the square grid and grids twice and three times as wide as high. Beyond it: the square
+    grid 1.25x and 1.5x as wide (about 1.56x and 2.25x the tokens) and the 2:1 and 3:1 grids one size up (the
+    paper's 320x320, 448x224 and 480x160 WIDTHxHEIGHT for a 256x256 budget).
     """
     side = int(math.isqrt(context_size))
     half, third = int(math.isqrt(context_size // 2)), int(math.isqrt(context_size // 3))
@@ -112,7 +103,7 @@ def check_model(model: FiT, sizes: Sequence[tuple[int, int]], methods: Sequence[
     g = model.patch_size * (decoder.downsample if decoder else 1)
     for h, w in sizes:
         if h % g or w % g or h < g or w < g:
-            raise EvalError(f"size {h}x{w} is not a positive multiple of {g} pixels (patch size x VAE "
+            raise EvalError(f"size {w}x{h} is not a positive multiple of {g} pixels (patch size x VAE "
                             f"downsampling) in both sides")
     for m in methods:
         try:
@@ -161,7 +152,8 @@ def _tables_key(model: FiT, method: str, tokens_h: int, tokens_w: int) -> bytes:
 def evaluate(model: FiT, classifier: ShapeClassifier, sizes: Sequence[tuple[int, int]],
              methods: Sequence[str] = METHODS, settings: Optional[EvalSettings] = None,
              progress: Optional[Callable[[str], None]] = None, decoder: Optional[LatentDecoder] = None) -> list[Row]:
-    """One :class:`Row` per (size, method); sizes are (height, width) in pixels."""
+    """One :class:`Row` per (size, method); sizes are (height, width) tuples in pixels (messages and the table
+    write them WIDTHxHEIGHT, the syntax of ``fit-eval --sizes``)."""
     settings = settings or EvalSettings()
     check_model(model, sizes, methods, decoder)
     rows = []
@@ -181,16 +173,16 @@ def evaluate(model: FiT, classifier: ShapeClassifier, sizes: Sequence[tuple[int,
             measured[key] = row
             rows.append(row)
             if progress:
-                progress(f"{h}x{w} {m}: accuracy {row.accuracy:.3f}, FD {row.fd:.2f}")
+                progress(f"{w}x{h} {m}: accuracy {row.accuracy:.3f}, FD {row.fd:.2f}")
     return rows
 
 
 def format_table(rows: Sequence[Row], budget: Optional[int] = None) -> str:
-    """Markdown table: one line per size and method, accuracy (%) and FD (lower is better)."""
-    lines = ["| size (HxW) | tokens | method | accuracy % | FD |", "|---|---:|---|---:|---:|"]
+    """Markdown table: one line per size (WIDTHxHEIGHT) and method, accuracy (%) and FD (lower is better)."""
+    lines = ["| size (WxH) | tokens | method | accuracy % | FD |", "|---|---:|---|---:|---:|"]
     for r in rows:
         tokens = f"{r.tokens}" + (" (beyond budget)" if budget and r.tokens > budget else "")
         note = f" (= {METHOD_TITLES.get(r.same_as, r.same_as)})" if r.same_as else ""
-        lines.append(f"| {r.height}x{r.width} | {tokens} | {METHOD_TITLES.get(r.method, r.method)}{note} | "
+        lines.append(f"| {r.width}x{r.height} | {tokens} | {METHOD_TITLES.get(r.method, r.method)}{note} | "
                      f"{100 * r.accuracy:.1f} | {r.fd:.2f} |")
     return "\n".join(lines)

@@ -1,0 +1,161 @@
+"""What every ``fit-*`` command line shares: one command class, one group class, how errors end, choice types.
+
+Every user mistake and every click usage error prints exactly one line ``PROG: error: MESSAGE`` on stderr and
+exits 2 (PROG is the program, also for a subcommand: ``fit-export: error: ...``); Ctrl-C prints one line
+``PROG: interrupted`` (or a command's own hint) and exits 130; ``-h`` is ``--help`` everywhere.
+
+    @click.command(cls=Command, prog="fit-eval")       # or: @click.group(cls=Group, prog="fit-export")
+    def main(...):
+        with user_errors(ValueError, OSError):          # these exception types are the user's mistakes
+            ...
+"""
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import click
+
+from engines.backend import BackendError, backend_names, resolve_backend_name
+
+HELP_OPTIONS = ("-h", "--help")
+ERROR_EXIT = 2
+INTERRUPT_EXIT = 130
+
+
+class UserError(click.ClickException):
+    """A mistake the user can fix; the message is one line."""
+
+    exit_code = ERROR_EXIT
+
+
+class Interrupted(Exception):
+    """Ctrl-C; the message is what the user reads after ``PROG:`` (default ``interrupted``)."""
+
+    def __init__(self, message: str = "interrupted"):
+        super().__init__(message)
+
+
+def one_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty); an OSError names its file."""
+    text = (err.format_message() if isinstance(err, click.ClickException) else str(err)).strip()
+    message = text.splitlines()[0].strip() if text else type(err).__name__
+    filename = getattr(err, "filename", None)
+    if isinstance(err, OSError) and filename and str(filename) not in message:
+        message = f"{filename}: {message}"
+    return message
+
+
+@contextmanager
+def user_errors(*types: type[BaseException]) -> Iterator[None]:
+    """Inside the block, an exception of one of ``types`` is a user error: ``PROG: error: <its first line>``."""
+    try:
+        yield
+    except types as err:
+        raise UserError(one_line(err)) from err
+
+
+_NO_ARGS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())    # click >= 8.2
+
+
+class _Conventions:
+    """Shared by :class:`Command` and :class:`Group` (mixed in before the click class)."""
+
+    def __init__(self, *args, prog: str | None = None, **attrs):
+        settings = dict(attrs.pop("context_settings", None) or {})
+        settings.setdefault("help_option_names", list(HELP_OPTIONS))
+        super().__init__(*args, context_settings=settings, **attrs)
+        self.own_prog = prog
+
+    @property
+    def prog(self) -> str:
+        """The program name errors start with: the entry point (``fit-export``), also for its subcommands."""
+        return self.own_prog or self.name
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise Interrupted() from None
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            result = super().main(args, self.prog, complete_var, standalone_mode=False, **extra)
+        except Interrupted as err:
+            click.echo(f"{self.prog}: {err}", err=True)
+            sys.exit(INTERRUPT_EXIT)
+        except click.Abort:                             # Ctrl-C while click itself was running
+            click.echo(f"{self.prog}: interrupted", err=True)
+            sys.exit(INTERRUPT_EXIT)
+        except _NO_ARGS_HELP as err:                    # a group run without a command: its help
+            err.show()
+            sys.exit(err.exit_code)
+        except click.ClickException as err:
+            click.echo(f"{self.prog}: error: {one_line(err)}", err=True)
+            sys.exit(ERROR_EXIT)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+class Command(_Conventions, click.Command):
+    """A click command with the conventions of this module. ``prog``: the program name for error lines."""
+
+
+class Group(_Conventions, click.Group):
+    """A click group with the conventions of this module; its subcommands are :class:`Command` and report
+    errors under the group's program name."""
+
+    command_class = Command
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if isinstance(cmd, _Conventions) and cmd.own_prog is None:
+            cmd.own_prog = self.prog
+        super().add_command(cmd, name)
+
+
+
+class Named(click.ParamType):
+    """One of a fixed set of canonical names (the only ones ``--help`` shows); ``resolve`` maps any accepted
+    spelling (aliases, other case) to its canonical name or raises ValueError with a one-line message."""
+
+    name = "name"
+
+    def __init__(self, names: Sequence[str], resolve: Callable[[str], str],
+                 errors: tuple[type[Exception], ...] = (ValueError,)):
+        self.names, self.resolve, self.errors = tuple(names), resolve, errors
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return "[" + "|".join(self.names) + "]"
+
+    def convert(self, value, param, ctx):
+        try:
+            return self.resolve(value)
+        except self.errors as err:
+            self.fail(one_line(err), param, ctx)
+
+    def shell_complete(self, ctx, param, incomplete):
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(n) for n in self.names if n.startswith(incomplete.lower())]
+
+
+# --backend: the registered backends (engines.backend); aliases such as ``ort``/``trt`` are accepted quietly.
+BACKEND = Named(dict.fromkeys(resolve_backend_name(name) for name in backend_names()), resolve_backend_name,
+                errors=(BackendError,))
+
+
+def check_writable(path: Path) -> None:
+    """Refuse, before any work, an output file that cannot be written: missing folder, a folder in its place, no
+    write permission."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise UserError(f"output folder {folder} does not exist")
+    if path.is_dir():
+        raise UserError(f"output {path} is a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to {folder}: permission denied")
