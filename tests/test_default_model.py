@@ -9,6 +9,7 @@ from PIL import Image
 from engines.manifest import load_manifest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "engines" / "default_model"
+WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "fitv2-shapes" / "weights.safetensors"
 
 
 def test_package_is_intact_and_small():
@@ -16,7 +17,8 @@ def test_package_is_intact_and_small():
     assert list(manifest.model.class_names) == ["circle", "square", "triangle", "diamond", "cross", "ring", "frame",
                                                 "star"]
     assert manifest.vae_decoder is not None
-    assert (PACKAGE / "weights.safetensors").stat().st_size <= 25 * 2 ** 20
+    assert sum(f.stat().st_size for f in PACKAGE.iterdir()) <= 25 * 2 ** 20
+    assert not (PACKAGE / "weights.safetensors").exists()        # the runtime wheel ships no PyTorch weights
 
 
 def test_weights_load_with_official_names():
@@ -24,7 +26,7 @@ def test_weights_load_with_official_names():
     from fit import FiTConfig, load_model
 
     manifest = load_manifest(PACKAGE, verify=False)
-    model = load_model(FiTConfig.from_dict(manifest.model.config), PACKAGE / "weights.safetensors")
+    model = load_model(FiTConfig.from_dict(manifest.model.config), WEIGHTS)
     assert "blocks.0.attn.qkv.weight" in model.state_dict()
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -44,7 +46,7 @@ def test_fit_run_without_a_package_uses_the_default_model(tmp_path):
 def test_shipped_graph_matches_pytorch(tmp_path):
     from fit_export.validate import validate_package
 
-    report = validate_package(PACKAGE, methods=["normal", "vision-ntk"], e2e_steps=4)
+    report = validate_package(PACKAGE, checkpoint=WEIGHTS, methods=["normal", "vision-ntk"], e2e_steps=4)
     assert report.passed, report.table()
 
 

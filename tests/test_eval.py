@@ -194,7 +194,7 @@ def test_shipped_default_model_draws_the_requested_shapes():
     root = Path(__file__).resolve().parents[1]
     package = root / "engines" / "default_model"
     model = load_model(FiTConfig.from_dict(load_manifest(package).model.config),
-                       package / "weights.safetensors")
+                       root / "models" / "fitv2-shapes" / "weights.safetensors")
     rows = evaluate(model, load_classifier(), [(80, 80)], ["normal"], EvalSettings(num_per_class=2, reference_count=16),
                     decoder=LatentDecoder(str(root / "models" / "shapes-vae")))
     assert rows[0].accuracy >= 0.75                          # measured 99.2 % with 16 per class (docs/default-model.md)
