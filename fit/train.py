@@ -437,8 +437,6 @@ def train(config: FiTConfig, settings: TrainSettings, out_dir: str, data: Union[
         with autocast():
             pred = net(xt, batch["t"], y, grid=batch["grid"], mask=mask, size=batch["size"])
         loss = masked_velocity_loss(pred.float(), target, mask).mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step + 1}; lower the learning rate")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip if settings.grad_clip > 0 else
@@ -450,12 +448,17 @@ def train(config: FiTConfig, settings: TrainSettings, out_dir: str, data: Union[
         loss_count += 1
         done = step + 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         saving = done % settings.save_every == 0 or done == settings.steps
         if done % settings.log_every == 0 or saving:
+            # The loss is read from the device only here (no host sync per step). A non-finite step loss makes
+            # the sum non-finite (losses are >= 0), so the check still stops the run before any checkpoint.
             if world > 1:
                 dist.all_reduce(loss_sum)
             mean = loss_sum.item() / (loss_count * world)
+            if not math.isfinite(mean):
+                raise FloatingPointError(f"loss is {mean} in steps {done - loss_count + 1}-{done}; "
+                                         f"lower the learning rate")
+            bar.set_postfix(loss=f"{mean:.4f}", refresh=False)
             if main:
                 _log_row(csv_path, writer, done, mean, sched.get_last_lr()[0], float(grad_norm))
             loss_sum.zero_()
