@@ -48,6 +48,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from engines.metrics import cosine, psnr  # noqa: E402  (after the path set-up above)
+
 XL_FULL_DEPTH = 36
 
 
@@ -303,16 +305,6 @@ def prepare_model(name: str, config: dict, work: Path, int8: bool = True) -> dic
     return {"model": model, "weights": str(weights), **{k: str(v) for k, v in paths.items()}}
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255 ** 2 / mse))
-
-
 def image_psnr(model, prepared: dict, work: Path, steps: int) -> dict:
     """Same seed through the fp32 package graph and each other ORT variant (96x64 image, Euler) -> PSNR of the
     images against the fp32 one."""
@@ -325,7 +317,7 @@ def image_psnr(model, prepared: dict, work: Path, steps: int) -> dict:
         with engines.load(package, model_path=prepared[variant]) as pipe:
             images[variant] = pipe.generate(width=96, height=64, label=1, seed=0, steps=steps, output="array")
     return {"image": "96x64", "steps": steps,
-            **{f"{v}_psnr_db": round(psnr(images["ort"], images[v]), 2) for v in ORT_VARIANTS[1:]}}
+            **{f"{v}_psnr_db": round(psnr(images["ort"], images[v], 255), 2) for v in ORT_VARIANTS[1:]}}
 
 
 def fit_run_times(package: str, steps: int, runs: int) -> dict:

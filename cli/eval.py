@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import click
 
 from cli.common import Command, UserError, check_writable, user_errors
+from engines.atomic import atomic_write
 from engines.buckets import parse_sizes
 from engines.rope import EXTRAPOLATIONS, canonical_extrapolation
 from engines.sampler import SAMPLERS
@@ -42,20 +42,6 @@ def _outputs(out: str) -> tuple[Path, Path]:
     for path in (table, rows):
         check_writable(path)
     return table, rows
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file in the target folder, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 @click.command(cls=Command, prog="fit-eval")
@@ -117,8 +103,8 @@ def main(checkpoint, config_spec, num_per_class, sizes, methods, sampler, steps,
     click.echo(table)
     if outputs:
         with user_errors(OSError):
-            _write_atomically(outputs[0], table + "\n")
-            _write_atomically(outputs[1], json.dumps([r.__dict__ for r in rows], indent=1))
+            atomic_write(outputs[0], table + "\n")
+            atomic_write(outputs[1], json.dumps([r.__dict__ for r in rows], indent=1))
 
 
 if __name__ == "__main__":

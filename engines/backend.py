@@ -7,8 +7,10 @@ dict of numpy arrays and reads the outputs by name, so any backend that implemen
         outputs = backend.infer({"x": x, "t": t, "y": y, "rope_cos": cos, "rope_sin": sin, "mask": mask})
         v = outputs["v"]
 
-Backends register themselves by name with :func:`register_backend`; :func:`create_backend` resolves a name
-(or alias) lazily, so importing this module never imports a runtime library.
+The registry maps each backend name to a ``"module:Class"`` path that :func:`create_backend` imports on first
+use, so importing this module never imports a runtime library. The built-in backends (ONNX Runtime, TensorRT)
+are listed below by path and their modules register nothing on import; :func:`register_backend` adds another
+backend, by path or as a class/factory.
 """
 from __future__ import annotations
 
@@ -100,7 +102,8 @@ class Backend:
 # Registry
 # ----------------------------------------------------------------------------------------------------------
 
-# name -> "module:Class" (imported on first use) or the class itself once registered in code.
+# name -> "module:Class" (imported by create_backend on first use, then kept as the class), or a class/factory
+# given to register_backend.
 _REGISTRY: dict[str, str | Callable[..., Backend]] = {
     "onnxruntime": "engines.onnxruntime_backend:OnnxRuntimeBackend",
     "tensorrt": "engines.tensorrt_backend:TensorRTBackend",

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Mapping, Optional
+from typing import ClassVar, Iterable, Mapping, Optional
 
 FORMAT = "fit-package"
 FORMAT_VERSION = 1

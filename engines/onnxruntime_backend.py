@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from engines.backend import Backend, BackendError, TensorInfo, graph_file, register_backend
+from engines.backend import Backend, BackendError, TensorInfo, graph_file
 from engines.manifest import Manifest, graph_files, load_manifest, verify_files
 
 _DTYPES = {
@@ -172,6 +172,3 @@ class OnnxRuntimeBackend(Backend):
         feed = {name: np.ascontiguousarray(value, dtype=self.inputs[name].dtype) for name, value in feed.items()}
         values = self.session.run(None, feed, self.run_options)
         return dict(zip(self.outputs, values))
-
-
-register_backend("onnxruntime", OnnxRuntimeBackend, aliases=("ort", "onnx"))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -457,9 +456,11 @@ def image_grid(images: Sequence[np.ndarray], columns: Optional[int] = None, gap:
 
 
 def save_png(image, path, parameters: Optional[dict] = None) -> Path:
-    """Write a PNG atomically (temporary file in the same folder, then rename) with ``parameters`` as text chunks:
+    """Write a PNG atomically (:func:`engines.atomic.atomic_file`) with ``parameters`` as text chunks:
     ``parameters`` (all of them as JSON) and one ``fit:<name>`` entry per parameter."""
     from PIL import Image, PngImagePlugin
+
+    from engines.atomic import atomic_file
 
     pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image), "RGB")
     if parameters is None and "parameters" in getattr(pil, "info", {}):
@@ -470,17 +471,8 @@ def save_png(image, path, parameters: Optional[dict] = None) -> Path:
         for key, value in parameters.items():
             info.add_text(f"fit:{key}", "" if value is None else str(value))
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pil.save(f, format="PNG", pnginfo=info)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)               # mkstemp creates 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        pil.save(f, format="PNG", pnginfo=info)
     return path
 
 

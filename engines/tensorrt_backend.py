@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
+from engines.atomic import atomic_write
 from engines.backend import Backend, BackendError, TensorInfo, package_path
 from engines.buckets import BucketError, BucketProfile, Range, choose_profile
 from engines.manifest import Manifest, PackageError, TensorSpec, load_manifest, sha256_file
@@ -195,26 +194,8 @@ class Sidecar:
                                       ) from None
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename: readers see
-    the old file or the new one, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_sidecar(path: Path, sidecar: Sidecar) -> None:
-    atomic_write(Path(path), (json.dumps(sidecar.to_dict(), indent=2) + "\n").encode())
+    atomic_write(path, json.dumps(sidecar.to_dict(), indent=2) + "\n")
 
 
 def read_sidecar(path: Path) -> Sidecar:

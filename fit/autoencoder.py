@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from engines.atomic import atomic_file, atomic_write
 from fit.data.procedural import ProceduralShapes
 
 
@@ -192,9 +193,10 @@ def train_autoencoder(settings: AutoencoderSettings, out_dir: str, progress: boo
         recon_l1 = float(np.mean([(vae.decode(vae.encode(x[None]).latent_dist.mean).sample[0] - x).abs().mean()
                                   for x in images[:64]]))
     vae.save_pretrained(out_dir, safe_serialization=True)
-    reconstruction_grid(vae, images[:8]).save(os.path.join(out_dir, "reconstructions.png"))
-    with open(os.path.join(out_dir, "training.txt"), "w") as f:
-        f.write("".join(f"{k}: {v}\n" for k, v in asdict(settings).items()))
+    grid = reconstruction_grid(vae, images[:8])
+    with atomic_file(os.path.join(out_dir, "reconstructions.png")) as f:
+        grid.save(f, format="PNG")
+    atomic_write(os.path.join(out_dir, "training.txt"), "".join(f"{k}: {v}\n" for k, v in asdict(settings).items()))
     result = dict(loss_first=float(np.mean(losses[:10])), loss_last=float(np.mean(losses[-10:])),
                   scaling_factor=scaling, recon_l1=recon_l1, seconds=time.time() - start)
     log(f"autoencoder: loss {result['loss_first']:.4f} -> {result['loss_last']:.4f}, held-out L1 "

@@ -60,9 +60,10 @@ def guidance_scale(cfg_scale: float, t: torch.Tensor, scale_pow: float = 0.0) ->
     return (cfg_scale - 1) * step + 1
 
 
-def guide(out: torch.Tensor, cfg_scale: float, t: torch.Tensor, guided: int, channel_dim: int = -1,
-          scale_pow: float = 0.0) -> torch.Tensor:
-    """Combine a [cond; uncond] output (2B, ...) into (B, ...).
+def guide(out: torch.Tensor, cfg_scale: float, t: torch.Tensor, guided: int, scale_pow: float = 0.0,
+          channel_dim: int = -1) -> torch.Tensor:
+    """Combine a [cond; uncond] output (2B, ...) into (B, ...); the torch twin of :func:`engines.sampler.guide`
+    (same arguments in the same order, plus ``channel_dim`` for the FiT v1 channel-first layout).
 
     The first ``guided`` entries along ``channel_dim`` become uncond + s (cond - uncond); the others keep the
     conditional prediction (official behaviour with guided = 3 * p * p of 4 * p * p).
@@ -111,9 +112,9 @@ def dopri5(v: Velocity, x: torch.Tensor, atol: float = 1e-6, rtol: float = 1e-3)
                   atol=atol, rtol=rtol)[-1]
 
 
-def sde_euler_maruyama(v: Velocity, x: torch.Tensor, steps: int, diffusion_norm: float = 1.0,
-                       last_step_size: float = 0.04, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """The official SDE sampler for a velocity model on the linear path.
+def sde(v: Velocity, x: torch.Tensor, steps: int, diffusion_norm: float = 1.0, last_step_size: float = 0.04,
+        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """The official SDE sampler for a velocity model on the linear path (twin of :func:`engines.sampler.sde`).
 
     score = (t v - x) / (1 - t), diffusion w(t) = norm (1 - t), drift = v + w score, integrated by
     Euler-Maruyama over ``steps - 1`` steps on [0, 1 - last_step_size], then one deterministic mean step.
@@ -145,7 +146,7 @@ def integrate(v: Velocity, x: torch.Tensor, settings: SamplerSettings,
         return heun(v, x, settings.steps)
     if settings.method == "dopri5":
         return dopri5(v, x, settings.atol, settings.rtol)
-    return sde_euler_maruyama(v, x, settings.steps, settings.diffusion_norm, settings.last_step_size, generator)
+    return sde(v, x, settings.steps, settings.diffusion_norm, settings.last_step_size, generator)
 
 
 #################################################################################

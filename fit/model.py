@@ -2,8 +2,9 @@
 
 Module and parameter names follow the official implementation exactly, so released state dicts load with
 ``strict=True``. Differences that do not change any number:
-  * RoPE tables are computed by :mod:`engines.rope` (no tensor-keyed caches) and may be passed in directly
-    (``rope_cos``/``rope_sin``), which is what the ONNX export feeds;
+  * RoPE frequencies are computed by :mod:`engines.rope` once per settings and device (no tensor-keyed caches;
+    online RoPE looks each sample's up on the device, with no copy to the host), and the tables may be passed in
+    directly (``rope_cos``/``rope_sin``), which is what the ONNX export feeds;
   * no timm/einops/triton dependency.
 """
 from __future__ import annotations
@@ -262,6 +263,7 @@ class FiT(nn.Module):
         self.use_checkpoint = cfg.use_checkpoint
         self.num_classes = cfg.num_classes
         self.rope = cfg.rope_settings()
+        self._rope_cache: dict = {}                    # RoPE frequencies per (settings, device); not in the state
 
         d = cfg.hidden_size
         self.x_embedder = PatchEmbedder(cfg.token_dim, d)
@@ -298,21 +300,37 @@ class FiT(nn.Module):
     # ---- RoPE ---------------------------------------------------------------------------------------------
     def rope_from_grid(self, grid, size=None):
         """cos, sin (B, N, head_dim) for a (B, 2, N) grid; per-sample sizes (B, 1, 2) when online RoPE is on."""
-        cfg = self.config
         if self.online_rope:
             if size is None:
                 raise ValueError("this model uses online RoPE: pass size (B, 1, 2) with each sample's (h, w)")
-            hw = size.reshape(-1, 2).detach().cpu().numpy()
-            fh, fw, scale = grid_frequencies(self.rope, hw[:, 0], hw[:, 1])
-            fh, fw, scale = fh[:, None, :], fw[:, None, :], scale.reshape(-1, 1, 1)
+            fh, fw, scale = self._online_frequencies(size, grid.shape[-1], grid.device)
         else:
-            target = (cfg.max_pe_len_h, cfg.max_pe_len_w)
-            if self.rope.method != "normal" and None in target:
-                raise ValueError(f"RoPE method {self.rope.method!r} needs max_pe_len_h/max_pe_len_w in the config")
-            fh, fw, scale = grid_frequencies(self.rope, *(target if None not in target else (1, 1)))
-            fh, fw, scale = fh[None, None, :], fw[None, None, :], np.reshape(scale, (1, 1, 1))
-        as_t = lambda a: torch.as_tensor(np.ascontiguousarray(a, dtype=np.float32), device=grid.device)
-        return assemble_tables(grid[:, 0].float(), grid[:, 1].float(), as_t(fh), as_t(fw), as_t(scale), xp=torch)
+            fh, fw, scale = self._fixed_frequencies(grid.device)
+        return assemble_tables(grid[:, 0].float(), grid[:, 1].float(), fh, fw, scale, xp=torch)
+
+    def _fixed_frequencies(self, device):
+        """(freqs_h (1, 1, F), freqs_w (1, 1, F), scale (1, 1, 1)) for the configured target grid."""
+        cfg = self.config
+        target = (cfg.max_pe_len_h, cfg.max_pe_len_w)
+        if self.rope.method != "normal" and None in target:
+            raise ValueError(f"RoPE method {self.rope.method!r} needs max_pe_len_h/max_pe_len_w in the config")
+        target = target if None not in target else (1, 1)
+        key = ("fixed", self.rope, target, device)
+        if key not in self._rope_cache:
+            fh, fw, scale = grid_frequencies(self.rope, *target)
+            self._rope_cache[key] = (_float32(fh[None, None, :], device), _float32(fw[None, None, :], device),
+                                     _float32(np.reshape(scale, (1, 1, 1)), device))
+        return self._rope_cache[key]
+
+    def _online_frequencies(self, size, tokens: int, device):
+        """Per-sample (freqs_h (B, 1, F), freqs_w (B, 1, F), scale (B, 1, 1)) for sizes (B, 1, 2), looked up on
+        ``device`` in a table of every (h, w) with h * w <= capacity (at least the ``tokens`` of the batch, which
+        bound every real size): the sizes never travel to the host."""
+        capacity = max(int(tokens), int(self.config.context_size))
+        key = ("online", self.rope, device)
+        if key not in self._rope_cache or self._rope_cache[key].capacity < capacity:
+            self._rope_cache[key] = _SizeTable(self.rope, capacity, device)
+        return self._rope_cache[key].lookup(size.reshape(-1, 2))
 
     # ---- forward ------------------------------------------------------------------------------------------
     def forward(self, x, t, y, grid=None, mask=None, size=None, rope_cos=None, rope_sin=None):
@@ -363,6 +381,38 @@ class FiT(nn.Module):
         guided = guide(out, cfg_scale, t[:b], n_guided, channel_dim=dim, scale_pow=scale_pow)
         rest = out[b:].narrow(dim, n_guided, out.shape[dim] - n_guided)
         return torch.cat([guided, torch.cat([guided.narrow(dim, 0, n_guided), rest], dim=dim)])
+
+
+def _float32(array, device) -> torch.Tensor:
+    return torch.as_tensor(np.ascontiguousarray(array, dtype=np.float32), device=device)
+
+
+class _SizeTable:
+    """:func:`engines.rope.grid_frequencies` of every grid (h, w) with h * w <= capacity, on one device; row
+    ``start[h] + w - 1`` holds (h, w). Each entry is what grid_frequencies gives for that size alone."""
+
+    def __init__(self, settings, capacity: int, device):
+        per_h = capacity // np.arange(1, capacity + 1)                     # widths 1..capacity // h for each h
+        hs = np.repeat(np.arange(1, capacity + 1), per_h)
+        ws = np.concatenate([np.arange(1, n + 1) for n in per_h])
+        fh, fw, scale = grid_frequencies(settings, hs, ws)
+        self.capacity = capacity
+        self.start = torch.as_tensor(np.concatenate([[0, 0], np.cumsum(per_h)[:-1]]), device=device)
+        self.fh, self.fw = _float32(fh, device), _float32(fw, device)
+        self.scale = _float32(np.reshape(scale, (-1, 1, 1)), device)
+
+    def lookup(self, hw: torch.Tensor):
+        """hw: (B, 2) int (h, w) -> (freqs_h (B, 1, F), freqs_w (B, 1, F), scale (B, 1, 1))."""
+        h, w = hw[:, 0].long(), hw[:, 1].long()
+        valid = ((h >= 1) & (w >= 1) & (h * w <= self.capacity)).all()
+        if hw.device.type == "cpu":
+            if not valid:
+                raise ValueError(f"online RoPE: every size (h, w) needs h, w >= 1 and h * w <= the sequence length; "
+                                 f"got {hw.tolist()}")
+        else:
+            torch._assert_async(valid, "online RoPE: a size (h, w) has h * w beyond the sequence length")
+        row = (self.start[h.clamp(1, self.capacity)] + w - 1).clamp(0, len(self.fh) - 1)
+        return self.fh[row][:, None, :], self.fw[row][:, None, :], self.scale[row]
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -1,4 +1,5 @@
-"""``sample``: latents for a list of (height, width, label) requests, mixed sizes in one padded batch."""
+"""``sample``: latents for a list of :class:`LatentRequest` (latent height, width, label), mixed sizes in one
+padded batch. The runtime's pixel-space request is :class:`engines.pipeline.Request` (width, height, label, seed)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,15 +15,15 @@ from fit.model import FiT
 
 
 @dataclass(frozen=True)
-class Request:
-    """One image to generate: latent height and width (multiples of the patch size) and a class label."""
+class LatentRequest:
+    """One latent to generate: latent height and width (multiples of the patch size) and a class label."""
 
     height: int
     width: int
     label: int
 
 
-def request_noise(model: FiT, req: Request, seed: int) -> torch.Tensor:
+def request_noise(model: FiT, req: LatentRequest, seed: int) -> torch.Tensor:
     """Initial noise (C, H, W) of one request, independent of what else shares its batch."""
     g = torch.Generator().manual_seed(int(seed))
     return torch.randn((model.in_channels, req.height, req.width), generator=g)
@@ -31,7 +32,8 @@ def request_noise(model: FiT, req: Request, seed: int) -> torch.Tensor:
 class PaddedBatch:
     """Requests packed as one (B, N_max) token batch with masks and RoPE tables."""
 
-    def __init__(self, model: FiT, requests: Sequence[Request], rope_method: Optional[str], noise, device, dtype):
+    def __init__(self, model: FiT, requests: Sequence[LatentRequest], rope_method: Optional[str], noise, device,
+                 dtype):
         p = model.patch_size
         settings = model.config.rope_settings(rope_method)
         self.grids = []
@@ -67,14 +69,15 @@ class PaddedBatch:
 def sample(model: FiT, requests: Sequence, *, sampler: SamplerSettings | None = None, cfg_scale: float = 1.0,
            scale_pow: float = 0.0, rope_method: Optional[str] = None, seed: int = 0,
            noise: Optional[Sequence[torch.Tensor]] = None, device=None) -> list[torch.Tensor]:
-    """Generate latents (C, H, W) for ``requests`` ((height, width, label) in latent pixels).
+    """Generate latents (C, H, W) for ``requests``: :class:`LatentRequest` or (height, width, label) tuples, in
+    latent pixels.
 
     FiTv2 models integrate the rectified-flow ODE/SDE given by ``sampler``; FiT v1 models (learned sigma) run
     the respaced DDPM sampler with ``sampler.steps`` steps. ``rope_method`` picks an extrapolation method
     (default: the model's own), computed for each request's own grid. Request i starts from
     ``noise[i]`` or from noise seeded by ``seed + i``; results do not depend on how requests are batched.
     """
-    requests = [r if isinstance(r, Request) else Request(*r) for r in requests]
+    requests = [r if isinstance(r, LatentRequest) else LatentRequest(*r) for r in requests]
     sampler = sampler or SamplerSettings()
     device = torch.device(device) if device is not None else next(model.parameters()).device
     dtype = next(model.parameters()).dtype

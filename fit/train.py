@@ -19,6 +19,7 @@ import csv
 import dataclasses
 import difflib
 import glob
+import math
 import os
 import random
 import re
@@ -33,6 +34,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from engines.atomic import atomic_file, atomic_write
 from fit.config import PRESETS, ConfigError, FiTConfig, preset
 from fit.data import DataError, FlexibleDataset, open_dataset
 from fit.data.batching import pad_batch
@@ -247,21 +249,11 @@ def collate(samples):
 #                       Checkpoints: atomic, with full state                    #
 #################################################################################
 
-def save_atomic(write, path: str) -> None:
-    """``write(file)`` into ``path.partial``, flush to disk, then rename: a kill leaves the old file intact."""
-    tmp = path + ".partial"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_ema_safetensors(ema: torch.nn.Module, path: str) -> None:
     from safetensors.torch import save
 
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in ema.state_dict().items()}
-    save_atomic(lambda f: f.write(save(tensors, metadata={"format": "pt"})), path)
+    atomic_write(path, save(tensors, metadata={"format": "pt"}))
 
 
 def checkpoints_in(out_dir: str) -> list[str]:
@@ -423,8 +415,8 @@ def train(config: FiTConfig, settings: TrainSettings, out_dir: str, data: Union[
     writer, csv_path = None, os.path.join(out_dir, "loss.csv")
     if main:
         os.makedirs(ckpt_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "config.yaml"), "w") as f:
-            f.write(run_config_yaml(config, dataclasses.replace(settings, data=data if isinstance(data, str) else None)))
+        recorded = dataclasses.replace(settings, data=data if isinstance(data, str) else None)
+        atomic_write(os.path.join(out_dir, "config.yaml"), run_config_yaml(config, recorded))
         _truncate_csv(csv_path, start)
         if settings.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -445,8 +437,6 @@ def train(config: FiTConfig, settings: TrainSettings, out_dir: str, data: Union[
         with autocast():
             pred = net(xt, batch["t"], y, grid=batch["grid"], mask=mask, size=batch["size"])
         loss = masked_velocity_loss(pred.float(), target, mask).mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step + 1}; lower the learning rate")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip if settings.grad_clip > 0 else
@@ -458,12 +448,17 @@ def train(config: FiTConfig, settings: TrainSettings, out_dir: str, data: Union[
         loss_count += 1
         done = step + 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         saving = done % settings.save_every == 0 or done == settings.steps
         if done % settings.log_every == 0 or saving:
+            # The loss is read from the device only here (no host sync per step). A non-finite step loss makes
+            # the sum non-finite (losses are >= 0), so the check still stops the run before any checkpoint.
             if world > 1:
                 dist.all_reduce(loss_sum)
             mean = loss_sum.item() / (loss_count * world)
+            if not math.isfinite(mean):
+                raise FloatingPointError(f"loss is {mean} in steps {done - loss_count + 1}-{done}; "
+                                         f"lower the learning rate")
+            bar.set_postfix(loss=f"{mean:.4f}", refresh=False)
             if main:
                 _log_row(csv_path, writer, done, mean, sched.get_last_lr()[0], float(grad_norm))
             loss_sum.zero_()
@@ -486,7 +481,8 @@ def _save(out_dir, step, model, ema, opt, sched, config, settings, dataset_size)
                  data=dict(seed=settings.seed, position=step * settings.batch_size, batch_size=settings.batch_size,
                            dataset_size=dataset_size))
     path = os.path.join(out_dir, "checkpoints", f"step-{step:08d}.pt")
-    save_atomic(lambda f: torch.save(state, f), path)
+    with atomic_file(path) as f:
+        torch.save(state, f)
     save_ema_safetensors(ema, os.path.join(out_dir, "ema.safetensors"))
     for old in checkpoints_in(out_dir)[:-settings.keep_checkpoints]:
         os.remove(old)
@@ -499,7 +495,7 @@ def _truncate_csv(path: str, step: int) -> None:
         with open(path, newline="") as f:
             rows = [r for r in csv.reader(f)][1:]
         rows = [r for r in rows if r and int(r[0]) <= step]
-    with open(path, "w", newline="") as f:
+    with atomic_file(path, "w", newline="") as f:
         csv.writer(f).writerows([["step", "loss", "lr", "grad_norm"], *rows])
 
 

@@ -31,6 +31,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from engines import manifest as mf
+from engines.atomic import atomic_file
+from engines.metrics import cosine
 
 ORT_FILE = "transformer.ort.onnx"
 COPY_OPSET = 23          # ONNX Attention and RotaryEmbedding
@@ -241,8 +243,8 @@ def check_outputs(reference_path, optimized_path, head_dim: int, token_dim: int,
         outputs.append(session.run(["v"], feed)[0].astype(np.float64))
     ref, out = outputs
     scale = float(np.abs(ref).max())
-    cosine = float((ref * out).sum() / (np.linalg.norm(ref) * np.linalg.norm(out) + 1e-30))
-    return {"max_abs_relative_to_scale": float(np.abs(ref - out).max() / max(scale, 1e-12)), "cosine": cosine,
+    return {"max_abs_relative_to_scale": float(np.abs(ref - out).max() / max(scale, 1e-12)),
+            "cosine": cosine(ref, out),
             "padding_max_abs": float(np.abs(out[mask == 0]).max()), "finite": bool(np.isfinite(out).all())}
 
 
@@ -265,16 +267,13 @@ def optimize_graph(source, target, head_dim: int, token_dim: int) -> dict:
         raise OrtOptimizeError(f"{source.name} has no attention of the form this pass fuses "
                                f"(MatMul -> Add -> Softmax -> IsNaN/Where -> MatMul); nothing written")
     rotary = fuse_rotary(model, base_dir=str(source.parent))
-    temporary = target.with_name(f".{target.name}.tmp")
-    try:
-        onnx.save(model, str(temporary))
-        check = check_outputs(source, temporary, head_dim, token_dim)
+    with atomic_file(target) as f:                                # checked before it replaces the target
+        onnx.save(model, f)
+        f.flush()
+        check = check_outputs(source, f.name, head_dim, token_dim)
         if not (check["finite"] and check["padding_max_abs"] == 0.0 and check["cosine"] >= COSINE_TOLERANCE
                 and check["max_abs_relative_to_scale"] <= MAX_ABS_TOLERANCE):
             raise OrtOptimizeError(f"the optimized graph differs from {source.name}: {check}; nothing written")
-        temporary.replace(target)
-    finally:
-        temporary.unlink(missing_ok=True)
     return {"fused_attention": fused, "fused_rotary": rotary, "opset": COPY_OPSET, "check": check}
 
 

@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from engines.atomic import atomic_write
 from engines.buckets import (BatchRange, Bucket, BucketProfile, parse_batch,
                              parse_profiles, plan_profiles)
 from engines.manifest import Manifest, TensorSpec, load_manifest, sha256_file
-from engines.tensorrt_backend import (ENGINE_DIR, ENGINE_SUFFIX, PRECISIONS, GpuInfo, Sidecar, atomic_write,
-                                      engine_stem, gpu_info, require_tensorrt, sidecar_path, write_sidecar)
+from engines.tensorrt_backend import (ENGINE_DIR, ENGINE_SUFFIX, PRECISIONS, GpuInfo, Sidecar, engine_stem,
+                                      gpu_info, require_tensorrt, sidecar_path, write_sidecar)
 from engines.backend import BackendError
 
 # Layer kinds kept in fp32 when an fp32 graph is built with fp16/bf16 kernels (weakly typed builds).
@@ -296,6 +297,7 @@ def build_engines(plan: BuildPlan, log: Callable[[str], None] = None, verify_onn
             engine_bytes = EngineBytesFromNetwork(network, config=config, save_timing_cache=str(cache))()
             seconds = time.monotonic() - start
             path = package / target.engine_file
+            path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, bytes(engine_bytes))
             del engine_bytes
             built.append((target, path, seconds))

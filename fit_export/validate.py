@@ -31,9 +31,10 @@ import numpy as np
 import torch
 
 import engines
-from engines.backend import Backend, BackendError
+from engines.backend import Backend
 from engines.buckets import BucketError, choose_profile
-from engines.manifest import Manifest, PackageError, load_manifest, verify_files
+from engines.manifest import Manifest, load_manifest, verify_files
+from engines.metrics import cosine, psnr
 from engines.pipeline import Pipeline, Request
 from engines.rope import rope_tables
 from fit.config import FiTConfig
@@ -147,18 +148,8 @@ def compare(out: np.ndarray, ref: np.ndarray) -> dict:
     out, ref = out.astype(np.float64), ref.astype(np.float64)
     diff = np.abs(out - ref)
     scale = float(np.abs(ref).max()) if ref.size else 0.0
-    norm = float(np.linalg.norm(out) * np.linalg.norm(ref))
-    if norm > 0:
-        cosine = float((out * ref).sum() / norm)
-    else:
-        cosine = 1.0 if not np.any(out) and not np.any(ref) else 0.0
-    return {"max_abs": float(diff.max()) if diff.size else 0.0, "cosine": cosine, "scale": scale,
+    return {"max_abs": float(diff.max()) if diff.size else 0.0, "cosine": cosine(out, ref), "scale": scale,
             "max_rel": float((diff / (np.abs(ref) + 1e-3 * scale + 1e-30)).max()) if diff.size else 0.0}
-
-
-def psnr(out: np.ndarray, ref: np.ndarray, peak: float) -> float:
-    mse = float(np.mean((out.astype(np.float64) - ref.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(peak ** 2 / mse)
 
 
 #################################################################################

@@ -257,7 +257,7 @@ def test_eval_refuses_an_unwritable_out_before_any_work(out, message, tmp_path, 
 def test_eval_writes_its_files_atomically(tmp_path, monkeypatch):
     import os
 
-    from cli.eval import _write_atomically
+    from engines.atomic import atomic_write as _write_atomically     # what fit-eval writes --out with
 
     target = tmp_path / "table.md"
     _write_atomically(target, "first\n")

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from cli.export import main as fit_export
 from engines.manifest import FORMAT_VERSION, Manifest, PackageError, load_manifest
+from engines.metrics import cosine
 from engines.rope import rope_tables
 from fit.config import preset
 from fit.model import FiT
@@ -75,11 +76,6 @@ def torch_out(model, f):
         args = [torch.from_numpy(np.asarray(f[k], np.float32 if k == "x" else None))
                 for k in ("x", "t", "y", "rope_cos", "rope_sin", "mask")]
         return TransformerGraph(model)(*args).numpy()
-
-
-def cosine(a, b):
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
 # ------------------------------------------------------------------------------------------------------------

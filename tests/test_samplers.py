@@ -8,10 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fit import Request, SamplerSettings, load_model, sample
+from fit import LatentRequest, SamplerSettings, load_model, sample
 from fit.ddpm import RespacedDiffusion, ddpm_sample, linear_betas, respaced_timesteps
-from fit.flow import (dopri5, euler, guidance_scale, heun, integrate, interpolate, masked_velocity_loss,
-                      sde_euler_maruyama)
+from fit.flow import dopri5, euler, guidance_scale, heun, integrate, interpolate, masked_velocity_loss, sde
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -90,7 +89,7 @@ def test_gaussian_flow_is_transported_exactly(settings, tol):
 def test_sde_sampler_reaches_the_data_distribution():
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(4000, 1, generator=g, dtype=torch.float64)
-    out = sde_euler_maruyama(gaussian_flow, x0, 100, generator=torch.Generator().manual_seed(1))
+    out = sde(gaussian_flow, x0, 100, generator=torch.Generator().manual_seed(1))
     assert abs(out.mean().item() - MU) < 0.05
     assert abs(out.std().item() - S) < 0.05
 
@@ -136,7 +135,7 @@ def test_dopri5_matches_official_ode():
 def test_sde_matches_official_sde_with_the_same_noise():
     # Official: Euler-Maruyama, diffusion "sigma", last step "Mean" of 0.04, 20 time points, noise from
     # torch.manual_seed(321); the same stream comes from a generator with that seed.
-    out = sde_euler_maruyama(fake_velocity, TRANSPORT["x0"].clone(), 20, diffusion_norm=1.0, last_step_size=0.04,
+    out = sde(fake_velocity, TRANSPORT["x0"].clone(), 20, diffusion_norm=1.0, last_step_size=0.04,
                              generator=torch.Generator().manual_seed(321))
     torch.testing.assert_close(out, TRANSPORT["sde_euler_20"], atol=1e-5, rtol=1e-5)
 
@@ -241,7 +240,7 @@ def tiny_model(name, **changes):
                                                  (SamplerSettings("heun", steps=2), 3.0)])
 def test_sample_does_not_depend_on_batching(settings, cfg_scale):
     model = tiny_model("v2")
-    requests = [(8, 6, 3), (4, 10, 7), Request(4, 4, 1)]
+    requests = [(8, 6, 3), (4, 10, 7), LatentRequest(4, 4, 1)]
     together = sample(model, requests, sampler=settings, cfg_scale=cfg_scale, seed=5)
     assert [tuple(z.shape) for z in together] == [(4, 8, 6), (4, 4, 10), (4, 4, 4)]
     for i, r in enumerate(requests):

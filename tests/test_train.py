@@ -77,9 +77,24 @@ def test_kill_during_save_loses_nothing_saved(latents, tmp_path, monkeypatch):
         run(tmp_path / "r", latents)
     monkeypatch.setattr(fit_train.torch, "save", real_save)
     assert [os.path.basename(p) for p in checkpoints_in(str(tmp_path / "r"))] == ["step-00000003.pt"]
-    assert os.path.exists(tmp_path / "r" / "checkpoints" / "step-00000006.pt.partial")
+    assert os.listdir(tmp_path / "r" / "checkpoints") == ["step-00000003.pt"]     # the half-written file is gone
     run(tmp_path / "r", latents, resume=True)
     assert rows(tmp_path / "r") == rows(tmp_path / "full")
+
+
+def test_non_finite_loss_stops_before_any_checkpoint_naming_the_steps(latents, tmp_path, monkeypatch):
+    real_loss, calls = fit_train.masked_velocity_loss, []
+
+    def loss_nan_at_step_2(*args):
+        calls.append(1)
+        loss = real_loss(*args)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(fit_train, "masked_velocity_loss", loss_nan_at_step_2)
+    with pytest.raises(FloatingPointError, match=r"loss is nan in steps 1-4; lower the learning rate"):
+        run(tmp_path / "r", latents, log_every=4, save_every=6)
+    assert len(calls) == 4
+    assert checkpoints_in(str(tmp_path / "r")) == [] and rows(tmp_path / "r") == []
 
 
 def _ddp_worker(rank, port, data, out):

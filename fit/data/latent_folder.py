@@ -52,15 +52,15 @@ def budgets_in(root: str) -> list[int]:
 
 def write_latent(path: str, feature: torch.Tensor, label: int) -> None:
     """Write one sample atomically. feature: (2, h, w, D) = [tokens, tokens of the flipped image]."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from engines.atomic import atomic_write
     from engines.rope import image_grid
 
     _, h, w, _ = feature.shape
     tensors = dict(feature=feature.contiguous(), grid=torch.from_numpy(image_grid(h, w)),
                    size=torch.tensor([h, w], dtype=torch.int64), label=torch.tensor([int(label)], dtype=torch.int64))
-    tmp = f"{path}.tmp{os.getpid()}"
-    save_file(tensors, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, save(tensors))
 
 
 def _header(path: str, max_tokens: int) -> tuple[int, int]:

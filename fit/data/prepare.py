@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from engines.atomic import atomic_write
 from fit.data import DataError
 from fit.data.latent_folder import MIN_TOKENS, META_FILE, folder_names, write_latent
 from fit.flow import patchify
@@ -220,5 +221,4 @@ def _check_meta(out: str, meta: dict) -> None:
                             f"use another output folder")
         return
     os.makedirs(out, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(meta, f, indent=1)
+    atomic_write(path, json.dumps(meta, indent=1))

@@ -112,10 +112,12 @@ def accuracy_on_procedural(model: ShapeClassifier, height: int, width: int, n: i
 
 
 def save_classifier(model: ShapeClassifier, path: str) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, path,
-              metadata={"classes": ",".join(SHAPES)})
+    from engines.atomic import atomic_write
+
+    atomic_write(path, save({k: v.detach().contiguous() for k, v in model.state_dict().items()},
+                            metadata={"classes": ",".join(SHAPES)}))
 
 
 def load_classifier(path: str | None = None) -> ShapeClassifier:
