@@ -15,7 +15,7 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import click
 
@@ -49,13 +49,32 @@ def one_line(err: BaseException) -> str:
     return message
 
 
+def flag_of(parameter: str) -> Optional[str]:
+    """The long flag (``--cfg``) of the running command's option whose parameter name is ``parameter``."""
+    ctx = click.get_current_context(silent=True)
+    for option in (ctx.command.params if ctx is not None else ()):
+        if isinstance(option, click.Option) and option.name == parameter:
+            return next((o for o in option.opts if o.startswith("--")), option.opts[0])
+    return None
+
+
 @contextmanager
 def user_errors(*types: type[BaseException]) -> Iterator[None]:
-    """Inside the block, an exception of one of ``types`` is a user error: ``PROG: error: <its first line>``."""
+    """Inside the block, an exception of one of ``types`` is a user error: ``PROG: error: <its first line>``.
+
+    An error that names the API parameter at fault (a ``parameter`` attribute, e.g. GenerationError's ``cfg``)
+    and whose message starts with that name reads with the command's flag instead: ``cfg must ...`` in the API
+    is ``--cfg must ...`` on the command line; one wording, one check.
+    """
     try:
         yield
     except types as err:
-        raise UserError(one_line(err)) from err
+        message = one_line(err)
+        parameter = getattr(err, "parameter", None)
+        flag = flag_of(parameter) if parameter else None
+        if flag and message.startswith(f"{parameter} "):
+            message = flag + message[len(parameter):]
+        raise UserError(message) from err
 
 
 _NO_ARGS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())    # click >= 8.2
