@@ -1,8 +1,9 @@
 """What every ``fit-*`` command line shares: one command class, one group class, how errors end, choice types.
 
 Every user mistake and every click usage error prints exactly one line ``PROG: error: MESSAGE`` on stderr and
-exits 2 (PROG is the program, also for a subcommand: ``fit-export: error: ...``); Ctrl-C prints one line
-``PROG: interrupted`` (or a command's own hint) and exits 130; ``-h`` is ``--help`` everywhere.
+exits 2 (PROG is the program, also for a subcommand: ``fit-export: error: ...``); a warning prints one line
+``PROG: warning: ...``; Ctrl-C prints one line ``PROG: interrupted`` (or a command's own hint) and exits 130;
+``-h`` is ``--help`` everywhere.
 
     @click.command(cls=Command, prog="fit-eval")       # or: @click.group(cls=Group, prog="fit-export")
     def main(...):
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
@@ -94,6 +96,11 @@ class _Conventions:
         """The program name errors start with: the entry point (``fit-export``), also for its subcommands."""
         return self.own_prog or self.name
 
+    def _show_warning(self, message, category, filename, lineno, file=None, line=None) -> None:
+        """Warnings read like every other message: one line ``PROG: warning: MESSAGE`` (no source line)."""
+        click.echo(f"{self.prog}: warning: {one_line(message) if isinstance(message, BaseException) else message}",
+                   err=True)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -104,7 +111,9 @@ class _Conventions:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
-            result = super().main(args, self.prog, complete_var, standalone_mode=False, **extra)
+            with warnings.catch_warnings():
+                warnings.showwarning = self._show_warning
+                result = super().main(args, self.prog, complete_var, standalone_mode=False, **extra)
         except Interrupted as err:
             click.echo(f"{self.prog}: {err}", err=True)
             sys.exit(INTERRUPT_EXIT)

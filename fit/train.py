@@ -23,6 +23,7 @@ import math
 import os
 import random
 import re
+import shutil
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -367,16 +368,22 @@ def train(config: FiTConfig, settings: TrainSettings, out_dir: str, data: Union[
     found = checkpoints_in(out_dir)
     if found and not resume:
         raise ConfigError(f"{out_dir} already holds checkpoints; pass --resume to continue, or choose another --out")
-    state = None
+    state, unreadable = None, []
     for path in reversed(found if resume else []):
         try:
             state = read_checkpoint(path)
         except CheckpointError as e:
             warnings.warn(f"{e}; trying an older checkpoint")
+            unreadable.append(path)
             continue
         _check_resumable(state, config, settings, path)
         log(f"resuming from {path} (step {state['step']})")
         break
+    if unreadable and state is None:
+        # Starting over would overwrite the previous run's ema.safetensors with an untrained model.
+        raise CheckpointError(f"--resume: none of the {len(unreadable)} checkpoint(s) in {ckpt_dir} can be read; "
+                              f"nothing was changed. To start again from step 0, move {ckpt_dir} away (keep "
+                              f"{os.path.join(out_dir, 'ema.safetensors')} if you need it) or choose another --out")
     if resume and state is None:
         log(f"no checkpoint in {ckpt_dir}: starting from step 0")
     start = state["step"] if state else 0
@@ -481,9 +488,18 @@ def _save(out_dir, step, model, ema, opt, sched, config, settings, dataset_size)
                  data=dict(seed=settings.seed, position=step * settings.batch_size, batch_size=settings.batch_size,
                            dataset_size=dataset_size))
     path = os.path.join(out_dir, "checkpoints", f"step-{step:08d}.pt")
-    with atomic_file(path) as f:
-        torch.save(state, f)
-    save_ema_safetensors(ema, os.path.join(out_dir, "ema.safetensors"))
+    try:
+        with atomic_file(path) as f:
+            torch.save(state, f)
+        save_ema_safetensors(ema, os.path.join(out_dir, "ema.safetensors"))
+    except (OSError, RuntimeError) as e:   # torch.save reports a failed write (a full disk) as RuntimeError
+        free = shutil.disk_usage(os.path.dirname(path)).free / 2 ** 20
+        reason = (e.strerror if isinstance(e, OSError) and e.strerror else "the write failed") + \
+            f" ({free:.1f} MiB free there)"
+        kept = checkpoints_in(out_dir)
+        raise CheckpointError(f"cannot save the step-{step} checkpoint in {os.path.dirname(path)}: {reason}; "
+                              + (f"the newest complete one is {os.path.basename(kept[-1])}; continue with --resume "
+                                 f"once there is room" if kept else "no checkpoint was written")) from None
     for old in checkpoints_in(out_dir)[:-settings.keep_checkpoints]:
         os.remove(old)
 
