@@ -18,6 +18,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from engines.atomic import recover_folder
 from engines.backend import Backend, BackendError, create_backend, resolve_backend_name
 from engines.manifest import Manifest, PackageError, load_manifest
 from engines.rope import EXTRAPOLATIONS, RopeSettings, canonical_extrapolation, extrapolation_name, rope_tables
@@ -84,6 +85,7 @@ def load(path: Union[str, os.PathLike, None] = None, backend: str = "onnxruntime
         if not (DEFAULT_MODEL_DIR / "manifest.json").is_file():
             raise PackageError(f"no default model is installed at {DEFAULT_MODEL_DIR}; pass a package directory")
         path = DEFAULT_MODEL_DIR
+    recover_folder(path)                 # a package replacement killed half-way is put back first
     return Pipeline(Path(path), load_manifest(path), backend=backend, verify=verify, **backend_options)
 
 

@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from engines.atomic import atomic_file, atomic_write
-from fit.config import PRESETS, ConfigError, FiTConfig, preset
+from fit.config import PRESETS, ConfigError, FiTConfig, network_from_document, preset, read_yaml
 from fit.data import DataError, FlexibleDataset, open_dataset
 from fit.data.batching import pad_batch
 from fit.flow import interpolate, logit_normal_t, masked_velocity_loss, shift_timesteps
@@ -140,36 +140,12 @@ def load_run_config(spec: str) -> tuple[FiTConfig, TrainSettings]:
         return preset(spec), TrainSettings()
     if not spec.endswith((".yaml", ".yml")) and not os.path.exists(spec):
         raise ConfigError(f"unknown preset or missing config file {spec!r}; presets: {', '.join(PRESETS)}")
-    import yaml
-
-    try:
-        with open(spec) as f:
-            doc = yaml.safe_load(f) or {}
-    except OSError as e:
-        raise ConfigError(f"cannot read config {spec}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config {spec} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"config {spec} must be a mapping")
+    doc = read_yaml(spec)
     unknown = [k for k in doc if k not in _TOP_LEVEL and k != "training_strategy"]
     if unknown:
         raise ConfigError(f"config {spec}: unknown section(s) {', '.join(map(str, unknown))}; "
                           f"sections: {', '.join(_TOP_LEVEL)}")
-    try:
-        params = doc.get("diffusion", {}).get("network_config", {}).get("params")
-    except AttributeError:
-        raise ConfigError(f"config {spec}: diffusion.network_config.params must be a mapping") from None
-    if params is not None and not isinstance(params, dict):
-        raise ConfigError(f"config {spec}: diffusion.network_config.params must be a mapping")
-    if doc.get("preset"):
-        name = str(doc["preset"]).lower()
-        if name not in PRESETS:
-            raise ConfigError(f"config {spec}: unknown preset {doc['preset']!r}; presets: {', '.join(PRESETS)}")
-        config = FiTConfig.from_dict({**PRESETS[name], **(params or {})})
-    elif params is not None:
-        config = FiTConfig.from_dict({"cfg_channels": 3, **params})
-    else:
-        raise ConfigError(f"config {spec} names no network: give 'preset: NAME' or diffusion.network_config.params")
+    config = network_from_document(doc, spec)
     train = doc.get("train") or {}
     if not isinstance(train, dict):
         raise ConfigError(f"config {spec}: the train section must be a mapping")
