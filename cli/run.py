@@ -86,7 +86,7 @@ def run(package, width, height, label, num, steps, sampler, cfg, seed, extrapola
         def request(i: int) -> Request:
             return pipe.check_request(Request(size[0], size[1], class_ids[i % len(class_ids)], seed + i))
 
-        request(0)
+        request(0)                                      # size, class and seed of image 1, before any work
         if seed >= 0 and seed + num - 1 >= SEED_LIMIT:
             raise GenerationError(f"--seed {seed} with --num {num} needs seeds up to {seed + num - 1}; seeds must "
                                   f"be below 2**64")
