@@ -1,8 +1,9 @@
 """What every ``fit-*`` command line shares: one command class, one group class, how errors end, choice types.
 
 Every user mistake and every click usage error prints exactly one line ``PROG: error: MESSAGE`` on stderr and
-exits 2 (PROG is the program, also for a subcommand: ``fit-export: error: ...``); Ctrl-C prints one line
-``PROG: interrupted`` (or a command's own hint) and exits 130; ``-h`` is ``--help`` everywhere.
+exits 2 (PROG is the program, also for a subcommand: ``fit-export: error: ...``); a warning prints one line
+``PROG: warning: ...``; Ctrl-C prints one line ``PROG: interrupted`` (or a command's own hint) and exits 130;
+``-h`` is ``--help`` everywhere.
 
     @click.command(cls=Command, prog="fit-eval")       # or: @click.group(cls=Group, prog="fit-export")
     def main(...):
@@ -13,9 +14,10 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import click
 
@@ -49,13 +51,32 @@ def one_line(err: BaseException) -> str:
     return message
 
 
+def flag_of(parameter: str) -> Optional[str]:
+    """The long flag (``--cfg``) of the running command's option whose parameter name is ``parameter``."""
+    ctx = click.get_current_context(silent=True)
+    for option in (ctx.command.params if ctx is not None else ()):
+        if isinstance(option, click.Option) and option.name == parameter:
+            return next((o for o in option.opts if o.startswith("--")), option.opts[0])
+    return None
+
+
 @contextmanager
 def user_errors(*types: type[BaseException]) -> Iterator[None]:
-    """Inside the block, an exception of one of ``types`` is a user error: ``PROG: error: <its first line>``."""
+    """Inside the block, an exception of one of ``types`` is a user error: ``PROG: error: <its first line>``.
+
+    An error that names the API parameter at fault (a ``parameter`` attribute, e.g. GenerationError's ``cfg``)
+    and whose message starts with that name reads with the command's flag instead: ``cfg must ...`` in the API
+    is ``--cfg must ...`` on the command line; one wording, one check.
+    """
     try:
         yield
     except types as err:
-        raise UserError(one_line(err)) from err
+        message = one_line(err)
+        parameter = getattr(err, "parameter", None)
+        flag = flag_of(parameter) if parameter else None
+        if flag and message.startswith(f"{parameter} "):
+            message = flag + message[len(parameter):]
+        raise UserError(message) from err
 
 
 _NO_ARGS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())    # click >= 8.2
@@ -75,6 +96,11 @@ class _Conventions:
         """The program name errors start with: the entry point (``fit-export``), also for its subcommands."""
         return self.own_prog or self.name
 
+    def _show_warning(self, message, category, filename, lineno, file=None, line=None) -> None:
+        """Warnings read like every other message: one line ``PROG: warning: MESSAGE`` (no source line)."""
+        click.echo(f"{self.prog}: warning: {one_line(message) if isinstance(message, BaseException) else message}",
+                   err=True)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -85,7 +111,9 @@ class _Conventions:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
-            result = super().main(args, self.prog, complete_var, standalone_mode=False, **extra)
+            with warnings.catch_warnings():
+                warnings.showwarning = self._show_warning
+                result = super().main(args, self.prog, complete_var, standalone_mode=False, **extra)
         except Interrupted as err:
             click.echo(f"{self.prog}: {err}", err=True)
             sys.exit(INTERRUPT_EXIT)

@@ -1,36 +1,35 @@
 """``fit-run``: generate images from a model package on ONNX Runtime (or TensorRT). Thin wrapper over engines.
 
-Every mistake a user can make ends as one line on stderr and exit status 2, with no output file left behind.
+Every mistake a user can make ends as one line on stderr and exit status 2, before any output file is written.
+Images are generated a few at a time and each is saved (atomically) as soon as it is done, so any ``--num``
+starts at once and an interruption (Ctrl-C, a full disk) leaves only complete files: those already listed on
+stdout.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import click
+from PIL import Image
 
-from cli.common import BACKEND, Command, Named, check_writable, user_errors
+from cli.common import BACKEND, Command, Interrupted, Named, check_writable, user_errors
 from engines.backend import BackendError
 from engines.manifest import PackageError
-from engines.pipeline import GenerationError, Request, image_grid, load, save_png
+from engines.pipeline import SEED_LIMIT, GenerationError, Request, image_grid, load, save_png
 from engines.rope import EXTRAPOLATIONS, canonical_extrapolation
-from engines.sampler import SAMPLERS
+from engines.sampler import MAX_CFG, MAX_STEPS, SAMPLERS
 
 USER_ERRORS = (PackageError, BackendError, GenerationError, OSError)
+CHUNK = 8           # images sampled together in one step loop; each is written as soon as its chunk finishes
 
 
-def output_paths(out: Path, count: int, grid: bool) -> list[Path]:
-    """``out`` for one image or a grid; ``stem-1.png`` ... ``stem-N.png`` for several."""
+def output_path(out: Path, index: int, count: int, grid: bool) -> Path:
+    """``out`` for one image or a grid; ``stem-1.png`` ... ``stem-N.png`` for several (index 0-based)."""
     if count == 1 or grid:
-        return [out]
-    return [out.with_name(f"{out.stem}-{i + 1}{out.suffix}") for i in range(count)]
-
-
-def check_outputs(paths: list[Path]) -> None:
-    for path in paths:
-        if path.suffix.lower() != ".png":
-            raise GenerationError(f"output {path} must end in .png")
-        check_writable(path)
+        return out
+    return out.with_name(f"{out.stem}-{index + 1}{out.suffix}")
 
 
 @click.command(cls=Command, prog="fit-run")
@@ -39,11 +38,13 @@ def check_outputs(paths: list[Path]) -> None:
 @click.option("--height", "-H", type=int, default=None, help="Image height in pixels (default: the model's).")
 @click.option("--class", "label", default=None,
               help="Class id or name, or a comma-separated list cycled over --num (default: unconditional).")
-@click.option("--num", "-n", type=click.IntRange(min=1), default=1, show_default=True, help="Number of images.")
-@click.option("--steps", type=int, default=None, help="Sampler steps (default: the package's).")
+@click.option("--num", "-n", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Number of images; each is written as soon as it is done.")
+@click.option("--steps", type=int, default=None, help=f"Sampler steps, 1 to {MAX_STEPS:,} (default: the package's).")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default=None, help="Integrator (default: the package's).")
-@click.option("--cfg", type=float, default=None, help="Classifier-free guidance scale, >= 0; 1 = off.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of image 1; image i uses seed + i - 1.")
+@click.option("--cfg", type=float, default=None, help=f"Classifier-free guidance scale, 0 to {MAX_CFG:g}; 1 = off.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of image 1 (0 to 2**64 - 1); image i uses seed + i - 1.")
 @click.option("--extrapolation", type=Named(EXTRAPOLATIONS, canonical_extrapolation), default=None,
               help="RoPE extrapolation for sizes beyond training (default: the package's).")
 @click.option("--backend", type=BACKEND, default="onnxruntime", show_default=True)
@@ -56,21 +57,23 @@ def check_outputs(paths: list[Path]) -> None:
 def main(package, width, height, label, num, steps, sampler, cfg, seed, extrapolation, backend, threads, out,
          grid, snap, quiet):
     """Generate images from a FiT model PACKAGE (default: the model shipped with fit-toolkit)."""
-    with user_errors(*USER_ERRORS):
-        paths = run(package, width, height, label, num, steps, sampler, cfg, seed, extrapolation, backend, threads,
-                    out, grid, snap, quiet)
-    for path in paths:
-        click.echo(str(path))
+    written = 0
+    try:
+        with user_errors(*USER_ERRORS):
+            for path in run(package, width, height, label, num, steps, sampler, cfg, seed, extrapolation, backend,
+                            threads, out, grid, snap, quiet):
+                click.echo(str(path))
+                written += 1
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; {written} complete image file(s) written") from None
 
 
 def run(package, width, height, label, num, steps, sampler, cfg, seed, extrapolation, backend, threads, out, grid,
-        snap, quiet) -> list[Path]:
-    if steps is not None and steps < 1:
-        raise GenerationError(f"--steps must be at least 1, got {steps}")
-    if cfg is not None and not cfg >= 0:
-        raise GenerationError(f"--cfg must be a non-negative number, got {cfg}")
-    paths = output_paths(out, num, grid)
-    check_outputs(paths)
+        snap, quiet) -> Iterator[Path]:
+    """Generate the images CHUNK at a time and save each as it is done; yields the paths written."""
+    if out.suffix.lower() != ".png":
+        raise GenerationError(f"output {out} must end in .png")
+    check_writable(output_path(out, 0, num, grid))          # numbered files all go to this same folder
     options = {"threads": threads} if backend == "onnxruntime" else {}
     with load(package, backend=backend, **options) as pipe:
         wanted = (pipe.default_size[0] if width is None else width, pipe.default_size[1] if height is None else height)
@@ -79,33 +82,43 @@ def run(package, width, height, label, num, steps, sampler, cfg, seed, extrapola
             click.echo(f"fit-run: snapped {wanted[0]}x{wanted[1]} to {size[0]}x{size[1]}", err=True)
         class_ids = [pipe.resolve_label(part) for part in label.split(",")] if label else [pipe.resolve_label(None)]
         settings = pipe.settings(steps=steps, sampler=sampler, cfg=cfg, extrapolation=extrapolation)
-        requests = [Request(size[0], size[1], class_ids[i % len(class_ids)], seed + i) for i in range(num)]
+
+        def request(i: int) -> Request:
+            return pipe.check_request(Request(size[0], size[1], class_ids[i % len(class_ids)], seed + i))
+
+        request(0)                                      # size, class and seed of image 1, before any work
+        if seed >= 0 and seed + num - 1 >= SEED_LIMIT:
+            raise GenerationError(f"--seed {seed} with --num {num} needs seeds up to {seed + num - 1}; seeds must "
+                                  f"be below 2**64")
+        if grid and num > 1 and num * size[0] * size[1] > Image.MAX_IMAGE_PIXELS:
+            raise GenerationError(f"a grid of {num} images of {size[0]}x{size[1]} would have about "
+                                  f"{num * size[0] * size[1]:,} pixels, more than Pillow opens without a "
+                                  f"decompression-bomb warning ({Image.MAX_IMAGE_PIXELS:,}); drop --grid")
         from tqdm import tqdm
 
-        total = settings.sampler.steps if settings.sampler.method != "dopri5" else None
+        steps_per_chunk = settings.sampler.steps if settings.sampler.method != "dopri5" else None
+        chunks = range(0, num, CHUNK)
+        total = steps_per_chunk * len(chunks) if steps_per_chunk else None
+        grid_images, grid_params = [], []
         with tqdm(total=total, desc=f"{settings.sampler.method} x{num}", unit="step", disable=quiet, leave=False,
                   file=sys.stderr) as bar:
-            def progress(done, _total, _t):
-                bar.update(done - bar.n)
+            for chunk, first in enumerate(chunks):
+                requests = [request(i) for i in range(first, min(num, first + CHUNK))]
+                offset = chunk * (steps_per_chunk or 0)
 
-            images = pipe.generate_many(requests, settings, callback=progress)
-        params = [pipe.parameters(r, settings) for r in requests]
-    return write_images(images, params, paths, grid)
+                def progress(done, _total, _t):
+                    bar.update(max(0, offset + done - bar.n))
 
-
-def write_images(images, params, paths, grid) -> list[Path]:
-    """Save every image (atomically each); on any failure remove the files already written."""
-    if grid and len(images) > 1:
-        images, params = [image_grid(images)], [{"grid": params}]
-    written: list[Path] = []
-    try:
-        for image, parameters, path in zip(images, params, paths):
-            written.append(save_png(image, path, parameters))
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
-    return written
+                images = pipe.generate_many(requests, settings, callback=progress)
+                for i, (req, image) in enumerate(zip(requests, images)):
+                    params = pipe.parameters(req, settings)
+                    if grid and num > 1:
+                        grid_images.append(image)
+                        grid_params.append(params)
+                    else:
+                        yield save_png(image, output_path(out, first + i, num, grid), params)
+        if grid_images:
+            yield save_png(image_grid(grid_images), out, {"grid": grid_params})
 
 
 if __name__ == "__main__":  # pragma: no cover

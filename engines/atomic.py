@@ -7,13 +7,24 @@ with ``os.replace``, and the folder is fsynced so the rename itself is on disk. 
 temporary file is removed and the target keeps its old content. A hard kill can leave a hidden
 ``.NAME.XXXXXXXX.tmp`` beside the target; it is never mistaken for the target.
 
+Folders (model packages) are built in a hidden sibling ``.NAME.tmp-PID-XXXXXXXX`` and put in place with
+:func:`replace_folder`: on Linux an existing folder is swapped with the new one in one atomic ``renameat2``
+(``RENAME_EXCHANGE``); elsewhere the old folder is renamed aside to ``.NAME.old-PID`` and the new one renamed in,
+and :func:`recover_folder` (run by the tools before they read or write NAME) puts ``.NAME.old-PID`` back when a
+kill came between the two renames, and removes the hidden leftovers of processes that no longer run.
+
 Standard library only (no numpy, no torch), so every part of the project can use it.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
+import re
 import secrets
+import shutil
+import sys
 from pathlib import Path
 from typing import IO, Iterator, Optional, Union
 
@@ -79,4 +90,97 @@ def atomic_write(path: PathLike, data: Union[bytes, str], encoding: str = "utf-8
     return Path(path)
 
 
-__all__ = ["atomic_file", "atomic_write", "fsync_folder"]
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system
+    or file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):                   # no libc symbol (glibc < 2.28, musl)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def temporary_folder(target: PathLike) -> Path:
+    """A new, empty hidden folder ``.NAME.tmp-PID-XXXXXXXX`` beside ``target`` to build it in (same file system,
+    so :func:`replace_folder` can rename it into place); the PID lets :func:`recover_folder` tell leftovers of
+    dead processes from work in progress."""
+    target = Path(target)
+    for _ in range(100):
+        folder = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            folder.mkdir(mode=0o700)
+            return folder
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary folder next to {target}")
+
+
+def replace_folder(new: PathLike, target: PathLike) -> None:
+    """Put the finished folder ``new`` (a sibling of ``target``) at ``target``, replacing the folder there if any.
+    At every moment ``target`` is the old folder or the new one (see the module docstring for systems without
+    an atomic exchange); the old folder is deleted afterwards."""
+    new, target = Path(new), Path(target)
+    if not target.exists():
+        os.rename(new, target)
+        fsync_folder(target.parent)
+        return
+    if _exchange(new, target):
+        fsync_folder(target.parent)
+        shutil.rmtree(new, ignore_errors=True)          # it now holds the old folder
+        return
+    aside = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.rename(target, aside)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(aside, target)
+        raise
+    fsync_folder(target.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    if os.name != "posix":
+        return True                                     # cannot tell: treat as running, touch nothing
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_folder(target: PathLike) -> None:
+    """Repair what a killed :func:`replace_folder` or folder build left beside ``target``: when ``target`` is
+    missing and a dead process's ``.NAME.old-PID`` exists, rename it back to ``target``; remove the dead
+    processes' other ``.NAME.old-PID`` and ``.NAME.tmp-PID-*`` folders. Never raises (a read-only place is left
+    as it is)."""
+    target = Path(target)
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(old|tmp)-(\d+)(?:-[0-9a-f]+)?")
+    try:
+        leftovers = [(entry, match.group(1)) for entry in target.parent.iterdir()
+                     if (match := pattern.fullmatch(entry.name)) and not _running(int(match.group(2)))]
+        for entry, kind in sorted(leftovers, key=lambda item: item[1]):      # "old" first
+            if kind == "old" and not target.exists() and not target.is_symlink():
+                os.rename(entry, target)
+                fsync_folder(target.parent)
+            else:
+                shutil.rmtree(entry, ignore_errors=True)
+    except OSError:
+        pass
+
+
+__all__ = ["atomic_file", "atomic_write", "fsync_folder", "temporary_folder", "replace_folder", "recover_folder"]

@@ -170,5 +170,11 @@ class OnnxRuntimeBackend(Backend):
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {name: np.ascontiguousarray(value, dtype=self.inputs[name].dtype) for name, value in feed.items()}
-        values = self.session.run(None, feed, self.run_options)
+        try:
+            values = self.session.run(None, feed, self.run_options)
+        except Exception as err:  # onnxruntime's own types: allocation failures, shape errors, kernel failures
+            text = str(err).strip()
+            first = text.splitlines()[0] if text else type(err).__name__
+            shapes = ", ".join(f"{name} {tuple(value.shape)}" for name, value in feed.items())
+            raise BackendError(f"ONNX Runtime failed running {self.model_path.name} on {shapes}: {first}") from err
         return dict(zip(self.outputs, values))

@@ -18,10 +18,11 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from engines.atomic import recover_folder
 from engines.backend import Backend, BackendError, create_backend, resolve_backend_name
 from engines.manifest import Manifest, PackageError, load_manifest
 from engines.rope import EXTRAPOLATIONS, RopeSettings, canonical_extrapolation, extrapolation_name, rope_tables
-from engines.sampler import SAMPLERS, Callback, SamplerSettings, guide, integrate
+from engines.sampler import SAMPLERS, Callback, SamplerSettings, SettingError, check_cfg, check_steps, guide, integrate
 
 F32 = np.float32
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
@@ -31,8 +32,13 @@ _SD_LATENT_RGB = np.array([[0.298, 0.207, 0.208], [0.187, 0.286, 0.173],
                            [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]], dtype=F32)
 
 
-class GenerationError(ValueError):
-    """A request the package cannot serve (size off the grid or too large, unknown class, bad settings)."""
+SEED_LIMIT = 2 ** 64        # seeds are whole numbers 0 <= seed < 2**64 (the noise generator's seed range)
+
+
+class GenerationError(SettingError):
+    """A request the package cannot serve (size off the grid or too large, unknown class, bad settings).
+    ``parameter``: the request parameter at fault (``width``, ``cfg``, ...) when one is; the message starts with
+    its name, which a command line replaces with its flag (``cli.common.user_errors``)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,7 @@ def load(path: Union[str, os.PathLike, None] = None, backend: str = "onnxruntime
         if not (DEFAULT_MODEL_DIR / "manifest.json").is_file():
             raise PackageError(f"no default model is installed at {DEFAULT_MODEL_DIR}; pass a package directory")
         path = DEFAULT_MODEL_DIR
+    recover_folder(path)                 # a package replacement killed half-way is put back first
     return Pipeline(Path(path), load_manifest(path), backend=backend, verify=verify, **backend_options)
 
 
@@ -177,9 +184,9 @@ class Pipeline:
         """
         for name, value in (("width", width), ("height", height)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise GenerationError(f"{name} must be a whole number of pixels, got {value!r}")
+                raise GenerationError(f"{name} must be a whole number of pixels, got {value!r}", name)
             if value <= 0:
-                raise GenerationError(f"{name} must be positive, got {value}")
+                raise GenerationError(f"{name} must be positive, got {value}", name)
         width, height = int(width), int(height)
         g = self.granularity
         if width % g or height % g:
@@ -233,13 +240,12 @@ class Pipeline:
         method = defaults.method if sampler is None else sampler
         steps = defaults.steps if steps is None else steps
         if method not in SAMPLERS:
-            raise GenerationError(f"unknown sampler {method!r}; choose one of {', '.join(SAMPLERS)}")
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-            raise GenerationError(f"steps must be a positive whole number, got {steps!r}")
-        cfg = self.manifest.guidance.default_scale if cfg is None else cfg
-        if isinstance(cfg, bool) or not isinstance(cfg, (int, float, np.integer, np.floating)) \
-                or not math.isfinite(cfg) or cfg < 0:
-            raise GenerationError(f"cfg must be a non-negative number, got {cfg!r}")
+            raise GenerationError(f"unknown sampler {method!r}; choose one of {', '.join(SAMPLERS)}", "sampler")
+        try:
+            steps = check_steps(steps)
+            cfg = check_cfg(self.manifest.guidance.default_scale if cfg is None else cfg)
+        except SettingError as err:
+            raise GenerationError(str(err), err.parameter) from None
         if extrapolation is None:
             rope, name = self.rope, extrapolation_name(self.rope)
         else:
@@ -247,10 +253,10 @@ class Pipeline:
                 name = canonical_extrapolation(extrapolation)
             except ValueError:
                 raise GenerationError(f"unknown extrapolation {extrapolation!r}; choose one of "
-                                      f"{', '.join(self.extrapolations)}") from None
+                                      f"{', '.join(self.extrapolations)}", "extrapolation") from None
             if name not in self.extrapolations:
                 raise GenerationError(f"this package does not offer extrapolation {name!r}; choose one of "
-                                      f"{', '.join(self.extrapolations)}")
+                                      f"{', '.join(self.extrapolations)}", "extrapolation")
             rope = self.rope.with_method(name, self.train_side)
         sampler_settings = SamplerSettings(method, int(steps), defaults.atol, defaults.rtol)
         return GenerationSettings(sampler_settings, float(cfg), name, rope, self.manifest.guidance.scale_pow)
@@ -291,9 +297,16 @@ class Pipeline:
             return self.backend.infer(feed)[out_name].astype(F32, copy=False)
 
         seeds = [int(r.seed) for r in requests]
-        x = integrate(velocity, batch.x, first.sampler, rng=np.random.default_rng(seeds + [len(seeds)]),
-                      callback=callback)
-        return batch.unpack(x)
+        with np.errstate(over="ignore", invalid="ignore"):      # overflow is reported below, in one line
+            x = integrate(velocity, batch.x, first.sampler, rng=np.random.default_rng(seeds + [len(seeds)]),
+                          callback=callback)
+        latents = batch.unpack(x)
+        for request, settings_used, latent in zip(requests, per_row, latents):
+            if not np.isfinite(latent).all():
+                raise GenerationError(f"sampling seed {request.seed} gave non-finite latents (float32 overflow), "
+                                      f"so no image is made; lower the guidance scale (cfg {settings_used.cfg:g}) "
+                                      f"or check the package with fit-export validate")
+        return latents
 
     def decode(self, latent: np.ndarray) -> np.ndarray:
         """Latent (C, h, w) -> uint8 RGB image (H, W, 3): through vae_decoder.onnx when the package has one."""
@@ -307,6 +320,9 @@ class Pipeline:
             rgb = next(iter(self.vae.infer({name: z[None]}).values()))[0].astype(F32)
         else:
             rgb = self._preview(latent)
+        if not np.isfinite(rgb).all():
+            raise GenerationError("the decoder gave non-finite pixels, so no image is made; check the package "
+                                  "with fit-export validate")
         image = np.clip((rgb + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
         return np.ascontiguousarray(image.transpose(1, 2, 0))
 
@@ -321,8 +337,8 @@ class Pipeline:
         package cannot serve."""
         width, height = self.check_size(request.width, request.height)
         seed = request.seed
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise GenerationError(f"seed must be a whole number, got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < SEED_LIMIT:
+            raise GenerationError(f"seed must be a whole number from 0 to 2**64 - 1, got {seed!r}", "seed")
         return Request(width, height, self.resolve_label(request.label), int(seed))
 
     def generate_many(self, requests: Sequence[Request], settings: Optional[GenerationSettings] = None, *,
@@ -486,4 +502,4 @@ def read_parameters(path) -> dict:
 
 __all__ = ["load", "Pipeline", "Request", "GenerationSettings", "GenerationError", "PackageError", "BackendError", "patchify",
            "unpatchify", "save_png", "read_parameters", "image_grid", "to_pil", "EXTRAPOLATIONS",
-           "DEFAULT_MODEL_DIR"]
+           "DEFAULT_MODEL_DIR", "SEED_LIMIT"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -20,6 +20,38 @@ Callback = Callable[[int, Optional[int], float], None]           # (steps done, 
 
 F32 = np.float32
 SAMPLERS = ("euler", "heun", "dopri5", "sde")
+# Limits of a request (docs/runtime.md, "Limits and interruptions"). Steps: Euler's error falls as 1/steps and
+# Heun's as 1/steps^2, so a few hundred steps (the official SDE sampler uses 250) already give the 8-bit image
+# they converge to; 10,000 is far beyond that and is also dopri5's step limit. Guidance: a scale s multiplies
+# the cond - uncond velocity difference in float32; s <= 1000 keeps s * |v| and the latents it integrates far
+# below float32's 3.4e38 for any velocity a working model predicts (a broken graph is caught by the finiteness
+# check on the sampled latents instead).
+MAX_STEPS = 10_000
+MAX_CFG = 1000.0
+
+
+class SettingError(ValueError):
+    """A sampler or guidance setting out of range. ``parameter`` names the setting (``steps``, ``cfg``), so a
+    command line can name its flag instead; the message starts with that name."""
+
+    def __init__(self, message: str, parameter: Optional[str] = None):
+        super().__init__(message)
+        self.parameter = parameter
+
+
+def check_steps(steps) -> int:
+    """``steps`` as an int if it is a whole number from 1 to :data:`MAX_STEPS`; SettingError otherwise."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= MAX_STEPS:
+        raise SettingError(f"steps must be a whole number from 1 to {MAX_STEPS:,}, got {steps!r}", "steps")
+    return int(steps)
+
+
+def check_cfg(cfg) -> float:
+    """``cfg`` as a float if it is a guidance scale from 0 to :data:`MAX_CFG`; SettingError otherwise (nan too)."""
+    if isinstance(cfg, bool) or not isinstance(cfg, (int, float, np.integer, np.floating)) \
+            or not 0 <= cfg <= MAX_CFG:
+        raise SettingError(f"cfg must be a number from 0 to {MAX_CFG:g}, got {cfg!r}", "cfg")
+    return float(cfg)
 
 
 @dataclass(frozen=True)
@@ -36,8 +68,8 @@ class SamplerSettings:
     def __post_init__(self):
         if self.method not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.method!r}; choose one of {', '.join(SAMPLERS)}")
-        if int(self.steps) != self.steps or self.steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {self.steps}")
+        integral = isinstance(self.steps, float) and self.steps.is_integer()
+        check_steps(int(self.steps) if integral else self.steps)
         if self.atol <= 0 or self.rtol <= 0:
             raise ValueError("dopri5 tolerances atol and rtol must be positive")
 
@@ -89,15 +121,17 @@ def guide(out: np.ndarray, cfg_scale: float, t: np.ndarray, guided: int, scale_p
 # Fixed-step samplers
 # ----------------------------------------------------------------------------------------------------------
 
-def time_grid(steps: int) -> list[float]:
-    """steps + 1 equally spaced times from 0 to 1 (float64, as ``torch.linspace(..., dtype=float64)``)."""
-    return np.linspace(0.0, 1.0, steps + 1, dtype=np.float64).tolist()
+def time_grid(steps: int) -> Iterator[tuple[float, float]]:
+    """The (t0, t1) of each of ``steps`` equal steps from 0 to 1, computed as they are needed (nothing is built
+    up front): t_i = i * (1 / steps) in float64 and t_steps = 1, the values of ``numpy.linspace(0, 1, steps + 1)``."""
+    h = 1.0 / steps
+    for i in range(steps):
+        yield i * h, (1.0 if i + 1 == steps else (i + 1) * h)
 
 
 def euler(v: Velocity, x: np.ndarray, steps: int, callback: Optional[Callback] = None) -> np.ndarray:
     """x <- x + (t1 - t0) v(x, t0) on an even grid; one evaluation per step."""
-    ts = time_grid(steps)
-    for i, (t0, t1) in enumerate(zip(ts[:-1], ts[1:])):
+    for i, (t0, t1) in enumerate(time_grid(steps)):
         x = x + F32(t1 - t0) * v(x, _full(t0, x))
         _notify(callback, i + 1, steps, t1)
     return x
@@ -105,8 +139,7 @@ def euler(v: Velocity, x: np.ndarray, steps: int, callback: Optional[Callback] =
 
 def heun(v: Velocity, x: np.ndarray, steps: int, callback: Optional[Callback] = None) -> np.ndarray:
     """Explicit trapezoidal rule (second order), two evaluations per step."""
-    ts = time_grid(steps)
-    for i, (t0, t1) in enumerate(zip(ts[:-1], ts[1:])):
+    for i, (t0, t1) in enumerate(time_grid(steps)):
         h = t1 - t0
         k1 = v(x, _full(t0, x))
         k2 = v(x + F32(h) * k1, _full(t1, x))
@@ -194,7 +227,7 @@ def _initial_step(v: Velocity, x: np.ndarray, f0: np.ndarray, atol: float, rtol:
     return float(min(F32(100) * h0, h1))
 
 
-def dopri5(v: Velocity, x: np.ndarray, atol: float = 1e-6, rtol: float = 1e-3, max_steps: int = 10_000,
+def dopri5(v: Velocity, x: np.ndarray, atol: float = 1e-6, rtol: float = 1e-3, max_steps: int = MAX_STEPS,
            callback: Optional[Callback] = None) -> np.ndarray:
     """Adaptive Dormand-Prince 5(4) from t = 0 to 1 (the paper's FID setting: atol 1e-6, rtol 1e-3)."""
     f0 = v(x, _full(0.0, x))

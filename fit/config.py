@@ -130,23 +130,49 @@ class FiTConfig:
 
     @classmethod
     def from_yaml(cls, path: str) -> "FiTConfig":
-        """Read ``diffusion.network_config.params`` from an official FiT config YAML."""
-        import yaml
+        """The network of a config YAML (:func:`network_from_document`): an official FiT config, or ``preset:``
+        with optional ``diffusion.network_config.params`` overrides, as ``fit-train`` reads and writes it."""
+        return network_from_document(read_yaml(path), path)
 
-        try:
-            with open(path) as f:
-                doc = yaml.safe_load(f)
-        except OSError as e:
-            raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-        try:
-            params = doc["diffusion"]["network_config"]["params"]
-        except (KeyError, TypeError):
-            raise ConfigError(f"config {path} has no diffusion.network_config.params section") from None
-        if not isinstance(params, dict):
-            raise ConfigError(f"config {path}: diffusion.network_config.params must be a mapping")
-        return cls.from_dict({"cfg_channels": 3, **params})
+
+def read_yaml(path: str) -> dict:
+    """A config YAML as a mapping; ConfigError (one line) when it cannot be read or is not a mapping."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            doc = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"config {path} must be a mapping")
+    return doc
+
+
+def network_from_document(doc: dict, source: str = "config") -> FiTConfig:
+    """The one reading of a config document's network, for every tool (fit-train, fit-export, fit-eval, load_model):
+
+    ``preset: NAME`` gives the preset's fields, and ``diffusion.network_config.params`` (the official layout)
+    overrides them field by field; without a preset, the params alone are the network (official FiT YAMLs, which
+    guide 3 of 4 latent channels unless they say otherwise).
+    """
+    diffusion = doc.get("diffusion") or {}
+    network = diffusion.get("network_config") if isinstance(diffusion, dict) else None
+    params = network.get("params") if isinstance(network, dict) else None
+    if not isinstance(diffusion, dict) or (network is not None and not isinstance(network, dict)) \
+            or (params is not None and not isinstance(params, dict)):
+        raise ConfigError(f"config {source}: diffusion.network_config.params must be a mapping")
+    if doc.get("preset"):
+        name = str(doc["preset"]).lower()
+        if name not in PRESETS:
+            raise ConfigError(f"config {source}: unknown preset {doc['preset']!r}; presets: {', '.join(PRESETS)}")
+        return FiTConfig.from_dict({**PRESETS[name], **(params or {})})
+    if params is None:
+        raise ConfigError(f"config {source} names no network: give 'preset: NAME' and/or "
+                          f"diffusion.network_config.params")
+    return FiTConfig.from_dict({"cfg_channels": 3, **params})
 
 
 # ------------------------------------------------------------------------------------------------------------

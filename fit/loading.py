@@ -29,7 +29,9 @@ def read_state_dict(path: str, prefer_ema: bool = True) -> dict[str, torch.Tenso
             from safetensors.torch import load_file
             state = load_file(path)
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = _torch_load(path)
+    except CheckpointError:
+        raise
     except (OSError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     except Exception as e:  # safetensors raises its own error types
@@ -46,6 +48,27 @@ def read_state_dict(path: str, prefer_ema: bool = True) -> dict[str, torch.Tenso
     if bad:
         raise CheckpointError(f"checkpoint {path} has non-tensor entries: {', '.join(sorted(bad)[:5])}")
     return state
+
+
+# How PyTorch files begin: a zip archive (torch >= 1.6), or a pickle (protocol 2+ opcode) in the legacy format.
+_TORCH_STARTS = (b"PK", b"\x80")
+
+
+def _torch_load(path: str):
+    """torch.load with weights_only=True, with errors that describe the file: not a checkpoint at all, or one
+    that holds Python objects besides tensors (never loaded: unpickling them could run code)."""
+    with open(path, "rb") as f:
+        start = f.read(2)
+    if not start.startswith(_TORCH_STARTS):
+        raise CheckpointError(f"{path} is not a checkpoint: neither a PyTorch file (zip or pickle) nor safetensors")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" not in str(e).lower():
+            raise
+        raise CheckpointError(f"cannot read checkpoint {path}: it is not a PyTorch file of tensors only (damaged, "
+                              f"or holding other Python objects, which are never unpickled here); save a state "
+                              f"dict of tensors, e.g. as .safetensors") from None
 
 
 def _describe(keys, limit=8) -> str:

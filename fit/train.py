@@ -23,6 +23,7 @@ import math
 import os
 import random
 import re
+import shutil
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from engines.atomic import atomic_file, atomic_write
-from fit.config import PRESETS, ConfigError, FiTConfig, preset
+from fit.config import PRESETS, ConfigError, FiTConfig, network_from_document, preset, read_yaml
 from fit.data import DataError, FlexibleDataset, open_dataset
 from fit.data.batching import pad_batch
 from fit.flow import interpolate, logit_normal_t, masked_velocity_loss, shift_timesteps
@@ -139,36 +140,12 @@ def load_run_config(spec: str) -> tuple[FiTConfig, TrainSettings]:
         return preset(spec), TrainSettings()
     if not spec.endswith((".yaml", ".yml")) and not os.path.exists(spec):
         raise ConfigError(f"unknown preset or missing config file {spec!r}; presets: {', '.join(PRESETS)}")
-    import yaml
-
-    try:
-        with open(spec) as f:
-            doc = yaml.safe_load(f) or {}
-    except OSError as e:
-        raise ConfigError(f"cannot read config {spec}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config {spec} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"config {spec} must be a mapping")
+    doc = read_yaml(spec)
     unknown = [k for k in doc if k not in _TOP_LEVEL and k != "training_strategy"]
     if unknown:
         raise ConfigError(f"config {spec}: unknown section(s) {', '.join(map(str, unknown))}; "
                           f"sections: {', '.join(_TOP_LEVEL)}")
-    try:
-        params = doc.get("diffusion", {}).get("network_config", {}).get("params")
-    except AttributeError:
-        raise ConfigError(f"config {spec}: diffusion.network_config.params must be a mapping") from None
-    if params is not None and not isinstance(params, dict):
-        raise ConfigError(f"config {spec}: diffusion.network_config.params must be a mapping")
-    if doc.get("preset"):
-        name = str(doc["preset"]).lower()
-        if name not in PRESETS:
-            raise ConfigError(f"config {spec}: unknown preset {doc['preset']!r}; presets: {', '.join(PRESETS)}")
-        config = FiTConfig.from_dict({**PRESETS[name], **(params or {})})
-    elif params is not None:
-        config = FiTConfig.from_dict({"cfg_channels": 3, **params})
-    else:
-        raise ConfigError(f"config {spec} names no network: give 'preset: NAME' or diffusion.network_config.params")
+    config = network_from_document(doc, spec)
     train = doc.get("train") or {}
     if not isinstance(train, dict):
         raise ConfigError(f"config {spec}: the train section must be a mapping")
@@ -367,16 +344,22 @@ def train(config: FiTConfig, settings: TrainSettings, out_dir: str, data: Union[
     found = checkpoints_in(out_dir)
     if found and not resume:
         raise ConfigError(f"{out_dir} already holds checkpoints; pass --resume to continue, or choose another --out")
-    state = None
+    state, unreadable = None, []
     for path in reversed(found if resume else []):
         try:
             state = read_checkpoint(path)
         except CheckpointError as e:
             warnings.warn(f"{e}; trying an older checkpoint")
+            unreadable.append(path)
             continue
         _check_resumable(state, config, settings, path)
         log(f"resuming from {path} (step {state['step']})")
         break
+    if unreadable and state is None:
+        # Starting over would overwrite the previous run's ema.safetensors with an untrained model.
+        raise CheckpointError(f"--resume: none of the {len(unreadable)} checkpoint(s) in {ckpt_dir} can be read; "
+                              f"nothing was changed. To start again from step 0, move {ckpt_dir} away (keep "
+                              f"{os.path.join(out_dir, 'ema.safetensors')} if you need it) or choose another --out")
     if resume and state is None:
         log(f"no checkpoint in {ckpt_dir}: starting from step 0")
     start = state["step"] if state else 0
@@ -481,9 +464,18 @@ def _save(out_dir, step, model, ema, opt, sched, config, settings, dataset_size)
                  data=dict(seed=settings.seed, position=step * settings.batch_size, batch_size=settings.batch_size,
                            dataset_size=dataset_size))
     path = os.path.join(out_dir, "checkpoints", f"step-{step:08d}.pt")
-    with atomic_file(path) as f:
-        torch.save(state, f)
-    save_ema_safetensors(ema, os.path.join(out_dir, "ema.safetensors"))
+    try:
+        with atomic_file(path) as f:
+            torch.save(state, f)
+        save_ema_safetensors(ema, os.path.join(out_dir, "ema.safetensors"))
+    except (OSError, RuntimeError) as e:   # torch.save reports a failed write (a full disk) as RuntimeError
+        free = shutil.disk_usage(os.path.dirname(path)).free / 2 ** 20
+        reason = (e.strerror if isinstance(e, OSError) and e.strerror else "the write failed") + \
+            f" ({free:.1f} MiB free there)"
+        kept = checkpoints_in(out_dir)
+        raise CheckpointError(f"cannot save the step-{step} checkpoint in {os.path.dirname(path)}: {reason}; "
+                              + (f"the newest complete one is {os.path.basename(kept[-1])}; continue with --resume "
+                                 f"once there is room" if kept else "no checkpoint was written")) from None
     for old in checkpoints_in(out_dir)[:-settings.keep_checkpoints]:
         os.remove(old)
 

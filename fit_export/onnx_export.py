@@ -36,6 +36,22 @@ class ExportError(RuntimeError):
     """The model or its ONNX graph cannot be exported under the package contract."""
 
 
+def read_onnx(path, load_external_data: bool = False):
+    """The ``onnx.ModelProto`` of an ONNX file (external weights left on disk unless asked for). A file that is
+    not a readable ONNX model (truncated, or not ONNX at all) is a PackageError naming it, in one line."""
+    import onnx
+
+    path = Path(path)
+    try:
+        return onnx.load(str(path), load_external_data=load_external_data)
+    except OSError:
+        raise
+    except Exception as e:  # protobuf's DecodeError and onnx's own errors for damaged files
+        text = str(e).strip()
+        raise PackageError(f"{path} is not a readable ONNX model ({text.splitlines()[0] if text else type(e).__name__}); "
+                           f"re-export the package") from None
+
+
 #################################################################################
 #                          The transformer graph contract                       #
 #################################################################################

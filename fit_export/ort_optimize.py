@@ -31,8 +31,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from engines import manifest as mf
-from engines.atomic import atomic_file
+from engines.atomic import atomic_file, recover_folder
 from engines.metrics import cosine
+from fit_export.onnx_export import read_onnx
 
 ORT_FILE = "transformer.ort.onnx"
 COPY_OPSET = 23          # ONNX Attention and RotaryEmbedding
@@ -261,7 +262,7 @@ def optimize_graph(source, target, head_dim: int, token_dim: int) -> dict:
     differ.
     """
     source, target = Path(source), Path(target)
-    model = onnx.load(str(source), load_external_data=False)      # external weights stay where they are
+    model = read_onnx(source)                                     # external weights stay where they are
     fused = fuse_attention(model, str(source.parent))
     if fused == 0:
         raise OrtOptimizeError(f"{source.name} has no attention of the form this pass fuses "
@@ -284,6 +285,7 @@ def optimize_package(package) -> dict:
     Raises :class:`OrtOptimizeError` or :class:`engines.manifest.PackageError`.
     """
     package = Path(package)
+    recover_folder(package)
     doc = mf.load_manifest(package, verify=True)
     transformer, model = doc.transformer, doc.model
     if transformer.precision != "fp32":

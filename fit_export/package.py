@@ -1,20 +1,24 @@
 """Model packages: export a FiT (and optionally its VAE decoder) into a self-describing directory.
 
-The directory is built in a temporary sibling and renamed into place at the end, so a failed export never
-leaves a partial package behind and an existing package is only replaced once the new one is complete.
+The directory is built in a hidden sibling (``.NAME.tmp-PID-XXXXXXXX``) and put into place at the end with
+:func:`engines.atomic.replace_folder`, so a failed or killed export never leaves a partial package at ``NAME``, and
+``--force`` swaps an existing package for the new one only once the new one is complete (atomically on Linux;
+elsewhere a kill between two renames is undone by the next export or load). Leftovers of killed exports are
+removed by the next export to the same place (:func:`engines.atomic.recover_folder`).
 """
 from __future__ import annotations
 
+import errno
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
 
 from engines import manifest as mf
+from engines.atomic import recover_folder, replace_folder, temporary_folder
 from engines.buckets import Bucket, BucketError, smallest_bucket, tokens_for_size
 from engines.sampler import SamplerSettings
 from engines.rope import EXTRAPOLATIONS
@@ -55,6 +59,7 @@ def export_package(model_or_config: Union[FiT, FiTConfig, str, dict], checkpoint
     nothing is left at ``out_dir`` on failure.
     """
     out_dir = Path(out_dir)
+    recover_folder(out_dir)
     _check_destination(out_dir, force)
     if isinstance(model_or_config, FiT):
         if checkpoint is not None:
@@ -78,7 +83,7 @@ def export_package(model_or_config: Union[FiT, FiTConfig, str, dict], checkpoint
 
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+        work = temporary_folder(out_dir)
     except OSError as e:
         raise ExportError(f"cannot write to {out_dir.parent}: {e.strerror}") from None
     try:
@@ -110,6 +115,11 @@ def export_package(model_or_config: Union[FiT, FiTConfig, str, dict], checkpoint
         mf.write_manifest(work, doc)
         _publish_permissions(work)
         _move_into_place(work, out_dir, force)
+    except OSError as e:                   # a full disk, a folder that became unwritable: nothing is left behind
+        shutil.rmtree(work, ignore_errors=True)
+        raise ExportError(f"cannot write the package {out_dir}: {e.strerror or e}"
+                          + (f" ({shutil.disk_usage(out_dir.parent).free / 2 ** 20:.1f} MiB free there)"
+                             if e.errno == errno.ENOSPC else "")) from None
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -221,7 +231,7 @@ def check_vae_decoder(vae, path) -> dict:
 
 
 def _publish_permissions(work: Path) -> None:
-    """mkdtemp and safetensors create private files; give the package the usual umask-based modes."""
+    """temporary_folder and safetensors create private files; give the package the usual umask-based modes."""
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(work, 0o777 & ~umask)
@@ -244,21 +254,10 @@ def _check_destination(out_dir: Path, force: bool) -> None:
 
 
 def _move_into_place(work: Path, out_dir: Path, force: bool) -> None:
-    """Rename the finished package into place; an existing one is moved aside first and deleted after."""
-    old = None
-    if out_dir.exists():
-        if not force:
-            raise ExportError(f"output {out_dir} appeared during the export; pass --force to replace it")
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-    try:
-        os.replace(work, out_dir)
-    except OSError as e:
-        if old is not None:
-            os.replace(old, out_dir)
-        raise ExportError(f"cannot move the package to {out_dir}: {e.strerror}") from None
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Put the finished package in place; an existing one is replaced (with ``force``) in one step."""
+    if out_dir.exists() and not force:
+        raise ExportError(f"output {out_dir} appeared during the export; pass --force to replace it")
+    replace_folder(work, out_dir)
 
 
 __all__ = ["export_package", "ExportError", "ConfigError", "CheckpointError", "TRANSFORMER_FILE", "VAE_FILE",

@@ -506,7 +506,8 @@ def _dtype_name(dtype: int) -> str:
 def check_model(model, max_opset: int = MAX_OPSET) -> OpSupportReport:
     """Check an ONNX model (ModelProto or path; external weights are not loaded) against the matrix."""
     if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(Path(model)), load_external_data=False)
+        from fit_export.onnx_export import read_onnx
+        model = read_onnx(model)
     report = OpSupportReport()
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     report.opset = opset

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 import engines
+from engines.atomic import recover_folder
 from engines.backend import Backend
 from engines.buckets import BucketError, choose_profile
 from engines.manifest import Manifest, load_manifest, verify_files
@@ -329,6 +330,7 @@ def validate_package(package, checkpoint=None, model: Optional[FiT] = None, back
     from polygraphy.logger import G_LOGGER
 
     package = Path(package)
+    recover_folder(package)
     manifest = load_manifest(package)
     ref = reference_model(package, manifest, checkpoint, model)
     cases = build_cases(manifest, ref.config, methods, seed)

@@ -155,3 +155,18 @@ def test_resolve_config_accepts_every_spelling():
     assert resolve_config(dict(hidden_size=64, num_heads=4)).hidden_size == 64
     with pytest.raises(ConfigError):
         resolve_config(3.5)
+
+
+def test_preset_yaml_means_the_same_to_every_reader(tmp_path):
+    """``preset:`` + ``diffusion.network_config.params`` overrides: one reading for load_model, fit-export,
+    fit-eval (resolve_config) and fit-train (load_run_config)."""
+    from fit.train import load_run_config
+
+    path = _write(tmp_path, "preset: fitv2-tiny\ndiffusion: {network_config: {params: {num_classes: 3}}}\n"
+                            "train: {steps: 2}\n")
+    cfg = resolve_config(path)
+    assert cfg == preset("fitv2-tiny").replace(num_classes=3)
+    assert cfg == load_run_config(path)[0] == load_model(path).config
+    with pytest.raises(ConfigError, match="unknown preset"):
+        resolve_config(_write(tmp_path, "preset: fitv2-huge\n"))
+

@@ -131,6 +131,25 @@ def test_prepare_pixels_writes_the_official_layout(tmp_path):
         prepare_folder(str(images), str(tmp_path / "strict"), 64, strict=True, progress=False)
 
 
+@pytest.mark.parametrize("bits", [16, 8])
+def test_prepare_scales_16_bit_grayscale(tmp_path, bits):
+    """A 16-bit grayscale PNG (Pillow mode I;16) is scaled to 0..255, not clipped at 255 (almost all white)."""
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    top = 65535 if bits == 16 else 255
+    values = np.linspace(0, top, 16 * 16).reshape(16, 16).astype(np.uint16 if bits == 16 else np.uint8)
+    os.makedirs(tmp_path / "img" / "gray")
+    Image.fromarray(values).save(tmp_path / "img" / "gray" / "ramp.png")
+    prepare_folder(str(tmp_path / "img"), str(tmp_path / "out"), 64, progress=False)
+    saved = load_file(str(tmp_path / "out" / folder_names(64)["fits"] / "gray_ramp.safetensors"))
+    h, w = saved["size"].tolist()
+    pixels = unpatchify(saved["feature"][0].reshape(h * w, 12), h, w, 2)        # (3, 16, 16) in [-1, 1]
+    expected = torch.from_numpy(values.astype(np.float32) / top * 2 - 1)
+    assert torch.allclose(pixels, expected.expand(3, -1, -1), atol=1 / 127.5)
+
+
 def test_prepare_bad_folders(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         prepare_folder(str(tmp_path / "nope"), str(tmp_path / "o"), 64)

@@ -50,6 +50,11 @@ def test_frechet_distance_of_samples_and_singular_covariance():
         feature_statistics(np.zeros((1, 3)))
 
 
+def test_non_finite_features_are_named():
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        feature_statistics(np.array([[0.0, np.nan], [1.0, 2.0]]))
+
+
 def test_class_accuracy():
     assert class_accuracy([1, 2, 3, 0], [1, 2, 0, 0]) == 0.75
     with pytest.raises(ValueError):
@@ -139,10 +144,16 @@ def test_cli_writes_the_table(tmp_path):
     (["--sizes", "30x32"], "multiple of 8 pixels"),
     (["--methods", "warp"], "unknown RoPE method"),
     (["--num", "1"], "at least 2"),
+    (["--cfg", "nan"], "--cfg must be a number from 0 to 1000, got nan"),
+    (["--cfg", "1e39"], "--cfg must be a number from 0 to 1000"),
+    (["--steps", "0"], "--steps must be a whole number from 1 to 10,000"),
+    (["--sizes", "1600x1600"], "size 1600x1600 has 40000 tokens, more than 4x the model's training budget of 16 "
+                               "(64); the largest size with this aspect ratio is about 64x64"),
 ])
 def test_cli_user_errors_are_one_line_exit_2(tmp_path, args, message):
     ckpt = _save_tiny(tmp_path)
-    result = CliRunner().invoke(eval_main, ["--checkpoint", str(ckpt), "--steps", "1", *args])
+    result = CliRunner().invoke(eval_main, ["--checkpoint", str(ckpt), *(["--steps", "1"] if "--steps" not in args
+                                                                          else []), *args])
     assert result.exit_code == 2, result.output
     assert message in result.output and result.output.strip().count("\n") == 0
     assert result.output.startswith("fit-eval: error:")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -205,6 +206,7 @@ def bad_checkpoints(model, tmp_path_factory):
     save_file(state, str(root / "mismatch.safetensors"))
     (root / "corrupt.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{nonsense")
     (root / "corrupt.pt").write_bytes(b"PK\x03\x04 truncated zip")
+    (root / "junk.pt").write_bytes(b"\x07" + np.random.default_rng(0).bytes(4095))     # random bytes, .pt suffix
     (root / "a_file").write_text("x")
     (root / "not_a_package").mkdir()
     (root / "not_a_package" / "notes.txt").write_text("keep me")
@@ -219,6 +221,8 @@ def bad_checkpoints(model, tmp_path_factory):
      "missing keys: final_layer.linear.bias; unexpected keys: blocks.9.attn.qkv.weight"),
     (["--config", "fitv2-tiny", "--checkpoint", "{root}/corrupt.safetensors"], "cannot read checkpoint"),
     (["--config", "fitv2-tiny", "--checkpoint", "{root}/corrupt.pt"], "cannot read checkpoint"),
+    (["--config", "fitv2-tiny", "--checkpoint", "{root}/junk.pt"],
+     "junk.pt is not a checkpoint: neither a PyTorch file (zip or pickle) nor safetensors"),
     (["--config", "fitv2-tiny", "--random-weights", "--sizes", "250x256"], "off the pixel grid"),
 ])
 def test_bad_export_input(args, message, bad_checkpoints, tmp_path):
@@ -227,7 +231,7 @@ def test_bad_export_input(args, message, bad_checkpoints, tmp_path):
     result = CliRunner().invoke(fit_export, ["onnx", *args, "--out", str(out)])
     assert result.exit_code == 2, result.output
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    assert "Traceback" not in result.output
+    assert "Traceback" not in result.output and "weights_only" not in result.output
     assert list(tmp_path.iterdir()) == [], "nothing may be written"
 
 
@@ -259,6 +263,96 @@ def test_failed_export_leaves_no_partial_package(model, tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="simulated"):
         export_package(model, None, tmp_path / "pkg")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_preset_yaml_exports_the_model_fit_train_reads(tmp_path):
+    """A YAML of ``preset:`` + params overrides (what fit-train accepts) means the same model to fit-export."""
+    from fit.train import load_run_config
+
+    config = tmp_path / "T.yaml"
+    config.write_text("preset: fitv2-tiny\ndiffusion: {network_config: {params: {num_classes: 3, depth: 1}}}\n")
+    result = CliRunner().invoke(fit_export, ["onnx", "--config", str(config), "--random-weights", "--out",
+                                             str(tmp_path / "pkg")])
+    assert result.exit_code == 0, result.output
+    exported = load_manifest(tmp_path / "pkg").model.config
+    assert exported == load_run_config(str(config))[0].to_dict()
+    assert (exported["hidden_size"], exported["depth"], exported["num_classes"]) == (64, 1, 3)
+
+
+def test_force_replaces_atomically_and_a_killed_replacement_is_undone(package, tmp_path, monkeypatch):
+    """--force swaps the packages in one step; with the two-rename fallback, a kill between the renames is put
+    right by the next run of a tool, and hidden leftovers of dead exports are removed."""
+    import engines
+    import engines.atomic as atomic
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "pkg"
+    shutil.copytree(package, out)
+    stale = tmp_path / f".pkg.tmp-{dead.pid}-0123abcd"
+    stale.mkdir()
+    (stale / "transformer.onnx").write_bytes(b"half")
+    running = tmp_path / ".pkg.tmp-1-0123abcd"              # PID 1 is always running: work in progress, kept
+    running.mkdir()
+    before = load_manifest(out).created
+    result = CliRunner().invoke(fit_export, ["onnx", "--config", "fitv2-tiny", "--random-weights", "--out",
+                                             str(out), "--force"])
+    assert result.exit_code == 0, result.output
+    assert load_manifest(out).created != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "pkg"]
+
+    # The fallback (no atomic exchange) killed between its two renames leaves only .pkg.old-PID ...
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    real_rename, calls = atomic.os.rename, []
+
+    def killed_after_the_first_rename(src, dst):         # like SIGKILL: no rename runs after the first
+        calls.append(dst)
+        if len(calls) >= 2:
+            raise KeyboardInterrupt
+        real_rename(src, dst)
+
+    monkeypatch.setattr(atomic.os, "rename", killed_after_the_first_rename)
+    new = atomic.temporary_folder(out)
+    with pytest.raises(KeyboardInterrupt):
+        atomic.replace_folder(new, out)
+    monkeypatch.setattr(atomic.os, "rename", real_rename)
+    aside = tmp_path / f".pkg.old-{os.getpid()}"
+    assert not out.exists() and aside.is_dir()
+    # ... which the next run of a tool puts back once that process is gone (its new folder is removed).
+    real_rename(aside, tmp_path / f".pkg.old-{dead.pid}")
+    real_rename(new, tmp_path / new.name.replace(f"-{os.getpid()}-", f"-{dead.pid}-"))
+    with engines.load(out, threads=1) as pipe:
+        assert pipe.generate(32, 32, steps=1, output="array").shape == (32, 32, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "pkg"]
+
+
+def test_disk_full_during_export_is_one_line_and_leaves_nothing(small_disk):
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (1024 * 1024 - 96 * 1024))        # leave less room than the tiny graph needs
+    result = CliRunner().invoke(fit_export, ["onnx", "--config", "fitv2-tiny", "--random-weights", "--out",
+                                             str(small_disk / "pkg")])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot write the package" in lines[0] and "No space left" in lines[0], lines
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+
+
+@pytest.mark.parametrize("command", [["ort-optimize"], ["build", "--dry-run"]])
+def test_truncated_graph_with_a_matching_hash_is_one_line(package, tmp_path, command):
+    from engines.manifest import file_entries, write_manifest
+
+    broken = tmp_path / "broken"
+    shutil.copytree(package, broken)
+    graph = broken / "transformer.onnx"
+    graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])
+    manifest = load_manifest(broken)
+    write_manifest(broken, manifest.replace(files=dict(manifest.files, **file_entries(broken, ["transformer.onnx"]))))
+    result = CliRunner().invoke(fit_export, [*command, str(broken)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "transformer.onnx is not a readable ONNX model" in lines[0], result.output
+    assert "Traceback" not in result.output
 
 
 def test_corrupt_package_is_refused(package, tmp_path):

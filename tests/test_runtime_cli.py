@@ -1,13 +1,14 @@
 """fit-run: images, metadata and determinism; every bad input is one line on stderr, exit 2, no file written."""
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 pytest.importorskip("torch")
 
 from cli.run import main  # noqa: E402
-from engines.pipeline import read_parameters  # noqa: E402
+from engines.pipeline import GenerationError, read_parameters  # noqa: E402
 from tests.runtime_helpers import copy_package, tiny_package  # noqa: E402
 
 
@@ -71,8 +72,16 @@ BAD = [
     (["-W", 4096, "-H", 4096], "maximum"),
     (["--class", "zebra"], "unknown class"),
     (["--class", 99], "outside"),
-    (["--steps", 0], "--steps"),
-    (["--cfg", -1], "--cfg"),
+    (["--steps", 0], "--steps must be a whole number from 1 to 10,000, got 0"),
+    (["--steps", 10 ** 9], "--steps must be a whole number from 1 to 10,000"),
+    (["--steps", 10 ** 20], "--steps must be a whole number from 1 to 10,000"),
+    (["--cfg", -1], "--cfg must be a number from 0 to 1000, got -1.0"),
+    (["--cfg", "1e39"], "--cfg must be a number from 0 to 1000"),
+    (["--cfg", "nan"], "--cfg must be a number from 0 to 1000"),
+    (["--seed", -1], "--seed must be a whole number from 0 to 2**64 - 1, got -1"),
+    (["--seed", 2 ** 64], "--seed must be a whole number from 0 to 2**64 - 1"),
+    (["--seed", 2 ** 64 - 1, "--num", 2], "needs seeds up to 18446744073709551616"),
+    (["--num", 10 ** 8, "--grid"], "drop --grid"),
     (["--sampler", "rk4"], "rk4"),
     (["--extrapolation", "warp"], "warp"),
     (["--backend", "magic"], "magic"),
@@ -131,6 +140,94 @@ def test_write_failure_leaves_no_file(package, tmp_path, monkeypatch):
     result = invoke(package, "-W", 32, "-H", 32, "--steps", 1, "--num", 2, "-q", "-o", tmp_path / "x.png")
     assert result.exit_code == 2 and "No space left" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_api_and_cli_word_a_mistake_alike(package, tmp_path):
+    """One check, one wording: the API names the parameter, the command line its flag."""
+    import engines
+
+    with engines.load(package, threads=1) as pipe:
+        for kwargs, flag in ((dict(cfg=-1.0), "--cfg"), (dict(steps=0), "--steps")):
+            with pytest.raises(GenerationError) as err:
+                pipe.settings(**kwargs)
+            api = str(err.value)
+            name = next(iter(kwargs))
+            assert api.startswith(f"{name} must")
+            result = invoke(package, f"--{name}", kwargs[name], "-q", "-o", tmp_path / "x.png")
+            assert result.stderr.strip() == f"fit-run: error: {flag}{api[len(name):]}"
+
+
+def test_large_num_streams_and_an_interruption_leaves_complete_files(package, tmp_path, monkeypatch):
+    """--num 10**8 starts at once, writes each image as its chunk finishes; Ctrl-C keeps only complete files."""
+    import cli.run
+    import engines.pipeline as pipeline
+
+    original, calls = pipeline.Pipeline.generate_many, []
+
+    def generate_many(self, requests, *args, **kwargs):
+        calls.append(len(requests))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, requests, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline.Pipeline, "generate_many", generate_many)
+    result = invoke(package, "-W", 32, "-H", 32, "--steps", 1, "--num", 10 ** 8, "-q", "-o", tmp_path / "x.png")
+    assert result.exit_code == 130
+    written = 2 * cli.run.CHUNK
+    assert result.stderr.strip() == f"fit-run: interrupted; {written} complete image file(s) written"
+    assert result.stdout.split() == [str(tmp_path / f"x-{i}.png") for i in range(1, written + 1)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"x-{i}.png" for i in range(1, written + 1))
+    assert read_parameters(tmp_path / f"x-{written}.png")["seed"] == written - 1
+
+
+def test_non_finite_latents_write_no_image(package, tmp_path, monkeypatch):
+    from engines.onnxruntime_backend import OnnxRuntimeBackend
+
+    original = OnnxRuntimeBackend._infer
+
+    def overflowing(self, feed):
+        return {name: value * np.float32(np.inf) for name, value in original(self, feed).items()}
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "_infer", overflowing)
+    result = invoke(package, "-W", 32, "-H", 32, "--steps", 2, "--class", 1, "-q", "-o", tmp_path / "x.png")
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "non-finite latents" in lines[0] and "cfg" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_onnx_runtime_failure_is_one_line(package, tmp_path, monkeypatch):
+    """An allocation failure inside ONNX Runtime (e.g. sizes.max_tokens beyond the machine) is a BackendError."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
+
+    from engines.onnxruntime_backend import OnnxRuntimeBackend
+
+    def out_of_memory(self, *args):
+        raise RuntimeException("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned "
+                               "while running MatMul node. Failed to allocate memory for requested buffer\nmore")
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "_activate", _activate_with_run(OnnxRuntimeBackend._activate,
+                                                                            out_of_memory))
+    result = invoke(package, "-W", 32, "-H", 32, "--steps", 1, "-q", "-o", tmp_path / "x.png")
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ONNX Runtime failed running transformer" in lines[0]
+    assert "Failed to allocate memory" in lines[0] and "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def _activate_with_run(activate, run):
+    def wrapped(self):
+        activate(self)
+        session = self.session
+
+        class Session:
+            def __getattr__(self, name):
+                return getattr(session, name)
+
+        Session.run = run
+        self.session = Session()
+    return wrapped
 
 
 def test_no_package_without_default_model_is_one_line(tmp_path, monkeypatch):

@@ -112,6 +112,30 @@ def test_bad_generation_settings(pipe):
         pipe.generate(width=32, height=32, extrapolation="warp")
 
 
+@pytest.mark.parametrize("seed", [-1, 2 ** 64, 1.5])
+def test_seeds_outside_0_to_2_64_are_refused(pipe, seed):
+    with pytest.raises(GenerationError, match=r"seed must be a whole number from 0 to 2\*\*64 - 1") as err:
+        pipe.generate(width=32, height=32, steps=1, seed=seed)
+    assert err.value.parameter == "seed"
+    assert pipe.check_request(Request(32, 32, None, 2 ** 64 - 1)).seed == 2 ** 64 - 1
+
+
+def test_non_finite_latents_are_refused(pipe, monkeypatch):
+    monkeypatch.setattr(pipe.backend, "infer", lambda feed: {"v": np.full(feed["x"].shape, np.nan, np.float32)})
+    with pytest.raises(GenerationError, match="seed 5 gave non-finite latents"):
+        pipe.generate(width=32, height=32, steps=2, seed=5)
+
+
+def test_backend_errors_of_onnx_runtime_are_backend_errors(package):
+    """A failing run inside ONNX Runtime (here inconsistent shapes) is one-line BackendError, not ORT's type."""
+    with create_backend("onnxruntime", package[0], threads=1, device="cpu") as backend:
+        feed = backend.manifest.graph.example_feed(batch=1, seq=4)
+        feed["mask"] = np.ones((1, 5), np.float32)
+        with pytest.raises(BackendError, match="ONNX Runtime failed running transformer.onnx") as err:
+            backend.infer(feed)
+        assert "\n" not in str(err.value)
+
+
 def test_corrupt_packages_are_refused(package, tmp_path):
     bad_hash = copy_package(package[0], tmp_path / "hash")
     with open(bad_hash / "transformer.onnx", "r+b") as f:

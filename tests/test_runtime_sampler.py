@@ -94,7 +94,21 @@ def test_callback_reports_every_step():
     assert seen and seen[-1][2] == 1.0 and all(n is None for _, n, _ in seen)
 
 
-@pytest.mark.parametrize("kwargs", [dict(method="rk4"), dict(steps=0), dict(steps=2.5), dict(atol=0)])
+def test_time_grid_is_not_built_up_front():
+    """euler/heun compute each step's times as they go: a huge step count allocates nothing before step 1."""
+    class FirstCall(Exception):
+        pass
+
+    def v(x, t):
+        raise FirstCall
+
+    for sampler in (ns.euler, ns.heun):
+        with pytest.raises(FirstCall):
+            sampler(v, X0, 10 ** 12)
+
+
+@pytest.mark.parametrize("kwargs", [dict(method="rk4"), dict(steps=0), dict(steps=2.5), dict(atol=0),
+                                    dict(steps=ns.MAX_STEPS + 1), dict(steps=10 ** 20)])
 def test_settings_reject_bad_values(kwargs):
     with pytest.raises(ValueError):
         ns.SamplerSettings(**kwargs)

@@ -202,6 +202,56 @@ def test_cli_errors_are_one_line_exit_2(latents, tmp_path):
     assert os.path.exists(tmp_path / "ok" / "ema.safetensors")
 
 
+def test_resume_with_only_corrupt_checkpoints_refuses_and_keeps_the_ema(latents, tmp_path):
+    run(tmp_path / "r", latents, steps=3)
+    ema = (tmp_path / "r" / "ema.safetensors").read_bytes()
+    for path in checkpoints_in(str(tmp_path / "r")):
+        with open(path, "r+b") as f:
+            f.truncate(100)
+    with pytest.warns(UserWarning, match="trying an older checkpoint"):
+        with pytest.raises(CheckpointError, match=r"none of the 1 checkpoint\(s\) .* can be read; nothing was changed"):
+            run(tmp_path / "r", latents, resume=True)
+    assert (tmp_path / "r" / "ema.safetensors").read_bytes() == ema
+    assert [r[0] for r in rows(tmp_path / "r")] == [1, 2, 3]
+
+
+def test_disk_full_at_a_checkpoint_is_one_line_and_leaves_no_partial_file(latents, small_disk):
+    out = small_disk / "run"
+    result = CliRunner().invoke(cli_main, ["run", "--config", "fitv2-tiny", "--data", latents, "--out", str(out),
+                                           "--steps", "1", "--batch-size", "2", "--max-tokens", "64",
+                                           "--no-tensorboard", "--quiet"])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fit-train: error: cannot save the step-1 checkpoint in ")
+    assert "MiB free there" in lines[0] and "no checkpoint was written" in lines[0]
+    assert os.listdir(out / "checkpoints") == [] and not (out / "ema.safetensors").exists()
+    assert not [name for name in os.listdir(out) if name.startswith(".")]
+
+
+def test_non_finite_features_are_skipped_naming_the_file(tmp_path):
+    """A latent file with NaN features and a valid header is skipped with a one-line warning naming it."""
+    from fit.data import DataError
+    from fit.data.latent_folder import LatentFolder, folder_names, write_latent
+    root = make_latents(tmp_path / "data", n=4)
+    bad = root / folder_names(64)["fits"] / "002.safetensors"
+    write_latent(str(bad), torch.full((2, 4, 4, 16), float("nan")), 0)
+    data = LatentFolder(str(root), 64)
+    index = [e[0] for e in data.entries].index(str(bad))
+    with pytest.raises(DataError, match="002.safetensors: the features hold NaN or infinite values"):
+        data.load(index)
+    stream = fit_train.SampleStream(data, seed=0, drop_prob=0.0)
+    position = next(k for k in range(len(data)) if stream.index(k) == index)
+    with pytest.warns(UserWarning, match="skipping a sample: .*002.safetensors"):
+        assert torch.isfinite(stream[position]["feature"]).all()
+    result = CliRunner().invoke(cli_main, ["run", "--config", "fitv2-tiny", "--data", str(root), "--out",
+                                           str(tmp_path / "out"), "--steps", "1", "--batch-size", "4",
+                                           "--max-tokens", "64", "--no-tensorboard", "--quiet"])
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.stderr.splitlines() if "002.safetensors" in line]
+    assert len(warned) == 1 and warned[0].startswith("fit-train: warning: skipping a sample: ")
+    assert "warnings.warn" not in result.stderr and "UserWarning" not in result.stderr
+
+
 def test_timestep_shift_moves_training_time_toward_noise():
     import torch
 

@@ -171,7 +171,10 @@ class LatentFolder:
             data = load_file(path)
             feature = data["feature"][flip]                                   # (h, w, D)
             h, w, d = feature.shape
-            return dict(feature=feature.reshape(h * w, d).float(), grid=data["grid"].to(torch.int64),
-                        size=data["size"].reshape(2).to(torch.int64), label=int(data["label"].reshape(-1)[0]))
+            sample = dict(feature=feature.reshape(h * w, d).float(), grid=data["grid"].to(torch.int64),
+                          size=data["size"].reshape(2).to(torch.int64), label=int(data["label"].reshape(-1)[0]))
         except Exception as e:
             raise DataError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+        if not torch.isfinite(sample["feature"]).all():
+            raise DataError(f"{path}: the features hold NaN or infinite values")
+        return sample

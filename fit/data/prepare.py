@@ -66,6 +66,20 @@ def center_crop(image: Image.Image, side: int) -> Image.Image:
     return image.crop((left, top, left + side, top + side))
 
 
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")     # Pillow's modes of 16-bit grayscale files
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow image -> 8-bit RGB. 16-bit grayscale (modes ``I;16*``, and ``I``, which is how Pillow opens
+    16-bit PNG and TIFF) is scaled from 0..65535 to 0..255 rather than clipped at 255; floating-point images
+    (mode ``F``) are taken as 0..1. Everything else goes through Pillow's own conversion."""
+    if image.mode in _SIXTEEN_BIT or image.mode == "F":
+        top = 1.0 if image.mode == "F" else 65535.0
+        values = np.asarray(image, dtype=np.float64) * (255.0 / top)
+        return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), "L").convert("RGB")
+    return image.convert("RGB")
+
+
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """PIL RGB -> (3, H, W) float32 in [-1, 1]."""
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1).contiguous()
@@ -167,7 +181,7 @@ def prepare_folder(images: str, out: str, max_tokens: int, vae: Optional[str] = 
         stem = _output_stem(images, path, used)
         try:
             with Image.open(path) as im:
-                image = im.convert("RGB")
+                image = to_rgb(im)
         except Exception as e:    # PIL raises many types for damaged files
             if strict:
                 raise DataError(f"cannot read image {path}: {e}") from None

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from engines.rope import rope_tables
+from engines.sampler import check_cfg
 from fit.data.procedural import SHAPES, draw
 from fit.eval.classifier import ShapeClassifier
 from fit.eval.metrics import class_accuracy, frechet_distance_of
@@ -60,6 +61,15 @@ class EvalSettings:
     batch_size: int = 64
     reference_count: int = 512
 
+    def __post_init__(self):
+        self.cfg_scale = check_cfg(self.cfg_scale)          # the runtime's bound: finite float32 guidance
+
+
+# Sizes are refused beyond this many times the training token budget (context_size): Table III measures up to
+# 2.25x, and attention memory grows with the square of the tokens (1600x1600 on the default model would need
+# 400x its budget and tens of GB).
+MAX_TOKEN_FACTOR = 4
+
 
 def default_sizes(context_size: int, granularity: int) -> list[tuple[int, int]]:
     """Table III's rows scaled to a token budget L = ``context_size``: (height, width) in pixels.
@@ -101,10 +111,18 @@ def check_model(model: FiT, sizes: Sequence[tuple[int, int]], methods: Sequence[
     if model.num_classes < len(SHAPES):
         raise EvalError(f"the model has {model.num_classes} classes; the shape classifier needs {len(SHAPES)}")
     g = model.patch_size * (decoder.downsample if decoder else 1)
+    limit = MAX_TOKEN_FACTOR * model.config.context_size
     for h, w in sizes:
         if h % g or w % g or h < g or w < g:
             raise EvalError(f"size {w}x{h} is not a positive multiple of {g} pixels (patch size x VAE "
                             f"downsampling) in both sides")
+        tokens = (h // g) * (w // g)
+        if tokens > limit:
+            scale = math.sqrt(limit / tokens)
+            raise EvalError(f"size {w}x{h} has {tokens} tokens, more than {MAX_TOKEN_FACTOR}x the model's "
+                            f"training budget of {model.config.context_size} ({limit}); the largest size with "
+                            f"this aspect ratio is about {max(g, int(w * scale) // g * g)}x"
+                            f"{max(g, int(h * scale) // g * g)}")
     for m in methods:
         try:
             model.config.rope_settings(m)

@@ -20,6 +20,8 @@ def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
     f = np.asarray(features, dtype=np.float64)
     if f.ndim != 2 or f.shape[0] < 2:
         raise ValueError(f"need features of shape (N >= 2, D), got {f.shape}")
+    if not np.isfinite(f).all():
+        raise ValueError("the features hold NaN or infinite values (non-finite samples); no Fréchet distance")
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
