@@ -19,6 +19,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from engines import noise as portable_noise
 from engines.backend import Backend, BackendError, create_backend, resolve_backend_name
 from engines.manifest import PackageError, load_manifest
 from engines.rope import METHOD_ALIASES, METHODS, RopeSettings, rope_tables
@@ -229,11 +230,10 @@ class Pipeline:
 
     # -- generation -------------------------------------------------------------------------------------------
     def noise(self, request: Request) -> np.ndarray:
-        """Initial latent noise (C, H/d, W/d) of a request: standard normal from numpy's PCG64 seeded by its seed,
+        """Initial latent noise (C, H/d, W/d) of a request: block 0 of its seed's portable stream (engines/noise.py),
         so an image depends only on its own seed, never on what shares its batch."""
         d = self.downsample
-        rng = np.random.default_rng(int(request.seed))
-        return rng.standard_normal((self.channels, request.height // d, request.width // d), dtype=F32)
+        return portable_noise.standard_normal(request.seed, (self.channels, request.height // d, request.width // d))
 
     def sample_latents(self, requests: Sequence[Request], sampler: SamplerSettings, cfg: float,
                        rope: RopeSettings, scale_pow: Optional[float] = None, callback: Optional[Callback] = None,
@@ -253,8 +253,7 @@ class Pipeline:
             feed.update(x=x, t=t)
             return self.backend.infer(feed)[out_name].astype(F32, copy=False)
 
-        seeds = [int(r.seed) for r in requests]
-        x = integrate(velocity, batch.x, sampler, rng=np.random.default_rng(seeds + [len(seeds)]), callback=callback)
+        x = integrate(velocity, batch.x, sampler, draw=batch.sde_noise([r.seed for r in requests]), callback=callback)
         return batch.unpack(x)
 
     def decode(self, latent: np.ndarray) -> np.ndarray:
@@ -286,6 +285,10 @@ class Pipeline:
         for r in requests:
             self.check_size(r.width, r.height)
             self.resolve_label(r.label)
+            try:
+                portable_noise.check_seed(r.seed)
+            except ValueError as err:
+                raise GenerationError(str(err)) from None
         settings = self.sampler_settings(sampler, steps)
         cfg = self.cfg_default if cfg is None else float(cfg)
         if not math.isfinite(cfg) or cfg < 0:
@@ -356,6 +359,19 @@ class PaddedBatch:
         null = np.full_like(self.y, null_class)
         return {"y": np.concatenate([self.y, null]), "rope_cos": np.concatenate([self.cos, self.cos]),
                 "rope_sin": np.concatenate([self.sin, self.sin]), "mask": np.concatenate([self.mask, self.mask])}
+
+    def sde_noise(self, seeds: Sequence[int]):
+        """draw(shape) for the sde sampler: call s gives each request block s + 1 of its seed's stream in token
+        layout (n_i, C*p*p), zeros on padding."""
+        calls = []
+
+        def draw(shape) -> np.ndarray:
+            calls.append(shape)
+            out = np.zeros(shape, dtype=F32)
+            for i, (seed, length) in enumerate(zip(seeds, self.lengths)):
+                out[i, :length] = portable_noise.standard_normal(seed, (length, shape[-1]), block=len(calls))
+            return out
+        return draw
 
     def unpack(self, x: np.ndarray) -> list[np.ndarray]:
         return [unpatchify(x[i, :length], h, w, self.p)
