@@ -5,56 +5,13 @@
  * FIT_WEB_SCREENSHOT=path saves a screenshot of the page.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { after, before, describe, test } from 'node:test';
 
-import { PYTHON, REPO, psnr, pythonEnv, pythonMissing, readPng, runCli } from './helpers.mjs';
-
-export const CHROMIUM = process.env.CHROMIUM || ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find(existsSync);
-export const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
-
-/** Start fit-web on a free port; resolves to {url, stop()}. */
-export async function startFitWeb() {
-  const server = spawn(PYTHON, ['-m', 'cli.web', '--port', '0', '-q'], { env: pythonEnv, stdio: ['ignore', 'pipe', 'inherit'] });
-  const line = await new Promise((resolve, reject) => {
-    createInterface({ input: server.stdout }).once('line', resolve);
-    server.once('exit', (code) => reject(new Error(`fit-web exited with ${code}`)));
-  });
-  return { url: JSON.parse(line).url, stop: () => server.kill() };
-}
-
-/** Launch Chromium with a fresh profile; resolves to {browser, close()}. */
-export async function launchChromium(puppeteer) {
-  const profile = mkdtempSync(join(tmpdir(), 'fit-chromium-'));
-  const browser = await puppeteer.launch({ executablePath: CHROMIUM, headless: true,
-    args: [...CHROMIUM_ARGS, `--user-data-dir=${profile}`] });
-  return { browser, close: async () => { await browser.close(); rmSync(profile, { recursive: true, force: true }); } };
-}
-
-/** Fill the form, click Generate and wait; returns {state, status}. */
-export async function generateInPage(page, settings) {
-  for (const [id, value] of Object.entries(settings)) {
-    await page.$eval(`#${id}`, (el, v) => { el.value = v; }, String(value));
-  }
-  await page.evaluate(() => { document.body.dataset.state = 'waiting'; });
-  await page.click('#generate');
-  await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.state), { timeout: 120000 });
-  return page.evaluate(() => ({ state: document.body.dataset.state, status: document.getElementById('status').textContent }));
-}
-
-/** RGB pixels of the page's canvas. */
-export async function canvasPixels(page) {
-  const rgba = await page.evaluate(() => {
-    const canvas = document.getElementById('image');
-    return Array.from(canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data);
-  });
-  return Uint8Array.from(rgba.filter((_, i) => i % 4 !== 3));
-}
+import { CHROMIUM, canvasPixels, generateInPage, launchChromium, loadPuppeteer, startFitWeb } from './browser-helpers.mjs';
+import { PYTHON, REPO, psnr, pythonMissing, readPng, runCli } from './helpers.mjs';
 
 const reason = pythonMissing()
   ?? (CHROMIUM ? null : 'no chromium (apt-get install -y chromium, or set CHROMIUM)')
@@ -65,9 +22,8 @@ describe('web page in headless Chromium', { skip: reason ?? false }, () => {
   let chromium;
   let page;
   before(async () => {
-    const { default: puppeteer } = await import('puppeteer-core');
     server = await startFitWeb();
-    chromium = await launchChromium(puppeteer);
+    chromium = await launchChromium(await loadPuppeteer());
     page = await chromium.browser.newPage();
     await page.goto(server.url);
     await page.waitForFunction(() => ['ready', 'failed'].includes(document.body.dataset.state), { timeout: 120000 });
