@@ -263,7 +263,8 @@ class Pipeline:
             rgb = np.repeat(z, 3, axis=0) if z.shape[0] == 1 else z
         elif self.vae is not None:
             name = next(iter(self.vae.inputs))
-            rgb = next(iter(self.vae.infer({name: z[None]}).values()))[0].astype(F32)
+            scaled = self.manifest["vae_decoder"].get("input_is_scaled")     # the graph divides by the factor itself
+            rgb = next(iter(self.vae.infer({name: (latent if scaled else z)[None]}).values()))[0].astype(F32)
         else:
             rgb = self._preview(z)
         image = np.clip((rgb + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)

@@ -1,6 +1,7 @@
 /**
  * The FiT web page: the js/ core on onnxruntime-web. The page is served by `fit-web` (or any static host that sends
- * the headers in docs/javascript.md); query parameters: ?package=URL (default /package/), ?threads=N (WASM threads).
+ * the headers in docs/javascript.md); query parameters: ?package=URL (default /package/), ?threads=N (WASM threads),
+ * ?optimization=disabled|basic|extended|all (ONNX Runtime graph optimization, default all).
  */
 import * as ort from '/ort/ort.wasm.min.mjs';
 import { EXTRAPOLATIONS, FitPipeline, SAMPLERS, encodePng } from '/js/src/index.js';
@@ -105,7 +106,7 @@ async function start() {
   const started = performance.now();
   try {
     pipe = await FitPipeline.load(query.get('package') ?? '/package/', { ort, backendName: 'onnxruntime-web',
-      executionProviders: ['wasm'], lazyDecoder: true });
+      executionProviders: ['wasm'], lazyDecoder: true, graphOptimizationLevel: query.get('optimization') ?? 'all' });
   } catch (err) {
     status(`Cannot open the model: ${err.message}`, true);
     document.body.dataset.state = 'failed';
@@ -116,6 +117,8 @@ async function start() {
   status(`Model loaded in ${((performance.now() - started) / 1000).toFixed(2)} s (${ort.env.wasm.numThreads} WASM `
     + `thread${ort.env.wasm.numThreads === 1 ? '' : 's'}).`);
   document.body.dataset.state = 'ready';
+  // The page is usable now; the decoder's session is created while the user picks settings.
+  pipe.loadDecoder().catch((err) => status(`Cannot open the decoder: ${err.message}`, true));
 }
 
 $('controls').addEventListener('submit', generate);

@@ -247,6 +247,11 @@ export class FitPipeline {
     return this.#vaeLoading;
   }
 
+  /** Create the VAE decoder's session now (with `lazyDecoder` it is otherwise created on the first decode). */
+  async loadDecoder() {
+    await this.#decoder();
+  }
+
   /** Release the ONNX Runtime sessions. */
   async release() {
     for (const session of [this.#session, this.#vae]) if (session) await session.release();

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 
-import { PYTHON, pythonEnv } from './helpers.mjs';
+import { PYTHON, REPO, pythonEnv } from './helpers.mjs';
 
 /** puppeteer-core, resolved from js/node_modules. */
 export async function loadPuppeteer() {
@@ -18,7 +18,7 @@ export const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--
 
 /** Start fit-web on a free port; resolves to {url, stop()}. */
 export async function startFitWeb() {
-  const server = spawn(PYTHON, ['-m', 'cli.web', '--port', '0', '-q'], { env: pythonEnv, stdio: ['ignore', 'pipe', 'inherit'] });
+  const server = spawn(PYTHON, ['-m', 'cli.web', '--port', '0', '-q'], { cwd: REPO, env: pythonEnv, stdio: ['ignore', 'pipe', 'inherit'] });
   const line = await new Promise((resolve, reject) => {
     createInterface({ input: server.stdout }).once('line', resolve);
     server.once('exit', (code) => reject(new Error(`fit-web exited with ${code}`)));

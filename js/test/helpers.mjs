@@ -22,13 +22,13 @@ export function pythonReference(job) {
   const dir = mkdtempSync(join(tmpdir(), 'fit-js-ref-'));
   writeFileSync(join(dir, 'job.json'), JSON.stringify(job));
   execFileSync(PYTHON, [join(REPO, 'js', 'test', 'reference.py'), join(dir, 'job.json'), dir],
-    { env: pythonEnv, stdio: ['ignore', 'inherit', 'inherit'] });
+    { cwd: REPO, env: pythonEnv, stdio: ['ignore', 'inherit', 'inherit'] });
   return { dir, index: JSON.parse(readFileSync(join(dir, 'index.json'), 'utf8')) };
 }
 
 /** Run a CLI; returns {status, stdout, stderr}. */
 export function runCli(command, args, options = {}) {
-  const result = spawnSync(command, args, { env: pythonEnv, encoding: 'utf8', ...options });
+  const result = spawnSync(command, args, { cwd: REPO, env: pythonEnv, encoding: 'utf8', ...options });
   return { status: result.status, stdout: result.stdout, stderr: result.stderr };
 }
 
