@@ -171,7 +171,8 @@ _C_MID = (6025192743 / 30085553152 / 2, 0.0, 51252292925 / 65400821598 / 2, -269
 
 
 def _rms(a: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(a, dtype=F32), dtype=F32)))
+    """Root mean square, summed in float64 and rounded to float32 (order-independent to float32 rounding)."""
+    return float(F32(np.sqrt(np.mean(np.square(a, dtype=np.float64)))))
 
 
 def _combine(y0: np.ndarray, ks: list[np.ndarray], coeffs, dt: np.float32) -> np.ndarray:

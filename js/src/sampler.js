@@ -173,10 +173,11 @@ const E = [35 / 384 - 1951 / 21600, 0, 500 / 1113 - 22642 / 50085, 125 / 192 - 4
 const M = [6025192743 / 30085553152 / 2, 0, 51252292925 / 65400821598 / 2, -2691868925 / 45128329728 / 2,
   187940372067 / 1594534317056 / 2, -1776094331 / 19743644256 / 2, 11237099 / 235043384 / 2].map(f32);
 
+/** Root mean square summed in float64, rounded to float32. */
 function rms(a) {
   let total = 0;
   for (let i = 0; i < a.length; i++) total += a[i] * a[i];
-  return f32(Math.sqrt(f32(total / a.length)));
+  return f32(Math.sqrt(total / a.length));
 }
 
 function combine(y, ks, coeffs, h32) {
