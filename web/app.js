@@ -90,11 +90,16 @@ async function generate(event) {
   }
 }
 
-async function save() {
-  if (!last) return;
+/** PNG bytes of the last image with its parameters as text chunks. */
+async function pngBytes() {
   const deflate = async (data) => new Uint8Array(await new Response(
     new Blob([data]).stream().pipeThrough(new CompressionStream('deflate'))).arrayBuffer());
-  const bytes = await encodePng(last.pixels, last.width, last.height, last.parameters, deflate);
+  return encodePng(last.pixels, last.width, last.height, last.parameters, deflate);
+}
+
+async function save() {
+  if (!last) return;
+  const bytes = await pngBytes();
   const link = document.createElement('a');
   link.href = URL.createObjectURL(new Blob([bytes], { type: 'image/png' }));
   link.download = `fit-${last.parameters.seed}.png`;
@@ -123,5 +128,5 @@ async function start() {
 
 $('controls').addEventListener('submit', generate);
 $('save').addEventListener('click', save);
-globalThis.fitPage = { get pipeline() { return pipe; } };
+globalThis.fitPage = { get pipeline() { return pipe; }, pngBytes };
 start();

@@ -5,7 +5,7 @@
  * FIT_WEB_SCREENSHOT=path saves a screenshot of the page.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -42,6 +42,15 @@ describe('web page in headless Chromium', { skip: reason ?? false }, () => {
     assert.match(tooBig.status, /^256x256 needs 256 tokens, more than this model's maximum of 64/);
   });
 
+  test('a missing package is one message on the page', async () => {
+    const other = await chromium.browser.newPage();
+    await other.goto(`${server.url}?package=/missing/`);
+    await other.waitForFunction(() => ['ready', 'failed'].includes(document.body.dataset.state), { timeout: 60000 });
+    const text = await other.$eval('#status', (el) => el.textContent);
+    assert.match(text, /^Cannot open the model: package .*\/missing has no manifest\.json \(HTTP 404\)$/);
+    await other.close();
+  });
+
   for (const [width, height, extrapolation] of [[96, 64, ''], [128, 128, 'vision-ntk']]) {
     test(`${width}x${height} ${extrapolation || 'package default'} matches fit-run`, async () => {
       const dir = mkdtempSync(join(tmpdir(), 'fit-web-'));
@@ -55,6 +64,12 @@ describe('web page in headless Chromium', { skip: reason ?? false }, () => {
       const db = psnr(await canvasPixels(page), readPng(join(dir, 'py.png')).pixels);
       console.log(`# page vs fit-run ${width}x${height}: ${db === Infinity ? 'identical' : `${db.toFixed(1)} dB`}`);
       assert.ok(db >= 50, `${db} dB`);
+      const saved = join(dir, 'page.png');
+      writeFileSync(saved, Uint8Array.from(await page.evaluate(async () => Array.from(await globalThis.fitPage.pngBytes()))));
+      const png = readPng(saved);
+      assert.deepEqual(png.pixels, await canvasPixels(page));
+      assert.equal(png.text['fit:backend'], 'onnxruntime-web');
+      assert.equal(JSON.parse(png.text.parameters).extrapolation, extrapolation || 'package default');
       if (process.env.FIT_WEB_SCREENSHOT && width === 128) await page.screenshot({ path: process.env.FIT_WEB_SCREENSHOT });
       rmSync(dir, { recursive: true, force: true });
     });
