@@ -35,7 +35,7 @@ export class GenerationError extends Error {
 /**
  * @typedef {object} LoadOptions
  * @property {any} ort the ONNX Runtime module (onnxruntime-node or onnxruntime-web)
- * @property {PackageIO} [io] file access; default: fetch relative to the URL given
+ * @property {PackageIO} [io] file access; default: fetch for a URL (and in browsers), the directory in Node
  * @property {string} [backendName] written into the parameters ("onnxruntime-node", "onnxruntime-web")
  * @property {boolean} [verify] check size and sha256 of every file opened (default true)
  * @property {number} [threads] intra-op threads (0 = ONNX Runtime's choice)
@@ -98,14 +98,24 @@ export function fetchIO(base) {
   };
 }
 
+const IN_NODE = typeof process !== 'undefined' && Boolean(process.versions?.node);
+
+/** fetch for URLs (and everywhere in a browser); a local directory in Node. */
+async function defaultIO(source) {
+  const text = String(source);
+  if (!IN_NODE || source instanceof URL || /^[a-z][a-z0-9+.-]*:\/\//i.test(text)) return fetchIO(text);
+  const { directoryIO } = await import('./node.js');
+  return directoryIO(text);
+}
+
 function firstLine(err) {
   return String(err?.message ?? err).trim().split('\n')[0];
 }
 
 export class FitPipeline {
   /**
-   * Open a model package. `source`: a URL (string or URL) of the package folder, or any value when `options.io`
-   * gives the files.
+   * Open a model package. `source`: the package folder's URL, or in Node a directory path; anything when
+   * `options.io` gives the files.
    * @param {string|URL} source
    * @param {LoadOptions} options
    * @returns {Promise<FitPipeline>}
@@ -113,7 +123,7 @@ export class FitPipeline {
   static async load(source, options) {
     const { ort } = options ?? {};
     if (!ort?.InferenceSession) throw new BackendError('pass the ONNX Runtime module as options.ort');
-    const io = options.io ?? fetchIO(String(source));
+    const io = options.io ?? await defaultIO(source);
     const text = await io.readManifest();
     let doc;
     try {
@@ -140,7 +150,7 @@ export class FitPipeline {
     this.#options = { verify: true, threads: 0, graphOptimizationLevel: 'all', lazyDecoder: false, ...options };
     this.ort = options.ort;
     this.manifest = manifest;
-    this.backendName = options.backendName ?? 'onnxruntime';
+    this.backendName = options.backendName ?? (IN_NODE ? 'onnxruntime-node' : 'onnxruntime-web');
     try {
       this.#readManifest(manifest);
     } catch (err) {
