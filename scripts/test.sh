@@ -25,4 +25,4 @@ fi
 if ! command -v chromium >/dev/null && [ -z "${CHROMIUM:-}" ]; then
   echo "the browser test will be skipped: no chromium (apt-get install -y chromium as root, or set CHROMIUM)"
 fi
-node --test js/test/*.test.mjs
+node --test --test-concurrency=2 js/test/*.test.mjs

@@ -243,10 +243,6 @@ export class FitPipeline {
 
   async #open() {
     const t = this.manifest.transformer;
-    if (this.precision !== 'fp32') {
-      throw new PackageError(`package ${this.#io.label}: the JavaScript runtime runs fp32 packages; this one is `
-        + `${this.precision}`);
-    }
     this.#session = await this.#createSession(t.file, t.external_data);
     if (this.manifest.vae_decoder && !this.#options.lazyDecoder) await this.#decoder();
   }
@@ -473,11 +469,13 @@ export class FitPipeline {
       mask: new ort.Tensor('float32', useCfg ? twice(mask) : mask, [batch, N]),
     };
     const session = this.#session;
+    const half = this.manifest.transformer.inputs[0].dtype === 'float16';
     const outName = session.outputNames[0];
     const velocity = async (state, t) => {
+      const xs = useCfg ? twice(state) : state;
       const feed = {
         ...constant,
-        x: new ort.Tensor('float32', useCfg ? twice(state) : state, [batch, N, C]),
+        x: half ? new ort.Tensor('float16', toHalf(xs), [batch, N, C]) : new ort.Tensor('float32', xs, [batch, N, C]),
         t: new ort.Tensor('float32', Float32Array.from(useCfg ? [...t, ...t] : t), [batch]),
       };
       let out;
@@ -486,7 +484,7 @@ export class FitPipeline {
       } catch (err) {
         throw new BackendError(`ONNX Runtime failed: ${firstLine(err)}`);
       }
-      const v = out instanceof Float32Array ? out : Float32Array.from(out);
+      const v = out instanceof Uint16Array ? fromHalf(out) : out instanceof Float32Array ? out : Float32Array.from(out);
       return useCfg ? guide(v, B, C, cfg, t, this.guidedChannels, this.scalePow) : v;
     };
     const draw = (step) => {
@@ -543,6 +541,57 @@ export class FitPipeline {
     }
     return pixels;
   }
+}
+
+const F32_VIEW = new Float32Array(1);
+const U32_VIEW = new Uint32Array(F32_VIEW.buffer);
+
+/** float32 values -> IEEE half bits, rounded to nearest even (numpy's astype(float16)). */
+export function toHalf(values) {
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < values.length; i++) {
+    F32_VIEW[0] = values[i];
+    const x = U32_VIEW[0];
+    const sign = (x >>> 16) & 0x8000;
+    const exp = (x >>> 23) & 0xff;
+    let mant = x & 0x7fffff;
+    const e = exp - 112;
+    let h;
+    if (exp === 0xff) h = 0x7c00 | (mant ? 0x200 : 0);
+    else if (e >= 0x1f) h = 0x7c00;
+    else if (e <= 0) {
+      if (e < -10) h = 0;
+      else {
+        mant |= 0x800000;
+        const shift = 14 - e;
+        h = mant >>> shift;
+        const rest = mant & ((1 << shift) - 1);
+        const mid = 1 << (shift - 1);
+        if (rest > mid || (rest === mid && (h & 1))) h++;
+      }
+    } else {
+      h = (e << 10) | (mant >>> 13);
+      const rest = mant & 0x1fff;
+      if (rest > 0x1000 || (rest === 0x1000 && (h & 1))) h++;
+    }
+    out[i] = sign | h;
+  }
+  return out;
+}
+
+/** IEEE half bits -> float32 values (exact). */
+export function fromHalf(bits) {
+  const out = new Float32Array(bits.length);
+  for (let i = 0; i < bits.length; i++) {
+    const h = bits[i];
+    const sign = h & 0x8000 ? -1 : 1;
+    const exp = (h >>> 10) & 0x1f;
+    const mant = h & 0x3ff;
+    if (exp === 0) out[i] = sign * mant * 2 ** -24;
+    else if (exp === 0x1f) out[i] = mant ? NaN : sign * Infinity;
+    else out[i] = sign * (1 + mant / 1024) * 2 ** (exp - 15);
+  }
+  return out;
 }
 
 class KeyError extends Error {

@@ -94,3 +94,6 @@ export function readPng(path) {
 export function readFloat32(path) {
   return new Float32Array(new Uint8Array(readFileSync(path)).buffer);
 }
+
+/** The full-install python (with torch), for exporting test packages; null when missing. */
+export const FULL_PYTHON = [process.env.FIT_FULL_PYTHON, join(REPO, '.venv', 'bin', 'python')].find((p) => p && existsSync(p)) ?? null;
