@@ -66,7 +66,9 @@ def guidance_scale(cfg_scale: float, t: np.ndarray, scale_pow: float = 0.0) -> n
     t = np.asarray(t, dtype=F32)
     if scale_pow == 0.0:
         return np.full(t.shape, cfg_scale, dtype=F32)
-    step = (F32(1) - np.cos(((F32(1) - np.minimum(t, F32(1))) ** F32(scale_pow)) * F32(math.pi))) / F32(2)
+    # pow and cos go through float64, rounded once (reproducible in any language; docs/runtime-spec.md §7)
+    angle = np.power((F32(1) - np.minimum(t, F32(1))).astype(np.float64), float(F32(scale_pow))).astype(F32)
+    step = (F32(1) - np.cos((angle * F32(math.pi)).astype(np.float64)).astype(F32)) / F32(2)
     return (F32(cfg_scale - 1) * step + F32(1)).astype(F32)
 
 
@@ -193,7 +195,7 @@ def _initial_step(v: Velocity, x: np.ndarray, f0: np.ndarray, atol: float, rtol:
     if d1 <= 1e-15 and d2 <= 1e-15:
         h1 = max(F32(1e-6), h0 * F32(1e-3))
     else:
-        h1 = (F32(0.01) / F32(max(d1, float(d2)))) ** F32(1.0 / (order + 1))
+        h1 = F32(float(F32(0.01) / F32(max(d1, float(d2)))) ** float(F32(1.0 / (order + 1))))
     return float(min(F32(100) * h0, h1))
 
 

@@ -30,7 +30,7 @@ export const SAMPLERS = ['euler', 'heun', 'dopri5', 'sde'];
 export function guidanceScale(cfg, t, scalePow) {
   if (scalePow === 0) return f32(cfg);
   const base = f32(1 - Math.min(t, 1));
-  const angle = f32(f32(Math.pow(base, f32(scalePow))) * f32(Math.PI));
+  const angle = f32(f32(Math.pow(base, f32(scalePow))) * f32(Math.PI));   // pow, cos in float64, rounded once
   const step = f32(f32(1 - f32(Math.cos(angle))) / 2);
   return f32(f32(f32(cfg - 1) * step) + 1);
 }

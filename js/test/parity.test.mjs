@@ -10,6 +10,7 @@ import { before, describe, test } from 'node:test';
 
 import { EXTRAPOLATIONS, normals, ropeTables } from '../src/index.js';
 import { withMethod } from '../src/rope.js';
+import { guidanceScale } from '../src/sampler.js';
 import { loadPackage } from '../src/node.js';
 import { plain } from '../src/params.js';
 import { PACKAGE, psnr, pythonMissing, pythonReference, readFloat32 } from './helpers.mjs';
@@ -43,6 +44,9 @@ const tableCases = () => EXTRAPOLATIONS.flatMap((method) => TABLE_SIZES.map(([h,
 const NOISE = [{ seed: '0', count: 1001, block: 0 }, { seed: '7', count: 64, block: 3 },
   { seed: '18446744073709551615', count: 257, block: 1 }, { seed: '123456789012345', count: 20000, block: 0 }];
 
+const GUIDANCE = [0, 0.5, 1, 2.5].map((scalePow) => ({ cfg: 4.5, scale_pow: scalePow,
+  t: Array.from({ length: 41 }, (_, i) => Math.fround(i / 40)) }));
+
 const missing = pythonMissing();
 
 describe('parity with the Python runtime', { skip: missing ?? false }, () => {
@@ -50,8 +54,7 @@ describe('parity with the Python runtime', { skip: missing ?? false }, () => {
   let pipe;
   const cases = imageCases();
   before(async () => {
-    ref = pythonReference({ package: PACKAGE, images: cases, tables: tableCases(),
-      noise: NOISE });
+    ref = pythonReference({ package: PACKAGE, images: cases, tables: tableCases(), noise: NOISE, guidance: GUIDANCE });
     pipe = await loadPackage(PACKAGE);
   });
 
@@ -62,6 +65,12 @@ describe('parity with the Python runtime', { skip: missing ?? false }, () => {
       let differ = 0;
       for (let j = 0; j < got.length; j++) if (got[j] !== expected[j]) differ++;
       assert.equal(differ, 0, `seed ${n.seed} block ${n.block}: ${differ} of ${n.count} values differ`);
+    });
+  });
+
+  test('guidance scales (power-cosine schedule) are bit-identical', () => {
+    GUIDANCE.forEach((g, i) => {
+      assert.deepEqual(g.t.map((t) => guidanceScale(g.cfg, t, g.scale_pow)), ref.index.guidance[i], `scale_pow ${g.scale_pow}`);
     });
   });
 

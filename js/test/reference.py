@@ -1,5 +1,5 @@
 """Python reference data for the JavaScript tests: images from engines (the code behind fit-run), RoPE tables of
-every extrapolation name, and portable noise. Reads a JSON job from argv[1], writes binaries into argv[2].
+every extrapolation name, portable noise and guidance scales. Reads a JSON job from argv[1], writes binaries into argv[2].
 
 Run by js/test/*.test.mjs with the repository's .venv-core python; not a test itself.
 """
@@ -12,12 +12,13 @@ import numpy as np
 from engines import noise
 from engines.pipeline import Request, load
 from engines.rope import RopeSettings, rope_tables
+from engines.sampler import guidance_scale
 
 
 def main(job_path: str, out_dir: str) -> None:
     job = json.loads(Path(job_path).read_text())
     out = Path(out_dir)
-    index = {"images": [], "tables": [], "noise": []}
+    index = {"images": [], "tables": [], "noise": [], "guidance": []}
     if job.get("images"):
         with load(job.get("package")) as pipe:
             for i, case in enumerate(job["images"]):
@@ -36,6 +37,9 @@ def main(job_path: str, out_dir: str) -> None:
         values = noise.normals(int(case["seed"]), case["count"], case["block"])
         (out / f"noise{i}.bin").write_bytes(values.tobytes())
         index["noise"].append(f"noise{i}.bin")
+    for case in job.get("guidance", []):
+        t = np.asarray(case["t"], np.float32)
+        index["guidance"].append(guidance_scale(case["cfg"], t, case["scale_pow"]).astype(float).tolist())
     (out / "index.json").write_text(json.dumps(index))
 
 
