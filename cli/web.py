@@ -75,9 +75,12 @@ class Handler(SimpleHTTPRequestHandler):
                 name = url[len(prefix):]
                 if allowed is not None and name not in allowed:
                     return ""
-                target = (folder / name).resolve()
-                if folder.resolve() in target.parents and target.is_file():
-                    return str(target)
+                try:
+                    target = (folder / name).resolve()
+                    if folder.resolve() in target.parents and target.is_file():
+                        return str(target)
+                except (OSError, ValueError):                  # NUL bytes, names too long
+                    return ""
         return ""
 
     def send_head(self):

@@ -48,7 +48,8 @@ def test_serves_files_with_isolation_headers(url, path, kind):
 
 
 @pytest.mark.parametrize("path", ["/nothing", "/package/../cli/web.py", "/web/../../pyproject.toml",
-                                  "/%2e%2e/pyproject.toml", "/package/", "/js/", "/package/notlisted.onnx"])
+                                  "/%2e%2e/pyproject.toml", "/package/", "/js/", "/package/notlisted.onnx",
+                                  "/web/%00", "/web/" + "a" * 5000, "//etc/passwd"])
 def test_everything_else_is_404(url, path):
     assert fetch(url + path)[0] == 404
 
