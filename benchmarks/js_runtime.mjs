@@ -11,7 +11,7 @@
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
-import { cpus, tmpdir } from 'node:os';
+import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { FIT_RUN_JS, PYTHON, pythonEnv } from '../js/test/helpers.mjs';
@@ -24,6 +24,7 @@ const ms = (x) => `${(x * 1000).toFixed(0)} ms`;
 const dir = mkdtempSync(join(tmpdir(), 'fit-bench-'));
 const args = ['-W', '96', '-H', '64', '--class', 'star', '--seed', '0', '-q', '-o', join(dir, 'out.png')];
 const rows = [];
+const loadBefore = loadavg()[0];
 
 function wall(command, commandArgs) {
   const times = [];
@@ -95,7 +96,8 @@ if (CHROMIUM) {
 const versions = JSON.parse(execFileSync(PYTHON, ['-c', 'import json, onnxruntime; print(json.dumps(onnxruntime.__version__))'],
   { env: pythonEnv, encoding: 'utf8' }));
 console.log(`${new Date().toISOString().slice(0, 10)}, ${cpus().length} CPU cores (${cpus()[0].model}), Node ${process.version}, `
-  + `onnxruntime ${versions} (Python), median of ${repeat}\n`);
+  + `onnxruntime ${versions} (Python), median of ${repeat}; 1-minute load average ${loadBefore.toFixed(1)} before, `
+  + `${loadavg()[0].toFixed(1)} after (other work on the machine inflates every number)\n`);
 console.log('| default model, heun 16 steps, cfg 4 | Python runtime | Node runtime | Node / Python |');
 console.log('|---|---:|---:|---:|');
 for (const row of rows) console.log(`| ${row.join(' | ')} |`);

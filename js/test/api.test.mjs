@@ -46,3 +46,24 @@ test('loading without a binding or a package fails with one line', async () => {
   await assert.rejects(FitPipeline.load('/no/such/package', { ort }),
     (err) => err instanceof PackageError && err.message === 'package /no/such/package does not exist or is not a directory');
 });
+
+test('examples/embed_node.mjs serves PNGs and answers bad requests with 400', async () => {
+  const { serve } = await import('../../examples/embed_node.mjs');
+  const pipe = await FitPipeline.load(PACKAGE, { ort });
+  const server = await serve(pipe, 0);
+  const base = `http://127.0.0.1:${server.address().port}`;
+  try {
+    const ok = await fetch(`${base}/generate?width=96&height=64&label=star&seed=3&steps=2`);
+    assert.equal(ok.status, 200);
+    const png = new Uint8Array(await ok.arrayBuffer());
+    assert.deepEqual([...png.subarray(1, 4)], [80, 78, 71]);
+    assert.ok(Buffer.from(png).includes('fit:class_name\0star'));
+    const bad = await fetch(`${base}/generate?width=90&height=64`);
+    assert.equal(bad.status, 400);
+    assert.match(await bad.text(), /^90x64 is not on the model's 16-pixel grid/);
+    assert.equal((await fetch(`${base}/other`)).status, 404);
+  } finally {
+    server.close();
+    await pipe.release();
+  }
+});
