@@ -8,7 +8,7 @@ import { BackendError, MANIFEST_NAME, PackageError, validateManifest } from './m
 import { checkSeed, normals } from './noise.js';
 import { EXTRAPOLATIONS, ropeTables, withMethod } from './rope.js';
 import { SAMPLERS, dopri5, euler, guide, heun, sde } from './sampler.js';
-import { asFloat } from './params.js';
+import { asFloat, pyFloat } from './params.js';
 
 const f32 = Math.fround;
 
@@ -413,7 +413,7 @@ export class FitPipeline {
     });
     const settings = this.samplerSettings(sampler, steps);
     const scale = cfg === null || cfg === undefined ? this.cfgDefault : Number(cfg);
-    if (!Number.isFinite(scale) || scale < 0) throw new GenerationError(`cfg must be a non-negative number, got ${cfg}`);
+    if (!Number.isFinite(scale) || scale < 0) throw new GenerationError(`cfg must be a non-negative number, got ${pyFloat(scale)}`);
     const rope = this.ropeSettings(extrapolation);
     const latents = await this.sampleLatents(resolved, settings, scale, rope, onStep);
     const images = [];

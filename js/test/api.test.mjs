@@ -31,7 +31,7 @@ test('bad requests are GenerationErrors with one-line messages', async () => {
     [{ width: 96, height: 64, label: 'r' }, "unknown class 'r'; did you mean circle, square, triangle? (ids 0..7)"],
     [{ width: 96, height: 64, seed: -1 }, 'seed must be in 0 .. 2**64 - 1, got -1'],
     [{ width: 96, height: 64, steps: 0 }, 'steps must be a positive whole number, got 0'],
-    [{ width: 96, height: 64, cfg: -2 }, 'cfg must be a non-negative number, got -2'],
+    [{ width: 96, height: 64, cfg: -2 }, 'cfg must be a non-negative number, got -2.0'],
     [{ width: 96, height: 64, sampler: 'rk4' }, "unknown sampler 'rk4'; choose one of euler, heun, dopri5, sde"],
   ];
   for (const [request, message] of cases) {
