@@ -5,9 +5,10 @@
  *   node benchmarks/js_runtime.mjs [--repeat 5]
  *
  * Same settings everywhere: 96x64, class star, seed 0, the package's sampler (heun, 16 steps) and guidance (4).
- * Rows: whole process (`fit-run` vs `node js/bin/fit-run.mjs`, median wall time), warm call (one more image from a
- * loaded pipeline, median), and the page served by fit-web (open to ready, first image, warm image) with 1 and 2
- * WASM threads. Prints a markdown table. Needs .venv-core, `npm ci --prefix js` and Debian's chromium.
+ * Rows: whole process (`fit-run` vs `node js/bin/fit-run.mjs`), warm call (one more image from a loaded
+ * pipeline), and the page served by fit-web (open to ready, open to first image, warm image) with 1 and 2 WASM
+ * threads. Prints markdown tables: median (min) of --repeat runs; the page's load and first image are one run
+ * each. Needs .venv-core, `npm ci --prefix js` and Debian's chromium.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
@@ -21,6 +22,8 @@ import { loadPackage } from '../js/src/node.js';
 const repeat = Number(process.argv[process.argv.indexOf('--repeat') + 1]) || 5;
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const ms = (x) => `${(x * 1000).toFixed(0)} ms`;
+/** "median (min)" of seconds. */
+const stat = (xs) => `${ms(median(xs))} (${ms(Math.min(...xs))})`;
 const dir = mkdtempSync(join(tmpdir(), 'fit-bench-'));
 const args = ['-W', '96', '-H', '64', '--class', 'star', '--seed', '0', '-q', '-o', join(dir, 'out.png')];
 const rows = [];
@@ -34,12 +37,13 @@ function wall(command, commandArgs) {
     if (result.status !== 0) throw new Error(result.stderr);
     times.push(Number(process.hrtime.bigint() - start) / 1e9);
   }
-  return median(times);
+  return times;
 }
 
 const pyProcess = wall(PYTHON, ['-m', 'cli.run', ...args]);
 const nodeProcess = wall(process.execPath, [FIT_RUN_JS, ...args]);
-rows.push(['whole process (fit-run, 96x64)', ms(pyProcess), ms(nodeProcess), (nodeProcess / pyProcess).toFixed(2)]);
+rows.push(['whole process (fit-run, 96x64)', stat(pyProcess), stat(nodeProcess),
+  (median(nodeProcess) / median(pyProcess)).toFixed(2)]);
 
 const pyWarm = JSON.parse(execFileSync(PYTHON, ['-c', `
 import json, time, engines
@@ -50,7 +54,7 @@ for i in range(${repeat}):
     start = time.perf_counter()
     pipe.generate(width=96, height=64, label="star", seed=i, output="array")
     times.append(time.perf_counter() - start)
-print(json.dumps(sorted(times)[len(times) // 2]))
+print(json.dumps(times))
 `], { env: pythonEnv, encoding: 'utf8' }));
 const pipe = await loadPackage();
 await pipe.generate({ width: 96, height: 64, label: 'star', seed: 0 });
@@ -61,8 +65,7 @@ for (let i = 0; i < repeat; i++) {
   nodeTimes.push((performance.now() - start) / 1000);
 }
 await pipe.release();
-const nodeWarm = median(nodeTimes);
-rows.push(['warm call (one 96x64 image)', ms(pyWarm), ms(nodeWarm), (nodeWarm / pyWarm).toFixed(2)]);
+rows.push(['warm call (one 96x64 image)', stat(pyWarm), stat(nodeTimes), (median(nodeTimes) / median(pyWarm)).toFixed(2)]);
 
 const browserRows = [];
 if (CHROMIUM) {
@@ -87,7 +90,7 @@ if (CHROMIUM) {
       warm.push((performance.now() - t) / 1000);
     }
     const isolated = await page.evaluate(() => globalThis.crossOriginIsolated);
-    browserRows.push([threads, ms(load), ms(load + first), ms(median(warm)), isolated ? 'yes' : 'no']);
+    browserRows.push([threads, ms(load), ms(load + first), stat(warm), isolated ? 'yes' : 'no']);
     await chromium.close();
   }
   server.stop();
@@ -96,7 +99,7 @@ if (CHROMIUM) {
 const versions = JSON.parse(execFileSync(PYTHON, ['-c', 'import json, onnxruntime; print(json.dumps(onnxruntime.__version__))'],
   { env: pythonEnv, encoding: 'utf8' }));
 console.log(`${new Date().toISOString().slice(0, 10)}, ${cpus().length} CPU cores (${cpus()[0].model}), Node ${process.version}, `
-  + `onnxruntime ${versions} (Python), median of ${repeat}; 1-minute load average ${loadBefore.toFixed(1)} before, `
+  + `onnxruntime ${versions} (Python), median (min) of ${repeat}; 1-minute load average ${loadBefore.toFixed(1)} before, `
   + `${loadavg()[0].toFixed(1)} after (other work on the machine inflates every number)\n`);
 console.log('| default model, heun 16 steps, cfg 4 | Python runtime | Node runtime | Node / Python |');
 console.log('|---|---:|---:|---:|');
