@@ -18,6 +18,8 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from engines import noise as portable_noise
+from engines.noise import SEED_LIMIT
 from engines.atomic import recover_folder
 from engines.backend import Backend, BackendError, create_backend, resolve_backend_name
 from engines.manifest import Manifest, PackageError, load_manifest
@@ -32,7 +34,6 @@ _SD_LATENT_RGB = np.array([[0.298, 0.207, 0.208], [0.187, 0.286, 0.173],
                            [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]], dtype=F32)
 
 
-SEED_LIMIT = 2 ** 64        # seeds are whole numbers 0 <= seed < 2**64 (the noise generator's seed range)
 
 
 class GenerationError(SettingError):
@@ -263,11 +264,10 @@ class Pipeline:
 
     # -- generation -------------------------------------------------------------------------------------------
     def noise(self, request: Request) -> np.ndarray:
-        """Initial latent noise (C, H/d, W/d) of a request: standard normal from numpy's PCG64 seeded by its seed,
+        """Initial latent noise (C, H/d, W/d) of a request: block 0 of its seed's portable stream (engines/noise.py),
         so an image depends only on its own seed, never on what shares its batch."""
         d = self.downsample
-        rng = np.random.default_rng(int(request.seed))
-        return rng.standard_normal((self.channels, request.height // d, request.width // d), dtype=F32)
+        return portable_noise.standard_normal(request.seed, (self.channels, request.height // d, request.width // d))
 
     def sample_latents(self, requests: Sequence[Request], settings: Union[GenerationSettings,
                        Sequence[GenerationSettings]], callback: Optional[Callback] = None,
@@ -298,7 +298,7 @@ class Pipeline:
 
         seeds = [int(r.seed) for r in requests]
         with np.errstate(over="ignore", invalid="ignore"):      # overflow is reported below, in one line
-            x = integrate(velocity, batch.x, first.sampler, rng=np.random.default_rng(seeds + [len(seeds)]),
+            x = integrate(velocity, batch.x, first.sampler, draw=batch.sde_noise(seeds),
                           callback=callback)
         latents = batch.unpack(x)
         for request, settings_used, latent in zip(requests, per_row, latents):
@@ -337,8 +337,10 @@ class Pipeline:
         package cannot serve."""
         width, height = self.check_size(request.width, request.height)
         seed = request.seed
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < SEED_LIMIT:
-            raise GenerationError(f"seed must be a whole number from 0 to 2**64 - 1, got {seed!r}", "seed")
+        try:
+            seed = portable_noise.check_seed(seed)
+        except ValueError as err:
+            raise GenerationError(str(err), "seed") from None
         return Request(width, height, self.resolve_label(request.label), int(seed))
 
     def generate_many(self, requests: Sequence[Request], settings: Optional[GenerationSettings] = None, *,
@@ -416,6 +418,19 @@ class PaddedBatch:
         null = np.full_like(self.y, null_class)
         return {"y": np.concatenate([self.y, null]), "rope_cos": np.concatenate([self.cos, self.cos]),
                 "rope_sin": np.concatenate([self.sin, self.sin]), "mask": np.concatenate([self.mask, self.mask])}
+
+    def sde_noise(self, seeds: Sequence[int]):
+        """draw(shape) for the sde sampler: call s gives each request block s + 1 of its seed's stream in token
+        layout (n_i, C*p*p), zeros on padding."""
+        calls = []
+
+        def draw(shape) -> np.ndarray:
+            calls.append(shape)
+            out = np.zeros(shape, dtype=F32)
+            for i, (seed, length) in enumerate(zip(seeds, self.lengths)):
+                out[i, :length] = portable_noise.standard_normal(seed, (length, shape[-1]), block=len(calls))
+            return out
+        return draw
 
     def unpack(self, x: np.ndarray) -> list[np.ndarray]:
         return [unpatchify(x[i, :length], h, w, self.p)

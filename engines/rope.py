@@ -25,7 +25,8 @@ Extrapolation names (what users choose, :data:`EXTRAPOLATIONS`): each official m
 decouple. :func:`canonical_extrapolation` also accepts the spellings in :data:`EXTRAPOLATION_ALIASES`.
 
 Arithmetic follows the official float32 formulas step by step so the tables agree with it to float32
-rounding. This module imports only numpy; the torch model reuses :func:`assemble_tables` with ``xp=torch``.
+rounding; powers, logarithms and cos/sin go through float64 and are rounded once, so any language reproduces the
+tables bit for bit (docs/runtime-spec.md §5). This module imports only numpy; the torch model reuses :func:`assemble_tables` with ``xp=torch``.
 """
 from __future__ import annotations
 
@@ -118,6 +119,17 @@ def extrapolation_name(settings: RopeSettings) -> str:
 # Per-axis frequencies
 # --------------------------------------------------------------------------------------------------------------
 
+def _pow(base, exponent) -> np.ndarray:
+    """float32 power through float64 (correctly rounded in practice; numpy's float32 kernels are not), so any
+    language computes the same tables."""
+    return np.power(np.asarray(base, np.float64), np.asarray(exponent, np.float64)).astype(F32)
+
+
+def _log(x) -> np.ndarray:
+    """float32 natural logarithm through float64 (see :func:`_pow`)."""
+    return np.log(np.asarray(x, np.float64)).astype(F32)
+
+
 def _exponents(dim: int) -> np.ndarray:
     return np.arange(0, dim, 2, dtype=F32) / F32(dim)                     # (dim/2,)
 
@@ -143,13 +155,13 @@ def axis_frequencies(settings: RopeSettings, max_pe_len) -> np.ndarray:
     """Rotation frequencies of one axis. max_pe_len: scalar or (B,) target lengths -> (dim/2,) or (B, dim/2)."""
     dim, theta = settings.axis_dim, settings.theta
     exps = _exponents(dim)
-    base_freqs = F32(1) / (F32(theta) ** exps)
+    base_freqs = F32(1) / _pow(F32(theta), exps)
     if settings.method == "normal":
         return base_freqs if np.ndim(max_pe_len) == 0 else np.broadcast_to(base_freqs, (len(max_pe_len), dim // 2))
     s = _scale(max_pe_len, settings.ori_max_pe_len)[..., None]               # (..., 1)
-    linear = F32(1) / (s * (F32(theta) ** exps))
-    ntk_base = F32(theta) * s ** F32(dim / (dim - 2))
-    ntk = F32(1) / np.power(ntk_base, exps)
+    linear = F32(1) / (s * _pow(F32(theta), exps))
+    ntk_base = F32(theta) * _pow(s, F32(dim / (dim - 2)))
+    ntk = F32(1) / _pow(ntk_base, exps)
     method = settings.method
     if method == "linear":
         out = linear
@@ -174,7 +186,7 @@ def axis_frequencies(settings: RopeSettings, max_pe_len) -> np.ndarray:
 def _proportion(l_test, l_train) -> np.ndarray:
     l_test = np.asarray(l_test, dtype=np.float64) * 2
     ratio = (l_test / l_train).astype(F32)
-    value = np.sqrt(np.log(l_test.astype(F32)) / F32(math.log(l_train)).astype(F32))
+    value = np.sqrt(_log(l_test.astype(F32)) / F32(math.log(l_train)))
     return np.where(ratio <= 1, F32(1), value).astype(F32)
 
 
@@ -187,7 +199,7 @@ def attention_scale(settings: RopeSettings, height, width) -> np.ndarray:
     w = np.asarray(width)
     if settings.method == "yarn":
         s = _scale(np.maximum(h, w), settings.ori_max_pe_len)
-        return np.where(s <= 1, F32(1), F32(0.1) * np.log(s) + F32(1)).astype(F32)
+        return np.where(s <= 1, F32(1), F32(0.1) * _log(s) + F32(1)).astype(F32)
     if settings.method == "ntk-aware-pro1":
         return _proportion(np.maximum(h, w), settings.ori_max_pe_len)
     if settings.method == "ntk-aware-pro2":
@@ -222,6 +234,9 @@ def assemble_tables(grid_w, grid_h, freqs_h, freqs_w, scale, xp=np):
     ang_h = xp.stack((ang_h, ang_h), -1).reshape(*ang_h.shape[:-1], -1)       # (B, N, 2F) interleaved
     ang_w = xp.stack((ang_w, ang_w), -1).reshape(*ang_w.shape[:-1], -1)
     ang = xp.concatenate((ang_h, ang_w), -1)                                  # (B, N, head_dim)
+    if xp is np:   # float32 cos/sin correctly rounded (through float64), so any language gets the same tables
+        wide = ang.astype(np.float64)
+        return np.cos(wide).astype(F32) * scale, np.sin(wide).astype(F32) * scale
     return xp.cos(ang) * scale, xp.sin(ang) * scale
 
 

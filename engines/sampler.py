@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 
 Velocity = Callable[[np.ndarray, np.ndarray], np.ndarray]       # v(x (B, N, C), t (B,)) -> (B, N, C)
+Draw = Callable[[tuple], np.ndarray]                             # draw(shape) -> float32 standard normals
 Callback = Callable[[int, Optional[int], float], None]           # (steps done, total steps or None, t reached)
 
 F32 = np.float32
@@ -99,7 +100,9 @@ def guidance_scale(cfg_scale, t: np.ndarray, scale_pow: float = 0.0) -> np.ndarr
     cfg = np.broadcast_to(np.asarray(cfg_scale, dtype=np.float64), t.shape)
     if scale_pow == 0.0:
         return cfg.astype(F32)
-    step = (F32(1) - np.cos(((F32(1) - np.minimum(t, F32(1))) ** F32(scale_pow)) * F32(math.pi))) / F32(2)
+    # pow and cos go through float64, rounded once (reproducible in any language; docs/runtime-spec.md §7)
+    angle = np.power((F32(1) - np.minimum(t, F32(1))).astype(np.float64), float(F32(scale_pow))).astype(F32)
+    step = (F32(1) - np.cos((angle * F32(math.pi)).astype(np.float64)).astype(F32)) / F32(2)
     return ((cfg - 1).astype(F32) * step + F32(1)).astype(F32)
 
 
@@ -149,14 +152,17 @@ def heun(v: Velocity, x: np.ndarray, steps: int, callback: Optional[Callback] = 
 
 
 def sde(v: Velocity, x: np.ndarray, steps: int, diffusion_norm: float = 1.0, last_step_size: float = 0.04,
-        rng: Optional[np.random.Generator] = None, callback: Optional[Callback] = None) -> np.ndarray:
+        draw: Optional[Draw] = None, callback: Optional[Callback] = None) -> np.ndarray:
     """The official SDE sampler on the linear path.
 
     score = (t v - x) / (1 - t), diffusion w(t) = norm (1 - t), drift = v + w score; Euler-Maruyama over
     ``steps - 1`` steps on [0, 1 - last_step_size] with x += drift dt + sqrt(2 w) noise sqrt(dt), then one
-    deterministic step of size ``last_step_size``. ``rng.standard_normal(shape, dtype=float32)`` draws the noise.
+    deterministic step of size ``last_step_size``. ``draw(x.shape)`` gives each step's noise (float32), once per step
+    in order; without it numpy's default generator is used.
     """
-    rng = rng if rng is not None else np.random.default_rng()
+    if draw is None:
+        rng = np.random.default_rng()
+        draw = lambda shape: rng.standard_normal(shape, dtype=F32)  # noqa: E731
     t_end = 1.0 - last_step_size
     ts = np.linspace(0.0, t_end, steps, dtype=np.float64)
     dt = float(ts[1] - ts[0]) if steps > 1 else 0.0
@@ -170,7 +176,7 @@ def sde(v: Velocity, x: np.ndarray, steps: int, diffusion_norm: float = 1.0, las
 
     for i, t in enumerate(ts[:-1].tolist()):
         d, w = drift(x, _full(t, x))
-        noise = np.asarray(rng.standard_normal(x.shape, dtype=F32))
+        noise = np.asarray(draw(x.shape), dtype=F32)
         x = x + d * F32(dt) + np.sqrt(F32(2) * w) * noise * F32(math.sqrt(dt))
         _notify(callback, i + 1, steps, float(ts[i + 1]))
     if last_step_size > 0:
@@ -202,7 +208,8 @@ _C_MID = (6025192743 / 30085553152 / 2, 0.0, 51252292925 / 65400821598 / 2, -269
 
 
 def _rms(a: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(a, dtype=F32), dtype=F32)))
+    """Root mean square, summed in float64 and rounded to float32 (order-independent to float32 rounding)."""
+    return float(F32(np.sqrt(np.mean(np.square(a, dtype=np.float64)))))
 
 
 def _combine(y0: np.ndarray, ks: list[np.ndarray], coeffs, dt: np.float32) -> np.ndarray:
@@ -223,7 +230,7 @@ def _initial_step(v: Velocity, x: np.ndarray, f0: np.ndarray, atol: float, rtol:
     if d1 <= 1e-15 and d2 <= 1e-15:
         h1 = max(F32(1e-6), h0 * F32(1e-3))
     else:
-        h1 = (F32(0.01) / F32(max(d1, float(d2)))) ** F32(1.0 / (order + 1))
+        h1 = F32(float(F32(0.01) / F32(max(d1, float(d2)))) ** float(F32(1.0 / (order + 1))))
     return float(min(F32(100) * h0, h1))
 
 
@@ -289,7 +296,7 @@ def _next_step(dt: float, ratio: float, safety: float = 0.9, ifactor: float = 10
 
 # ----------------------------------------------------------------------------------------------------------
 
-def integrate(v: Velocity, x: np.ndarray, settings: SamplerSettings, rng: Optional[np.random.Generator] = None,
+def integrate(v: Velocity, x: np.ndarray, settings: SamplerSettings, draw: Optional[Draw] = None,
               callback: Optional[Callback] = None) -> np.ndarray:
     """Run the sampler ``settings.method`` from noise x (B, N, C) float32 at t = 0 to data at t = 1."""
     x = np.asarray(x, dtype=F32)
@@ -299,4 +306,4 @@ def integrate(v: Velocity, x: np.ndarray, settings: SamplerSettings, rng: Option
         return heun(v, x, settings.steps, callback)
     if settings.method == "dopri5":
         return dopri5(v, x, settings.atol, settings.rtol, callback=callback)
-    return sde(v, x, settings.steps, settings.diffusion_norm, settings.last_step_size, rng, callback)
+    return sde(v, x, settings.steps, settings.diffusion_norm, settings.last_step_size, draw, callback)

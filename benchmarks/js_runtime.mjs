@@ -1,0 +1,111 @@
+#!/usr/bin/env node
+/**
+ * Node vs Python runtime on the default model, and the web page in headless Chromium.
+ *
+ *   node benchmarks/js_runtime.mjs [--repeat 5]
+ *
+ * Same settings everywhere: 96x64, class star, seed 0, the package's sampler (heun, 16 steps) and guidance (4).
+ * Rows: whole process (`fit-run` vs `node js/bin/fit-run.mjs`), warm call (one more image from a loaded
+ * pipeline), and the page served by fit-web (open to ready, open to first image, warm image) with 1 and 2 WASM
+ * threads. Prints markdown tables: median (min) of --repeat runs; the page's load and first image are one run
+ * each. Needs .venv-core, `npm ci --prefix js` and Debian's chromium.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { FIT_RUN_JS, PYTHON, pythonEnv } from '../js/test/helpers.mjs';
+import { CHROMIUM, generateInPage, launchChromium, loadPuppeteer, startFitWeb } from '../js/test/browser-helpers.mjs';
+import { loadPackage } from '../js/src/node.js';
+
+const repeat = Number(process.argv[process.argv.indexOf('--repeat') + 1]) || 5;
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const ms = (x) => `${(x * 1000).toFixed(0)} ms`;
+/** "median (min)" of seconds. */
+const stat = (xs) => `${ms(median(xs))} (${ms(Math.min(...xs))})`;
+const dir = mkdtempSync(join(tmpdir(), 'fit-bench-'));
+const args = ['-W', '96', '-H', '64', '--class', 'star', '--seed', '0', '-q', '-o', join(dir, 'out.png')];
+const rows = [];
+const loadBefore = loadavg()[0];
+
+function wall(command, commandArgs) {
+  const times = [];
+  for (let i = 0; i < repeat; i++) {
+    const start = process.hrtime.bigint();
+    const result = spawnSync(command, commandArgs, { env: pythonEnv, encoding: 'utf8' });
+    if (result.status !== 0) throw new Error(result.stderr);
+    times.push(Number(process.hrtime.bigint() - start) / 1e9);
+  }
+  return times;
+}
+
+const pyProcess = wall(PYTHON, ['-m', 'cli.run', ...args]);
+const nodeProcess = wall(process.execPath, [FIT_RUN_JS, ...args]);
+rows.push(['whole process (fit-run, 96x64)', stat(pyProcess), stat(nodeProcess),
+  (median(nodeProcess) / median(pyProcess)).toFixed(2)]);
+
+const pyWarm = JSON.parse(execFileSync(PYTHON, ['-c', `
+import json, time, engines
+pipe = engines.load()
+pipe.generate(width=96, height=64, label="star", seed=0, output="array")
+times = []
+for i in range(${repeat}):
+    start = time.perf_counter()
+    pipe.generate(width=96, height=64, label="star", seed=i, output="array")
+    times.append(time.perf_counter() - start)
+print(json.dumps(times))
+`], { env: pythonEnv, encoding: 'utf8' }));
+const pipe = await loadPackage();
+await pipe.generate({ width: 96, height: 64, label: 'star', seed: 0 });
+const nodeTimes = [];
+for (let i = 0; i < repeat; i++) {
+  const start = performance.now();
+  await pipe.generate({ width: 96, height: 64, label: 'star', seed: i });
+  nodeTimes.push((performance.now() - start) / 1000);
+}
+await pipe.release();
+rows.push(['warm call (one 96x64 image)', stat(pyWarm), stat(nodeTimes), (median(nodeTimes) / median(pyWarm)).toFixed(2)]);
+
+const browserRows = [];
+if (CHROMIUM) {
+  const puppeteer = await loadPuppeteer();
+  const server = await startFitWeb();
+  for (const threads of [1, 2]) {
+    const chromium = await launchChromium(puppeteer);
+    const page = await chromium.browser.newPage();
+    const start = performance.now();
+    await page.goto(`${server.url}?threads=${threads}`);
+    await page.waitForFunction(() => document.body.dataset.state === 'ready', { timeout: 120000 });
+    const load = (performance.now() - start) / 1000;
+    const settings = { width: 96, height: 64, class: 7, seed: 0 };
+    let t = performance.now();
+    await generateInPage(page, settings);
+    const first = (performance.now() - t) / 1000;
+    const warm = [];
+    for (let i = 0; i < repeat; i++) {
+      t = performance.now();
+      const result = await generateInPage(page, { ...settings, seed: i + 1 });
+      if (result.state !== 'done') throw new Error(result.status);
+      warm.push((performance.now() - t) / 1000);
+    }
+    const isolated = await page.evaluate(() => globalThis.crossOriginIsolated);
+    browserRows.push([threads, ms(load), ms(load + first), stat(warm), isolated ? 'yes' : 'no']);
+    await chromium.close();
+  }
+  server.stop();
+}
+
+const versions = JSON.parse(execFileSync(PYTHON, ['-c', 'import json, onnxruntime; print(json.dumps(onnxruntime.__version__))'],
+  { env: pythonEnv, encoding: 'utf8' }));
+console.log(`${new Date().toISOString().slice(0, 10)}, ${cpus().length} CPU cores (${cpus()[0].model}), Node ${process.version}, `
+  + `onnxruntime ${versions} (Python), median (min) of ${repeat}; 1-minute load average ${loadBefore.toFixed(1)} before, `
+  + `${loadavg()[0].toFixed(1)} after (other work on the machine inflates every number)\n`);
+console.log('| default model, heun 16 steps, cfg 4 | Python runtime | Node runtime | Node / Python |');
+console.log('|---|---:|---:|---:|');
+for (const row of rows) console.log(`| ${row.join(' | ')} |`);
+if (browserRows.length) {
+  console.log('\n| page in headless Chromium, WASM threads | open to ready | open to first 96x64 image | warm 96x64 image | cross-origin isolated |');
+  console.log('|---|---:|---:|---:|---|');
+  for (const row of browserRows) console.log(`| ${row.join(' | ')} |`);
+} else console.log('\n(no chromium: page not measured)');

@@ -1,0 +1,220 @@
+#!/usr/bin/env node
+/**
+ * fit-run for Node: generate images from a FiT model package on onnxruntime-node. Same flags, defaults, PNG text
+ * chunks and errors as the Python `fit-run` (docs/runtime-spec.md §11): every mistake is one line on stderr,
+ * exit status 2, and no output file is left behind.
+ */
+import { existsSync, statSync, accessSync, constants, unlinkSync } from 'node:fs';
+import { basename, dirname, extname, join } from 'node:path';
+
+import { EXTRAPOLATIONS, SAMPLERS, BackendError, GenerationError, PackageError } from '../src/index.js';
+import { loadPackage, savePng } from '../src/node.js';
+import { pyFloat } from '../src/params.js';
+
+const PROG = 'fit-run';
+
+class UsageError extends Error {}
+
+const OPTIONS = [
+  { name: 'width', short: 'W', type: 'int', help: "Image width in pixels (default: the model's)." },
+  { name: 'height', short: 'H', type: 'int', help: "Image height in pixels (default: the model's)." },
+  { name: 'class', type: 'string', help: 'Class id or name, or a comma-separated list cycled over --num (default: unconditional).' },
+  { name: 'num', short: 'n', type: 'int', min: 1, default: 1, help: 'Number of images.' },
+  { name: 'steps', type: 'int', help: "Sampler steps (default: the package's)." },
+  { name: 'sampler', type: 'choice', choices: SAMPLERS, help: "Integrator (default: the package's)." },
+  { name: 'cfg', type: 'float', help: 'Classifier-free guidance scale, >= 0; 1 = off.' },
+  { name: 'seed', type: 'bigint', default: 0n, help: 'Seed of image 1; image i uses seed + i - 1.' },
+  { name: 'extrapolation', type: 'choice', choices: EXTRAPOLATIONS, caseless: true,
+    help: "RoPE extrapolation for sizes beyond training (default: the package's)." },
+  { name: 'threads', type: 'int', min: 0, default: 0, help: 'ONNX Runtime intra-op threads (0 = auto).' },
+  { name: 'out', short: 'o', type: 'string', default: 'fit-run.png',
+    help: 'Output PNG; several images become NAME-1.png, NAME-2.png, ... unless --grid.' },
+  { name: 'grid', type: 'flag', help: 'Write several images as one grid PNG.' },
+  { name: 'snap', type: 'flag', help: "Round a size off the model's pixel grid to the nearest valid one." },
+  { name: 'quiet', short: 'q', type: 'flag', help: 'No progress bar.' },
+];
+
+function usage() {
+  const lines = [`Usage: ${PROG} [OPTIONS] [PACKAGE]`, '',
+    '  Generate images from a FiT model PACKAGE (default: engines/default_model/) on onnxruntime-node.', '', 'Options:'];
+  for (const o of OPTIONS) {
+    const flags = `${o.short ? `-${o.short}, ` : ''}--${o.name}${o.type === 'flag' ? '' : ' VALUE'}`;
+    lines.push(`  ${flags.padEnd(26)}${o.help}${o.choices ? ` [${o.choices.join('|')}]` : ''}`);
+  }
+  lines.push(`  ${'-h, --help'.padEnd(26)}Show this message and exit.`);
+  return lines.join('\n');
+}
+
+const label = (o) => `'--${o.name}'${o.short ? ` / '-${o.short}'` : ''}`;
+
+function convert(o, text) {
+  const invalid = (what) => new UsageError(`Invalid value for ${label(o)}: '${text}' is not a valid ${what}.`);
+  if (o.type === 'int') {
+    if (!/^\s*[-+]?\d+\s*$/.test(text)) throw invalid('integer');
+    const value = Number(text);
+    if (o.min !== undefined && value < o.min) {
+      throw new UsageError(`Invalid value for ${label(o)}: ${value} is not in the range x>=${o.min}.`);
+    }
+    return value;
+  }
+  if (o.type === 'bigint') {
+    if (!/^\s*[-+]?\d+\s*$/.test(text)) throw invalid('integer');
+    return BigInt(text.trim());
+  }
+  if (o.type === 'float') {
+    const value = Number(text);
+    if (text.trim() === '' || Number.isNaN(value) && !/^\s*[-+]?nan\s*$/i.test(text)) throw invalid('float');
+    return value;
+  }
+  if (o.type === 'choice') {
+    const found = o.choices.find((c) => (o.caseless ? c.toLowerCase() === text.toLowerCase() : c === text));
+    if (!found) {
+      throw new UsageError(`Invalid value for ${label(o)}: '${text}' is not one of ${o.choices.map((c) => `'${c}'`).join(', ')}.`);
+    }
+    return found;
+  }
+  return text;
+}
+
+function parse(argv) {
+  const values = Object.fromEntries(OPTIONS.map((o) => [o.name, o.type === 'flag' ? false : o.default ?? null]));
+  const positional = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === '-h' || arg === '--help') return null;
+    if (arg === '--') { positional.push(...argv.slice(i + 1)); break; }
+    if (arg.startsWith('-') && arg.length > 1) {
+      const [flag, inline] = arg.startsWith('--') ? arg.split(/=(.*)/s, 2) : [arg.slice(0, 2), arg.length > 2 ? arg.slice(2) : undefined];
+      const o = OPTIONS.find((opt) => (flag.startsWith('--') ? `--${opt.name}` === flag : opt.short && `-${opt.short}` === flag));
+      if (!o) throw new UsageError(`No such option '${flag}'.`);
+      if (o.type === 'flag') { values[o.name] = true; continue; }
+      const text = inline ?? argv[++i];
+      if (text === undefined) throw new UsageError(`Option '${flag}' requires an argument.`);
+      values[o.name] = convert(o, text);
+    } else positional.push(arg);
+  }
+  if (positional.length > 1) throw new UsageError(`Got unexpected extra argument (${positional.slice(1).join(' ')})`);
+  return { ...values, package: positional[0] ?? null };
+}
+
+function outputPaths(out, count, grid) {
+  if (count === 1 || grid) return [out];
+  const ext = extname(out);
+  const stem = basename(out, ext);
+  return Array.from({ length: count }, (_, i) => join(dirname(out), `${stem}-${i + 1}${ext}`));
+}
+
+function checkWritable(paths) {
+  for (const path of paths) {
+    const folder = dirname(path) || '.';
+    if (extname(path).toLowerCase() !== '.png') throw new GenerationError(`output ${path} must end in .png`);
+    if (!existsSync(folder) || !statSync(folder).isDirectory()) throw new GenerationError(`output folder ${folder} does not exist`);
+    if (existsSync(path) && statSync(path).isDirectory()) throw new GenerationError(`output ${path} is a folder`);
+    try { accessSync(folder, constants.W_OK | constants.X_OK); } catch {
+      throw new GenerationError(`cannot write to ${folder}: permission denied`);
+    }
+  }
+}
+
+function progressBar(quiet, total, title) {
+  if (quiet || !process.stderr.isTTY) return { update() {}, close() {} };
+  return {
+    update(done) {
+      const text = total ? `${title}: ${done}/${total}` : `${title}: ${done} steps`;
+      process.stderr.write(`\r${text}`);
+    },
+    close() { process.stderr.write('\r\x1b[K'); },
+  };
+}
+
+/** Tile images row by row, 2 black pixels apart (engines.pipeline.image_grid). */
+function imageGrid(images, gap = 2) {
+  const columns = Math.ceil(Math.sqrt(images.length));
+  const rows = [];
+  for (let i = 0; i < images.length; i += columns) rows.push(images.slice(i, i + columns));
+  const rowHeights = rows.map((row) => Math.max(...row.map((im) => im.height)));
+  const colWidths = Array.from({ length: columns }, (_, c) => Math.max(...rows.filter((r) => c < r.length).map((r) => r[c].width)));
+  const width = colWidths.reduce((a, b) => a + b, 0) + gap * (columns - 1);
+  const height = rowHeights.reduce((a, b) => a + b, 0) + gap * (rows.length - 1);
+  const pixels = new Uint8Array(width * height * 3);
+  let top = 0;
+  rows.forEach((row, r) => {
+    let left = 0;
+    row.forEach((im, c) => {
+      for (let y = 0; y < im.height; y++) {
+        pixels.set(im.pixels.subarray(y * im.width * 3, (y + 1) * im.width * 3), ((top + y) * width + left) * 3);
+      }
+      left += colWidths[c] + gap;
+    });
+    top += rowHeights[r] + gap;
+  });
+  return { pixels, width, height };
+}
+
+async function run(a) {
+  if (a.steps !== null && a.steps < 1) throw new GenerationError(`--steps must be at least 1, got ${a.steps}`);
+  if (a.cfg !== null && !(a.cfg >= 0)) throw new GenerationError(`--cfg must be a non-negative number, got ${pyFloat(a.cfg)}`);
+  const paths = outputPaths(a.out, a.num, a.grid);
+  checkWritable(paths);
+  const pipe = await loadPackage(a.package ?? undefined, { threads: a.threads });
+  try {
+    const wanted = [a.width ?? pipe.defaultSize[0], a.height ?? pipe.defaultSize[1]];
+    const size = pipe.checkSize(wanted[0], wanted[1], a.snap);
+    if (size[0] !== wanted[0] || size[1] !== wanted[1]) {
+      process.stderr.write(`${PROG}: snapped ${wanted[0]}x${wanted[1]} to ${size[0]}x${size[1]}\n`);
+    }
+    const classIds = a.class ? a.class.split(',').map((part) => pipe.resolveLabel(part)) : [pipe.resolveLabel(null)];
+    const generation = { steps: a.steps, sampler: a.sampler, cfg: a.cfg, extrapolation: a.extrapolation };
+    const settings = pipe.samplerSettings(a.sampler, a.steps);
+    pipe.ropeSettings(a.extrapolation);
+    const requests = Array.from({ length: a.num }, (_, i) => ({
+      width: size[0], height: size[1], label: classIds[i % classIds.length], seed: a.seed + BigInt(i) }));
+    const bar = progressBar(a.quiet, settings.method === 'dopri5' ? null : settings.steps, `${settings.method} x${a.num}`);
+    const images = await pipe.generateMany(requests, { ...generation, onStep: (done) => bar.update(done) });
+    bar.close();
+    return await writeImages(images, paths, a.grid);
+  } finally {
+    await pipe.release();
+  }
+}
+
+async function writeImages(images, paths, grid) {
+  let items = images;
+  if (grid && images.length > 1) items = [{ ...imageGrid(images), parameters: { grid: images.map((im) => im.parameters) } }];
+  const written = [];
+  try {
+    for (let i = 0; i < items.length; i++) {
+      written.push(await savePng(paths[i], items[i].pixels, items[i].width, items[i].height, items[i].parameters));
+    }
+  } catch (err) {
+    for (const path of written) { try { unlinkSync(path); } catch { /* gone */ } }
+    throw err;
+  }
+  return written;
+}
+
+const USER_ERRORS = [PackageError, BackendError, GenerationError, UsageError];
+
+async function main(argv) {
+  let args;
+  try {
+    args = parse(argv);
+  } catch (err) {
+    process.stderr.write(`${PROG}: error: ${err.message}\n`);
+    return 2;
+  }
+  if (args === null) { process.stdout.write(`${usage()}\n`); return 0; }
+  try {
+    for (const path of await run(args)) process.stdout.write(`${path}\n`);
+    return 0;
+  } catch (err) {
+    if (USER_ERRORS.some((kind) => err instanceof kind) || err?.code) {
+      const message = String(err.message).trim().split('\n')[0] || err.name;
+      process.stderr.write(`${PROG}: error: ${message}\n`);
+      return 2;
+    }
+    throw err;
+  }
+}
+
+process.exitCode = await main(process.argv.slice(2));

@@ -1,0 +1,298 @@
+/**
+ * Rectified-flow samplers and classifier-free guidance (docs/runtime-spec.md §7-8). State arrays are Float32Array
+ * of the whole padded batch (B, N, C); every operation rounds to float32 as the specification says.
+ * @module sampler
+ */
+
+const f32 = Math.fround;
+
+export const SAMPLERS = ['euler', 'heun', 'dopri5', 'sde'];
+
+/**
+ * @callback Velocity
+ * @param {Float32Array} x (B, N, C)
+ * @param {number[]} t per-request float32 times
+ * @returns {Promise<Float32Array>}
+ */
+/**
+ * @callback Progress
+ * @param {number} done steps done
+ * @param {number|null} total total steps (null for dopri5)
+ * @param {number} t time reached
+ */
+
+/**
+ * Per-request guidance scale.
+ * @param {number} cfg
+ * @param {number} t float32 time
+ * @param {number} scalePow
+ */
+export function guidanceScale(cfg, t, scalePow) {
+  if (scalePow === 0) return f32(cfg);
+  const base = f32(1 - Math.min(t, 1));
+  const angle = f32(f32(Math.pow(base, f32(scalePow))) * f32(Math.PI));   // pow, cos in float64, rounded once
+  const step = f32(f32(1 - f32(Math.cos(angle))) / 2);
+  return f32(f32(f32(cfg - 1) * step) + 1);
+}
+
+/**
+ * Mix a [cond; uncond] output (2B, N, C) into (B, N, C): the first `guided` channels of each token are guided.
+ * @param {Float32Array} out
+ * @param {number} batch B
+ * @param {number} channels C
+ * @param {number} cfg
+ * @param {number[]} t
+ * @param {number} guided
+ * @param {number} scalePow
+ */
+export function guide(out, batch, channels, cfg, t, guided, scalePow) {
+  const half = out.length / 2;
+  const perSample = half / batch;
+  const mixed = new Float32Array(half);
+  for (let b = 0; b < batch; b++) {
+    const s = guidanceScale(cfg, t[b], scalePow);
+    for (let i = b * perSample; i < (b + 1) * perSample; i++) {
+      const cond = out[i];
+      if (i % channels < guided) {
+        const uncond = out[half + i];
+        mixed[i] = uncond + f32(s * f32(cond - uncond));
+      } else mixed[i] = cond;
+    }
+  }
+  return mixed;
+}
+
+const full = (t, batch) => new Array(batch).fill(f32(t));
+
+/** steps + 1 times from 0 to 1: k * (1/steps), the last exactly 1. */
+export function timeGrid(steps) {
+  const step = 1 / steps;
+  const ts = [];
+  for (let k = 0; k < steps; k++) ts.push(k * step);
+  ts.push(1);
+  return ts;
+}
+
+/** @returns {Promise<Float32Array>} */
+export async function euler(v, x, batch, steps, progress) {
+  const ts = timeGrid(steps);
+  for (let i = 0; i < steps; i++) {
+    const h = f32(ts[i + 1] - ts[i]);
+    const vel = await v(x, full(ts[i], batch));
+    const next = new Float32Array(x.length);
+    for (let j = 0; j < x.length; j++) next[j] = x[j] + f32(h * vel[j]);
+    x = next;
+    progress?.(i + 1, steps, ts[i + 1]);
+  }
+  return x;
+}
+
+/** @returns {Promise<Float32Array>} */
+export async function heun(v, x, batch, steps, progress) {
+  const ts = timeGrid(steps);
+  for (let i = 0; i < steps; i++) {
+    const h = ts[i + 1] - ts[i];
+    const h32 = f32(h);
+    const half = f32(0.5 * h);
+    const k1 = await v(x, full(ts[i], batch));
+    const mid = new Float32Array(x.length);
+    for (let j = 0; j < x.length; j++) mid[j] = x[j] + f32(h32 * k1[j]);
+    const k2 = await v(mid, full(ts[i + 1], batch));
+    const next = new Float32Array(x.length);
+    for (let j = 0; j < x.length; j++) next[j] = x[j] + f32(half * f32(k1[j] + k2[j]));
+    x = next;
+    progress?.(i + 1, steps, ts[i + 1]);
+  }
+  return x;
+}
+
+/**
+ * The official SDE sampler (diffusion norm 1, last step 0.04); draw(step) gives step `step`'s noise (B, N, C).
+ * @returns {Promise<Float32Array>}
+ */
+export async function sde(v, x, batch, steps, draw, progress, lastStepSize = 0.04, diffusionNorm = 1) {
+  const tEnd = 1 - lastStepSize;
+  const spacing = steps > 1 ? tEnd / (steps - 1) : 0;
+  const ts = [];
+  for (let k = 0; k < steps - 1; k++) ts.push(k * spacing);
+  ts.push(tEnd);
+  const dt = steps > 1 ? ts[1] - ts[0] : 0;
+  const dt32 = f32(dt);
+  const sqrtDt = f32(Math.sqrt(dt));
+  const norm = f32(diffusionNorm);
+
+  async function drift(x, t) {
+    const q = f32(t);
+    const vel = await v(x, full(t, batch));
+    const w = f32(norm * f32(1 - q));
+    const d = new Float32Array(x.length);
+    for (let j = 0; j < x.length; j++) {
+      const score = f32(f32(f32(q * vel[j]) - x[j]) / f32(1 - q));
+      d[j] = vel[j] + f32(w * score);
+    }
+    return { d, w };
+  }
+
+  for (let i = 0; i < steps - 1; i++) {
+    const { d, w } = await drift(x, ts[i]);
+    const noise = draw(i);
+    const amp = f32(Math.sqrt(f32(2 * w)));
+    const next = new Float32Array(x.length);
+    for (let j = 0; j < x.length; j++) {
+      next[j] = f32(x[j] + f32(d[j] * dt32)) + f32(f32(amp * noise[j]) * sqrtDt);
+    }
+    x = next;
+    progress?.(i + 1, steps, ts[i + 1]);
+  }
+  if (lastStepSize > 0) {
+    const { d } = await drift(x, tEnd);
+    const last = f32(lastStepSize);
+    const next = new Float32Array(x.length);
+    for (let j = 0; j < x.length; j++) next[j] = x[j] + f32(d[j] * last);
+    x = next;
+  }
+  progress?.(steps, steps, 1);
+  return x;
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Dormand-Prince 5(4)
+// ------------------------------------------------------------------------------------------------------------
+
+const C = [1 / 5, 3 / 10, 4 / 5, 8 / 9, 1, 1];
+const A = [
+  [1 / 5],
+  [3 / 40, 9 / 40],
+  [44 / 45, -56 / 15, 32 / 9],
+  [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729],
+  [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656],
+  [35 / 384, 0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84],
+].map((row) => row.map(f32));
+const E = [35 / 384 - 1951 / 21600, 0, 500 / 1113 - 22642 / 50085, 125 / 192 - 451 / 720,
+  -2187 / 6784 - -12231 / 42400, 11 / 84 - 649 / 6300, -1 / 60].map(f32);
+const M = [6025192743 / 30085553152 / 2, 0, 51252292925 / 65400821598 / 2, -2691868925 / 45128329728 / 2,
+  187940372067 / 1594534317056 / 2, -1776094331 / 19743644256 / 2, 11237099 / 235043384 / 2].map(f32);
+
+/** Root mean square summed in float64, rounded to float32. */
+function rms(a) {
+  let total = 0;
+  for (let i = 0; i < a.length; i++) total += a[i] * a[i];
+  return f32(Math.sqrt(total / a.length));
+}
+
+function combine(y, ks, coeffs, h32) {
+  const total = new Float32Array(y.length);
+  for (let i = 0; i < ks.length; i++) {
+    if (!coeffs[i]) continue;
+    const factor = f32(coeffs[i] * h32);
+    const k = ks[i];
+    for (let j = 0; j < total.length; j++) total[j] = total[j] + f32(k[j] * factor);
+  }
+  const out = new Float32Array(y.length);
+  for (let j = 0; j < out.length; j++) out[j] = y[j] + total[j];
+  return out;
+}
+
+function below(value) {
+  // the largest float32 below a positive float32
+  const buffer = new Float32Array([value]);
+  new Uint32Array(buffer.buffer)[0] -= 1;
+  return buffer[0];
+}
+
+const map = (n, fn) => {
+  const out = new Float32Array(n);
+  for (let j = 0; j < n; j++) out[j] = fn(j);
+  return out;
+};
+
+async function initialStep(v, x, f0, batch, atol, rtol) {
+  const at = f32(atol);
+  const rt = f32(rtol);
+  const scale = map(x.length, (j) => at + f32(Math.abs(x[j]) * rt));
+  const d0 = rms(map(x.length, (j) => x[j] / scale[j]));
+  const d1 = rms(map(x.length, (j) => f0[j] / scale[j]));
+  const h0 = d0 < 1e-5 || d1 < 1e-5 ? f32(1e-6) : f32(f32(f32(0.01) * d0) / d1);
+  const f1 = await v(map(x.length, (j) => x[j] + f32(h0 * f0[j])), full(h0, batch));
+  const d2 = Math.abs(f32(rms(map(x.length, (j) => f32(f1[j] - f0[j]) / scale[j])) / h0));
+  const h1 = d1 <= 1e-15 && d2 <= 1e-15 ? Math.max(f32(1e-6), f32(h0 * f32(1e-3)))
+    : f32(Math.pow(f32(f32(0.01) / f32(Math.max(d1, d2))), f32(1 / 5)));
+  return Math.min(f32(100 * h0), h1);
+}
+
+/** Adaptive Dormand-Prince 5(4) from t = 0 to 1. @returns {Promise<Float32Array>} */
+export async function dopri5(v, x, batch, atol, rtol, progress, maxSteps = 10000) {
+  const f0 = await v(x, full(0, batch));
+  let dt = await initialStep(v, x, f0, batch, atol, rtol);
+  let t0 = 0;
+  let t1 = 0;
+  let y = x;
+  let f = f0;
+  let interp = null;
+  let accepted = 0;
+  const at = f32(atol);
+  const rt = f32(rtol);
+  let reached = false;
+  for (let step = 0; step < maxSteps; step++) {
+    if (t1 >= 1) { reached = true; break; }
+    const tStart = t1;
+    const tEnd = tStart + dt;
+    const h32 = f32(dt);
+    const ts32 = f32(tStart);
+    const te32 = f32(tEnd);
+    const ks = [f];
+    let yi = y;
+    for (let i = 0; i < 6; i++) {
+      const ti = C[i] === 1 ? below(te32) : f32(ts32 + f32(f32(C[i]) * h32));
+      yi = combine(y, ks, A[i], h32);
+      ks.push(await v(yi, full(ti, batch)));
+    }
+    const yNew = yi;
+    const fNew = ks[6];
+    const error = combine(new Float32Array(y.length), ks, E, h32);
+    const ratio = rms(map(y.length, (j) => error[j] / f32(at + f32(rt * Math.max(Math.abs(y[j]), Math.abs(yNew[j]))))));
+    if (ratio <= 1) {
+      const yMid = combine(y, ks, M, h32);
+      interp = denseOutput(y, yNew, yMid, ks[0], fNew, h32);
+      t0 = tStart;
+      t1 = tEnd;
+      y = yNew;
+      f = fNew;
+      accepted += 1;
+      progress?.(accepted, null, Math.min(t1, 1));
+    }
+    dt = nextStep(dt, ratio);
+  }
+  if (!reached && t1 < 1) throw new Error(`dopri5 did not reach t = 1 in ${maxSteps} steps; loosen atol/rtol`);
+  const s = f32((1 - t0) / (t1 - t0));
+  const [e0, e1, c, b, a] = interp;
+  const out = new Float32Array(y.length);
+  const s2 = f32(s * s);
+  const s3 = f32(s2 * s);
+  const s4 = f32(s3 * s);
+  for (let j = 0; j < out.length; j++) {
+    let total = e0[j] + f32(s * e1[j]);
+    total = f32(total + f32(s2 * c[j]));
+    total = f32(total + f32(s3 * b[j]));
+    out[j] = total + f32(s4 * a[j]);
+  }
+  return out;
+}
+
+function denseOutput(y0, y1, yMid, f0, f1, h32) {
+  const n = y0.length;
+  const twoH = f32(2 * h32);
+  const a = map(n, (j) => f32(f32(f32(twoH * f32(f1[j] - f0[j])) - f32(8 * f32(y1[j] + y0[j]))) + f32(16 * yMid[j])));
+  const b = map(n, (j) => f32(f32(f32(f32(h32 * f32(f32(5 * f0[j]) - f32(3 * f1[j]))) + f32(18 * y0[j]))
+    + f32(14 * y1[j])) - f32(32 * yMid[j])));
+  const c = map(n, (j) => f32(f32(f32(f32(h32 * f32(f1[j] - f32(4 * f0[j]))) - f32(11 * y0[j])) - f32(5 * y1[j]))
+    + f32(16 * yMid[j])));
+  const e1 = map(n, (j) => h32 * f0[j]);
+  return [y0, e1, c, b, a];
+}
+
+function nextStep(dt, ratio, safety = 0.9, ifactor = 10, dfactor = 0.2, order = 5) {
+  if (ratio === 0) return dt * ifactor;
+  if (ratio < 1) dfactor = 1;
+  return dt * Math.min(ifactor, Math.max(safety / ratio ** (1 / order), dfactor));
+}

@@ -1,0 +1,77 @@
+/**
+ * The web page in headless Chromium (Debian's chromium driven by puppeteer-core): fit-web serves the page and the
+ * default model, the page generates 96x64 and 128x128 (vision-ntk) images, and the canvas pixels must match the
+ * Python fit-run for the same seed (>= 50 dB). A bad request shows one message and the page stays usable.
+ * FIT_WEB_SCREENSHOT=path saves a screenshot of the page.
+ */
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+
+import { CHROMIUM, canvasPixels, generateInPage, launchChromium, loadPuppeteer, startFitWeb } from './browser-helpers.mjs';
+import { PYTHON, REPO, psnr, pythonMissing, readPng, runCli } from './helpers.mjs';
+
+const reason = pythonMissing()
+  ?? (CHROMIUM ? null : 'no chromium (apt-get install -y chromium, or set CHROMIUM)')
+  ?? (existsSync(join(REPO, 'js', 'node_modules', 'onnxruntime-web')) ? null : 'run npm ci --prefix js first');
+
+describe('web page in headless Chromium', { skip: reason ?? false }, () => {
+  let server;
+  let chromium;
+  let page;
+  before(async () => {
+    server = await startFitWeb();
+    chromium = await launchChromium(await loadPuppeteer());
+    page = await chromium.browser.newPage();
+    await page.goto(server.url);
+    await page.waitForFunction(() => ['ready', 'failed'].includes(document.body.dataset.state), { timeout: 120000 });
+    assert.equal(await page.evaluate(() => document.body.dataset.state), 'ready');
+  });
+  after(async () => {
+    await chromium?.close();
+    server?.stop();
+  });
+
+  test('a bad request shows one message and the page stays usable', async () => {
+    const result = await generateInPage(page, { steps: 0 });
+    assert.deepEqual(result, { state: 'error', status: 'steps must be a positive whole number, got 0' });
+    const tooBig = await generateInPage(page, { steps: 2, width: 256, height: 256 });
+    assert.equal(tooBig.state, 'error');
+    assert.match(tooBig.status, /^256x256 needs 256 tokens, more than this model's maximum of 64/);
+  });
+
+  test('a missing package is one message on the page', async () => {
+    const other = await chromium.browser.newPage();
+    await other.goto(`${server.url}?package=/missing/`);
+    await other.waitForFunction(() => ['ready', 'failed'].includes(document.body.dataset.state), { timeout: 60000 });
+    const text = await other.$eval('#status', (el) => el.textContent);
+    assert.match(text, /^Cannot open the model: package .*\/missing has no manifest\.json \(HTTP 404\)$/);
+    await other.close();
+  });
+
+  for (const [width, height, extrapolation] of [[96, 64, ''], [128, 128, 'vision-ntk']]) {
+    test(`${width}x${height} ${extrapolation || 'package default'} matches fit-run`, async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'fit-web-'));
+      const result = await generateInPage(page, { width, height, class: 7, seed: 5, steps: 8, sampler: 'heun', cfg: 4,
+        extrapolation });
+      assert.equal(result.state, 'done', result.status);
+      const args = ['-W', width, '-H', height, '--class', 7, '--seed', 5, '--steps', 8, '--sampler', 'heun', '--cfg', 4,
+        '-q', '-o', join(dir, 'py.png'), ...(extrapolation ? ['--extrapolation', extrapolation] : [])].map(String);
+      const py = runCli(PYTHON, ['-m', 'cli.run', ...args]);
+      assert.equal(py.status, 0, py.stderr);
+      const db = psnr(await canvasPixels(page), readPng(join(dir, 'py.png')).pixels);
+      console.log(`# page vs fit-run ${width}x${height}: ${db === Infinity ? 'identical' : `${db.toFixed(1)} dB`}`);
+      assert.ok(db >= 50, `${db} dB`);
+      const saved = join(dir, 'page.png');
+      writeFileSync(saved, Uint8Array.from(await page.evaluate(async () => Array.from(await globalThis.fitPage.pngBytes()))));
+      const png = readPng(saved);
+      assert.deepEqual(png.pixels, await canvasPixels(page));
+      assert.equal(png.text['fit:backend'], 'onnxruntime-web');
+      assert.equal(JSON.parse(png.text.parameters).extrapolation, extrapolation || 'package default');
+      if (process.env.FIT_WEB_SCREENSHOT && width === 128) await page.screenshot({ path: process.env.FIT_WEB_SCREENSHOT });
+      rmSync(dir, { recursive: true, force: true });
+    });
+  }
+});

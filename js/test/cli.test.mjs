@@ -1,0 +1,87 @@
+/**
+ * node js/bin/fit-run.mjs against the Python fit-run: same PNG text chunks and pixels for the same flags, and the
+ * same one-line error (exit 2, no file left behind) for each user mistake, bad packages included.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, test } from 'node:test';
+
+import { FIT_RUN_JS, PACKAGE, PYTHON, psnr, pythonMissing, readPng, runCli } from './helpers.mjs';
+
+const missing = pythonMissing();
+const fitRunPy = (args) => runCli(PYTHON, ['-m', 'cli.run', ...args]);
+const fitRunJs = (args) => runCli(process.execPath, [FIT_RUN_JS, ...args]);
+
+describe('node fit-run', { skip: missing ?? false }, () => {
+  test('writes the same images and text chunks as fit-run', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fit-js-cli-'));
+    const args = ['-W', '96', '-H', '64', '--class', 'star,ring', '--num', '2', '--seed', '11', '--steps', '5', '-q'];
+    const py = fitRunPy([...args, '-o', join(dir, 'py.png')]);
+    const js = fitRunJs([...args, '-o', join(dir, 'js.png')]);
+    assert.equal(py.status, 0, py.stderr);
+    assert.equal(js.status, 0, js.stderr);
+    assert.deepEqual(js.stdout.trim().split('\n'), [join(dir, 'js-1.png'), join(dir, 'js-2.png')]);
+    for (const i of [1, 2]) {
+      const a = readPng(join(dir, `py-${i}.png`));
+      const b = readPng(join(dir, `js-${i}.png`));
+      assert.ok(psnr(a.pixels, b.pixels) >= 50);
+      const strip = (text) => ({ ...text, 'fit:backend': null,
+        parameters: text.parameters.replace(/"backend": "[^"]*"/, '') });
+      assert.deepEqual(strip(b.text), strip(a.text));
+      assert.equal(b.text['fit:backend'], 'onnxruntime-node');
+    }
+    const grid = fitRunJs([...args, '--grid', '-o', join(dir, 'grid.png')]);
+    assert.equal(grid.status, 0, grid.stderr);
+    const image = readPng(join(dir, 'grid.png'));
+    assert.deepEqual([image.width, image.height], [2 * 96 + 2, 64]);
+    assert.equal(JSON.parse(image.text.parameters).grid.length, 2);
+  });
+
+  test('rejects every user mistake like fit-run: one line, exit 2, no file', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fit-js-err-'));
+    const corrupt = (name, change) => {
+      const target = join(dir, name);
+      cpSync(PACKAGE, target, { recursive: true });
+      change(target);
+      return target;
+    };
+    const badJson = corrupt('json', (p) => writeFileSync(join(p, 'manifest.json'), '{"format": '));
+    const badHash = corrupt('hash', (p) => {
+      const bytes = readFileSync(join(p, 'transformer.onnx'));
+      bytes[1000] ^= 1;
+      writeFileSync(join(p, 'transformer.onnx'), bytes);
+    });
+    const truncated = corrupt('trunc', (p) => truncateSync(join(p, 'transformer.onnx'), 1000));
+    const notOnnx = corrupt('notonnx', (p) => {
+      const garbage = Buffer.from('this is not an ONNX model');
+      writeFileSync(join(p, 'transformer.onnx'), garbage);
+      const doc = JSON.parse(readFileSync(join(p, 'manifest.json'), 'utf8'));
+      doc.files['transformer.onnx'] = { sha256: createHash('sha256').update(garbage).digest('hex'), bytes: garbage.length };
+      writeFileSync(join(p, 'manifest.json'), JSON.stringify(doc));
+    });
+    const cases = [
+      ['-W', '90', '-H', '64'], ['-W', '512', '-H', '512'], ['-W', '0', '-H', '64'], ['--class', 'zebra'],
+      ['--class', '9'], ['--steps', '0'], ['--cfg', '-1'], ['--sampler', 'bogus'], ['--extrapolation', 'foo'],
+      ['--num', '0'], ['--width', 'abc'], ['--seed', '-1'], ['--out', join(dir, 'x.jpg')],
+      ['--out', join(dir, 'nowhere', 'x.png')], [join(dir, 'missing')], [badJson], [badHash], [truncated], [notOnnx],
+    ];
+    for (const args of cases) {
+      const out = ['-W', '96', '-H', '64', '--steps', '2', '-q', '-o', join(dir, 'out.png')];
+      const py = fitRunPy([...out, ...args]);
+      const js = fitRunJs([...out, ...args]);
+      assert.equal(js.status, 2, `${args.join(' ')}: ${js.stderr}`);
+      assert.equal(py.status, 2, `${args.join(' ')}: ${py.stderr}`);
+      assert.equal(js.stderr.trim().split('\n').length, 1, js.stderr);
+      assert.match(js.stderr, /^fit-run: error: /);
+      // The parser's and ONNX Runtime's own detail after the colon differs between languages.
+      const detail = { [badJson]: 'is not valid JSON: ', [notOnnx]: 'cannot load transformer.onnx: ' }[args[0]];
+      const head = (text) => (detail ? text.slice(0, text.indexOf(detail) + detail.length) : text);
+      assert.equal(head(js.stderr), head(py.stderr), args.join(' '));
+      assert.equal(existsSync(join(dir, 'out.png')), false);
+      assert.deepEqual(readdirSync(dir).filter((n) => n.endsWith('.tmp')), []);
+    }
+  });
+});

@@ -1,0 +1,117 @@
+/**
+ * Same seed -> same image: the JavaScript runtime against the Python runtime (engines, behind fit-run) on the
+ * default model, for sizes on and off the training budget, every sampler, every extrapolation method and guidance
+ * on/off; RoPE tables of every method name and the portable noise against engines.rope / engines.noise.
+ */
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { before, describe, test } from 'node:test';
+
+import { EXTRAPOLATIONS, normals, ropeTables } from '../src/index.js';
+import { withMethod } from '../src/rope.js';
+import { guidanceScale } from '../src/sampler.js';
+import { loadPackage } from '../src/node.js';
+import { plain } from '../src/params.js';
+import { PACKAGE, psnr, pythonMissing, pythonReference, readFloat32 } from './helpers.mjs';
+
+const SIZES = [[96, 64], [80, 80], [128, 128], [64, 128]];
+const SAMPLERS = ['euler', 'heun', 'dopri5', 'sde'];
+const CANONICAL = ['normal', 'linear', 'ntk-aware', 'ntk-by-parts', 'yarn', 'ntk-aware-pro1', 'ntk-aware-pro2',
+  'vision-ntk', 'vision-yarn'];
+
+function imageCases() {
+  const cases = [];
+  SIZES.forEach(([width, height], i) => cases.push({ width, height, label: 'star', seed: 10 + i, steps: 6 }));
+  for (const sampler of SAMPLERS) {
+    for (const [width, height] of [[96, 64], [128, 128]]) {
+      cases.push({ width, height, label: 'circle', seed: 3, sampler, steps: 5 });
+    }
+  }
+  for (const extrapolation of CANONICAL) {
+    for (const [width, height] of [[128, 128], [64, 128]]) {
+      cases.push({ width, height, label: 'ring', seed: 5, steps: 4, sampler: 'euler', extrapolation });
+    }
+  }
+  for (const cfg of [1, 2.5]) cases.push({ width: 96, height: 64, label: 'square', seed: 8, steps: 4, cfg });
+  cases.push({ width: 80, height: 80, label: null, seed: 2, steps: 4, cfg: 4 });
+  return cases;
+}
+
+const TABLE_SIZES = [[5, 5], [8, 8], [4, 8], [8, 4], [3, 11], [1, 1]];
+const tableCases = () => EXTRAPOLATIONS.flatMap((method) => TABLE_SIZES.map(([h, w]) => ({
+  method, h, w, head_dim: 64, theta: 10000, ori: 5 })));
+const NOISE = [{ seed: '0', count: 1001, block: 0 }, { seed: '7', count: 64, block: 3 },
+  { seed: '18446744073709551615', count: 257, block: 1 }, { seed: '123456789012345', count: 20000, block: 0 }];
+
+const GUIDANCE = [0, 0.5, 1, 2.5].map((scalePow) => ({ cfg: 4.5, scale_pow: scalePow,
+  t: Array.from({ length: 41 }, (_, i) => Math.fround(i / 40)) }));
+
+const missing = pythonMissing();
+
+describe('parity with the Python runtime', { skip: missing ?? false }, () => {
+  let ref;
+  let pipe;
+  const cases = imageCases();
+  before(async () => {
+    ref = pythonReference({ package: PACKAGE, images: cases, tables: tableCases(), noise: NOISE, guidance: GUIDANCE });
+    pipe = await loadPackage(PACKAGE);
+  });
+
+  test('noise is bit-identical', () => {
+    NOISE.forEach((n, i) => {
+      const expected = readFloat32(join(ref.dir, ref.index.noise[i]));
+      const got = normals(BigInt(n.seed), n.count, n.block);
+      let differ = 0;
+      for (let j = 0; j < got.length; j++) if (got[j] !== expected[j]) differ++;
+      assert.equal(differ, 0, `seed ${n.seed} block ${n.block}: ${differ} of ${n.count} values differ`);
+    });
+  });
+
+  test('guidance scales (power-cosine schedule) are bit-identical', () => {
+    GUIDANCE.forEach((g, i) => {
+      assert.deepEqual(g.t.map((t) => guidanceScale(g.cfg, t, g.scale_pow)), ref.index.guidance[i], `scale_pow ${g.scale_pow}`);
+    });
+  });
+
+  test('RoPE tables of every extrapolation name are bit-identical to engines.rope', () => {
+    tableCases().forEach((c, i) => {
+      const data = readFloat32(join(ref.dir, ref.index.tables[i]));
+      const settings = withMethod({ headDim: 64, theta: 10000, method: 'normal', decouple: false, oriMaxPeLen: 5 },
+        c.method, 5);
+      const { cos, sin } = ropeTables(settings, c.h, c.w);
+      let differ = 0;
+      for (let j = 0; j < cos.length; j++) differ += (cos[j] !== data[j]) + (sin[j] !== data[cos.length + j]);
+      assert.equal(differ, 0, `${c.method} ${c.h}x${c.w}: ${differ} of ${2 * cos.length} values differ`);
+    });
+  });
+
+  test('images match fit-run\'s runtime (>= 50 dB) with the same parameters', async () => {
+    const report = [];
+    for (let i = 0; i < cases.length; i++) {
+      const c = cases[i];
+      const expected = new Uint8Array(readFileSync(join(ref.dir, ref.index.images[i].file)));
+      const image = await pipe.generate(c);
+      const db = psnr(image.pixels, expected);
+      report.push(`${c.width}x${c.height} ${c.sampler ?? 'default'} ${c.extrapolation ?? '-'} cfg=${c.cfg ?? '-'}: `
+        + `${db === Infinity ? 'identical' : `${db.toFixed(1)} dB`}`);
+      assert.ok(db >= 50, `case ${JSON.stringify(c)}: ${db.toFixed(1)} dB`);
+      const params = plain(image.parameters);
+      const pyParams = ref.index.images[i].parameters;
+      assert.deepEqual({ ...params, backend: null }, { ...pyParams, backend: null });
+    }
+    const identical = report.filter((line) => line.endsWith('identical')).length;
+    console.log(`# ${identical} of ${cases.length} cases pixel-identical\n# ${report.join('\n# ')}`);
+  });
+
+  test('a padded batch gives each image what it gives alone', async () => {
+    const requests = [{ width: 96, height: 64, label: 1, seed: 4 }, { width: 128, height: 128, label: 2, seed: 9 },
+      { width: 64, height: 64, label: null, seed: 1 }];
+    const options = { steps: 3, sampler: 'sde', cfg: 3 };
+    const batch = await pipe.generateMany(requests, options);
+    for (let i = 0; i < requests.length; i++) {
+      const [alone] = await pipe.generateMany([requests[i]], options);
+      assert.ok(psnr(alone.pixels, batch[i].pixels) >= 60, `request ${i}`);
+    }
+  });
+});

@@ -1,0 +1,47 @@
+"""Python reference data for the JavaScript tests: images from engines (the code behind fit-run), RoPE tables of
+every extrapolation name, portable noise and guidance scales. Reads a JSON job from argv[1], writes binaries into argv[2].
+
+Run by js/test/*.test.mjs with the repository's .venv-core python; not a test itself.
+"""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from engines import noise
+from engines.pipeline import Request, load
+from engines.rope import RopeSettings, rope_tables
+from engines.sampler import guidance_scale
+
+
+def main(job_path: str, out_dir: str) -> None:
+    job = json.loads(Path(job_path).read_text())
+    out = Path(out_dir)
+    index = {"images": [], "tables": [], "noise": [], "guidance": []}
+    if job.get("images"):
+        with load(job.get("package")) as pipe:
+            for i, case in enumerate(job["images"]):
+                request = Request(case["width"], case["height"], pipe.resolve_label(case.get("label")), case["seed"])
+                options = {k: case.get(k) for k in ("steps", "sampler", "cfg", "extrapolation")}
+                image = pipe.generate_many([request], **options)[0]
+                (out / f"image{i}.bin").write_bytes(image.tobytes())
+                index["images"].append({"file": f"image{i}.bin", "parameters": pipe.parameters(request, **options)})
+    for i, case in enumerate(job.get("tables", [])):
+        base = RopeSettings(case["head_dim"], case["theta"], "normal", False, case["ori"])
+        settings = base.with_method(case["method"], case["ori"])
+        cos, sin = rope_tables(settings, case["h"], case["w"])
+        (out / f"table{i}.bin").write_bytes(np.stack([cos, sin]).astype(np.float32).tobytes())
+        index["tables"].append(f"table{i}.bin")
+    for i, case in enumerate(job.get("noise", [])):
+        values = noise.normals(int(case["seed"]), case["count"], case["block"])
+        (out / f"noise{i}.bin").write_bytes(values.tobytes())
+        index["noise"].append(f"noise{i}.bin")
+    for case in job.get("guidance", []):
+        t = np.asarray(case["t"], np.float32)
+        index["guidance"].append(guidance_scale(case["cfg"], t, case["scale_pow"]).astype(float).tolist())
+    (out / "index.json").write_text(json.dumps(index))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

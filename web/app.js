@@ -1,0 +1,132 @@
+/**
+ * The FiT web page: the js/ core on onnxruntime-web. The page is served by `fit-web` (or any static host that sends
+ * the headers in docs/javascript.md); query parameters: ?package=URL (default /package/), ?threads=N (WASM threads),
+ * ?optimization=disabled|basic|extended|all (ONNX Runtime graph optimization, default all).
+ */
+import * as ort from '/ort/ort.wasm.min.mjs';
+import { EXTRAPOLATIONS, FitPipeline, SAMPLERS, encodePng } from '/js/src/index.js';
+
+const $ = (id) => document.getElementById(id);
+const query = new URLSearchParams(location.search);
+const status = (text, error = false) => { $('status').textContent = text; $('status').className = error ? 'error' : ''; };
+
+ort.env.wasm.wasmPaths = '/ort/';
+ort.env.wasm.numThreads = Number(query.get('threads') ?? (globalThis.crossOriginIsolated ? 2 : 1));
+
+let pipe = null;
+let last = null;
+let busy = false;
+
+function options(select, values, chosen) {
+  select.replaceChildren(...values.map(([value, text]) => new Option(text, value, false, value === chosen)));
+}
+
+function fillControls() {
+  $('model-name').textContent = pipe.name;
+  options($('class'), [['', 'unconditional'], ...pipe.classNames.map((name, i) => [String(i), `${i}: ${name}`])], '');
+  if (pipe.classNames.length) $('class').value = '0';
+  const g = pipe.granularity;
+  const sides = [];
+  for (let side = g; side <= pipe.maxTokens * g && sides.length < 64; side += g) sides.push([String(side), String(side)]);
+  options($('width'), sides, String(pipe.defaultSize[0]));
+  options($('height'), sides, String(pipe.defaultSize[1]));
+  const defaults = pipe.samplerSettings();
+  $('steps').value = defaults.steps;
+  options($('sampler'), SAMPLERS.map((s) => [s, s]), defaults.method);
+  $('cfg').value = pipe.cfgDefault;
+  options($('extrapolation'), [['', 'package default'], ...EXTRAPOLATIONS.map((e) => [e, e])], '');
+}
+
+function readRequest() {
+  const number = (id) => ($(id).value.trim() === '' ? NaN : Number($(id).value));
+  return {
+    width: number('width'), height: number('height'), label: $('class').value === '' ? null : Number($('class').value),
+    seed: $('seed').value.trim(), steps: number('steps'), sampler: $('sampler').value, cfg: number('cfg'),
+    extrapolation: $('extrapolation').value || null,
+  };
+}
+
+function show(image) {
+  const canvas = $('image');
+  canvas.width = image.width;
+  canvas.height = image.height;
+  const rgba = new Uint8ClampedArray(image.width * image.height * 4);
+  for (let i = 0, j = 0; i < image.pixels.length; i += 3, j += 4) {
+    rgba[j] = image.pixels[i];
+    rgba[j + 1] = image.pixels[i + 1];
+    rgba[j + 2] = image.pixels[i + 2];
+    rgba[j + 3] = 255;
+  }
+  canvas.getContext('2d').putImageData(new ImageData(rgba, image.width, image.height), 0, 0);
+}
+
+async function generate(event) {
+  event?.preventDefault();
+  if (busy || !pipe) return;
+  busy = true;
+  $('generate').disabled = true;
+  document.body.dataset.state = 'busy';
+  const request = readRequest();
+  const started = performance.now();
+  try {
+    const total = request.sampler === 'dopri5' ? null : request.steps;
+    $('progress').value = 0;
+    status('Generating…');
+    last = await pipe.generate({ ...request, onStep(done, _total, t) {
+      $('progress').value = total ? done / total : t;
+      status(total ? `Step ${done} of ${total}` : `Step ${done} (t = ${t.toFixed(3)})`);
+    } });
+    show(last);
+    $('progress').value = 1;
+    $('save').disabled = false;
+    status(`${last.width}×${last.height} in ${((performance.now() - started) / 1000).toFixed(2)} s`);
+    document.body.dataset.state = 'done';
+  } catch (err) {
+    status(err.message, true);
+    document.body.dataset.state = 'error';
+  } finally {
+    busy = false;
+    $('generate').disabled = false;
+  }
+}
+
+/** PNG bytes of the last image with its parameters as text chunks. */
+async function pngBytes() {
+  const deflate = async (data) => new Uint8Array(await new Response(
+    new Blob([data]).stream().pipeThrough(new CompressionStream('deflate'))).arrayBuffer());
+  return encodePng(last.pixels, last.width, last.height, last.parameters, deflate);
+}
+
+async function save() {
+  if (!last) return;
+  const bytes = await pngBytes();
+  const link = document.createElement('a');
+  link.href = URL.createObjectURL(new Blob([bytes], { type: 'image/png' }));
+  link.download = `fit-${last.parameters.seed}.png`;
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+}
+
+async function start() {
+  const started = performance.now();
+  try {
+    pipe = await FitPipeline.load(query.get('package') ?? '/package/', { ort, backendName: 'onnxruntime-web',
+      executionProviders: ['wasm'], lazyDecoder: true, graphOptimizationLevel: query.get('optimization') ?? 'all' });
+  } catch (err) {
+    status(`Cannot open the model: ${err.message}`, true);
+    document.body.dataset.state = 'failed';
+    return;
+  }
+  fillControls();
+  $('generate').disabled = false;
+  status(`Model loaded in ${((performance.now() - started) / 1000).toFixed(2)} s (${ort.env.wasm.numThreads} WASM `
+    + `thread${ort.env.wasm.numThreads === 1 ? '' : 's'}).`);
+  document.body.dataset.state = 'ready';
+  // The page is usable now; the decoder's session is created while the user picks settings.
+  pipe.loadDecoder().catch((err) => status(`Cannot open the decoder: ${err.message}`, true));
+}
+
+$('controls').addEventListener('submit', generate);
+$('save').addEventListener('click', save);
+globalThis.fitPage = { get pipeline() { return pipe; }, pngBytes };
+start();
