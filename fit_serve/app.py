@@ -13,6 +13,8 @@ waiting requests per proxy, beyond that 503 with ``Retry-After``. Build the appl
 import asyncio
 import base64
 import dataclasses
+import os
+import resource
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -167,8 +169,10 @@ class FitServer:
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
-        """200 when this replica has its pipeline loaded and can serve."""
-        return {"status": "ok", "model": self.pipe.name}
+        """200 when the replica that answers has its pipeline loaded and can serve; its process id and peak
+        resident memory."""
+        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return {"status": "ok", "model": self.pipe.name, "pid": os.getpid(), "max_rss_mb": round(peak_kib / 1024, 1)}
 
     async def _body(self, http: HttpRequest) -> bytes:
         """The request body, refused (413) past MAX_BODY_BYTES without reading the rest."""
