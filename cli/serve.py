@@ -44,10 +44,12 @@ from engines.pipeline import DEFAULT_MODEL_DIR
 @click.option("--address", default=None,
               help="Join this Ray cluster (e.g. auto, or HOST:6379) instead of starting a local Ray; "
                    "RAY_ADDRESS works too.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="Port of the local Ray's Prometheus metrics (GET /metrics); default: Ray picks one.")
 @click.option("--emit-config", type=click.Path(path_type=Path, allow_dash=True), default=None,
               help="Write the Serve config YAML (for serve deploy / serve run) to this file, - for stdout, and exit.")
 def main(package, host, port, replicas, max_batch_size, batch_wait_ms, max_batch_tokens, max_queue, retry_after,
-         backend, threads, replica_cpus, address, emit_config):
+         backend, threads, replica_cpus, address, metrics_port, emit_config):
     """Serve a FiT model PACKAGE (default: the model shipped with fit-toolkit) over HTTP."""
     with user_errors(PackageError, ValueError, OSError):
         try:
@@ -65,7 +67,9 @@ def main(package, host, port, replicas, max_batch_size, batch_wait_ms, max_batch
         if emit_config is not None:
             write_config(serve_config(config, host, port), emit_config)
             return
-        run(config, manifest.name, host, port, address)
+        if metrics_port is not None and (address is not None or os.environ.get("RAY_ADDRESS")):
+            raise UserError("--metrics-port applies to a local Ray; a cluster's ports are set by ray start")
+        run(config, manifest.name, host, port, address, metrics_port)
 
 
 def write_config(data: dict, path: Path) -> None:
@@ -82,7 +86,7 @@ def write_config(data: dict, path: Path) -> None:
     click.echo(str(path))
 
 
-def run(config, name: str, host: str, port: int, address) -> None:
+def run(config, name: str, host: str, port: int, address, metrics_port) -> None:
     """Start Ray (or join a cluster), deploy, serve until Ctrl-C or SIGTERM, then shut down what was started."""
     import ray
     from ray import serve
@@ -97,13 +101,16 @@ def run(config, name: str, host: str, port: int, address) -> None:
         ray.init(address=address, namespace="fit-serve", log_to_driver=False)
     else:
         cpus = max(os.cpu_count() or 1, int(-(-config.replicas * config.replica_cpus // 1)))
-        ray.init(num_cpus=cpus, include_dashboard=False, namespace="fit-serve", log_to_driver=False)
+        ray.init(num_cpus=cpus, include_dashboard=False, namespace="fit-serve", log_to_driver=False,
+                 _metrics_export_port=metrics_port)
     signal.signal(signal.SIGTERM, stop)             # after ray.init, which installs its own handler
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(build(config.to_dict()), name=APP_NAME, route_prefix="/", blocking=False)
         click.echo(f"fit-serve: serving {name} at http://{host}:{port} ({config.replicas} replica(s), "
                    f"batches of up to {config.max_batch_size}); Ctrl-C stops", err=True)
+        if metrics_port is not None:
+            click.echo(f"fit-serve: metrics at http://127.0.0.1:{metrics_port}/metrics", err=True)
         while True:
             time.sleep(3600)
     finally:

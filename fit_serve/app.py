@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException
 from engines.backend import resolve_backend_name
 from engines.pipeline import GenerationSettings, Request, load, png_bytes
 from fit_serve.api import MAX_BODY_BYTES, BadRequest, model_info, parse_body, resolve
-from fit_serve.batching import Item, group_key, padded_tokens, plan_calls
+from fit_serve.batching import Item, bucket_budget, group_key, padded_tokens, plan_calls
 
 APP_NAME = "fit"
 DEPLOYMENT_NAME = "FitServer"
@@ -127,6 +127,7 @@ class FitServer:
         if self.max_batch_tokens < self.pipe.max_tokens:
             raise ValueError(f"max_batch_tokens {self.max_batch_tokens} is below the package's "
                              f"{self.pipe.max_tokens} tokens per request")
+        self.buckets = [b.tokens for b in self.pipe.manifest.sizes.buckets]
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="fit-engine")
         self._generate_batch.set_max_batch_size(self.config.max_batch_size)
         self._generate_batch.set_batch_wait_timeout_s(self.config.batch_wait_ms / 1000)
@@ -205,8 +206,11 @@ class FitServer:
     def _run(self, jobs: list[Job]) -> list[Outcome]:
         """The engine calls of one batch (fit_serve.batching.plan_calls), one after another."""
         started = time.perf_counter()
-        items = [Item(group_key(job.settings, job.request.label is not None, i),
-                      self.pipe.tokens(job.request.width, job.request.height)) for i, job in enumerate(jobs)]
+        items = []
+        for i, job in enumerate(jobs):
+            tokens = self.pipe.tokens(job.request.width, job.request.height)
+            bucket = bucket_budget(self.buckets, self.pipe.max_tokens, tokens)
+            items.append(Item(group_key(job.settings, job.request.label is not None, bucket, i), tokens))
         outcomes = [Outcome() for _ in jobs]
         for call in plan_calls(items, self.config.max_batch_size, self.max_batch_tokens):
             call_start = time.perf_counter()

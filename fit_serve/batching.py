@@ -5,8 +5,9 @@ Ray Serve's ``@serve.batch`` hands the replica the requests that arrived within 
 group into padded batches:
 
 1. Group key (:func:`group_key`): ``GenerationSettings.loop_key()`` (integrator, step count and tolerances,
-   guidance on or off) plus whether the network runs the cond/uncond halves for this request (guidance on and a
-   class given). Samplers whose rows depend on the whole batch (dopri5: one adaptive step size for the batch;
+   guidance on or off), whether the network runs the cond/uncond halves for this request (guidance on and a
+   class given), and the request's bucket (:func:`bucket_budget`: the smallest of the package's buckets that
+   holds its tokens), so a call's padding stays within one bucket (one TensorRT profile). Samplers whose rows depend on the whole batch (dopri5: one adaptive step size for the batch;
    sde: one noise stream for the batch) get one loop per request, so their images never depend on batch mates.
 2. Inside a group, requests are taken longest first (token count, then arrival) and added to the current call
    while it holds fewer than ``max_batch_size`` requests and (requests + 1) x longest sequence stays within
@@ -20,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Hashable, Sequence
 
+from engines.buckets import Bucket, BucketError, smallest_bucket
+
 
 @dataclass(frozen=True)
 class Item:
@@ -29,12 +32,22 @@ class Item:
     tokens: int
 
 
-def group_key(settings, conditional: bool, index: int) -> tuple:
-    """The key under which a request (``index`` in the arrival order) may share a step loop with others.
+def bucket_budget(bucket_tokens: Sequence[int], max_tokens: int, tokens: int) -> int:
+    """Token budget of the smallest bucket that holds ``tokens`` (engines.buckets.smallest_bucket); the
+    package's ``max_tokens`` for a request beyond every bucket."""
+    try:
+        return smallest_bucket([Bucket(t) for t in bucket_tokens], tokens).tokens
+    except (BucketError, ValueError):
+        return max_tokens
 
-    settings: its engines.pipeline.GenerationSettings; conditional: whether it names a class.
+
+def group_key(settings, conditional: bool, bucket: int, index: int) -> tuple:
+    """The key under which a request (``index`` in the arrival order) may share an engine call with others.
+
+    settings: its engines.pipeline.GenerationSettings; conditional: whether it names a class; bucket: its
+    :func:`bucket_budget`.
     """
-    key = (settings.loop_key(), settings.guided and conditional)
+    key = (settings.loop_key(), settings.guided and conditional, bucket)
     return key if settings.sampler.rows_independent else key + (index,)
 
 

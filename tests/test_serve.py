@@ -2,7 +2,6 @@
 to fit-run's, images independent of their batch mates, 4xx answers for bad requests, 503 + Retry-After under
 overload with bounded memory, and (slow) a replica killed with SIGKILL while serving."""
 import base64
-import json
 import os
 import signal
 import threading
@@ -15,16 +14,21 @@ serve = pytest.importorskip("ray.serve")
 
 from engines.pipeline import read_parameters  # noqa: E402
 from fit_serve.app import build  # noqa: E402
-from tests.serve_helpers import burst, call, free_port, generate, wait_until_healthy  # noqa: E402
+from fit_serve.client import call, generate, wait_until_healthy  # noqa: E402
+from tests.serve_helpers import burst, free_port  # noqa: E402
 
 CONFIG = {"max_batch_size": 4, "batch_wait_ms": 300, "max_queue": 4, "threads": 1, "replica_cpus": 0.5,
           "retry_after_s": 2}
 
 
+METRICS_PORT = free_port()
+
+
 @pytest.fixture(scope="module")
 def base():
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, namespace="fit-serve-tests", log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, namespace="fit-serve-tests", log_to_driver=False,
+             _metrics_export_port=METRICS_PORT)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build(CONFIG), name="fit", route_prefix="/")
@@ -70,14 +74,14 @@ def test_json_answer_has_png_parameters_and_timing(base):
 
 def test_image_same_alone_and_in_a_mixed_batch(base):
     target = {"width": 48, "height": 32, "class": 2, "seed": 11, "steps": 3, "cfg": 2.0}
-    mix = [{"width": 128, "height": 128, "class": 1, "seed": 3, "steps": 3, "cfg": 5.0, "extrapolation": "ntk-aware"},
+    mix = [{"width": 80, "height": 80, "class": 1, "seed": 3, "steps": 3, "cfg": 5.0, "extrapolation": "ntk-aware"},
            target,
            {"width": 96, "height": 64, "class": "ring", "seed": 4, "steps": 3, "cfg": 1.5},
            {"width": 64, "height": 64, "class": 0, "seed": 5, "steps": 3, "sampler": "sde"}]
     together = burst(base, mix, accept_json=True)
     assert [a.status for a in together] == [200] * 4
     shared = together[1].json()["timing"]["batch_requests"]
-    assert shared == 3, "the three heun requests should have shared one engine call"
+    assert shared == 3, "the three heun requests (one bucket) should have shared one engine call"
     assert together[3].json()["timing"]["batch_requests"] == 1          # sde: a loop of its own
     for fields, mixed in zip(mix[1:4:2], together[1:4:2]):
         alone = generate(base, fields, accept_json=True).json()
@@ -167,3 +171,15 @@ def test_replica_killed_with_sigkill_is_restarted_and_other_requests_succeed(bas
         print(f"replica restarted {restarted:.1f} s after SIGKILL; {len(failed)} of {len(results)} requests failed")
     finally:
         serve.delete("two")
+
+
+@pytest.mark.slow
+def test_metrics_are_exported_in_prometheus_format(base):
+    assert generate(base, {"steps": 1}).status == 200
+    names = ["fit_serve_requests", "fit_serve_queue_length", "fit_serve_batch_requests", "fit_serve_batch_tokens",
+             "fit_serve_request_latency_s"]
+    deadline, text = time.monotonic() + 40, ""
+    while time.monotonic() < deadline and not all(n in text for n in names):
+        time.sleep(2)
+        text = call(f"http://127.0.0.1:{METRICS_PORT}/metrics").body.decode()
+    assert all(n in text for n in names), [n for n in names if n not in text]

@@ -8,7 +8,7 @@ import pytest
 import engines
 from engines.pipeline import Request
 from fit_serve.api import FIELDS, MAX_BODY_BYTES, BadRequest, parse_body, resolve
-from fit_serve.batching import Item, group_key, padded_tokens, plan_calls
+from fit_serve.batching import Item, bucket_budget, group_key, padded_tokens, plan_calls
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +32,18 @@ def test_plan_packs_longest_first_within_count_and_token_budget():
 def test_group_key_separates_loops_and_batch_dependent_samplers(pipe):
     heun, heun_cfg3 = pipe.settings(sampler="heun", steps=4, cfg=2.0), pipe.settings(sampler="heun", steps=4, cfg=3.0)
     ntk = pipe.settings(sampler="heun", steps=4, cfg=2.0, extrapolation="ntk-aware")
-    assert group_key(heun, True, 0) == group_key(heun_cfg3, True, 1) == group_key(ntk, True, 2)
-    assert group_key(heun, True, 0) != group_key(heun, False, 1)                     # no class: no cond/uncond
-    assert group_key(heun, True, 0) != group_key(pipe.settings(sampler="heun", steps=5, cfg=2.0), True, 1)
-    assert group_key(heun, True, 0) != group_key(pipe.settings(sampler="heun", steps=4, cfg=1.0), True, 1)
+    assert group_key(heun, True, 25, 0) == group_key(heun_cfg3, True, 25, 1) == group_key(ntk, True, 25, 2)
+    assert group_key(heun, True, 25, 0) != group_key(heun, False, 25, 1)             # no class: no cond/uncond
+    assert group_key(heun, True, 25, 0) != group_key(heun, True, 64, 1)              # another bucket
+    assert group_key(heun, True, 25, 0) != group_key(pipe.settings(sampler="heun", steps=5, cfg=2.0), True, 25, 1)
+    assert group_key(heun, True, 25, 0) != group_key(pipe.settings(sampler="heun", steps=4, cfg=1.0), True, 25, 1)
     for method in ("sde", "dopri5"):
         s = pipe.settings(sampler=method, steps=4)
-        assert group_key(s, True, 0) != group_key(s, True, 1)
+        assert group_key(s, True, 25, 0) != group_key(s, True, 25, 1)
+
+
+def test_bucket_budget_is_the_smallest_bucket_holding_the_request():
+    assert [bucket_budget([64, 25], 100, t) for t in (1, 25, 26, 64, 65)] == [25, 25, 64, 64, 100]
 
 
 def test_image_does_not_depend_on_batch_mates(pipe):

@@ -12,7 +12,8 @@ import pytest
 pytest.importorskip("ray.serve")
 yaml = pytest.importorskip("yaml")
 
-from tests.serve_helpers import burst, free_port, wait_until_healthy  # noqa: E402
+from fit_serve.client import wait_until_healthy  # noqa: E402
+from tests.serve_helpers import burst, free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
