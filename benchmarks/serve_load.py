@@ -102,6 +102,15 @@ def run(package, clients: list[int], per_client: int, max_seconds: float, max_ba
     return results
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else (platform.processor() or platform.machine())
+
+
 def markdown(results: dict, meta: dict) -> str:
     load = ", ".join(f"{x:g}" for x in meta["load_average_after"])
     lines = [f"{meta['date']}, {meta['machine']} (load average {load} after the run); {meta['package']}, "
@@ -137,12 +146,13 @@ def main() -> None:
     manifest = load_manifest(package or DEFAULT_MODEL_DIR)
     meta = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        "machine": f"{os.cpu_count()}-core {platform.processor() or platform.machine()} CPU, {platform.system()}",
+        "machine": f"{os.cpu_count()}-core {cpu_name()} CPU, {platform.system()}",
         "package": manifest.name,
         "settings": (f"{manifest.sampler.method} {manifest.sampler.steps} steps, cfg {manifest.guidance.default_scale}"
                      f", 1 replica, ONNX Runtime threads {args.threads or 'auto'}, batch on = --max-batch-size "
                      f"{args.max_batch_size} --batch-wait-ms {args.batch_wait_ms:g}, "
-                     f"{args.requests_per_client} requests per client, sizes {', '.join(f'{w}x{h}' for w, h in SIZES)}"),
+                     f"{args.requests_per_client} requests per client, "
+                     f"sizes {', '.join(f'{w}x{h}' for w, h in SIZES)}"),
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
     }

@@ -131,7 +131,7 @@ class FitServer:
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="fit-engine")
         self._generate_batch.set_max_batch_size(self.config.max_batch_size)
         self._generate_batch.set_batch_wait_timeout_s(self.config.batch_wait_ms / 1000)
-        self.waiting = 0
+        self.waiting: set[int] = set()
         self.requests = Counter("fit_serve_requests", "requests answered, by HTTP status", tag_keys=("status",))
         self.queue_length = Gauge("fit_serve_queue_length", "requests in this replica waiting for an engine call")
         self.batch_requests = Histogram("fit_serve_batch_requests", "requests per engine call",
@@ -151,8 +151,12 @@ class FitServer:
             request, settings = resolve(self.pipe, parse_body(await self._body(http)))
         except BadRequest as err:
             return self._answer(error_response(err.status, str(err)), arrived)
-        self._set_waiting(+1)
-        outcome = await self._generate_batch(Job(request, settings, arrived))
+        job = Job(request, settings, arrived)
+        self._waiting(add=[job])
+        try:
+            outcome = await self._generate_batch(job)
+        finally:
+            self._waiting(remove=[job])                 # also when the client went away before its batch
         if outcome.error is not None:
             return self._answer(error_response(500, outcome.error), arrived)
         outcome.timing["total_s"] = round(time.perf_counter() - arrived, 4)
@@ -192,15 +196,17 @@ class FitServer:
         self.latency.observe(time.perf_counter() - arrived)
         return response
 
-    def _set_waiting(self, change: int) -> None:
-        self.waiting += change
-        self.queue_length.set(self.waiting)
+    def _waiting(self, add=(), remove=()) -> None:
+        """Track the requests that wait for an engine call (the queue-length gauge)."""
+        self.waiting.update(id(job) for job in add)
+        self.waiting.difference_update(id(job) for job in remove)
+        self.queue_length.set(len(self.waiting))
 
     # -- batching -----------------------------------------------------------------------------------------------
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _generate_batch(self, jobs: list[Job]) -> list[Outcome]:
         """Ray Serve's batch of requests (sizes set from the config in __init__) -> one outcome each."""
-        self._set_waiting(-len(jobs))
+        self._waiting(remove=jobs)
         return await asyncio.get_running_loop().run_in_executor(self.worker, self._run, jobs)
 
     def _run(self, jobs: list[Job]) -> list[Outcome]:

@@ -7,8 +7,9 @@ group into padded batches:
 1. Group key (:func:`group_key`): ``GenerationSettings.loop_key()`` (integrator, step count and tolerances,
    guidance on or off), whether the network runs the cond/uncond halves for this request (guidance on and a
    class given), and the request's bucket (:func:`bucket_budget`: the smallest of the package's buckets that
-   holds its tokens), so a call's padding stays within one bucket (one TensorRT profile). Samplers whose rows depend on the whole batch (dopri5: one adaptive step size for the batch;
-   sde: one noise stream for the batch) get one loop per request, so their images never depend on batch mates.
+   holds its tokens), so a call's padding stays within one bucket (one TensorRT profile). Samplers whose rows
+   depend on the whole batch (dopri5: one adaptive step size for the batch; sde: one noise stream for the
+   batch) get one loop per request, so their images never depend on batch mates.
 2. Inside a group, requests are taken longest first (token count, then arrival) and added to the current call
    while it holds fewer than ``max_batch_size`` requests and (requests + 1) x longest sequence stays within
    ``max_batch_tokens`` padded tokens; otherwise a new call starts.
