@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import BACKEND, Command, UserError, check_writable, user_errors
+from cli.common import BACKEND, Command, UserError, check_writable, one_line, user_errors
 from engines.manifest import PackageError, load_manifest
 from engines.pipeline import DEFAULT_MODEL_DIR
 
@@ -56,7 +56,8 @@ def main(package, host, port, replicas, max_batch_size, batch_wait_ms, max_batch
             from fit_serve.app import ServeConfig, serve_config
         except ImportError as err:
             raise UserError(f"Ray Serve is not installed ({err}); pip install 'fit-toolkit[serve]'") from None
-        manifest = load_manifest(package if package is not None else DEFAULT_MODEL_DIR)
+        # every file checked here once, so that a damaged package is one line now, not a replica failing in Ray
+        manifest = load_manifest(package if package is not None else DEFAULT_MODEL_DIR, verify=emit_config is None)
         config = ServeConfig(package=None if package is None else str(package.resolve()), backend=backend,
                              threads=threads, replicas=replicas, max_batch_size=max_batch_size,
                              batch_wait_ms=batch_wait_ms, max_queue=max_queue, max_batch_tokens=max_batch_tokens,
@@ -86,6 +87,18 @@ def write_config(data: dict, path: Path) -> None:
     click.echo(str(path))
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse, before Ray starts, an address the HTTP proxy could not listen on."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as err:
+        raise UserError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+
+
 def run(config, name: str, host: str, port: int, address, metrics_port) -> None:
     """Start Ray (or join a cluster), deploy, serve until Ctrl-C or SIGTERM, then shut down what was started."""
     import ray
@@ -97,6 +110,8 @@ def run(config, name: str, host: str, port: int, address, metrics_port) -> None:
         raise KeyboardInterrupt
 
     joined = address is not None or bool(os.environ.get("RAY_ADDRESS"))
+    if not joined:
+        check_port(host, port)
     if joined:
         ray.init(address=address, namespace="fit-serve", log_to_driver=False)
     else:
@@ -105,8 +120,12 @@ def run(config, name: str, host: str, port: int, address, metrics_port) -> None:
                  _metrics_export_port=metrics_port)
     signal.signal(signal.SIGTERM, stop)             # after ray.init, which installs its own handler
     try:
-        serve.start(http_options={"host": host, "port": port})
-        serve.run(build(config.to_dict()), name=APP_NAME, route_prefix="/", blocking=False)
+        try:
+            serve.start(http_options={"host": host, "port": port})
+            serve.run(build(config.to_dict()), name=APP_NAME, route_prefix="/", blocking=False)
+        except (RuntimeError, ValueError, ray.exceptions.RayError) as err:
+            cause = getattr(err, "cause", None) or err
+            raise UserError(f"the application did not start: {one_line(cause)}") from None
         click.echo(f"fit-serve: serving {name} at http://{host}:{port} ({config.replicas} replica(s), "
                    f"batches of up to {config.max_batch_size}); Ctrl-C stops", err=True)
         if metrics_port is not None:

@@ -211,7 +211,6 @@ class FitServer:
 
     def _run(self, jobs: list[Job]) -> list[Outcome]:
         """The engine calls of one batch (fit_serve.batching.plan_calls), one after another."""
-        started = time.perf_counter()
         items = []
         for i, job in enumerate(jobs):
             tokens = self.pipe.tokens(job.request.width, job.request.height)
@@ -235,7 +234,7 @@ class FitServer:
                     outcomes[i].error = f"generation failed: {message}"
             compute = time.perf_counter() - call_start
             for i in call:
-                outcomes[i].timing = {"queue_s": round(started - jobs[i].arrived, 4), "compute_s": round(compute, 4),
+                outcomes[i].timing = {"queue_s": round(call_start - jobs[i].arrived, 4), "compute_s": round(compute, 4),
                                       "batch_requests": len(call), "batch_tokens": tokens}
         return outcomes
 

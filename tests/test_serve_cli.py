@@ -42,6 +42,30 @@ def test_mistakes_end_in_one_line(args, message):
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
+def test_a_damaged_package_is_refused_before_ray_starts(tmp_path):
+    import shutil
+
+    from engines.pipeline import DEFAULT_MODEL_DIR
+
+    package = shutil.copytree(DEFAULT_MODEL_DIR, tmp_path / "pkg")
+    data = bytearray((package / "transformer.onnx").read_bytes())
+    data[-10] ^= 1
+    (package / "transformer.onnx").write_bytes(bytes(data))
+    result = fit_serve(str(package), "--port", "1")
+    assert result.exit_code == 2 and "sha256 of transformer.onnx does not match" in result.output
+
+
+def test_a_port_in_use_is_refused_before_ray_starts():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = fit_serve("--port", str(taken.getsockname()[1]))
+    assert result.exit_code == 2 and "cannot listen on 127.0.0.1:" in result.output
+    assert result.output.count("\n") == 1
+
+
 def test_emit_config_is_a_serve_config(tmp_path):
     path = tmp_path / "serve.yaml"
     result = fit_serve("--emit-config", str(path), "--replicas", "3", "--max-batch-size", "6", "--host", "0.0.0.0")
