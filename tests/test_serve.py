@@ -2,6 +2,7 @@
 to fit-run's, images independent of their batch mates, 4xx answers for bad requests, 503 + Retry-After under
 overload with bounded memory, and (slow) a replica killed with SIGKILL while serving."""
 import base64
+import json
 import os
 import signal
 import threading
@@ -188,3 +189,26 @@ def test_metrics_are_exported_in_prometheus_format(base):
         time.sleep(2)
         text = call(f"http://127.0.0.1:{METRICS_PORT}/metrics").body.decode()
     assert all(n in text for n in names), [n for n in names if n not in text]
+
+
+def test_an_engine_failure_answers_500_for_its_call_only(base, tmp_path):
+    """A package whose manifest promises more classes than its graph embeds: class 15 makes ONNX Runtime fail.
+    That engine call's requests get 500 with one JSON line; a request in another call is served."""
+    import shutil
+
+    from engines.pipeline import DEFAULT_MODEL_DIR
+
+    package = shutil.copytree(DEFAULT_MODEL_DIR, tmp_path / "pkg")
+    manifest = json.loads((package / "manifest.json").read_text())
+    manifest["model"]["num_classes"] = 20
+    manifest["model"]["class_names"] += [f"extra{i}" for i in range(12)]
+    (package / "manifest.json").write_text(json.dumps(manifest))
+    serve.run(build({**CONFIG, "package": str(package)}), name="broken", route_prefix="/broken")
+    try:
+        failing, fine = burst(base + "/broken", [{"width": 64, "height": 64, "class": 15, "steps": 2},
+                                                 {"width": 64, "height": 64, "class": 1, "steps": 3}])
+        assert failing.status == 500 and fine.status == 200
+        error = failing.json()["error"]
+        assert list(failing.json()) == ["error"] and error.startswith("generation failed:") and "\n" not in error
+    finally:
+        serve.delete("broken")
