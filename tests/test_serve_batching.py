@@ -46,21 +46,22 @@ def test_bucket_budget_is_the_smallest_bucket_holding_the_request():
     assert [bucket_budget([64, 25], 100, t) for t in (1, 25, 26, 64, 65)] == [25, 25, 64, 64, 100]
 
 
-def test_image_does_not_depend_on_batch_mates(pipe):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_image_does_not_depend_on_batch_mates(threads):
     """What the server relies on: euler and heun give a row bit for bit what it gives alone, whatever sizes,
-    guidance scales and extrapolation methods share its padded batch (ONNX Runtime CPU, measured)."""
-    target, settings = Request(48, 32, 2, 11), pipe.settings(sampler="heun", steps=3, cfg=2.0)
+    guidance scales and extrapolation methods share its padded batch (ONNX Runtime CPU, measured: a 6-token row
+    alone, and padded to 64 tokens among 4 rows)."""
+    target = Request(48, 32, 2, 11)
     mates = [Request(128, 128, 1, 3), Request(96, 64, 5, 4), Request(32, 32, 0, 9)]
-    mate_settings = [pipe.settings(sampler="heun", steps=3, cfg=c, extrapolation=e)
-                     for c, e in ((5.0, "ntk-aware"), (1.5, None), (2.0, "linear"))]
-    for method in ("euler", "heun"):
-        settings = pipe.settings(sampler=method, steps=3, cfg=2.0)
-        mate_settings = [pipe.settings(sampler=method, steps=3, cfg=s.cfg, extrapolation=s.extrapolation)
-                         for s in mate_settings]
-        alone = pipe.sample_latents([target], settings)[0]
-        mixed = pipe.sample_latents(mates[:2] + [target] + mates[2:], mate_settings[:2] + [settings]
-                                    + mate_settings[2:])[2]
-        np.testing.assert_array_equal(mixed, alone)
+    with engines.load(None, threads=threads) as pipe:
+        for method in ("euler", "heun"):
+            settings = pipe.settings(sampler=method, steps=3, cfg=2.0)
+            mate_settings = [pipe.settings(sampler=method, steps=3, cfg=c, extrapolation=e)
+                             for c, e in ((5.0, "ntk-aware"), (1.5, None), (2.0, "linear"))]
+            alone = pipe.sample_latents([target], settings)[0]
+            mixed = pipe.sample_latents(mates[:2] + [target] + mates[2:],
+                                        mate_settings[:2] + [settings] + mate_settings[2:])[2]
+            np.testing.assert_array_equal(mixed, alone)
 
 
 BAD_BODIES = [
