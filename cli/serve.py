@@ -110,11 +110,10 @@ def run(config, name: str, host: str, port: int, address, metrics_port) -> None:
         raise KeyboardInterrupt
 
     joined = address is not None or bool(os.environ.get("RAY_ADDRESS"))
-    if not joined:
-        check_port(host, port)
     if joined:
         ray.init(address=address, namespace="fit-serve", log_to_driver=False)
     else:
+        check_port(host, port)
         cpus = max(os.cpu_count() or 1, int(-(-config.replicas * config.replica_cpus // 1)))
         ray.init(num_cpus=cpus, include_dashboard=False, namespace="fit-serve", log_to_driver=False,
                  _metrics_export_port=metrics_port)

@@ -54,12 +54,14 @@ class ServeConfig:
     replica_cpus: float = 1.0               # Ray CPUs each replica reserves
 
     def __post_init__(self):
-        positive = {"replicas": self.replicas, "max_batch_size": self.max_batch_size,
-                    "max_queue": self.max_queue, "max_batch_tokens": self.max_batch_tokens or 1}
-        for name, value in positive.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-        for name in ("threads", "batch_wait_ms", "retry_after_s", "replica_cpus"):
+        whole = {"replicas": 1, "max_batch_size": 1, "max_queue": 1, "max_batch_tokens": 1, "threads": 0}
+        for name, least in whole.items():
+            value = getattr(self, name)
+            if name == "max_batch_tokens" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+        for name in ("batch_wait_ms", "retry_after_s", "replica_cpus"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")

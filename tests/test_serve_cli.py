@@ -81,6 +81,18 @@ def test_emit_config_is_a_serve_config(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["serve.yaml"]
 
 
+@pytest.mark.parametrize("args", [{"replicas": 0}, {"max_batch_tokens": 0}, {"threads": 1.5}, {"max_queue": True},
+                                  {"batch_wait_ms": -1}, {"backend": "nope"}, {"max_batch": 4}])
+def test_serve_config_refuses_bad_args(args):
+    """The ``args`` of a Serve config file that someone edited by hand are checked too (one line)."""
+    from engines.backend import BackendError
+    from fit_serve.app import ServeConfig
+
+    with pytest.raises((ValueError, BackendError)) as info:
+        ServeConfig.from_dict(args)
+    assert "\n" not in str(info.value)
+
+
 def descendants(pid: int) -> set[int]:
     """Process ids below ``pid`` (from /proc)."""
     parents = {}
