@@ -486,12 +486,13 @@ def image_grid(images: Sequence[np.ndarray], columns: Optional[int] = None, gap:
     return out
 
 
-def save_png(image, path, parameters: Optional[dict] = None) -> Path:
-    """Write a PNG atomically (:func:`engines.atomic.atomic_file`) with ``parameters`` as text chunks:
-    ``parameters`` (all of them as JSON) and one ``fit:<name>`` entry per parameter."""
-    from PIL import Image, PngImagePlugin
+def png_bytes(image, parameters: Optional[dict] = None) -> bytes:
+    """The PNG file of a uint8 (H, W, 3) array or PIL image, with ``parameters`` as text chunks: ``parameters``
+    (all of them as JSON) and one ``fit:<name>`` entry per parameter. The one PNG encoder of the toolkit:
+    :func:`save_png` and the server (fit_serve) write these bytes."""
+    import io
 
-    from engines.atomic import atomic_file
+    from PIL import Image, PngImagePlugin
 
     pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image), "RGB")
     if parameters is None and "parameters" in getattr(pil, "info", {}):
@@ -501,10 +502,17 @@ def save_png(image, path, parameters: Optional[dict] = None) -> Path:
         info.add_text("parameters", json.dumps(parameters, sort_keys=True))
         for key, value in parameters.items():
             info.add_text(f"fit:{key}", "" if value is None else str(value))
-    path = Path(path)
-    with atomic_file(path) as f:
-        pil.save(f, format="PNG", pnginfo=info)
-    return path
+    buffer = io.BytesIO()
+    pil.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def save_png(image, path, parameters: Optional[dict] = None) -> Path:
+    """Write :func:`png_bytes` of ``image`` and ``parameters`` to ``path`` atomically
+    (:func:`engines.atomic.atomic_write`)."""
+    from engines.atomic import atomic_write
+
+    return atomic_write(Path(path), png_bytes(image, parameters))
 
 
 def read_parameters(path) -> dict:
@@ -516,5 +524,5 @@ def read_parameters(path) -> dict:
 
 
 __all__ = ["load", "Pipeline", "Request", "GenerationSettings", "GenerationError", "PackageError", "BackendError", "patchify",
-           "unpatchify", "save_png", "read_parameters", "image_grid", "to_pil", "EXTRAPOLATIONS",
+           "unpatchify", "png_bytes", "save_png", "read_parameters", "image_grid", "to_pil", "EXTRAPOLATIONS",
            "DEFAULT_MODEL_DIR", "SEED_LIMIT"]

@@ -74,6 +74,13 @@ class SamplerSettings:
         if self.atol <= 0 or self.rtol <= 0:
             raise ValueError("dopri5 tolerances atol and rtol must be positive")
 
+    @property
+    def rows_independent(self) -> bool:
+        """Whether a row sampled in a shared batch comes out as it would alone. Fixed-step euler and heun: yes.
+        dopri5 adapts its step size to the error norm of the whole batch, and sde draws its noise from one
+        stream for the whole batch, so their rows depend on the batch they share."""
+        return self.method in ("euler", "heun")
+
     def evaluations(self) -> Optional[int]:
         """Network evaluations the sampler makes (None for dopri5: adaptive)."""
         return {"euler": self.steps, "heun": 2 * self.steps, "sde": self.steps, "dopri5": None}[self.method]

@@ -65,3 +65,22 @@ def test_the_hook_catches_an_indirect_torch_import():
     proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH + "import fit.flow"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode != 0 and "imported by the torch-free runtime" in proc.stderr
+
+
+def test_fit_serve_imports_no_torch():
+    """The server (fit_serve and fit-serve) stays torch-free too; checked in this interpreter, which has Ray."""
+    pytest.importorskip("ray.serve")
+    code = BLOCK_TORCH + textwrap.dedent("""
+        import importlib, pkgutil, sys
+        import fit_serve
+        for info in pkgutil.iter_modules(fit_serve.__path__):
+            importlib.import_module("fit_serve." + info.name)
+        import cli.serve
+        bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "fit", "fit_export"))
+        assert not bad, bad
+        print("torch-free OK")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "torch-free OK" in proc.stdout

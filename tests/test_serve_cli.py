@@ -1,0 +1,151 @@
+"""The fit-serve command line: one-line errors, --emit-config, and Ctrl-C while requests are in flight (every
+request gets an answer or a clean connection error, the command exits 130, no Ray process is left behind)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray.serve")
+yaml = pytest.importorskip("yaml")
+
+from fit_serve.client import wait_until_healthy  # noqa: E402
+from tests.serve_helpers import burst, free_port  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def fit_serve(*args):
+    from click.testing import CliRunner
+
+    from cli.serve import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["/nonexistent/package"], "does not exist"),
+    (["--port", "0"], "--port"),
+    (["--max-batch-size", "0"], "--max-batch-size"),
+    (["--max-batch-tokens", "10"], "below the package's 64 tokens"),
+    (["--backend", "nope"], "--backend"),
+    (["--emit-config", "/nonexistent/folder/serve.yaml"], "does not exist"),
+])
+def test_mistakes_end_in_one_line(args, message):
+    result = fit_serve(*args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("fit-serve: error:") and message in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_a_damaged_package_is_refused_before_ray_starts(tmp_path):
+    import shutil
+
+    from engines.pipeline import DEFAULT_MODEL_DIR
+
+    package = shutil.copytree(DEFAULT_MODEL_DIR, tmp_path / "pkg")
+    data = bytearray((package / "transformer.onnx").read_bytes())
+    data[-10] ^= 1
+    (package / "transformer.onnx").write_bytes(bytes(data))
+    result = fit_serve(str(package), "--port", "1")
+    assert result.exit_code == 2 and "sha256 of transformer.onnx does not match" in result.output
+
+
+def test_a_port_in_use_is_refused_before_ray_starts():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = fit_serve("--port", str(taken.getsockname()[1]))
+    assert result.exit_code == 2 and "cannot listen on 127.0.0.1:" in result.output
+    assert result.output.count("\n") == 1
+
+
+def test_emit_config_is_a_serve_config(tmp_path):
+    path = tmp_path / "serve.yaml"
+    result = fit_serve("--emit-config", str(path), "--replicas", "3", "--max-batch-size", "6", "--host", "0.0.0.0")
+    assert result.exit_code == 0, result.output
+    config = yaml.safe_load(path.read_text())
+    assert config["http_options"] == {"host": "0.0.0.0", "port": 8000}
+    [app] = config["applications"]
+    assert app["import_path"] == "fit_serve.app:build" and app["route_prefix"] == "/"
+    assert app["args"]["replicas"] == 3 and app["args"]["max_batch_size"] == 6 and app["args"]["package"] is None
+    from fit_serve.app import ServeConfig
+
+    assert ServeConfig.from_dict(app["args"]).replicas == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["serve.yaml"]
+
+
+@pytest.mark.parametrize("args", [{"replicas": 0}, {"max_batch_tokens": 0}, {"threads": 1.5}, {"max_queue": True},
+                                  {"batch_wait_ms": -1}, {"backend": "nope"}, {"max_batch": 4}])
+def test_serve_config_refuses_bad_args(args):
+    """The ``args`` of a Serve config file that someone edited by hand are checked too (one line)."""
+    from engines.backend import BackendError
+    from fit_serve.app import ServeConfig
+
+    with pytest.raises((ValueError, BackendError)) as info:
+        ServeConfig.from_dict(args)
+    assert "\n" not in str(info.value)
+
+
+def descendants(pid: int) -> set[int]:
+    """Process ids below ``pid`` (from /proc)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the Ray processes")
+def test_ctrl_c_with_requests_in_flight_answers_each_and_leaves_no_process():
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "cli.serve", "--port", str(port), "--threads", "1",
+                               "--max-batch-size", "2"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until_healthy(f"http://127.0.0.1:{port}", 90), "fit-serve did not start within 90 s"
+        ray_processes = descendants(server.pid)
+        assert ray_processes
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(burst, f"http://127.0.0.1:{port}",
+                                  [{"width": 128, "height": 128, "seed": i, "steps": 30} for i in range(4)], False, 60)
+            time.sleep(1.0)
+            server.send_signal(signal.SIGINT)
+            answers = pending.result(timeout=90)
+        _, stderr = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    assert server.returncode == 130 and stderr.rstrip().endswith("fit-serve: interrupted")
+    for answer in answers:                          # an image, or a clean refusal / closed connection
+        assert answer.status in (200, 503, 0), (answer.status, answer.body[:200])
+    assert any(a.status == 200 for a in answers)    # the requests already in the replica were finished
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(alive(p) for p in ray_processes):
+        time.sleep(0.5)
+    assert not [p for p in ray_processes if alive(p)], "Ray processes left behind"
