@@ -13,7 +13,7 @@ from cli.common import Command, user_errors
 from engines.backend import BackendError
 from engines.buckets import BucketError
 from engines.manifest import PackageError, load_manifest
-from engines.tensorrt_backend import PRECISIONS
+from engines.trt_engines import PRECISIONS
 
 USER_ERRORS = (PackageError, BucketError, BackendError, ValueError, OSError)
 

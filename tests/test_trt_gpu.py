@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from engines.tensorrt_backend import tensorrt_status
+from engines.trt_install import tensorrt_status
 
 MISSING = tensorrt_status()
 pytestmark = [pytest.mark.gpu,
@@ -14,7 +14,8 @@ pytestmark = [pytest.mark.gpu,
 
 from engines.backend import create_backend  # noqa: E402
 from engines.rope import rope_tables  # noqa: E402
-from engines.tensorrt_backend import EngineMismatchError, gpu_info, tensorrt_version  # noqa: E402
+from engines.trt_engines import EngineMismatchError  # noqa: E402
+from engines.trt_install import gpu_info, tensorrt_version  # noqa: E402
 from tests.runtime_helpers import copy_package, tiny_package  # noqa: E402
 
 

@@ -20,9 +20,10 @@ from engines.atomic import atomic_write
 from engines.backend import BackendError, create_backend
 from engines.buckets import BucketProfile, parse_batch, parse_profiles, plan_profiles
 from engines.manifest import load_manifest, sha256_file
-from engines.tensorrt_backend import (EngineMismatchError, GpuInfo, Sidecar, TensorRTBackend, find_sidecars,
-                                      read_sidecar, rebuild_command, select_engines, sidecar_mismatches,
-                                      tensorrt_status, verify_engine_file, write_sidecar)
+from engines.tensorrt_backend import TensorRTBackend
+from engines.trt_engines import (EngineMismatchError, Sidecar, find_sidecars, read_sidecar, rebuild_command,
+                                 select_engines, sidecar_mismatches, verify_engine_file, write_sidecar)
+from engines.trt_install import GpuInfo, tensorrt_status
 from fit_export.tensorrt import BuildError, plan_build
 from fit_export.trt_ops import SUPPORTED, UNSUPPORTED, UnsupportedByTensorRT, assert_supported, check_model
 from tests.runtime_helpers import copy_package, tiny_package
@@ -57,7 +58,7 @@ def test_dry_run_prints_exact_profiles_and_engine_names(package):
     assert ["x", "min", "(2,", "65,", "16)", "opt", "(2,", "256,", "16)", "max", "(4,", "256,", "16)"] in lines
     assert ["rope_sin", "min", "(2,", "1,", "16)", "opt", "(2,", "64,", "16)", "max", "(4,", "64,", "16)"] in lines
     assert ["mask", "min", "(2,", "65)", "opt", "(2,", "256)", "max", "(4,", "256)"] in lines
-    assert "weakly typed" in out and "0 error(s)" in out
+    assert "strongly typed: fp32 graph converted to fp16" in out and "0 error(s)" in out
     assert not (package / "engines").exists()                       # a dry run writes nothing
 
 
@@ -80,7 +81,7 @@ def test_default_profiles_come_from_the_package(package):
     plan = plan_build(package)
     manifest = load_manifest(package, verify=False)
     assert [b.tokens for b in plan.buckets] == [b.tokens for b in manifest.sizes.buckets]
-    assert plan.precision == manifest.transformer.precision and plan.strongly_typed
+    assert plan.precision == manifest.transformer.precision and not plan.converted
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -112,7 +113,7 @@ def test_fp16_package_cannot_be_built_fp32(package):
     manifest = manifest.replace(transformer=dataclasses.replace(manifest.transformer, precision="fp16"))
     with pytest.raises(BuildError, match="build --precision fp16"):
         plan_build(package, precision="fp32", manifest=manifest)
-    assert plan_build(package, precision="fp16", manifest=manifest).strongly_typed
+    assert not plan_build(package, precision="fp16", manifest=manifest).converted
 
 
 @pytest.mark.skipif(not tensorrt_status(), reason="TensorRT and a GPU are present: the refusal path is not taken")
@@ -457,12 +458,19 @@ class FakeCudart:
     class cudaStreamCaptureMode:
         cudaStreamCaptureModeThreadLocal = 1
 
-    def __init__(self, gpu=H100):
+    def __init__(self, gpu=H100, driver=12080, runtime=12080):
         self.gpu, self.memory, self.capturing, self.launches = gpu, {}, None, 0
+        self.driver, self.runtime = driver, runtime
 
     def cudaGetDeviceProperties(self, device):
         return 0, types.SimpleNamespace(name=self.gpu.name.encode(), major=self.gpu.compute_capability[0],
                                         minor=self.gpu.compute_capability[1])
+
+    def cudaDriverGetVersion(self):
+        return 0, self.driver
+
+    def cudaRuntimeGetVersion(self):
+        return 0, self.runtime
 
     def cudaSetDevice(self, device):
         return (0,)
@@ -523,6 +531,7 @@ def fake_tensorrt(cudart, version="10.15.1"):
     trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
     trt.ExecutionContextAllocationStrategy = types.SimpleNamespace(ON_PROFILE_CHANGE="per-profile")
     trt.nptype = lambda dtype: _NP[dtype]
+    trt.init_libnvinfer_plugins = lambda logger, namespace: True
 
     class Context:
         def __init__(self, engine):
@@ -620,12 +629,12 @@ def write_fake_build(package: Path, profiles: str, batch: str, static=False, per
 
 @pytest.fixture
 def simulated(monkeypatch):
-    import engines.tensorrt_backend as tb
+    import engines.cuda_runtime as cuda_runtime
 
     cudart = FakeCudart()
     trt = fake_tensorrt(cudart)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setattr(tb, "_cudart", lambda: cudart)
+    monkeypatch.setattr(cuda_runtime, "cudart", lambda: cudart)
     return trt, cudart
 
 
