@@ -128,9 +128,9 @@ class BuildPlan:
             f"cache     {self.to_dict()['timing_cache']}",
         ]
         width = max(len(spec.name) for spec in self.inputs)
-        for engine in self.engines:
-            lines.append(f"engine    {engine.engine_file}  (sidecar {engine.sidecar_file})")
-            for index, profile in enumerate(engine.profiles):
+        for target in self.engines:
+            lines.append(f"engine    {target.engine_file}  (sidecar {target.sidecar_file})")
+            for index, profile in enumerate(target.profiles):
                 bucket = profile.bucket
                 sizes = " ".join(f"{w}x{h}" for w, h in bucket.sizes) or "any size"
                 lines.append(f"  profile {index}: bucket {bucket.name} ({bucket.tokens} tokens; {sizes})"
