@@ -39,8 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN_MAX_REL = 0.05
 SAMPLING_MIN_COSINE = 0.9999
 EXPORT_MAX_ABS = 1e-3                    # x output scale: ONNX Runtime fp32 vs CUDA fp32 (TF32 off)
-XL_BATCHES = (1, 2, 8)
-XL_TOKENS = (256, 1024)
+XL_SHAPES = tuple((b, n) for n in (256, 1024) for b in (1, 2, 8))     # (batch, tokens)
 
 
 def _tiny_model(device: str):
@@ -69,11 +68,15 @@ def _no_tf32():
 # ----------------------------------------------------------------------------------------------------------
 
 def step_pytest_gpu(out: Path, device: str = "cuda", quick: bool = False) -> dict:
-    """``pytest -m gpu`` in a subprocess; counts from its JUnit XML."""
+    """``pytest -m gpu`` on the test modules with gpu tests, in a subprocess; counts from its JUnit XML."""
     import xml.etree.ElementTree as ET
 
     junit = out / "pytest-gpu.xml"
-    command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", f"--junitxml={junit}"]
+    # Only the modules that hold gpu tests: collecting the rest would need every optional package installed.
+    modules = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
+                     if "pytest.mark.gpu" in p.read_text())
+    command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", f"--junitxml={junit}",
+               *modules]
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     skips = []
@@ -113,7 +116,9 @@ def step_train_bf16(out: Path, device: str = "cuda", quick: bool = False) -> dic
     return {"steps": steps, "config": "fitv2-tiny", "fp32_losses": fp32, "bf16_losses": bf16,
             "mean_rel_diff": statistics.fmean(rel), "max_rel_diff": max(rel),
             "seconds": {k: round(v["seconds"], 2) for k, v in runs.items()},
-            "passed": all(map(math.isfinite, fp32 + bf16)) and statistics.fmean(rel) <= TRAIN_MAX_REL}
+            "bf16_differs": fp32 != bf16,                # identical losses: autocast did not take effect
+            "passed": all(map(math.isfinite, fp32 + bf16)) and statistics.fmean(rel) <= TRAIN_MAX_REL
+            and fp32 != bf16}
 
 
 def step_ddp_nccl(out: Path, device: str = "cuda", quick: bool = False) -> dict:
@@ -221,7 +226,7 @@ def _xl_feed(cfg, batch: int, tokens: int, device: str):
 
 
 def step_latency(out: Path, device: str = "cuda", quick: bool = False, config: str = "fitv2-xl",
-                 batches=XL_BATCHES, tokens=XL_TOKENS, compile_too: bool = True) -> dict:
+                 shapes=XL_SHAPES, compile_too: bool = True) -> dict:
     """Denoiser latency (the graph-contract forward) eager vs torch.compile, bf16 autocast, random weights."""
     import torch
 
@@ -249,7 +254,6 @@ def step_latency(out: Path, device: str = "cuda", quick: bool = False, config: s
         fn(*args)
         return (time.perf_counter() - start) * 1000
 
-    shapes = [(b, n) for n in tokens for b in batches]
     rows = {shape: {"batch": shape[0], "tokens": shape[1]} for shape in shapes}
     result = {"config": config, "device": device, "dtype": "bf16 autocast", "repeats": repeats}
     with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
@@ -279,11 +283,12 @@ STEPS: dict[str, Callable[..., dict]] = {
 TORCHRUN_STEPS = ("ddp_nccl",)
 
 
-def run_step(name: str, out: Path, device: str = "cuda", quick: bool = False) -> dict:
-    """Run one step, catching its failure, and write ``out/steps/NAME.json``."""
+def run_step(name: str, out: Path, device: str = "cuda", quick: bool = False, **options) -> dict:
+    """Run one step (``options``: the latency step's config/shapes/compile_too), catching its failure, and
+    write ``out/steps/NAME.json``."""
     start = time.perf_counter()
     try:
-        result = STEPS[name](out, device=device, quick=quick)
+        result = STEPS[name](out, device=device, quick=quick, **options)
     except Exception as err:                                          # the report says what broke, and where
         result = {"passed": False, "error": f"{type(err).__name__}: {err}",
                   "traceback": traceback.format_exc().splitlines()[-8:]}
@@ -393,6 +398,10 @@ def main(argv=None) -> int:
     run.add_argument("--out", required=True, type=Path)
     run.add_argument("--device", default="cuda")
     run.add_argument("--quick", action="store_true", help="fewer steps and repeats (plumbing checks)")
+    run.add_argument("--config", default="fitv2-xl", help="latency: model preset (default fitv2-xl)")
+    run.add_argument("--shapes", default=",".join(f"{b}x{n}" for b, n in XL_SHAPES),
+                     help="latency: BATCHxTOKENS,... (tokens a square number)")
+    run.add_argument("--no-compile", action="store_true", help="latency: eager only")
     rep = sub.add_parser("report", help="merge the step results into gpu_check.json/.md")
     rep.add_argument("--out", required=True, type=Path)
     rep.add_argument("--report-dir", type=Path, help="where gpu_check.json/.md go (default: --out)")
@@ -402,7 +411,11 @@ def main(argv=None) -> int:
             print(f"{name} torchrun" if name in TORCHRUN_STEPS else name)
         return 0
     if args.command == "run":
-        result = run_step(args.step, args.out, args.device, args.quick)
+        options = {}
+        if args.step == "latency":
+            shapes = tuple(tuple(int(v) for v in item.split("x")) for item in args.shapes.split(","))
+            options = {"config": args.config, "shapes": shapes, "compile_too": not args.no_compile}
+        result = run_step(args.step, args.out, args.device, args.quick, **options)
         print(f"{args.step}: {'ok' if result['passed'] else 'FAIL'} {_summary(result)}")
         return 0 if result["passed"] else 1
     report = write_report(args.out, args.report_dir)
