@@ -81,9 +81,10 @@ def _nvidia_smi_gpu(device: int) -> Optional[GpuInfo]:
 
 
 def tensorrt_version() -> Optional[str]:
+    """The installed TensorRT's version; None when it is absent or cannot load its libraries."""
     try:
         import tensorrt
-    except ImportError:
+    except (ImportError, OSError):          # OSError: the bindings are there, libnvinfer is not
         return None
     return str(tensorrt.__version__)
 
