@@ -16,13 +16,14 @@ with onnx-ir (the IR the exporter itself produces) by one rule, the same one the
   LayerNorm modulation) stays float32 up to the next matrix product.
 
 :func:`validate` runs the typed graph's numerics on ONNX Runtime against the fp32 graph: ONNX Runtime's CPU
-provider has no bf16 (and few fp16) kernels, so it runs :func:`emulated` — the typed graph with every
+provider has no bf16 (and few fp16) kernels, so it runs :func:`emulate`-d copy — the typed graph with every
 low-precision tensor stored through its dtype (Cast to fp16/bf16 and back) and computed in float32. That
 checks the dtype assignment (overflow, lost precision) of exactly the graph TensorRT builds; the matrix
 accumulation itself is TensorRT's (float32 accumulate for fp16/bf16 inputs).
 """
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -171,11 +172,11 @@ def _drop_unused(graph: ir.Graph) -> None:
             del graph.initializers[name]
 
 
-def emulated(model: ir.Model) -> ir.Model:
-    """A float32 copy of a typed graph in which every fp16/bf16 tensor is rounded through its dtype (stored low,
-    computed in float32): runs on any ONNX Runtime, rounding exactly where the typed graph stores low precision."""
-    copy = ir.from_proto(ir.to_proto(model))
-    graph = copy.graph
+def emulate(model: ir.Model) -> ir.Model:
+    """Rewrite a typed graph in place into float32 with every fp16/bf16 tensor rounded through its dtype (stored
+    low, computed in float32): runs on any ONNX Runtime, rounding exactly where the typed graph stores low
+    precision. Returns ``model``."""
+    graph = model.graph
     for value in graph.initializers.values():
         if value.dtype in _NUMPY:
             array = value.const_value.numpy().astype(np.float32)
@@ -198,12 +199,14 @@ def emulated(model: ir.Model) -> ir.Model:
             if out.is_graph_output():
                 raise TypedGraphError(f"graph output {out.name} is {stored.name}; typed graphs keep float32 outputs")
             graph.insert_after(node, [down, up])
-    return copy
+    return model
 
 
-def validate(reference: Path, typed: ir.Model, feeds: Sequence[Mapping[str, np.ndarray]]) -> float:
-    """Smallest cosine, over ``feeds``, between the typed graph (:func:`emulated`) and the fp32 graph at
-    ``reference`` on ONNX Runtime's CPU provider, over the real (mask != 0) tokens. Non-finite output -> 0."""
+def validate(reference: Path, typed: Path, feeds: Sequence[Mapping[str, np.ndarray]]) -> float:
+    """Smallest cosine, over ``feeds``, between the typed graph saved at ``typed`` (run :func:`emulate`-d) and
+    the fp32 graph at ``reference`` on ONNX Runtime's CPU provider, over the real (mask != 0) tokens; non-finite
+    output counts as 0. The emulated graph goes to a temporary folder next to ``typed`` (weights past 2 GB as
+    external data)."""
     import onnxruntime as ort
 
     from engines.metrics import cosine
@@ -212,13 +215,17 @@ def validate(reference: Path, typed: ir.Model, feeds: Sequence[Mapping[str, np.n
     options.log_severity_level = 3
     providers = ["CPUExecutionProvider"]
     fp32 = ort.InferenceSession(str(reference), options, providers=providers)
-    low = ort.InferenceSession(ir.to_proto(emulated(typed)).SerializeToString(), options, providers=providers)
     worst = 1.0
-    for feed in feeds:
-        ref = fp32.run(None, dict(feed))[0]
-        out = low.run(None, dict(feed))[0]
-        real = np.asarray(feed["mask"]) != 0
-        worst = min(worst, cosine(out[real], ref[real]) if np.isfinite(out).all() else 0.0)
+    with tempfile.TemporaryDirectory(prefix=".emulated-", dir=Path(typed).parent) as tmp:
+        path = Path(tmp) / "emulated.onnx"
+        save_model(emulate(ir.load(str(typed))), path)
+        low = ort.InferenceSession(str(path), options, providers=providers)
+        for feed in feeds:
+            ref = fp32.run(None, dict(feed))[0]
+            out = low.run(None, dict(feed))[0]
+            real = np.asarray(feed["mask"]) != 0
+            worst = min(worst, cosine(out[real], ref[real]) if np.isfinite(out).all() else 0.0)
+        del low
     return worst
 
 
@@ -233,13 +240,22 @@ class TypedGraph:
 
 
 def typed_graph(source: Path, precision: str, dest: Path, feeds: Sequence[Mapping[str, np.ndarray]]) -> TypedGraph:
-    """Convert the fp32 graph ``source`` to ``precision``, check it against ``source`` on ONNX Runtime
-    (cosine >= MIN_COSINE on every feed) and save it to ``dest`` (weights to ``dest.data`` past 2 GB)."""
+    """Convert the fp32 graph ``source`` to ``precision``, save it to ``dest`` (weights to ``dest.data`` past
+    2 GB) and check the saved graph against ``source`` on ONNX Runtime (cosine >= MIN_COSINE on every feed);
+    when the check fails ``dest`` is removed again."""
+    dest = Path(dest)
     model = ir.load(str(source))
     conversion = convert(model, precision)
-    worst = validate(source, model, feeds)
-    if not worst >= MIN_COSINE:
-        raise TypedGraphError(f"the {precision} conversion of {Path(source).name} is off on ONNX Runtime (cosine "
-                              f"{worst:.6f} < {MIN_COSINE} against fp32); export an fp16 package instead")
-    save_model(model, dest)
-    return TypedGraph(Path(dest), conversion, worst)
+    data = save_model(model, dest)
+    del model
+    try:
+        worst = validate(source, dest, feeds)
+        if not worst >= MIN_COSINE:
+            raise TypedGraphError(f"the {precision} conversion of {Path(source).name} is off on ONNX Runtime "
+                                  f"(cosine {worst:.6f} < {MIN_COSINE} against fp32); export an fp16 package instead")
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        if data:
+            (dest.parent / data).unlink(missing_ok=True)
+        raise
+    return TypedGraph(dest, conversion, worst)
