@@ -2,7 +2,7 @@
 
 TensorRT 11 removed weak typing (builder precision flags, per-layer precision), so an fp16 or bf16 engine from
 an fp32 package needs an ONNX graph whose tensors already carry those dtypes. :func:`convert` rewrites the graph
-with onnx-ir (the IR the exporter itself produces) by one rule, the same one the fp16 export uses:
+with onnx-ir (the IR the exporter itself produces) by one rule, with the fp16 export's :data:`FP32_OPS`:
 
 * graph inputs and outputs keep their dtypes (``x``/``v`` float32; casts inside the graph), so the engine's
   bindings are those of the fp32 package;
@@ -16,7 +16,7 @@ with onnx-ir (the IR the exporter itself produces) by one rule, the same one the
   LayerNorm modulation) stays float32 up to the next matrix product.
 
 :func:`validate` runs the typed graph's numerics on ONNX Runtime against the fp32 graph: ONNX Runtime's CPU
-provider has no bf16 (and few fp16) kernels, so it runs :func:`emulate`-d copy — the typed graph with every
+provider has no bf16 (and few fp16) kernels, so it runs an :func:`emulate`-d copy: the typed graph with every
 low-precision tensor stored through its dtype (Cast to fp16/bf16 and back) and computed in float32. That
 checks the dtype assignment (overflow, lost precision) of exactly the graph TensorRT builds; the matrix
 accumulation itself is TensorRT's (float32 accumulate for fp16/bf16 inputs).
