@@ -13,7 +13,7 @@ from engines.buckets import BucketError, parse_sizes
 from engines.manifest import PRECISIONS, PackageError
 from engines.rope import EXTRAPOLATIONS, canonical_extrapolation
 from engines.sampler import SAMPLERS
-from engines.tensorrt_backend import PRECISIONS as ENGINE_PRECISIONS
+from engines.trt_engines import PRECISIONS as ENGINE_PRECISIONS
 
 
 def _user_errors():

@@ -13,7 +13,7 @@ from cli.common import Command, user_errors
 from engines.backend import BackendError
 from engines.buckets import BucketError
 from engines.manifest import PackageError, load_manifest
-from engines.tensorrt_backend import PRECISIONS
+from engines.trt_engines import PRECISIONS
 
 USER_ERRORS = (PackageError, BucketError, BackendError, ValueError, OSError)
 
@@ -24,7 +24,8 @@ USER_ERRORS = (PackageError, BucketError, BackendError, ValueError, OSError)
 @click.option("--profiles", help="Buckets: pixel sizes WIDTHxHEIGHT (256x256,224x448) and/or token counts "
                                  "(64,256,1024). Default: the package's declared buckets.")
 @click.option("--precision", type=click.Choice(PRECISIONS),
-              help="Engine precision. Default: the ONNX graph's own (built strongly typed).")
+              help="Engine precision. Default: the ONNX graph's own. fp16/bf16 from an fp32 package build a typed "
+                   "conversion of the graph, checked on ONNX Runtime first. Always strongly typed.")
 @click.option("--batch", default="1", show_default=True,
               help="Images per call: N, MIN:MAX or MIN:OPT:MAX. With CFG the graph batch is twice this.")
 @click.option("--cfg/--no-cfg", default=True, show_default=True,

@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+
+if TYPE_CHECKING:                                            # annotations only: this module stays import-light
+    from engines.manifest import TensorSpec
 
 # The graph contract's dynamic axis names (docs/package-format.md).
 BATCH_AXIS = "batch"
@@ -200,18 +203,6 @@ def parse_profiles(text: str | Iterable[str], granularity: int) -> tuple[Bucket,
 # ----------------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class InputSpec:
-    """One graph input: name and shape, dynamic axes given by name (``"batch"``, ``"seq"``)."""
-
-    name: str
-    shape: tuple[int | str, ...]
-
-    @classmethod
-    def from_manifest(cls, entry: Mapping) -> "InputSpec":
-        return cls(str(entry["name"]), tuple(entry["shape"]))
-
-
-@dataclass(frozen=True)
 class BucketProfile:
     """Everything an optimization profile needs: its bucket and the batch/seq ranges."""
 
@@ -219,8 +210,9 @@ class BucketProfile:
     batch: Range
     seq: Range
 
-    def shapes(self, inputs: Sequence[InputSpec]) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
-        """input name -> (min shape, opt shape, max shape)."""
+    def shapes(self, inputs: Sequence[TensorSpec]) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+        """input name -> (min shape, opt shape, max shape) of graph inputs (``engines.manifest.TensorSpec``: dynamic
+        axes given by name, ``"batch"``/``"seq"``)."""
         out = {}
         for spec in inputs:
             dims = []
@@ -241,7 +233,7 @@ class BucketProfile:
     def is_static(self) -> bool:
         return self.batch.is_static and self.seq.is_static
 
-    def to_dict(self, inputs: Sequence[InputSpec] = ()) -> dict:
+    def to_dict(self, inputs: Sequence[TensorSpec] = ()) -> dict:
         data = {"bucket": self.bucket.to_dict(), "batch": self.batch.as_list(), "seq": self.seq.as_list()}
         if inputs:
             data["shapes"] = {name: {"min": list(lo), "opt": list(opt), "max": list(hi)}

@@ -12,7 +12,6 @@ import logging
 import time
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import onnx_ir as ir
@@ -22,13 +21,11 @@ import torch.nn as nn
 from engines.manifest import GraphContract, PackageError
 from engines.rope import rope_tables
 from fit.model import FiT
+# FP32_OPS: ops computed in float32 in fp16 graphs (the one rule of fit_export.typed, used by the fp16 export too).
+from fit_export.typed import FP32_OPS, save_model
 
 DEFAULT_OPSET = 18
 EXPORTER = f"torch.onnx.export(dynamo=True) torch {torch.__version__.split('+')[0]}"
-EXTERNAL_DATA_LIMIT = 2 * 1024 ** 3 - 64 * 1024 ** 2     # protobuf's 2 GiB cap, minus room for the graph itself
-# Ops whose float16 inputs are cast to float32 (and outputs back) in the fp16 variant: LayerNorm statistics and
-# softmax sums overflow or lose all precision in float16 (RMSNorm already computes in float32 in the model).
-FP32_OPS = ("LayerNormalization", "Softmax")
 _COMPLEX = {ir.DataType.COMPLEX64, ir.DataType.COMPLEX128}
 
 
@@ -150,16 +147,6 @@ def export_transformer(model: FiT, path, precision: str = "fp32", opset: int = D
     external = save_model(onnx_model, path)
     return {"exporter": EXPORTER, "opset": opset, "precision": precision,
             "seconds": round(time.perf_counter() - start, 3), "external_data": external}
-
-
-def save_model(onnx_model: ir.Model, path) -> Optional[str]:
-    """Save; weights go to ``<file>.data`` next to it when the model exceeds protobuf's 2 GB limit."""
-    path = Path(path)
-    weight_bytes = sum(v.const_value.nbytes for v in onnx_model.graph.initializers.values()
-                       if v.const_value is not None)
-    data_name = path.name + ".data" if weight_bytes > EXTERNAL_DATA_LIMIT else None
-    ir.save(onnx_model, path, external_data=data_name)
-    return data_name
 
 
 #################################################################################

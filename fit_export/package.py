@@ -8,6 +8,7 @@ removed by the next export to the same place (:func:`engines.atomic.recover_fold
 """
 from __future__ import annotations
 
+import copy
 import errno
 import math
 import os
@@ -65,6 +66,10 @@ def export_package(model_or_config: Union[FiT, FiTConfig, str, dict], checkpoint
         if checkpoint is not None:
             raise ExportError("pass either a FiT model or a config with a checkpoint, not a model and a checkpoint")
         model = model_or_config
+        if any(p.device.type != "cpu" for p in model.parameters()):
+            # The graph is device-independent and the export traces CPU example inputs: export a CPU copy,
+            # leaving the caller's model where it is.
+            model = copy.deepcopy(model).cpu()
     else:
         model = load_model(model_or_config, checkpoint)
     cfg = model.config

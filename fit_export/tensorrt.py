@@ -7,38 +7,41 @@
 Shapes: every dynamic input of the graph contract gets min/opt/max for ``batch`` and ``seq`` from
 ``engines.buckets`` (RoPE tables and mask included); fixed axes come from the manifest.
 
-Precision: when the requested precision is the ONNX graph's own (fp32 package -> fp32, fp16 package -> fp16)
-the network is parsed *strongly typed*: TensorRT keeps every tensor in the dtype the exporter chose, including
-the fp32 LayerNorm/softmax islands of the fp16 export. Building fp16/bf16 from an fp32 graph is TensorRT's
-weakly typed mode (precision flags); normalization, softmax and reduction layers are then pinned to fp32 because
-fp16 LayerNorm overflow is the classic diffusion-transformer failure. TensorRT releases without precision flags
-(weak typing is deprecated since TensorRT 10.12) refuse that combination: export an fp16 package instead.
+Precision: every network is parsed *strongly typed* (TensorRT 11 has no other mode): TensorRT keeps every tensor
+in the dtype of the ONNX graph. When the requested precision is the graph's own (fp32 -> fp32, fp16 -> fp16) the
+package graph is built as it is; fp16/bf16 from an fp32 package first converts the graph to a typed fp16/bf16
+graph (``fit_export.typed``: LayerNorm, softmax, reductions and the t/RoPE/mask paths stay fp32), checks it on
+ONNX Runtime against the fp32 graph (cosine >= 0.999) and builds that. The same code builds on TensorRT 10 and 11.
 
 The timing cache (tactic timings, per TensorRT version and GPU) is loaded before and merged back after each
 build, so rebuilding with other profiles or precisions is much faster. Engines are written atomically: plans
-first, sidecars (the commit marker, ``engines.tensorrt_backend.Sidecar``) last, after removing the old sidecars
+first, sidecars (the commit marker, ``engines.trt_engines.Sidecar``) last, after removing the old sidecars
 of the engines being replaced — an interrupted build never leaves a sidecar pointing at a different plan.
 """
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from engines.atomic import atomic_write
+import numpy as np
+
+from engines.atomic import atomic_file
 from engines.buckets import (BatchRange, Bucket, BucketProfile, parse_batch,
                              parse_profiles, plan_profiles)
 from engines.manifest import Manifest, TensorSpec, load_manifest, sha256_file
-from engines.tensorrt_backend import (ENGINE_DIR, ENGINE_SUFFIX, PRECISIONS, GpuInfo, Sidecar, engine_stem,
-                                      gpu_info, require_tensorrt, sidecar_path, write_sidecar)
+from engines.rope import RopeSettings, rope_tables
+from engines.trt_engines import ENGINE_DIR, ENGINE_SUFFIX, PRECISIONS, Sidecar, engine_stem, sidecar_path, write_sidecar
+from engines.trt_install import GpuInfo, gpu_info, require_tensorrt
 from engines.backend import BackendError
+from fit_export.trt_ops import UnsupportedByTensorRT, assert_supported
+from fit_export.typed import TypedGraphError, typed_graph
 
-# Layer kinds kept in fp32 when an fp32 graph is built with fp16/bf16 kernels (weakly typed builds).
-FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")
 _PACKAGE_PRECISION = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
@@ -83,8 +86,9 @@ class BuildPlan:
     notes: list[str] = field(default_factory=list)
 
     @property
-    def strongly_typed(self) -> bool:
-        return self.precision == self.onnx_precision
+    def converted(self) -> bool:
+        """Whether the package's fp32 graph is converted to a typed fp16/bf16 graph before building."""
+        return self.precision != self.onnx_precision
 
     @property
     def granularity(self) -> int:
@@ -98,7 +102,7 @@ class BuildPlan:
     def to_dict(self) -> dict:
         return {
             "package": str(self.package), "onnx": self.onnx_file, "onnx_precision": self.onnx_precision,
-            "precision": self.precision, "strongly_typed": self.strongly_typed, "batch": self.batch.to_dict(),
+            "precision": self.precision, "strongly_typed": True, "converted": self.converted, "batch": self.batch.to_dict(),
             "static": self.static,
             "engines": [{"engine": e.engine_file, "sidecar": e.sidecar_file,
                          "profiles": [p.to_dict(self.inputs) for p in e.profiles]} for e in self.engines],
@@ -110,9 +114,9 @@ class BuildPlan:
         """Human-readable plan: what ``--dry-run`` prints."""
         b = self.batch
         graph = b.graph
-        typing = ("strongly typed (dtypes as exported)" if self.strongly_typed else
-                  f"weakly typed: {self.onnx_precision} graph with {self.precision} kernels, "
-                  f"{'/'.join(t.lower() for t in FP32_LAYER_TYPES)} layers kept in fp32")
+        typing = ("strongly typed (dtypes as exported)" if not self.converted else
+                  f"strongly typed: {self.onnx_precision} graph converted to {self.precision} (LayerNorm, softmax, "
+                  f"reductions and the t/RoPE/mask paths in fp32), checked on ONNX Runtime before building")
         lines = [
             f"package   {self.package}",
             f"onnx      {self.onnx_file} ({self.onnx_precision})",
@@ -124,9 +128,9 @@ class BuildPlan:
             f"cache     {self.to_dict()['timing_cache']}",
         ]
         width = max(len(spec.name) for spec in self.inputs)
-        for engine in self.engines:
-            lines.append(f"engine    {engine.engine_file}  (sidecar {engine.sidecar_file})")
-            for index, profile in enumerate(engine.profiles):
+        for target in self.engines:
+            lines.append(f"engine    {target.engine_file}  (sidecar {target.sidecar_file})")
+            for index, profile in enumerate(target.profiles):
                 bucket = profile.bucket
                 sizes = " ".join(f"{w}x{h}" for w, h in bucket.sizes) or "any size"
                 lines.append(f"  profile {index}: bucket {bucket.name} ({bucket.tokens} tokens; {sizes})"
@@ -225,19 +229,32 @@ def _progress_monitor(trt, log: Callable[[str], None]):
     return Monitor()
 
 
-def _pin_fp32(trt):
-    """Postprocessing step for weakly typed builds: normalization/softmax/reduce layers compute in fp32."""
-    kinds = tuple(getattr(trt.LayerType, k) for k in FP32_LAYER_TYPES if hasattr(trt.LayerType, k))
-
-    def pin(network):
-        for i in range(network.num_layers):
-            layer = network.get_layer(i)
-            if layer.type in kinds:
-                layer.precision = trt.float32
-                for j in range(layer.num_outputs):
-                    if layer.get_output(j).dtype == trt.float32:     # keep the result fp32 for the next layer too
-                        layer.set_output_type(j, trt.float32)
-    return pin
+def validation_feeds(plan: BuildPlan, seed: int = 0) -> list[dict]:
+    """Graph feeds the typed conversion is checked on: the smallest bucket, a full row and a padded shorter row
+    (cond and null label), with the package's RoPE tables."""
+    manifest = plan.manifest
+    bucket = plan.buckets[0]
+    g = plan.granularity
+    if bucket.sizes:
+        width, height = bucket.sizes[0]
+        grid = (height // g, width // g)
+    else:
+        side = max(1, int(bucket.tokens ** 0.5))
+        grid = (side, bucket.tokens // side)
+    grids = [grid, (max(1, grid[0] // 2), max(1, grid[1] // 2))]
+    rope = manifest.rope
+    settings = RopeSettings(rope.head_dim, rope.theta, rope.method, rope.decouple, rope.ori_max_pe_len)
+    rng = np.random.default_rng(seed)
+    n, b = grid[0] * grid[1], len(grids)
+    mask = np.zeros((b, n))
+    cos = np.zeros((b, n, rope.head_dim))
+    sin = np.zeros_like(cos)
+    for i, (h, w) in enumerate(grids):
+        mask[i, : h * w] = 1
+        cos[i, : h * w], sin[i, : h * w] = rope_tables(settings, h, w)
+    return [manifest.graph.feed(x=rng.standard_normal((b, n, manifest.model.token_dim)), t=[0.3, 0.7],
+                                y=[1 % manifest.model.num_classes, manifest.model.null_class],
+                                rope_cos=cos, rope_sin=sin, mask=mask)]
 
 
 def build_engines(plan: BuildPlan, log: Callable[[str], None] = None, verify_onnx: bool = True) -> list[Path]:
@@ -248,8 +265,7 @@ def build_engines(plan: BuildPlan, log: Callable[[str], None] = None, verify_onn
     except BackendError as err:
         raise BuildError(str(err)) from None
     import tensorrt as trt
-    from polygraphy.backend.trt import (CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, PostprocessNetwork,
-                                        Profile)
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
     from polygraphy.exception import PolygraphyException
 
     package, manifest = plan.package, plan.manifest
@@ -259,10 +275,6 @@ def build_engines(plan: BuildPlan, log: Callable[[str], None] = None, verify_onn
     onnx_sha = manifest.files[plan.onnx_file].sha256
     gpu = gpu_info()
     version = trt.__version__
-    if not plan.strongly_typed and not hasattr(trt.BuilderFlag, plan.precision.upper()):
-        fix = ("export an fp16 package (fit-export onnx --precision fp16) and build that" if plan.precision == "fp16"
-               else "bf16 engines from an fp32 graph need a TensorRT 10 release with weak typing")
-        raise BuildError(f"TensorRT {version} builds only strongly typed networks: {fix}")
     cache = plan.timing_cache_for(version, gpu)
     cache.parent.mkdir(parents=True, exist_ok=True)
     build_id = uuid.uuid4().hex
@@ -272,48 +284,58 @@ def build_engines(plan: BuildPlan, log: Callable[[str], None] = None, verify_onn
     # (ignored by the runtime), never a sidecar describing another plan.
     for target in plan.engines:
         (package / target.sidecar_file).unlink(missing_ok=True)
+    (package / ENGINE_DIR).mkdir(parents=True, exist_ok=True)
     built: list[tuple[EngineTarget, Path, float]] = []
-    try:
-        for target in plan.engines:
-            network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=plan.strongly_typed)
-            if not plan.strongly_typed:
-                network = PostprocessNetwork(network, _pin_fp32(trt), name="pin-fp32")
-            profiles = []
-            for bucket_profile in target.profiles:
-                profile = Profile()
-                for name, (lo, opt, hi) in bucket_profile.shapes(plan.inputs).items():
-                    profile.add(name, lo, opt, hi)
-                profiles.append(profile)
-            config = CreateConfig(
-                fp16=plan.precision == "fp16" and not plan.strongly_typed,
-                bf16=plan.precision == "bf16" and not plan.strongly_typed,
-                precision_constraints=None if plan.strongly_typed else "obey",
-                profiles=profiles,
-                load_timing_cache=str(cache) if cache.exists() else None,
-                builder_optimization_level=plan.optimization_level,
-                progress_monitor=_progress_monitor(trt, log))
-            log(f"building {target.engine_file} ({len(profiles)} profile{'s' * (len(profiles) > 1)})")
-            start = time.monotonic()
-            engine_bytes = EngineBytesFromNetwork(network, config=config, save_timing_cache=str(cache))()
-            seconds = time.monotonic() - start
-            path = package / target.engine_file
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, bytes(engine_bytes))
-            del engine_bytes
-            built.append((target, path, seconds))
-            log(f"wrote {target.engine_file} ({path.stat().st_size / 2**20:.1f} MiB, {seconds:.0f} s)")
-    except PolygraphyException as err:
-        for _, path, _ in built:
-            path.unlink(missing_ok=True)
-        raise BuildError(f"TensorRT could not build the engine: {err}") from None
+    with tempfile.TemporaryDirectory(prefix=".typed-", dir=package / ENGINE_DIR) as scratch:
+        typed = None
+        if plan.converted:
+            log(f"converting {plan.onnx_file} to a typed {plan.precision} graph and checking it on ONNX Runtime")
+            try:
+                typed = typed_graph(onnx_path, plan.precision, Path(scratch) / f"transformer.{plan.precision}.onnx",
+                                    validation_feeds(plan))
+                assert_supported(typed.path, trt_version=version)
+            except (TypedGraphError, UnsupportedByTensorRT) as err:
+                raise BuildError(str(err)) from None
+            log(f"typed graph: {typed.conversion.low_nodes} nodes in {plan.precision}, "
+                f"{typed.conversion.fp32_nodes} in fp32; cosine {typed.cosine:.6f} against fp32 on ONNX Runtime")
+        source = typed.path if typed is not None else onnx_path
+        try:
+            for target in plan.engines:
+                network = NetworkFromOnnxPath(str(source), strongly_typed=True)
+                profiles = []
+                for bucket_profile in target.profiles:
+                    profile = Profile()
+                    for name, (lo, opt, hi) in bucket_profile.shapes(plan.inputs).items():
+                        profile.add(name, lo, opt, hi)
+                    profiles.append(profile)
+                config = CreateConfig(
+                    profiles=profiles,
+                    load_timing_cache=str(cache) if cache.exists() else None,
+                    builder_optimization_level=plan.optimization_level,
+                    progress_monitor=_progress_monitor(trt, log))
+                log(f"building {target.engine_file} ({len(profiles)} profile{'s' * (len(profiles) > 1)})")
+                start = time.monotonic()
+                engine_bytes = EngineBytesFromNetwork(network, config=config, save_timing_cache=str(cache))()
+                seconds = time.monotonic() - start
+                path = package / target.engine_file
+                with atomic_file(path) as f:
+                    f.write(engine_bytes)                          # the IHostMemory buffer itself, no copy
+                del engine_bytes
+                built.append((target, path, seconds))
+                log(f"wrote {target.engine_file} ({path.stat().st_size / 2**20:.1f} MiB, {seconds:.0f} s)")
+        except PolygraphyException as err:
+            for _, path, _ in built:
+                path.unlink(missing_ok=True)
+            raise BuildError(f"TensorRT could not build the engine: {err}") from None
 
     sidecars = []
     for target, path, seconds in built:
         side = Sidecar(engine=path.name, engine_sha256=sha256_file(path), engine_bytes=path.stat().st_size,
                        onnx_file=plan.onnx_file, onnx_sha256=onnx_sha, tensorrt_version=version, gpu=gpu,
-                       precision=plan.precision, strongly_typed=plan.strongly_typed, profiles=list(target.profiles),
+                       precision=plan.precision, strongly_typed=True, profiles=list(target.profiles),
                        batch=plan.batch.to_dict(), inputs=[s.to_dict() for s in plan.inputs],
-                       build_seconds=round(seconds, 1), build_id=build_id)
+                       build_seconds=round(seconds, 1), build_id=build_id,
+                       typed_graph=typed.to_dict() if typed is not None else {})
         write_sidecar(package / target.sidecar_file, side)
         sidecars.append(package / target.sidecar_file)
     return sidecars

@@ -7,6 +7,10 @@ build-time constants). :func:`check_model` walks every node of a model — the m
 subgraphs and the bodies of model-local functions — and reports each operator, attribute and tensor dtype the
 parser would reject, so an export TensorRT cannot build fails in CI first.
 
+The matrix is TensorRT 10.15's. For an older TensorRT (the installed one, or ``trt_version``) operators it
+does not parse yet (:data:`MIN_VERSION`) are errors and opsets past what it parses (:data:`MAX_OPSET_BY_VERSION`)
+are warnings; TensorRT 11 is checked against the 10.15 matrix.
+
 Dtypes come from ONNX shape inference on a copy with local functions inlined (so types inside function bodies
 are checked too). Restrictions that depend on runtime values (e.g. "Loop scan output length cannot be
 dynamic") are not checkable statically and are left to the real parser.
@@ -14,7 +18,6 @@ dynamic") are not checkable statically and are left to the real parser.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import numpy as np
@@ -25,6 +28,10 @@ from onnx import TensorProto, numpy_helper
 
 MATRIX_VERSION = "TensorRT 10.15 (onnx-tensorrt docs/operators.md)"
 MIN_OPSET, MAX_OPSET = 9, 24
+# The first TensorRT release whose ONNX parser has an operator (older releases reject it).
+MIN_VERSION: dict[str, tuple[int, int]] = {"Attention": (10, 14), "RotaryEmbedding": (10, 15)}
+# Newest opset a TensorRT release parses, for the releases it is known for (a release uses the entry at or below it).
+MAX_OPSET_BY_VERSION: tuple[tuple[tuple[int, int], int], ...] = (((10, 0), 20), ((10, 15), MAX_OPSET))
 
 # Short dtype names of the matrix -> ONNX element types.
 DTYPES = {
@@ -187,9 +194,26 @@ class _Scope:
 
     constants: dict[str, Optional[np.ndarray]]     # name -> value (None when not loaded, e.g. external data)
     ranks: dict[str, int]
+    producers: dict[str, onnx.NodeProto] = field(default_factory=dict)
+    _foldable: dict[str, bool] = field(default_factory=dict)
 
     def is_constant(self, name: str) -> bool:
         return name in self.constants
+
+    def is_foldable(self, name: str) -> bool:
+        """Resolvable to a constant at build time: a constant, or computed by deterministic ops from constants
+        only (the parser folds such subgraphs)."""
+        if name in self._foldable:
+            return self._foldable[name]
+        self._foldable[name] = False                                 # cycles (malformed graphs) are not foldable
+        node = self.producers.get(name)
+        result = self.is_constant(name) or (
+            node is not None and not node.op_type.startswith("Random") and node.op_type != "Multinomial"
+            and not any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                        for attr in node.attribute)
+            and all(self.is_foldable(i) for i in node.input if i))
+        self._foldable[name] = result
+        return result
 
     def value(self, name: str) -> Optional[np.ndarray]:
         return self.constants.get(name)
@@ -214,6 +238,14 @@ def _const_input(what: str, *indices: int) -> Callable:
     def rule(node, scope):
         return [f"input {i} ({node.input[i]!r}, {what}) must be a build-time constant (initializer or Constant)"
                 for i in indices if _present(node.input, i) and not scope.is_constant(node.input[i])]
+    return rule
+
+
+def _foldable_input(what: str, index: int) -> Callable:
+    def rule(node, scope):
+        if _present(node.input, index) and not scope.is_foldable(node.input[index]):
+            return [f"input {index} ({node.input[index]!r}, {what}) must be resolvable to a build-time constant"]
+        return []
     return rule
 
 
@@ -351,7 +383,7 @@ RESTRICTIONS: dict[str, list[Callable]] = {
     "Attention": [_attention],
     "CumSum": [_const_input("axis", 1)],
     "OneHot": [_const_input("depth", 1)],
-    "Squeeze": [_const_input("axes", 1)], "Unsqueeze": [_const_input("axes", 1)],
+    "Squeeze": [_foldable_input("axes", 1)], "Unsqueeze": [_foldable_input("axes", 1)],
     "STFT": [_const_input("frame_step / window", 1, 2)],
     "QuantizeLinear": [_zero_point(2, "y_zero_point")], "DequantizeLinear": [_zero_point(2, "x_zero_point")],
     "GridSample": [_rank(0, 4, "input")],
@@ -393,7 +425,14 @@ def _ranks(graph: onnx.GraphProto) -> dict[str, int]:
     return ranks
 
 
-def _walk(nodes, where: str, scope: _Scope, functions: set, report: OpSupportReport, ranks: dict) -> None:
+def _producers(nodes, outer: Optional[dict] = None) -> dict:
+    found = dict(outer or {})
+    found.update({out: node for node in nodes for out in node.output if out})
+    return found
+
+
+def _walk(nodes, where: str, scope: _Scope, functions: set, report: OpSupportReport, ranks: dict,
+          version: Optional[tuple[int, int]] = None) -> None:
     for node in nodes:
         name = node.name or (node.output[0] if node.output else "")
         report.op_counts[node.op_type] = report.op_counts.get(node.op_type, 0) + 1
@@ -410,6 +449,11 @@ def _walk(nodes, where: str, scope: _Scope, functions: set, report: OpSupportRep
             report.findings.append(Finding("error", where, name, node.op_type,
                                            f"not in TensorRT's operator support matrix ({MATRIX_VERSION})"))
         else:
+            first = MIN_VERSION.get(node.op_type)
+            if version is not None and first is not None and version < first:
+                report.findings.append(Finding("error", where, name, node.op_type,
+                                               f"TensorRT {version[0]}.{version[1]}'s parser does not have it "
+                                               f"(added in {first[0]}.{first[1]})"))
             for rule in RESTRICTIONS.get(node.op_type, ()):
                 for message in rule(node, scope):
                     report.findings.append(Finding("error", where, name, node.op_type, message))
@@ -418,9 +462,10 @@ def _walk(nodes, where: str, scope: _Scope, functions: set, report: OpSupportRep
                 list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else [])
             for sub in subgraphs:
                 sub_ranks = {**ranks, **_ranks(sub)}
-                sub_scope = _Scope(_constants(sub.node, sub.initializer, scope.constants), sub_ranks)
+                sub_scope = _Scope(_constants(sub.node, sub.initializer, scope.constants), sub_ranks,
+                                   _producers(sub.node, scope.producers))
                 _walk(sub.node, f"{where}/{node.op_type} {name!r}/{attr.name}", sub_scope, functions, report,
-                      sub_ranks)
+                      sub_ranks, version)
 
 
 def _check_dtypes(model: onnx.ModelProto, report: OpSupportReport) -> None:
@@ -503,11 +548,39 @@ def _dtype_name(dtype: int) -> str:
     return TensorProto.DataType.Name(dtype)
 
 
-def check_model(model, max_opset: int = MAX_OPSET) -> OpSupportReport:
-    """Check an ONNX model (ModelProto or path; external weights are not loaded) against the matrix."""
+def installed_tensorrt_version() -> Optional[str]:
+    """The installed TensorRT's version, or None (no import of TensorRT when it is absent)."""
+    from engines.trt_install import tensorrt_version
+
+    return tensorrt_version()
+
+
+def _version_tuple(version: str) -> tuple[int, int]:
+    major, _, rest = str(version).partition(".")
+    minor = rest.split(".")[0]
+    return int(major), int(minor) if minor.isdigit() else 0
+
+
+def max_opset_for(version: Optional[tuple[int, int]]) -> int:
+    """Newest opset the parser of TensorRT ``version`` is known to parse (the matrix's when version is None)."""
+    if version is None:
+        return MAX_OPSET
+    known = [opset for first, opset in MAX_OPSET_BY_VERSION if first <= version]
+    return known[-1] if known else MAX_OPSET_BY_VERSION[0][1]
+
+
+def check_model(model, max_opset: int = MAX_OPSET, trt_version: Optional[str] = "installed") -> OpSupportReport:
+    """Check an ONNX model (ModelProto or path; external weights are not loaded) against the matrix.
+
+    trt_version: the TensorRT release to check for ("10.8.0"); "installed" (default) uses the installed one,
+    None (or no TensorRT installed) checks against the matrix alone.
+    """
     if not isinstance(model, onnx.ModelProto):
         from fit_export.onnx_export import read_onnx
         model = read_onnx(model)
+    if trt_version == "installed":
+        trt_version = installed_tensorrt_version()
+    version = _version_tuple(trt_version) if trt_version else None
     report = OpSupportReport()
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     report.opset = opset
@@ -515,20 +588,25 @@ def check_model(model, max_opset: int = MAX_OPSET) -> OpSupportReport:
         report.findings.append(Finding("error", "model", "", "opset",
                                        f"ai.onnx opset {opset} is outside the parser's range "
                                        f"{MIN_OPSET}..{max_opset}"))
+    elif opset > max_opset_for(version):
+        report.findings.append(Finding("warning", "model", "", "opset",
+                                       f"ai.onnx opset {opset} is newer than TensorRT {version[0]}.{version[1]} is "
+                                       f"known to parse (up to {max_opset_for(version)})"))
     functions = {(f.domain, f.name) for f in model.functions}
     graph = model.graph
     ranks = _ranks(graph)
-    _walk(graph.node, "graph", _Scope(_constants(graph.node, graph.initializer), ranks), functions, report, ranks)
+    _walk(graph.node, "graph", _Scope(_constants(graph.node, graph.initializer), ranks, _producers(graph.node)),
+          functions, report, ranks, version)
     for function in model.functions:
         _walk(function.node, f"function {function.domain}::{function.name}",
-              _Scope(_constants(function.node), {}), functions, report, {})
+              _Scope(_constants(function.node), {}, _producers(function.node)), functions, report, {}, version)
     _check_dtypes(model, report)
     return report
 
 
-def assert_supported(model, max_opset: int = MAX_OPSET) -> OpSupportReport:
+def assert_supported(model, max_opset: int = MAX_OPSET, trt_version: Optional[str] = "installed") -> OpSupportReport:
     """:func:`check_model`, raising :class:`UnsupportedByTensorRT` (listing every error) when any is found."""
-    report = check_model(model, max_opset)
+    report = check_model(model, max_opset, trt_version)
     if not report.ok:
         raise UnsupportedByTensorRT(report.format())
     return report

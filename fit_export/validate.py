@@ -44,9 +44,10 @@ from fit.loading import CheckpointError, load_model, load_state_dict_strict, rea
 from fit.model import FiT
 from fit.sampling import sample
 from fit_export.onnx_export import TransformerGraph, graph_contract
+from fit_export.typed import MIN_COSINE
 
 FP32_MAX_ABS = 1e-4            # x output scale
-LOW_PRECISION_MIN_COSINE = 0.999
+LOW_PRECISION_MIN_COSINE = MIN_COSINE
 MIN_PSNR_DB = 40.0
 BACKENDS = ("onnxruntime", "tensorrt")
 
@@ -336,9 +337,7 @@ def validate_package(package, checkpoint=None, model: Optional[FiT] = None, back
     cases = build_cases(manifest, ref.config, methods, seed)
     targets = _targets(backend, providers, precision)
     report = ValidationReport(str(package), manifest.transformer.precision, [t for t, _ in targets])
-    severity = G_LOGGER.module_severity
-    G_LOGGER.module_severity = G_LOGGER.ERROR
-    try:
+    with G_LOGGER.verbosity(G_LOGGER.ERROR):             # restores the caller's severity (Polygraphy 0.49+)
         for short, options in targets:
             with engines.load(package, backend=backend, verify=True, **options) as pipe:
                 precision_run = pipe.backend.precision or manifest.transformer.precision
@@ -356,8 +355,6 @@ def validate_package(package, checkpoint=None, model: Optional[FiT] = None, back
                     report.cases.append(CaseResult(name, short, b, n, math.nan, math.nan, math.nan, math.nan, True,
                                                    f"skipped: {reason}"))
                 report.end_to_end.append(end_to_end(ref, pipe, short, e2e_steps, precision_run, seed))
-    finally:
-        G_LOGGER.module_severity = severity
     return report
 
 

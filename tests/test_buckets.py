@@ -1,14 +1,13 @@
 """Bucket rules (engines.buckets): parsing --profiles/--batch, the smallest bucket, profile shapes, the runtime choice."""
 import pytest
 
-from engines.buckets import (BatchRange, Bucket, BucketError, BucketProfile, InputSpec, Range, bucket_for_size,
+from engines.manifest import GraphContract, TensorSpec
+from engines.buckets import (BatchRange, Bucket, BucketError, BucketProfile, Range, bucket_for_size,
                              choose_profile, parse_batch, parse_profiles, plan_profiles, smallest_bucket,
                              tokens_for_size)
 
 G = 16   # SD VAE (8) x patch 2
-CONTRACT = [InputSpec("x", ("batch", "seq", 16)), InputSpec("t", ("batch",)), InputSpec("y", ("batch",)),
-            InputSpec("rope_cos", ("batch", "seq", 72)), InputSpec("rope_sin", ("batch", "seq", 72)),
-            InputSpec("mask", ("batch", "seq"))]
+CONTRACT = GraphContract(16, 16, 72).inputs
 
 
 def test_pixel_sizes_become_token_budgets_sorted():
@@ -87,7 +86,7 @@ def test_profile_shapes_cover_every_dynamic_input_including_rope():
     assert shapes["t"] == ((2,), (2,), (4,))
     assert shapes["mask"] == ((2, 65), (2, 256), (4, 256))
     with pytest.raises(BucketError, match="only 'batch', 'seq'"):
-        profile.shapes([InputSpec("x", ("batch", "height", 16))])
+        profile.shapes([TensorSpec("x", "float32", ("batch", "height", 16))])
 
 
 def test_profile_round_trips_through_its_dict():

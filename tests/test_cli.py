@@ -218,7 +218,7 @@ def test_help_shows_canonical_names_only_and_accepts_aliases():
 
 def test_choices_come_from_the_code_that_defines_them():
     import engines.manifest
-    import engines.tensorrt_backend
+    import engines.trt_engines
     from cli.eval import main as eval_main
     from cli.export import main as export_main
     from cli.run import main as run_main
@@ -227,7 +227,7 @@ def test_choices_come_from_the_code_that_defines_them():
     assert tuple(_option(export_main.commands["onnx"], "precision").type.choices) == engines.manifest.PRECISIONS
     for sub in ("build", "validate"):
         assert tuple(_option(export_main.commands[sub], "precision").type.choices) == \
-            engines.tensorrt_backend.PRECISIONS
+            engines.trt_engines.PRECISIONS
     for command in (run_main, eval_main):
         assert tuple(_option(command, "sampler").type.choices) == SAMPLERS
     assert _option(eval_main, "cfg").opts == ["--cfg"] and _option(run_main, "cfg").opts == ["--cfg"]

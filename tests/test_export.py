@@ -417,9 +417,9 @@ def test_sizes_go_to_the_smallest_bucket_that_holds_them():
 
 def test_external_data_when_over_the_limit(model, tmp_path, monkeypatch):
     """Packages over protobuf's 2 GB put weights in transformer.onnx.data (limit lowered to exercise it)."""
-    import fit_export.onnx_export as onnx_export
+    import fit_export.typed as typed
 
-    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_LIMIT", 1024)
+    monkeypatch.setattr(typed, "EXTERNAL_DATA_LIMIT", 1024)
     package = export_package(model, None, tmp_path / "pkg")
     doc = load_manifest(package, verify=True).to_dict()
     assert doc["transformer"]["external_data"] == "transformer.onnx.data"

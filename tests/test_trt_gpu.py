@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from engines.tensorrt_backend import tensorrt_status
+from engines.trt_install import tensorrt_status
 
 MISSING = tensorrt_status()
 pytestmark = [pytest.mark.gpu,
@@ -14,7 +14,8 @@ pytestmark = [pytest.mark.gpu,
 
 from engines.backend import create_backend  # noqa: E402
 from engines.rope import rope_tables  # noqa: E402
-from engines.tensorrt_backend import EngineMismatchError, gpu_info, tensorrt_version  # noqa: E402
+from engines.trt_engines import EngineMismatchError  # noqa: E402
+from engines.trt_install import gpu_info, tensorrt_version  # noqa: E402
 from tests.runtime_helpers import copy_package, tiny_package  # noqa: E402
 
 
@@ -39,7 +40,7 @@ def feed_for(manifest, grids, labels):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((b, n, c)).astype(np.float32)
     mask = np.zeros((b, n), np.float32)
-    cos = np.zeros((b, n, rope["head_dim"]), np.float32)
+    cos = np.zeros((b, n, rope.head_dim), np.float32)
     sin = np.zeros_like(cos)
     for i, (h, w) in enumerate(grids):
         mask[i, : h * w] = 1
@@ -106,8 +107,10 @@ def test_validation_against_pytorch(tmp_path_factory):
     from tests.runtime_helpers import tiny_model
 
     package = copy_package(tiny_package(tmp_path_factory)[0], tmp_path_factory.mktemp("trt-val") / "pkg")
-    for precision in ("fp32", "fp16"):
+    for precision in ("fp32", "fp16", "bf16"):              # fp16/bf16: typed conversions of the fp32 graph
         build_engines(plan_build(package, precision=precision, profiles="64,256,512", batch="1:2"))
+        side = json.loads((package / "engines" / f"transformer.{precision}.json").read_text())
+        assert side["strongly_typed"] and (side["typed_graph"].get("precision") == precision) == (precision != "fp32")
         report = validate_package(package, model=tiny_model(), backend="tensorrt", precision=precision, e2e_steps=4)
         assert report.passed, report.table()
         assert not [c for c in report.cases if c.note.startswith("skipped")]     # 512 holds the extrapolation

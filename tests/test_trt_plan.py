@@ -20,9 +20,10 @@ from engines.atomic import atomic_write
 from engines.backend import BackendError, create_backend
 from engines.buckets import BucketProfile, parse_batch, parse_profiles, plan_profiles
 from engines.manifest import load_manifest, sha256_file
-from engines.tensorrt_backend import (EngineMismatchError, GpuInfo, Sidecar, TensorRTBackend, find_sidecars,
-                                      read_sidecar, rebuild_command, select_engines, sidecar_mismatches,
-                                      tensorrt_status, verify_engine_file, write_sidecar)
+from engines.tensorrt_backend import TensorRTBackend
+from engines.trt_engines import (EngineMismatchError, Sidecar, find_sidecars, read_sidecar, rebuild_command,
+                                 select_engines, sidecar_mismatches, verify_engine_file, write_sidecar)
+from engines.trt_install import GpuInfo, tensorrt_status
 from fit_export.tensorrt import BuildError, plan_build
 from fit_export.trt_ops import SUPPORTED, UNSUPPORTED, UnsupportedByTensorRT, assert_supported, check_model
 from tests.runtime_helpers import copy_package, tiny_package
@@ -57,7 +58,7 @@ def test_dry_run_prints_exact_profiles_and_engine_names(package):
     assert ["x", "min", "(2,", "65,", "16)", "opt", "(2,", "256,", "16)", "max", "(4,", "256,", "16)"] in lines
     assert ["rope_sin", "min", "(2,", "1,", "16)", "opt", "(2,", "64,", "16)", "max", "(4,", "64,", "16)"] in lines
     assert ["mask", "min", "(2,", "65)", "opt", "(2,", "256)", "max", "(4,", "256)"] in lines
-    assert "weakly typed" in out and "0 error(s)" in out
+    assert "strongly typed: fp32 graph converted to fp16" in out and "0 error(s)" in out
     assert not (package / "engines").exists()                       # a dry run writes nothing
 
 
@@ -80,7 +81,7 @@ def test_default_profiles_come_from_the_package(package):
     plan = plan_build(package)
     manifest = load_manifest(package, verify=False)
     assert [b.tokens for b in plan.buckets] == [b.tokens for b in manifest.sizes.buckets]
-    assert plan.precision == manifest.transformer.precision and plan.strongly_typed
+    assert plan.precision == manifest.transformer.precision and not plan.converted
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -112,7 +113,7 @@ def test_fp16_package_cannot_be_built_fp32(package):
     manifest = manifest.replace(transformer=dataclasses.replace(manifest.transformer, precision="fp16"))
     with pytest.raises(BuildError, match="build --precision fp16"):
         plan_build(package, precision="fp32", manifest=manifest)
-    assert plan_build(package, precision="fp16", manifest=manifest).strongly_typed
+    assert not plan_build(package, precision="fp16", manifest=manifest).converted
 
 
 @pytest.mark.skipif(not tensorrt_status(), reason="TensorRT and a GPU are present: the refusal path is not taken")
@@ -457,12 +458,19 @@ class FakeCudart:
     class cudaStreamCaptureMode:
         cudaStreamCaptureModeThreadLocal = 1
 
-    def __init__(self, gpu=H100):
+    def __init__(self, gpu=H100, driver=12080, runtime=12080):
         self.gpu, self.memory, self.capturing, self.launches = gpu, {}, None, 0
+        self.driver, self.runtime = driver, runtime
 
     def cudaGetDeviceProperties(self, device):
         return 0, types.SimpleNamespace(name=self.gpu.name.encode(), major=self.gpu.compute_capability[0],
                                         minor=self.gpu.compute_capability[1])
+
+    def cudaDriverGetVersion(self):
+        return 0, self.driver
+
+    def cudaRuntimeGetVersion(self):
+        return 0, self.runtime
 
     def cudaSetDevice(self, device):
         return (0,)
@@ -523,6 +531,7 @@ def fake_tensorrt(cudart, version="10.15.1"):
     trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
     trt.ExecutionContextAllocationStrategy = types.SimpleNamespace(ON_PROFILE_CHANGE="per-profile")
     trt.nptype = lambda dtype: _NP[dtype]
+    trt.init_libnvinfer_plugins = lambda logger, namespace: True
 
     class Context:
         def __init__(self, engine):
@@ -620,12 +629,12 @@ def write_fake_build(package: Path, profiles: str, batch: str, static=False, per
 
 @pytest.fixture
 def simulated(monkeypatch):
-    import engines.tensorrt_backend as tb
+    import engines.cuda_runtime as cuda_runtime
 
     cudart = FakeCudart()
     trt = fake_tensorrt(cudart)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setattr(tb, "_cudart", lambda: cudart)
+    monkeypatch.setattr(cuda_runtime, "cudart", lambda: cudart)
     return trt, cudart
 
 
@@ -687,3 +696,89 @@ def test_simulated_activation_refuses_another_tensorrt(own_package, simulated):
     with pytest.raises(EngineMismatchError, match="built with TensorRT 10.14.0, this is TensorRT 10.15.1.*Rebuild it"):
         backend.activate()
     assert not backend.is_active
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Install probing, feed padding, version-aware op check
+# ----------------------------------------------------------------------------------------------------------
+
+def test_driver_too_old_for_the_cuda_bindings_is_a_missing_piece(monkeypatch):
+    import engines.cuda_runtime as cuda_runtime
+    from engines.trt_install import tensorrt_status
+
+    assert cuda_runtime.driver_problem(FakeCudart(driver=13000, runtime=13000)) is None
+    assert cuda_runtime.driver_problem(FakeCudart(driver=12080, runtime=12020)) is None        # minor compat
+    problem = cuda_runtime.driver_problem(FakeCudart(driver=12040, runtime=13000))
+    assert problem == ("the NVIDIA driver supports CUDA 12.4 but the installed cuda-python needs CUDA 13.0: install "
+                       "the CUDA 12 build (pip install 'fit-toolkit[tensorrt-cu12]') or a newer driver")
+    assert cuda_runtime.driver_problem(FakeCudart(driver=0)) == "no NVIDIA driver is loaded"
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.16.1"))
+    monkeypatch.setattr(cuda_runtime, "cudart", lambda: FakeCudart(driver=12040, runtime=13000))
+    missing = tensorrt_status()
+    assert len(missing) == 1 and missing[0].startswith("a driver that runs the CUDA bindings: the NVIDIA driver")
+    monkeypatch.setattr(cuda_runtime, "cudart", lambda: FakeCudart())
+    assert tensorrt_status() == []
+
+
+SMI = "0, GPU-aaa, NVIDIA A100-SXM4-80GB, 8.0\n1, GPU-bbb, NVIDIA H100 80GB HBM3, 9.0\n"
+
+
+@pytest.mark.parametrize("env, device, expected", [
+    ({}, 0, None),                                                       # fastest-first order: unknown
+    ({"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}, 1, GpuInfo("NVIDIA H100 80GB HBM3", (9, 0))),
+    ({"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "1,0"}, 0, GpuInfo("NVIDIA H100 80GB HBM3", (9, 0))),
+    ({"CUDA_VISIBLE_DEVICES": "GPU-bbb"}, 0, GpuInfo("NVIDIA H100 80GB HBM3", (9, 0))),   # one visible: unambiguous
+    ({"CUDA_VISIBLE_DEVICES": "0"}, 1, None),                            # only device 0 exists for CUDA
+])
+def test_nvidia_smi_fallback_answers_only_for_the_cuda_ordinal(monkeypatch, env, device, expected):
+    import subprocess as sp
+
+    import engines.cuda_runtime as cuda_runtime
+    from engines.trt_install import gpu_info
+
+    monkeypatch.setattr(cuda_runtime, "cudart", lambda: None)
+    monkeypatch.setattr(sp, "run", lambda *a, **k: types.SimpleNamespace(returncode=0, stdout=SMI))
+    for name in ("CUDA_DEVICE_ORDER", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert gpu_info(device) == expected
+
+
+def test_pad_feed_pads_rows_tokens_and_labels():
+    from engines.tensorrt_backend import pad_feed
+
+    feed = {"x": np.ones((1, 3, 2), np.float32), "t": np.array([0.5], np.float32), "y": np.array([4]),
+            "mask": np.ones((1, 3), np.float32)}
+    out = pad_feed(feed, 2, 5, null_class=10)
+    assert out["x"].shape == (2, 5, 2) and out["x"][1].sum() == 0 and out["x"][0, 3:].sum() == 0
+    assert out["t"].tolist() == [0.5, 0.0] and out["y"].tolist() == [4, 10]
+    assert out["mask"].tolist() == [[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]]
+    assert pad_feed(feed, 1, 3, null_class=10)["x"] is feed["x"]
+
+
+def test_op_check_knows_what_older_tensorrt_parses():
+    attention = make([helper.make_node("Attention", ["q", "k", "v"], ["o"])],
+                     [vi(n, shape=(1, 2, 4, 8)) for n in "qkv"], [vi("o", shape=(1, 2, 4, 8))], opset=23)
+    assert check_model(attention, trt_version="10.15.0").ok
+    assert check_model(attention, trt_version="11.4.0").ok
+    assert any("TensorRT 10.13's parser does not have it (added in 10.14)" in e
+               for e in [f.message for f in check_model(attention, trt_version="10.13.1").errors])
+    relu = make([helper.make_node("Relu", ["a"], ["b"])], [vi("a")], [vi("b")], opset=22)
+    old = check_model(relu, trt_version="10.0.1")
+    assert old.ok and any("opset 22 is newer than TensorRT 10.0 is known to parse (up to 20)" in f.message
+                          for f in old.findings)
+    assert not check_model(relu, trt_version="10.16.0").findings
+
+
+def test_squeeze_axes_that_fold_to_a_constant_are_accepted():
+    nodes = [helper.make_node("Constant", [], ["a0"], value=helper.make_tensor("v", TensorProto.INT64, [1], [0])),
+             helper.make_node("Neg", ["a0"], ["a1"]),
+             helper.make_node("Add", ["a1", "a0"], ["axes"]),                  # folds: constants only
+             helper.make_node("Unsqueeze", ["a", "axes"], ["b"]),
+             helper.make_node("Shape", ["a"], ["s"]),
+             helper.make_node("Slice", ["s", "st", "en"], ["dyn"]),            # depends on the input: no fold
+             helper.make_node("Unsqueeze", ["a", "dyn"], ["c"])]
+    inits = [helper.make_tensor("st", TensorProto.INT64, [1], [0]), helper.make_tensor("en", TensorProto.INT64, [1], [1])]
+    found = errors(make(nodes, [vi("a")], [vi("b", shape=None), vi("c", shape=None)], inits))
+    assert found == ["Unsqueeze: input 1 ('dyn', axes) must be resolvable to a build-time constant"]
