@@ -47,32 +47,35 @@ def check_outputs(paths: list[Path]) -> None:
 @click.option("--extrapolation", type=Named(EXTRAPOLATIONS, canonical_extrapolation), default=None,
               help="RoPE extrapolation for sizes beyond training (default: the package's).")
 @click.option("--backend", type=BACKEND, default="onnxruntime", show_default=True)
+@click.option("--precision", default=None,
+              help="Transformer variant: a name the package lists or a precision (fp32, int8, fp16; OpenVINO also "
+                   "bf16, TensorRT fp16/bf16 engines). Default: the package's default variant.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="ONNX Runtime intra-op threads (0 = auto).")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("fit-run.png"), show_default=True,
               help="Output PNG; several images become NAME-1.png, NAME-2.png, ... unless --grid.")
 @click.option("--grid", is_flag=True, help="Write several images as one grid PNG.")
 @click.option("--snap", is_flag=True, help="Round a size off the model's pixel grid to the nearest valid one.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def main(package, width, height, label, num, steps, sampler, cfg, seed, extrapolation, backend, threads, out,
-         grid, snap, quiet):
+def main(package, width, height, label, num, steps, sampler, cfg, seed, extrapolation, backend, precision, threads,
+         out, grid, snap, quiet):
     """Generate images from a FiT model PACKAGE (default: the model shipped with fit-toolkit)."""
     with user_errors(*USER_ERRORS):
         paths = run(package, width, height, label, num, steps, sampler, cfg, seed, extrapolation, backend, threads,
-                    out, grid, snap, quiet)
+                    out, grid, snap, quiet, precision)
     for path in paths:
         click.echo(str(path))
 
 
 def run(package, width, height, label, num, steps, sampler, cfg, seed, extrapolation, backend, threads, out, grid,
-        snap, quiet) -> list[Path]:
+        snap, quiet, precision=None) -> list[Path]:
     if steps is not None and steps < 1:
         raise GenerationError(f"--steps must be at least 1, got {steps}")
     if cfg is not None and not cfg >= 0:
         raise GenerationError(f"--cfg must be a non-negative number, got {cfg}")
     paths = output_paths(out, num, grid)
     check_outputs(paths)
-    options = {"threads": threads} if backend == "onnxruntime" else {}
-    with load(package, backend=backend, **options) as pipe:
+    options = {"threads": threads} if backend in ("onnxruntime", "openvino") else {}
+    with load(package, backend=backend, precision=precision, **options) as pipe:
         wanted = (pipe.default_size[0] if width is None else width, pipe.default_size[1] if height is None else height)
         size = pipe.check_size(*wanted, snap=snap)
         if size != wanted:
