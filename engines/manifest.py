@@ -26,6 +26,7 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 PRECISIONS = ("fp32", "fp16")
 VARIANT_PRECISIONS = ("fp32", "fp16", "int8")
+QUANTIZATION_MODES = ("dynamic", "static")       # `quantization.mode` of an int8 variant (`fit-export quantize`)
 ORT_VARIANT = "ort"               # name of the ONNX Runtime-tuned copy (`fit-export ort-optimize`)
 LATENT_SPACES = ("sd-vae", "pixel")
 
@@ -297,6 +298,10 @@ class VariantSection(_Section):
                                  default=None)
     validation: Optional[dict] = _doc("quality against fp32 (`fit-export quantize`: per-step cosine, image "
                                       "PSNR, fit-eval accuracy)", default=None)
+    ort_format: Optional[str] = _doc("the same graph in ONNX Runtime's ORT format (mobile and reduced builds), or "
+                                     "null", default=None)
+    operator_config: Optional[str] = _doc("operator configuration of an ONNX Runtime reduced build that runs "
+                                          "`ort_format` (`--include_ops_by_config`), or null", default=None)
 
     def __post_init__(self):
         if self.precision not in VARIANT_PRECISIONS:
@@ -543,7 +548,8 @@ class Manifest(_Section):
     def referenced_files(self) -> list[str]:
         """Every file a section names (graphs, their external data, stored weights)."""
         t = self.transformer
-        names = [t.file, t.external_data, *(n for v in t.variants for n in (v.file, v.weights_from)),
+        names = [t.file, t.external_data,
+                 *(n for v in t.variants for n in (v.file, v.weights_from, v.ort_format, v.operator_config)),
                  self.vae_decoder.file if self.vae_decoder else None, self.reference.weights]
         return [n for n in names if n]
 
