@@ -213,7 +213,7 @@ def test_help_shows_canonical_names_only_and_accepts_aliases():
             param.type.convert("warp", param, None)
     text = CliRunner().invoke(run_main, ["-h"]).output
     assert "|vision-ntk|" in text and "visionntk" not in text and "|pi|" not in text
-    assert BACKEND.names == ("onnxruntime", "tensorrt") and BACKEND.convert("TRT", None, None) == "tensorrt"
+    assert BACKEND.names == ("onnxruntime", "tensorrt", "openvino") and BACKEND.convert("TRT", None, None) == "tensorrt"
 
 
 def test_choices_come_from_the_code_that_defines_them():
