@@ -225,9 +225,10 @@ def test_choices_come_from_the_code_that_defines_them():
     from engines.sampler import SAMPLERS
 
     assert tuple(_option(export_main.commands["onnx"], "precision").type.choices) == engines.manifest.PRECISIONS
-    for sub in ("build", "validate"):
-        assert tuple(_option(export_main.commands[sub], "precision").type.choices) == \
-            engines.tensorrt_backend.PRECISIONS
+    assert tuple(_option(export_main.commands["build"], "precision").type.choices) == \
+        engines.tensorrt_backend.PRECISIONS
+    # validate --precision names a variant or what a backend computes in; each backend checks it (one line)
+    assert _option(export_main.commands["validate"], "precision").type == click.STRING
     for command in (run_main, eval_main):
         assert tuple(_option(command, "sampler").type.choices) == SAMPLERS
     assert _option(eval_main, "cfg").opts == ["--cfg"] and _option(run_main, "cfg").opts == ["--cfg"]
