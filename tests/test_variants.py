@@ -62,9 +62,9 @@ def test_manifest_refusals():
 
 
 def test_fit_run_precision_errors_are_one_line(tmp_path):
-    result = CliRunner().invoke(run_main, ["--precision", "int8", "--out", str(tmp_path / "a.png"), "-q"])
+    result = CliRunner().invoke(run_main, ["--precision", "fp16", "--out", str(tmp_path / "a.png"), "-q"])
     assert result.exit_code == 2 and result.output.count("\n") == 1
-    assert "no int8 transformer that onnxruntime can run; it holds fp32" in result.output
+    assert "no fp16 transformer that onnxruntime can run; it holds fp32, ort, int8" in result.output
     assert not list(tmp_path.iterdir())
 
 
@@ -75,3 +75,24 @@ def test_fit_run_records_the_variant(tmp_path):
     result = CliRunner().invoke(run_main, ["--precision", "fp32", "--steps", "2", "--out", str(out), "-q"])
     assert result.exit_code == 0, result.output
     assert read_parameters(out)["variant"] == load_manifest(DEFAULT_MODEL_DIR).transformer.select("onnxruntime").name
+
+
+def test_default_model_ships_fp32_default_tuned_copy_and_int8():
+    import engines
+    from engines.metrics import psnr
+
+    manifest = load_manifest(DEFAULT_MODEL_DIR, verify=True)
+    t = manifest.transformer
+    assert t.default.precision == "fp32" and t.select("onnxruntime").name == "ort"
+    int8 = t.variant("int8")
+    assert int8.validation["image_psnr_db"] >= 35 and int8.quantization["mode"] == "dynamic"
+    accuracy = int8.validation["shapes_accuracy"]["accuracy"]
+    mean = {p: sum(v.values()) / len(v) for p, v in accuracy.items()}
+    assert mean["int8"] >= mean["fp32"] - 0.01
+    size = lambda name: (DEFAULT_MODEL_DIR / name).stat().st_size
+    assert size(t.variant("ort").file) + size(int8.file) < 5_000_000
+    images = {}
+    for precision in ("fp32", "int8"):
+        with engines.load(precision=precision, threads=1) as pipe:
+            images[precision] = pipe.generate(width=96, height=64, label="star", seed=2, output="array")
+    assert psnr(images["int8"].astype(float), images["fp32"].astype(float), 255.0) >= 30
