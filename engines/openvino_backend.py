@@ -83,7 +83,7 @@ class OpenVinoBackend(Backend):
             except PackageError as err:
                 raise BackendError(str(err)) from None
             if compute == "bf16" and variant.precision != "fp32":
-                raise BackendError(f"bf16 runs the fp32 graph; the package has no fp32 variant OpenVINO can run")
+                raise BackendError("bf16 runs the fp32 graph; the package has no fp32 variant OpenVINO can run")
             self.variant, self.model_path = variant.name, self.package / variant.file
             self.precision = "bf16" if compute == "bf16" else variant.precision
         self.compiled = None

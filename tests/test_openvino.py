@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import engines
 from cli.run import main as run_main
 from engines.backend import BackendError, create_backend
 from engines.metrics import cosine, psnr

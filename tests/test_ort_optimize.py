@@ -215,8 +215,8 @@ def test_the_copy_shares_the_graph_weights(optimized, tmp_path):
     data = bytearray((damaged / "transformer.onnx").read_bytes())
     data[-100] ^= 1
     (damaged / "transformer.onnx").write_bytes(bytes(data))
-    from engines.backend import BackendError
-    with pytest.raises(Exception, match="sha256 of transformer.onnx"):
+    from engines.manifest import PackageError
+    with pytest.raises(PackageError, match="sha256 of transformer.onnx"):
         create_backend("onnxruntime", damaged, threads=1).activate()
 
 
