@@ -132,10 +132,12 @@ def validate_command(package, checkpoint, report, providers, methods, e2e_steps,
               "--precision int8 (default: int8 becomes the default).")
 @click.option("--ort-format", is_flag=True, help="Also write the ORT-format model and the operator configuration "
               "of a reduced ONNX Runtime build.")
+@click.option("--from", "source", help="fp32 variant to quantize (default: the one ONNX Runtime runs, the tuned copy "
+              "when present; 'fp32': the standard graph, so OpenVINO runs the int8 variant too).")
 @click.option("--no-accuracy", is_flag=True, help="Skip the shape-accuracy part of the validation record.")
 @click.option("--force", is_flag=True, help="Replace an existing package at --out.")
-def quantize_command(package, out, mode, per_channel, calibration_images, keep_default, ort_format, no_accuracy,
-                     force):
+def quantize_command(package, out, mode, per_channel, calibration_images, keep_default, ort_format, source,
+                     no_accuracy, force):
     """Write --out: PACKAGE plus transformer.int8.onnx (MatMul/Gemm weights in int8, onnxruntime.quantization),
     with a validation record against the fp32 variant (per-step cosine, image PSNR, shape accuracy)."""
     from fit_export.onnx_export import ExportError
@@ -147,7 +149,7 @@ def quantize_command(package, out, mode, per_channel, calibration_images, keep_d
     with user_errors(QuantizeError, OrtFormatError, ExportError, PackageError, OSError):
         entry = quantize_package(package, out, mode=mode, per_channel=per_channel,
                                  calibration_images=calibration_images, force=force, keep_default=keep_default,
-                                 accuracy=not no_accuracy, ort_format=ort_format,
+                                 accuracy=not no_accuracy, ort_format=ort_format, source=source,
                                  progress=lambda message: click.echo(message, err=True))
     v = entry["validation"]
     click.echo(f"wrote {out}: {entry['file']} ({mode}{', per channel' if per_channel else ''}); vs fp32: case "

@@ -14,7 +14,8 @@ op list is never widened.
   mixed sizes) are seen.
 
 The graph quantized is the fp32 variant ONNX Runtime would run (the tuned copy when the package has one, else
-``transformer.onnx``). The result is a complete package: every file of the source, plus ``transformer.int8.onnx``
+``transformer.onnx``), or the one named by ``source`` (``fp32``: the standard graph, so OpenVINO can run the
+int8 variant too). The result is a complete package: every file of the source, plus ``transformer.int8.onnx``
 listed as the variant ``int8`` (its settings under ``quantization``, quality under ``validation``), and by
 default made the package's default variant. The validation record comes from :mod:`fit_export.validate` with the
 package's fp32 variant as the reference: per-case and per-step cosine, end-to-end image PSNR; for packages of the
@@ -225,10 +226,12 @@ def shapes_accuracy(package, precisions, num_per_class: int = 16, seed: int = 0)
 
 def quantize_package(package, out, mode: str = "dynamic", per_channel: bool = False, calibration_images: int = 8,
                      force: bool = False, keep_default: bool = False, validate: bool = True, accuracy: bool = True,
-                     ort_format: bool = False, seed: int = 0,
+                     ort_format: bool = False, source: Optional[str] = None, seed: int = 0,
                      progress: Callable[[str], None] = lambda message: None) -> dict:
     """Write the package ``out``: ``package`` plus its int8 variant (see the module docstring). Returns the variant's
     manifest entry. keep_default: keep the source's default variant (int8 offered with ``--precision int8``).
+    source: the fp32 variant to quantize (default: the one ONNX Runtime runs; ``fp32``, the standard graph, gives
+    an int8 variant every runtime can read).
 
     Raises QuantizeError, engines.manifest.PackageError or fit_export.onnx_export.ExportError; nothing is left at
     ``out`` on failure and an existing package there stays as it was.
@@ -247,7 +250,9 @@ def quantize_package(package, out, mode: str = "dynamic", per_channel: bool = Fa
     if out.resolve() == package.resolve():
         raise QuantizeError("--out must differ from the package it quantizes")
     _check_destination(out, force)
-    source = transformer.select("onnxruntime", "fp32")
+    source = transformer.select("onnxruntime", "fp32") if source is None else transformer.variant(source)
+    if source.precision != "fp32":
+        raise QuantizeError(f"--from {source.name}: quantize starts from an fp32 variant, not {source.precision}")
     calibration = None
     feeds = None
     if mode == "static":

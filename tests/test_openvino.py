@@ -89,3 +89,22 @@ def test_fit_export_validate_runs_the_same_cases(tmp_path_factory):
     report = validate_package(package, model=model, backend="openvino", precision="f32", e2e_steps=3)
     assert report.passed and report.providers == ["openvino"] and len(report.cases) > 10
     assert report.to_dict()["tolerances"]["max_abs_relative_to_scale"] == 1e-4
+
+
+def test_int8_from_the_standard_graph_runs_on_openvino(tmp_path_factory):
+    pytest.importorskip("torch")
+    from fit_export.quantize import quantize_package
+    from tests.runtime_helpers import tiny_package
+
+    package, _ = tiny_package(tmp_path_factory)
+    out = tmp_path_factory.mktemp("ov-int8") / "int8"
+    entry = quantize_package(package, out, source="fp32", validate=False)
+    assert entry["runtime"] is None and entry["source"] == "fp32"
+    rng = np.random.default_rng(0)
+    tiny_feed = {"x": rng.standard_normal((2, 6, 16)).astype(np.float32), "t": np.array([0.3, 0.6], np.float32),
+                 "y": np.array([1, 2]), "rope_cos": np.ones((2, 6, 16), np.float32),
+                 "rope_sin": np.zeros((2, 6, 16), np.float32), "mask": np.ones((2, 6), np.float32)}
+    with create_backend("openvino", out, precision="int8") as ov, \
+            create_backend("onnxruntime", out, precision="int8", threads=1) as ort:
+        assert ov.variant == ort.variant == "int8"
+        assert cosine(ov.infer(tiny_feed)["v"], ort.infer(tiny_feed)["v"]) >= 0.99
