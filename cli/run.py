@@ -50,7 +50,8 @@ def check_outputs(paths: list[Path]) -> None:
 @click.option("--precision", default=None,
               help="Transformer variant: a name the package lists or a precision (fp32, int8, fp16; OpenVINO also "
                    "bf16, TensorRT fp16/bf16 engines). Default: the package's default variant.")
-@click.option("--threads", type=click.IntRange(min=0), default=0, help="ONNX Runtime intra-op threads (0 = auto).")
+@click.option("--threads", type=click.IntRange(min=0), default=0,
+              help="Runtime threads (ONNX Runtime intra-op, OpenVINO inference; 0 = auto).")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("fit-run.png"), show_default=True,
               help="Output PNG; several images become NAME-1.png, NAME-2.png, ... unless --grid.")
 @click.option("--grid", is_flag=True, help="Write several images as one grid PNG.")
