@@ -1,5 +1,6 @@
 """``fit-export``: model packages (``onnx``), validation against PyTorch (``validate``), the ONNX Runtime-tuned
-graph copy (``ort-optimize``), TensorRT engines (``build``, ``trt-check``). Thin wrappers."""
+graph copy (``ort-optimize``), int8 variants (``quantize``), TensorRT engines (``build``, ``trt-check``). Thin
+wrappers."""
 from __future__ import annotations
 
 import os
@@ -10,10 +11,9 @@ import click
 from cli.common import BACKEND, Group, Named, UserError, user_errors
 from cli.trt import build, trt_check
 from engines.buckets import BucketError, parse_sizes
-from engines.manifest import PRECISIONS, PackageError
+from engines.manifest import PRECISIONS, QUANTIZATION_MODES, PackageError
 from engines.rope import EXTRAPOLATIONS, canonical_extrapolation
 from engines.sampler import SAMPLERS
-from engines.trt_engines import PRECISIONS as ENGINE_PRECISIONS
 
 
 def _user_errors():
@@ -39,7 +39,8 @@ def _buckets(text):
 @click.group(cls=Group, prog="fit-export")
 def main():
     """Export FiT models to ONNX model packages (onnx), check them against PyTorch (validate), add the ONNX
-    Runtime-tuned graph (ort-optimize), and build and check TensorRT engines (build, trt-check)."""
+    Runtime-tuned graph (ort-optimize) or an int8 variant (quantize), and build and check TensorRT engines (build,
+    trt-check)."""
 
 
 @main.command("onnx", short_help="Write a model package (ONNX graphs + manifest) from a checkpoint.")
@@ -96,8 +97,8 @@ def onnx_command(config, checkpoint, random_weights, out, precision, vae, name, 
               help="Euler steps of the end-to-end sampling case.")
 @click.option("--backend", type=BACKEND, default="onnxruntime", show_default=True,
               help="Run the package's ONNX graph on ONNX Runtime, or its TensorRT engines (needs a GPU).")
-@click.option("--precision", type=click.Choice(ENGINE_PRECISIONS),
-              help="With --backend tensorrt: which engines to validate (default: the newest matching build).")
+@click.option("--precision", help="Transformer variant or precision to validate (fp32, int8, ...; OpenVINO: f32 or "
+              "bf16; TensorRT: which engines, default the newest matching build).")
 def validate_command(package, checkpoint, report, providers, methods, e2e_steps, backend, precision):
     """Compare the package's ONNX graph or TensorRT engines with the PyTorch reference; exit 1 on a failure."""
     if report and not os.access(os.path.dirname(os.path.abspath(report)), os.W_OK):
@@ -116,6 +117,46 @@ def validate_command(package, checkpoint, report, providers, methods, e2e_steps,
             raise UserError(f"cannot write the report {report}: {e.strerror}") from e
         click.echo(f"report: {report}")
     sys.exit(0 if result.passed else 1)
+
+
+@main.command("quantize", short_help="Write a package with an int8 variant (dynamic or calibrated static).")
+@click.argument("package", type=click.Path())
+@click.option("--out", "out", required=True, type=click.Path(), help="Package directory to write.")
+@click.option("--mode", type=click.Choice(QUANTIZATION_MODES), default="dynamic", show_default=True,
+              help="dynamic: activations quantized per call; static: QDQ with ranges calibrated on the package's "
+                   "own sampling trajectories.")
+@click.option("--per-channel", is_flag=True, help="One weight scale per output channel (better quality).")
+@click.option("--calibration-images", type=click.IntRange(min=1), default=8, show_default=True,
+              help="--mode static: images sampled to record calibration activations.")
+@click.option("--keep-default", is_flag=True, help="Keep the package's default variant; int8 runs with "
+              "--precision int8 (default: int8 becomes the default).")
+@click.option("--ort-format", is_flag=True, help="Also write the ORT-format model and the operator configuration "
+              "of a reduced ONNX Runtime build.")
+@click.option("--from", "source", help="fp32 variant to quantize (default: the one ONNX Runtime runs, the tuned copy "
+              "when present; 'fp32': the standard graph, so OpenVINO runs the int8 variant too).")
+@click.option("--no-accuracy", is_flag=True, help="Skip the shape-accuracy part of the validation record.")
+@click.option("--force", is_flag=True, help="Replace an existing package at --out.")
+def quantize_command(package, out, mode, per_channel, calibration_images, keep_default, ort_format, source,
+                     no_accuracy, force):
+    """Write --out: PACKAGE plus transformer.int8.onnx (MatMul/Gemm weights in int8, onnxruntime.quantization),
+    with a validation record against the fp32 variant (per-step cosine, image PSNR, shape accuracy)."""
+    from fit_export.onnx_export import ExportError
+    from fit_export.ort_format import OrtFormatError
+    from fit_export.quantize import QuantizeError, quantize_package
+    if os.path.isdir(os.path.dirname(os.path.abspath(out))) and \
+            not os.access(os.path.dirname(os.path.abspath(out)), os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {out}: its folder is not writable")
+    with user_errors(QuantizeError, OrtFormatError, ExportError, PackageError, OSError):
+        entry = quantize_package(package, out, mode=mode, per_channel=per_channel,
+                                 calibration_images=calibration_images, force=force, keep_default=keep_default,
+                                 accuracy=not no_accuracy, ort_format=ort_format, source=source,
+                                 progress=lambda message: click.echo(message, err=True))
+    v = entry["validation"]
+    click.echo(f"wrote {out}: {entry['file']} ({mode}{', per channel' if per_channel else ''}); vs fp32: case "
+               f"cosine min {v['min_case_cosine']:.5f}, per-step cosine min {v['min_step_cosine']:.5f}, image PSNR "
+               f"{float(v['image_psnr_db']):.1f} dB ({'meets' if v['passed'] else 'below'} the int8 targets)")
+    for precision, sizes in v.get("shapes_accuracy", {}).get("accuracy", {}).items():
+        click.echo(f"shape accuracy {precision}: " + ", ".join(f"{s} {a * 100:.1f}%" for s, a in sizes.items()))
 
 
 @main.command("ort-optimize", short_help="Add the ONNX Runtime-tuned graph copy (fused attention and RoPE).")

@@ -48,20 +48,24 @@ def output_path(out: Path, index: int, count: int, grid: bool) -> Path:
 @click.option("--extrapolation", type=Named(EXTRAPOLATIONS, canonical_extrapolation), default=None,
               help="RoPE extrapolation for sizes beyond training (default: the package's).")
 @click.option("--backend", type=BACKEND, default="onnxruntime", show_default=True)
-@click.option("--threads", type=click.IntRange(min=0), default=0, help="ONNX Runtime intra-op threads (0 = auto).")
+@click.option("--precision", default=None,
+              help="Transformer variant: a name the package lists or a precision (fp32, int8, fp16; OpenVINO also "
+                   "bf16, TensorRT fp16/bf16 engines). Default: the package's default variant.")
+@click.option("--threads", type=click.IntRange(min=0), default=0,
+              help="Runtime threads (ONNX Runtime intra-op, OpenVINO inference; 0 = auto).")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("fit-run.png"), show_default=True,
               help="Output PNG; several images become NAME-1.png, NAME-2.png, ... unless --grid.")
 @click.option("--grid", is_flag=True, help="Write several images as one grid PNG.")
 @click.option("--snap", is_flag=True, help="Round a size off the model's pixel grid to the nearest valid one.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def main(package, width, height, label, num, steps, sampler, cfg, seed, extrapolation, backend, threads, out,
-         grid, snap, quiet):
+def main(package, width, height, label, num, steps, sampler, cfg, seed, extrapolation, backend, precision, threads,
+         out, grid, snap, quiet):
     """Generate images from a FiT model PACKAGE (default: the model shipped with fit-toolkit)."""
     written = 0
     try:
         with user_errors(*USER_ERRORS):
             for path in run(package, width, height, label, num, steps, sampler, cfg, seed, extrapolation, backend,
-                            threads, out, grid, snap, quiet):
+                            threads, out, grid, snap, quiet, precision):
                 click.echo(str(path))
                 written += 1
     except KeyboardInterrupt:
@@ -69,13 +73,13 @@ def main(package, width, height, label, num, steps, sampler, cfg, seed, extrapol
 
 
 def run(package, width, height, label, num, steps, sampler, cfg, seed, extrapolation, backend, threads, out, grid,
-        snap, quiet) -> Iterator[Path]:
+        snap, quiet, precision=None) -> Iterator[Path]:
     """Generate the images CHUNK at a time and save each as it is done; yields the paths written."""
     if out.suffix.lower() != ".png":
         raise GenerationError(f"output {out} must end in .png")
     check_writable(output_path(out, 0, num, grid))          # numbered files all go to this same folder
-    options = {"threads": threads} if backend == "onnxruntime" else {}
-    with load(package, backend=backend, **options) as pipe:
+    options = {"threads": threads} if backend in ("onnxruntime", "openvino") else {}
+    with load(package, backend=backend, precision=precision, **options) as pipe:
         wanted = (pipe.default_size[0] if width is None else width, pipe.default_size[1] if height is None else height)
         size = pipe.check_size(*wanted, snap=snap)
         if size != wanted:

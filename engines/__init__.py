@@ -7,8 +7,8 @@
 __all__ = ["load"]
 
 
-def load(path=None, backend: str = "onnxruntime", verify: bool = True, **backend_options):
+def load(path=None, backend: str = "onnxruntime", verify: bool = True, precision=None, **backend_options):
     """Open a model package for generation; see :func:`engines.pipeline.load`."""
     from engines.pipeline import load as _load
 
-    return _load(path, backend=backend, verify=verify, **backend_options)
+    return _load(path, backend=backend, verify=verify, precision=precision, **backend_options)

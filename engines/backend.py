@@ -1,4 +1,5 @@
-"""One inference interface for every runtime (ONNX Runtime, TensorRT), in the spirit of Polygraphy's runners.
+"""One inference interface for every runtime (ONNX Runtime, TensorRT, OpenVINO), in the spirit of Polygraphy's
+runners.
 
 A backend wraps one graph of a model package. The sampler only ever calls :meth:`Backend.infer` with a feed
 dict of numpy arrays and reads the outputs by name, so any backend that implements this class plugs in::
@@ -8,8 +9,8 @@ dict of numpy arrays and reads the outputs by name, so any backend that implemen
         v = outputs["v"]
 
 The registry maps each backend name to a ``"module:Class"`` path that :func:`create_backend` imports on first
-use, so importing this module never imports a runtime library. The built-in backends (ONNX Runtime, TensorRT)
-are listed below by path and their modules register nothing on import; :func:`register_backend` adds another
+use, so importing this module never imports a runtime library. The built-in backends (ONNX Runtime, TensorRT,
+OpenVINO) are listed below by path and their modules register nothing on import; :func:`register_backend` adds another
 backend, by path or as a class/factory.
 """
 from __future__ import annotations
@@ -107,8 +108,9 @@ class Backend:
 _REGISTRY: dict[str, str | Callable[..., Backend]] = {
     "onnxruntime": "engines.onnxruntime_backend:OnnxRuntimeBackend",
     "tensorrt": "engines.tensorrt_backend:TensorRTBackend",
+    "openvino": "engines.openvino_backend:OpenVinoBackend",
 }
-_ALIASES = {"ort": "onnxruntime", "onnx": "onnxruntime", "trt": "tensorrt"}
+_ALIASES = {"ort": "onnxruntime", "onnx": "onnxruntime", "trt": "tensorrt", "ov": "openvino"}
 
 
 def register_backend(name: str, factory: str | Callable[..., Backend], aliases: tuple[str, ...] = ()) -> None:

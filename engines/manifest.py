@@ -25,6 +25,9 @@ FORMAT = "fit-package"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 PRECISIONS = ("fp32", "fp16")
+VARIANT_PRECISIONS = ("fp32", "fp16", "int8")
+QUANTIZATION_MODES = ("dynamic", "static")       # `quantization.mode` of an int8 variant (`fit-export quantize`)
+ORT_VARIANT = "ort"               # name of the ONNX Runtime-tuned copy (`fit-export ort-optimize`)
 LATENT_SPACES = ("sd-vae", "pixel")
 
 
@@ -170,7 +173,7 @@ class _Section:
     """from_dict / to_dict for a frozen dataclass of JSON values (nested sections and tensor lists included)."""
 
     NESTED: ClassVar[dict] = {}        # field name -> section class (or (TensorSpec,) for a list of tensors)
-    OPTIONAL_ENTRIES: ClassVar[tuple] = ()   # fields written only when set (later additions to a section)
+    OPTIONAL_ENTRIES: ClassVar[tuple] = ()   # fields written only when set, not null or empty (later additions)
 
     @classmethod
     def from_dict(cls, data, source: str):
@@ -210,7 +213,7 @@ class _Section:
                          list(v) if isinstance(v, tuple) else v for v in value]
             elif isinstance(value, dict):
                 value = dict(value)
-            if value is None and f.name in self.OPTIONAL_ENTRIES:
+            if f.name in self.OPTIONAL_ENTRIES and (value is None or value == []):
                 continue
             out[f.name] = value
         return out
@@ -273,21 +276,45 @@ class LatentSection(_Section):
 
 
 @dataclass(frozen=True)
-class OrtCopySection(_Section):
-    file: str = _doc("the ONNX Runtime-tuned copy (`fit-export ort-optimize`), e.g. `transformer.ort.onnx`")
-    opset: int = _doc("its opset (23: ONNX Attention and RotaryEmbedding)")
-    runtime: str = _doc("the runtime it is for (`onnxruntime`)", default="onnxruntime")
+class VariantSection(_Section):
+    """One more transformer graph a package holds besides ``transformer.file``: the ONNX Runtime-tuned copy, an
+    int8 (or fp16) version. Every variant follows the graph contract with float32 ``x``/``v``, except fp16."""
+
+    name: str = _doc("variant name (`fit-run --precision NAME`), e.g. `ort`, `int8`")
+    file: str = _doc("its ONNX file, e.g. `transformer.ort.onnx`, `transformer.int8.onnx`")
+    precision: str = _doc("numbers its weights are stored in: `fp32`, `fp16` or `int8`")
+    runtime: Optional[str] = _doc("the only backend that runs it (`onnxruntime`: opset-23 fused ops, ONNX Runtime's "
+                                  "quantized kernels), or null for any", default=None)
+    opset: Optional[int] = _doc("its ONNX opset", default=None)
+    weights_from: Optional[str] = _doc("the file its large initializers are read from (ONNX external data with "
+                                       "offsets), e.g. `transformer.onnx`: it shares the fp32 graph's weights; null "
+                                       "when it holds its own", default=None)
+    source: Optional[str] = _doc("the variant it was made from", default=None)
     fused_attention: int = _doc("attention blocks fused into one op", default=0)
     fused_rotary: int = _doc("RoPE rotations fused into one op", default=0)
-    check: Optional[dict] = _doc("its comparison with the standard graph at export time", default=None)
+    quantization: Optional[dict] = _doc("`fit-export quantize` settings (mode, per_channel, ops, calibration)",
+                                        default=None)
+    check: Optional[dict] = _doc("its comparison with the graph it was made from, when it was written",
+                                 default=None)
+    validation: Optional[dict] = _doc("quality against fp32 (`fit-export quantize`: per-step cosine, image "
+                                      "PSNR, fit-eval accuracy)", default=None)
+    ort_format: Optional[str] = _doc("the same graph in ONNX Runtime's ORT format (mobile and reduced builds), or "
+                                     "null", default=None)
+    operator_config: Optional[str] = _doc("operator configuration of an ONNX Runtime reduced build that runs "
+                                          "`ort_format` (`--include_ops_by_config`), or null", default=None)
+
+    def __post_init__(self):
+        if self.precision not in VARIANT_PRECISIONS:
+            raise PackageError(f"variant {self.name!r}: unknown precision {self.precision!r}; choose one of "
+                               f"{', '.join(VARIANT_PRECISIONS)}")
 
 
 @dataclass(frozen=True)
 class TransformerSection(_Section):
-    NESTED: ClassVar[dict] = {"inputs": (TensorSpec,), "outputs": (TensorSpec,), "ort_optimized": OrtCopySection}
-    OPTIONAL_ENTRIES: ClassVar[tuple] = ("ort_optimized",)
+    NESTED: ClassVar[dict] = {"inputs": (TensorSpec,), "outputs": (TensorSpec,)}
+    OPTIONAL_ENTRIES: ClassVar[tuple] = ("variants", "default_variant")
 
-    file: str = _doc("the graph, `transformer.onnx`")
+    file: str = _doc("the graph, `transformer.onnx` (the variant named by `precision`)")
     precision: str = _doc("`fp32` or `fp16` (x and v in float16)")
     opset: int = _doc("ONNX opset of the graph")
     inputs: tuple = _doc("the graph contract's inputs (below), in order")
@@ -297,11 +324,82 @@ class TransformerSection(_Section):
     export_seconds: Optional[float] = _doc("how long the export took", default=None)
     fp32_ops: tuple = _doc("fp16 graphs: op types kept in float32", default=())
     dynamic_axes: tuple = _doc("the dynamic axis names", default=(GraphContract.BATCH, GraphContract.SEQ))
-    ort_optimized: Optional[OrtCopySection] = _doc("the ONNX Runtime-tuned copy, or null", default=None)
+    variants: tuple = _doc("`[{name, file, precision, ...}]`: further graphs of the same network (below)",
+                           default=())
+    default_variant: Optional[str] = _doc("the variant every runtime runs when none is asked for (null: the graph "
+                                          "itself, named by `precision`)", default=None)
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise PackageError(f"unknown transformer precision {self.precision!r}")
+        variants = tuple(v if isinstance(v, VariantSection) else VariantSection.from_dict(v, "transformer.variants")
+                         for v in self.variants)
+        object.__setattr__(self, "variants", variants)
+        names = [v.name for v in self.all_variants()]
+        if len(set(names)) != len(names):
+            raise PackageError(f"transformer.variants: names must be unique, got {names}")
+        if self.default_variant is not None and self.default_variant not in names:
+            raise PackageError(f"transformer.default_variant {self.default_variant!r} is not a variant "
+                               f"({', '.join(names)})")
+
+    @classmethod
+    def from_dict(cls, data, source: str):
+        if isinstance(data, Mapping) and data.get("ort_optimized"):      # packages written before variants
+            legacy = dict(data["ort_optimized"])
+            legacy.update(name=ORT_VARIANT, precision=data.get("precision", "fp32"),
+                          weights_from=data.get("external_data"))
+            data = dict(data, variants=[legacy] + list(data.get("variants") or ()))
+        if isinstance(data, Mapping):
+            data = {k: v for k, v in data.items() if k != "ort_optimized"}
+        return super().from_dict(data, source)
+
+    @property
+    def base(self) -> VariantSection:
+        """``transformer.file`` as a variant (named by its precision; runs on every backend)."""
+        return VariantSection(name=self.precision, file=self.file, precision=self.precision, opset=self.opset,
+                              weights_from=self.external_data)
+
+    def all_variants(self) -> tuple[VariantSection, ...]:
+        """The graph itself, then every listed variant."""
+        return (self.base,) + tuple(self.variants)
+
+    def variant(self, name: str) -> VariantSection:
+        for v in self.all_variants():
+            if v.name == name:
+                return v
+        raise PackageError(f"the package has no transformer variant {name!r}; it holds "
+                           f"{', '.join(v.name for v in self.all_variants())}")
+
+    @property
+    def default(self) -> VariantSection:
+        return self.variant(self.default_variant or self.precision)
+
+    def select(self, backend: str, precision: Optional[str] = None, tuned: bool = True) -> VariantSection:
+        """The variant ``backend`` runs for ``precision``: a variant name, a precision (``fp32``, ``int8``, ...),
+        or None for the package default. Among the variants of a precision the backend prefers the one made for it
+        (``runtime`` equal to its name: the ONNX Runtime-tuned copy) unless ``tuned`` is False; a variant made for
+        another runtime is never chosen. Raises PackageError naming what the package holds."""
+        runnable = [v for v in self.all_variants() if v.runtime in (None, backend)]
+        names = ", ".join(v.name for v in self.all_variants())
+        if precision is None:
+            wanted = self.default
+            if wanted.runtime not in (None, backend):             # tuned for another runtime: the same numbers
+                wanted = self.base if self.base.precision == wanted.precision else wanted
+            precision = wanted.precision
+            if wanted.runtime == backend and tuned:
+                return wanted
+        elif precision in [v.name for v in self.all_variants()] and precision not in VARIANT_PRECISIONS:
+            chosen = self.variant(precision)
+            if chosen.runtime not in (None, backend):
+                raise PackageError(f"transformer variant {precision!r} runs on {chosen.runtime} only, not {backend}")
+            return chosen
+        matching = [v for v in runnable if v.precision == precision]
+        if not matching:
+            raise PackageError(f"the package has no {precision} transformer that {backend} can run; it holds "
+                               f"{names}")
+        own = [v for v in matching if v.runtime == backend]
+        generic = [v for v in matching if v.runtime is None]
+        return (own if tuned and own else generic or own)[0]
 
 
 @dataclass(frozen=True)
@@ -450,7 +548,8 @@ class Manifest(_Section):
     def referenced_files(self) -> list[str]:
         """Every file a section names (graphs, their external data, stored weights)."""
         t = self.transformer
-        names = [t.file, t.external_data, t.ort_optimized.file if t.ort_optimized else None,
+        names = [t.file, t.external_data,
+                 *(n for v in t.variants for n in (v.file, v.weights_from, v.ort_format, v.operator_config)),
                  self.vae_decoder.file if self.vae_decoder else None, self.reference.weights]
         return [n for n in names if n]
 
@@ -530,9 +629,9 @@ def verify_files(directory, manifest: Manifest, names: Iterable[str]) -> None:
 
 
 def graph_files(manifest: Manifest, file: str) -> list[str]:
-    """A graph file plus the external data it loads (the transformer's ``external_data``)."""
-    extra = manifest.transformer.external_data if file == manifest.transformer.file else None
-    return [file] + ([extra] if extra else [])
+    """A graph file plus the file its external data comes from (``external_data`` / a variant's ``weights_from``)."""
+    extra = next((v.weights_from for v in manifest.transformer.all_variants() if v.file == file), None)
+    return [file] + ([extra] if extra and extra != file else [])
 
 
 def load_manifest(directory, verify: bool = False) -> Manifest:
@@ -585,7 +684,7 @@ def _type_name(f) -> str:
 
 
 _SECTIONS = {"": Manifest, "model": ModelSection, "latent": LatentSection, "transformer": TransformerSection,
-             "transformer.ort_optimized": OrtCopySection, "vae_decoder": VaeDecoderSection,
+             "transformer.variants[]": VariantSection, "vae_decoder": VaeDecoderSection,
              "guidance": GuidanceSection, "sampler": SamplerSection, "rope": RopeSection, "sizes": SizesSection,
              "sizes.buckets[]": BucketSection, "reference": ReferenceSection, "files.NAME": FileEntry}
 

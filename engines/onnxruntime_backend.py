@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 from engines.backend import Backend, BackendError, TensorInfo, graph_file
-from engines.manifest import Manifest, graph_files, load_manifest, verify_files
+from engines.manifest import Manifest, PackageError, graph_files, load_manifest, verify_files
 
 _DTYPES = {
     "tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),
@@ -54,10 +54,12 @@ class OnnxRuntimeBackend(Backend):
     optimized_model_path: where ONNX Runtime saves the optimized graph (load it later as a plain ONNX file)
     memory: "arena" (keep the arena), "shrink" (arena per call, released after it), "off" (no arena)
     memory_pattern: ONNX Runtime's per-shape allocation planning (off: shapes change every request)
-    model_path: run this ONNX file instead of the package's graph (e.g. an int8-quantized copy of it)
-    ort_optimized: run the package's ONNX Runtime-tuned copy of the transformer (``fit-export ort-optimize``:
-        attention and RoPE as fused opset-23 ops, checked against the standard graph) when the manifest lists
-        one; an ONNX Runtime that cannot load it (no opset-23 kernels) runs the standard graph, with a warning
+    model_path: run this ONNX file instead of the package's graph
+    precision: which transformer variant to run (docs/package-format.md, *Variants*): a variant name, a precision
+        (``fp32``, ``int8``, ``fp16``) or None for the manifest's default variant
+    ort_optimized: among the variants of that precision prefer the one tuned for ONNX Runtime (``fit-export
+        ort-optimize``: attention and RoPE as fused opset-23 ops, checked against the standard graph); an ONNX
+        Runtime that cannot load it (no opset-23 kernels) runs the standard variant, with a warning
     """
 
     name = "onnxruntime"
@@ -65,7 +67,8 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, package, *, manifest: Optional[Manifest] = None, graph: str = "transformer", verify: bool = True,
                  device: str = "auto", threads: int = 0, optimization: str = "all",
                  optimized_model_path: Optional[str] = None, memory: str = "arena",
-                 memory_pattern: bool = False, model_path: Optional[str] = None, ort_optimized: bool = True):
+                 memory_pattern: bool = False, model_path: Optional[str] = None, precision: Optional[str] = None,
+                 ort_optimized: bool = True):
         super().__init__()
         if device not in DEVICES:
             raise BackendError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
@@ -82,13 +85,19 @@ class OnnxRuntimeBackend(Backend):
             if manifest is None:
                 manifest = load_manifest(package, verify=False)
             self.model_path = graph_file(Path(package), manifest, graph)
-            optimized = manifest.transformer.ort_optimized if graph == "transformer" else None
-            if ort_optimized and optimized:
-                self.fallback_path, self.model_path = self.model_path, Path(package) / optimized.file
+            if graph == "transformer":
+                try:
+                    variant = manifest.transformer.select(self.name, precision, tuned=ort_optimized)
+                except PackageError as err:
+                    raise BackendError(str(err)) from None
+                self.variant, self.precision = variant.name, variant.precision
+                self.model_path = Path(package) / variant.file
+                if variant.runtime == self.name:
+                    standard = manifest.transformer.select(self.name, variant.precision, tuned=False)
+                    if standard.runtime is None:
+                        self.fallback_path = Path(package) / standard.file
         self.package, self.verify = Path(package), verify
         self.manifest = manifest if model_path is None else None       # files outside the package are not listed
-        if manifest is not None and graph == "transformer":
-            self.precision = manifest.transformer.precision
         self.graph = graph
         self.device = device
         self.threads = int(threads)
@@ -100,7 +109,8 @@ class OnnxRuntimeBackend(Backend):
         self.run_options = None
         self.providers: list[str] = []
 
-    fallback_path: Optional[Path] = None       # the standard graph, when model_path is the tuned copy
+    fallback_path: Optional[Path] = None       # the standard variant, when model_path is the tuned copy
+    variant: Optional[str] = None              # name of the transformer variant that runs
 
     def session_options(self):
         ort = _ort()
@@ -150,6 +160,8 @@ class OnnxRuntimeBackend(Backend):
             warnings.warn(f"ONNX Runtime {ort.__version__} cannot load {self.model_path.name} ({first}); "
                           f"running {self.fallback_path.name}", RuntimeWarning, stacklevel=2)
             self.model_path, self.fallback_path = self.fallback_path, None
+            self.variant = next(v.name for v in self.manifest.transformer.all_variants()
+                                if v.file == self.model_path.name)
             return self._activate()
         self.providers = self.session.get_providers()
         if self.device == "cuda" and "CUDAExecutionProvider" not in self.providers:

@@ -75,10 +75,13 @@ class GenerationSettings:
 
 
 def load(path: Union[str, os.PathLike, None] = None, backend: str = "onnxruntime", verify: bool = True,
-         **backend_options) -> "Pipeline":
+         precision: Optional[str] = None, **backend_options) -> "Pipeline":
     """Open a model package (the shipped default model when ``path`` is None) for generation.
 
     verify: check the sha256 of every file the backends open (each once per process) against the manifest.
+    precision: which transformer variant runs (a variant name or a precision such as ``fp32``/``int8``; OpenVINO
+    and TensorRT also take ``bf16``/``fp16`` for what they compute in); None: the manifest's default variant, the
+    same on every backend (docs/package-format.md, *Variants*).
     backend_options go to the backend (ONNX Runtime: device, threads, optimization, optimized_model_path, memory,
     memory_pattern).
     """
@@ -87,6 +90,8 @@ def load(path: Union[str, os.PathLike, None] = None, backend: str = "onnxruntime
             raise PackageError(f"no default model is installed at {DEFAULT_MODEL_DIR}; pass a package directory")
         path = DEFAULT_MODEL_DIR
     recover_folder(path)                 # a package replacement killed half-way is put back first
+    if precision is not None:
+        backend_options["precision"] = precision
     return Pipeline(Path(path), load_manifest(path), backend=backend, verify=verify, **backend_options)
 
 
@@ -367,6 +372,7 @@ class Pipeline:
             "class_name": self.class_names[label] if label is not None and label < len(self.class_names) else None,
             "seed": int(request.seed), "sampler": settings.sampler.method, "steps": settings.sampler.steps,
             "cfg": settings.cfg, "extrapolation": settings.extrapolation, "backend": self.backend_name,
+            "variant": getattr(self.backend, "variant", None),
         }
 
     def generate(self, width: Optional[int] = None, height: Optional[int] = None, label=None, seed: int = 0, *,

@@ -15,10 +15,14 @@ is dropped: the package's mask lets every token attend at least to itself, so no
 :func:`fuse_rotary` replaces the second with ONNX ``RotaryEmbedding`` (opset 23, ``interleaved=1``) fed
 per-token (B, N, Dh/2) tables: the package's ``rope_cos``/``rope_sin`` repeat each angle for the two members of
 a pair (``engines.rope.assemble_tables``), so every second column is the whole table. The copy is written at
-default-domain opset 23; ``ort-optimize`` writes it next to the graph (``transformer.ort.onnx``, sharing its
-external weights file) after checking it against the graph, and records it in the manifest; the ONNX Runtime
-backend runs it when present and falls back to ``transformer.onnx`` when the installed ONNX Runtime cannot
-load it (versions without opset-23 kernels).
+default-domain opset 23; ``ort-optimize`` writes it next to the graph (``transformer.ort.onnx``) after checking
+it against the graph, and records it in the manifest as the variant ``ort``; the ONNX Runtime backend runs it when
+present and falls back to ``transformer.onnx`` when the installed ONNX Runtime cannot load it (versions without
+opset-23 kernels).
+
+The copy holds no weights of its own (:func:`share_weights`): every large initializer is ONNX external data that
+points at the bytes of the same tensor inside ``transformer.onnx`` (location, offset, length) — or, for graphs
+over 2 GB, at the graph's own external weights file — so adding it costs kilobytes.
 """
 from __future__ import annotations
 
@@ -201,6 +205,93 @@ def fuse_rotary(model: onnx.ModelProto, cos_input: str = "rope_cos", sin_input: 
     return len(replace)
 
 
+#################################################################################
+#                           Weights shared with the graph                       #
+#################################################################################
+
+SHARE_MIN_BYTES = 1024            # smaller initializers stay inside the copy
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(buf: bytes, start: int, end: int):
+    """(field number, start, end) of each length-delimited field of the protobuf message in ``buf[start:end]``."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            _, pos = _varint(buf, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            yield number, pos, pos + length
+            pos += length
+        else:
+            raise OrtOptimizeError(f"unexpected protobuf wire type {wire} while reading the graph's weights")
+
+
+def raw_data_offsets(path) -> dict[str, tuple[int, int]]:
+    """name -> (offset, length) of the ``raw_data`` bytes of every initializer stored inside an ONNX file
+    (ModelProto.graph = field 7, GraphProto.initializer = 5, TensorProto.name = 8, TensorProto.raw_data = 9)."""
+    buf = Path(path).read_bytes()
+    offsets = {}
+    for number, start, end in _fields(buf, 0, len(buf)):
+        if number != 7:
+            continue
+        for field_number, t_start, t_end in _fields(buf, start, end):
+            if field_number != 5:
+                continue
+            name, raw = None, None
+            for tensor_field, v_start, v_end in _fields(buf, t_start, t_end):
+                if tensor_field == 8:
+                    name = buf[v_start:v_end].decode()
+                elif tensor_field == 9:
+                    raw = (v_start, v_end - v_start)
+            if name is not None and raw is not None:
+                offsets[name] = raw
+    return offsets
+
+
+def share_weights(model: onnx.ModelProto, source) -> Optional[str]:
+    """Point every initializer of ``model`` of at least SHARE_MIN_BYTES whose bytes are stored inside the ONNX
+    file ``source`` at those bytes (ONNX external data: location = source's file name, offset, length); tensors
+    already external keep their location. Returns the file the weights now come from (None: nothing shared)."""
+    from onnx.external_data_helper import set_external_data
+
+    source = Path(source)
+    offsets = raw_data_offsets(source)
+    shared = None
+    with open(source, "rb") as f:
+        for init in model.graph.initializer:
+            if init.data_location == onnx.TensorProto.EXTERNAL:
+                shared = next(e.value for e in init.external_data if e.key == "location")
+                continue
+            where = offsets.get(init.name)
+            if where is None or where[1] < SHARE_MIN_BYTES or len(init.raw_data) != where[1]:
+                continue
+            f.seek(where[0])
+            if f.read(where[1]) != init.raw_data:
+                continue
+            set_external_data(init, location=source.name, offset=where[0], length=where[1])
+            init.ClearField("raw_data")
+            init.data_location = onnx.TensorProto.EXTERNAL
+            shared = source.name
+    return shared
+
+
 def remove_unused(graph: onnx.GraphProto) -> None:
     """Drop nodes (and initializers) no graph output depends on."""
     needed = {o.name for o in graph.output}
@@ -254,20 +345,27 @@ COSINE_TOLERANCE = 0.9999
 
 
 def optimize_graph(source, target, head_dim: int, token_dim: int) -> dict:
-    """Write the ONNX Runtime-tuned copy of the transformer graph ``source`` to ``target`` (same directory when
-    ``source`` has external weights: the copy refers to them) after checking it against ``source``.
+    """Write the ONNX Runtime-tuned copy of the transformer graph ``source`` to ``target`` (in the same directory:
+    the copy reads its weights from ``source`` or from ``source``'s external weights file) after checking it
+    against ``source``.
 
-    Returns ``{"fused_attention": count, "fused_rotary": count, "opset": 23, "check": check_outputs(...)}``;
+    Returns ``{"fused_attention": count, "fused_rotary": count, "opset": 23, "weights_from": file,
+    "check": check_outputs(...)}``;
     raises :class:`OrtOptimizeError` (and writes nothing) when there is no attention to fuse or the outputs
     differ.
     """
     source, target = Path(source), Path(target)
+    if source.parent.resolve() != target.parent.resolve():
+        raise OrtOptimizeError(f"the tuned copy shares the weights of {source.name}: write it next to it")
     model = read_onnx(source)                                     # external weights stay where they are
     fused = fuse_attention(model, str(source.parent))
     if fused == 0:
         raise OrtOptimizeError(f"{source.name} has no attention of the form this pass fuses "
                                f"(MatMul -> Add -> Softmax -> IsNaN/Where -> MatMul); nothing written")
     rotary = fuse_rotary(model, base_dir=str(source.parent))
+    weights_from = share_weights(model, source)
+    for node in model.graph.node:                   # the exporter's per-node debug notes: most of the copy's bytes
+        node.ClearField("metadata_props")
     with atomic_file(target) as f:                                # checked before it replaces the target
         onnx.save(model, f)
         f.flush()
@@ -275,12 +373,14 @@ def optimize_graph(source, target, head_dim: int, token_dim: int) -> dict:
         if not (check["finite"] and check["padding_max_abs"] == 0.0 and check["cosine"] >= COSINE_TOLERANCE
                 and check["max_abs_relative_to_scale"] <= MAX_ABS_TOLERANCE):
             raise OrtOptimizeError(f"the optimized graph differs from {source.name}: {check}; nothing written")
-    return {"fused_attention": fused, "fused_rotary": rotary, "opset": COPY_OPSET, "check": check}
+    return {"fused_attention": fused, "fused_rotary": rotary, "opset": COPY_OPSET, "weights_from": weights_from,
+            "check": check}
 
 
 def optimize_package(package) -> dict:
     """Write ``transformer.ort.onnx`` into a fp32 package, check it against ``transformer.onnx`` and record it
-    in the manifest (``transformer.ort_optimized`` + its sha256 under ``files``). Returns that manifest entry.
+    in the manifest (the variant ``ort`` under ``transformer.variants`` + its sha256 under ``files``). Returns
+    that manifest entry.
 
     Raises :class:`OrtOptimizeError` or :class:`engines.manifest.PackageError`.
     """
@@ -291,8 +391,10 @@ def optimize_package(package) -> dict:
     if transformer.precision != "fp32":
         raise OrtOptimizeError(f"ort-optimize rewrites fp32 packages; {package} is {transformer.precision}")
     result = optimize_graph(package / transformer.file, package / ORT_FILE, model.head_dim, model.token_dim)
-    entry = mf.OrtCopySection(file=ORT_FILE, runtime="onnxruntime", **result)
+    entry = mf.VariantSection(name=mf.ORT_VARIANT, file=ORT_FILE, precision="fp32", runtime="onnxruntime",
+                              source=transformer.precision, **result)
+    variants = tuple(v for v in transformer.variants if v.name != mf.ORT_VARIANT) + (entry,)
     files = dict(doc.files, **mf.file_entries(package, [ORT_FILE]))
-    mf.write_manifest(package, doc.replace(transformer=dataclasses.replace(transformer, ort_optimized=entry),
+    mf.write_manifest(package, doc.replace(transformer=dataclasses.replace(transformer, variants=variants),
                                            files=files))
     return entry.to_dict()

@@ -13,8 +13,13 @@ the reference is ``fit.sampling.sample`` with the same weights and the same nois
   network runs on the same feed (per-step cosine); the final latents are decoded by the package's decoder on
   both sides and compared as uint8 images (PSNR).
 
-Pass rules by the precision that runs: fp32 max abs error <= 1e-4 x output scale and end-to-end PSNR >= 40 dB;
-fp16/bf16 cosine >= 0.999 per case and per step (PSNR reported). No NaN/Inf anywhere.
+The reference can instead be another variant of the same package on ONNX Runtime (``reference_variant``, e.g.
+``fp32`` for an int8 variant): the same cases and the same end-to-end loop, with that variant's pipeline in place
+of PyTorch (no checkpoint needed; ``fit-export quantize`` records its results this way).
+
+Pass rules by the precision that runs (:func:`tolerances`): fp32 max abs error <= 1e-4 x output scale and
+end-to-end PSNR >= 40 dB; fp16/bf16 cosine >= 0.999 per case and per step (PSNR reported); OpenVINO bf16 cosine
+>= 0.9999 and PSNR >= 40 dB; int8 cosine >= 0.99 and PSNR >= 35 dB. No NaN/Inf anywhere.
 """
 from __future__ import annotations
 
@@ -49,7 +54,11 @@ from fit_export.typed import MIN_COSINE
 FP32_MAX_ABS = 1e-4            # x output scale
 LOW_PRECISION_MIN_COSINE = MIN_COSINE
 MIN_PSNR_DB = 40.0
-BACKENDS = ("onnxruntime", "tensorrt")
+INT8_MIN_COSINE = 0.99         # per case and per step: random-feed cases include extreme padded batches
+INT8_MIN_PSNR_DB = 35.0
+BACKENDS = ("onnxruntime", "tensorrt", "openvino")
+# (backend, precision) -> tolerances tighter than the precision's own: OpenVINO's bf16 keeps fp32 accumulation
+_BACKEND_TOLERANCES = {("openvino", "bf16"): {"min_cosine": 0.9999, "min_psnr_db": MIN_PSNR_DB}}
 
 
 class ValidationError(ValueError):
@@ -100,10 +109,14 @@ class ValidationReport:
     def passed(self) -> bool:
         return all(c.passed for c in self.cases) and all(e.passed for e in self.end_to_end)
 
+    backend: str = "onnxruntime"
+    reference: str = "pytorch"
+
     def to_dict(self) -> dict:
         """JSON-ready; an infinite PSNR (identical outputs) is written as the string "inf"."""
         return _finite_json({"package": self.package, "precision": self.precision, "providers": self.providers,
-                "passed": self.passed, "tolerances": tolerances(self.precision),
+                "reference": self.reference, "passed": self.passed,
+                "tolerances": tolerances(self.precision, self.backend),
                 "cases": [asdict(c) for c in self.cases], "end_to_end": [asdict(e) for e in self.end_to_end]})
 
     def write_json(self, path) -> None:
@@ -139,7 +152,13 @@ def _finite_json(value):
     return value
 
 
-def tolerances(precision: str) -> dict:
+def tolerances(precision: str, backend: Optional[str] = None) -> dict:
+    """Pass rule of a precision (on a backend): max abs relative to the output scale, or a minimum cosine per case
+    and per step; the minimum end-to-end PSNR (None: reported only)."""
+    if (backend, precision) in _BACKEND_TOLERANCES:
+        return dict(_BACKEND_TOLERANCES[backend, precision])
+    if precision == "int8":
+        return {"min_cosine": INT8_MIN_COSINE, "min_psnr_db": INT8_MIN_PSNR_DB}
     if precision != "fp32":
         return {"min_cosine": LOW_PRECISION_MIN_COSINE, "min_psnr_db": None}
     return {"max_abs_relative_to_scale": FP32_MAX_ABS, "min_psnr_db": MIN_PSNR_DB}
@@ -310,21 +329,25 @@ _DEVICES = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda"}
 
 def _targets(backend: str, providers, precision) -> list[tuple[str, dict]]:
     """(short provider name, engines.load options) of every runtime configuration to validate."""
+    chosen = {"precision": precision} if precision else {}
     if backend == "onnxruntime":
-        return [(p.replace("ExecutionProvider", "").lower(), {"device": _DEVICES[p]})
+        return [(p.replace("ExecutionProvider", "").lower(), {"device": _DEVICES[p], **chosen})
                 for p in available_providers(providers)]
-    if backend == "tensorrt":
-        return [("tensorrt", {"precision": precision} if precision else {})]
+    if backend in ("tensorrt", "openvino"):
+        return [(backend, chosen)]
     raise ValidationError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
 def validate_package(package, checkpoint=None, model: Optional[FiT] = None, backend: str = "onnxruntime",
                      providers: Optional[Sequence[str]] = None, precision: Optional[str] = None,
-                     methods: Optional[Sequence[str]] = None, e2e_steps: int = 10, seed: int = 0) -> ValidationReport:
+                     methods: Optional[Sequence[str]] = None, e2e_steps: int = 10, seed: int = 0,
+                     reference_variant: Optional[str] = None) -> ValidationReport:
     """Validate a package's runtime (``backend``) against its PyTorch reference; see the module docstring.
 
-    The reference comes from ``model``, ``checkpoint`` or the package's ``weights.safetensors``, in that order.
-    providers: ONNX Runtime providers (default CPU, plus CUDA when available); precision: which TensorRT engines.
+    The reference comes from ``model``, ``checkpoint`` or the package's ``weights.safetensors``, in that order;
+    with ``reference_variant`` it is that variant of the package on ONNX Runtime CPU instead (no weights needed).
+    providers: ONNX Runtime providers (default CPU, plus CUDA when available); precision: the transformer variant
+    or precision to validate (engines.load's ``precision``; TensorRT: which engines; OpenVINO: f32 or bf16).
     Returns a :class:`ValidationReport` (``.passed``, ``.table()``, ``.write_json(path)``).
     """
     from polygraphy.comparator import Comparator
@@ -333,28 +356,40 @@ def validate_package(package, checkpoint=None, model: Optional[FiT] = None, back
     package = Path(package)
     recover_folder(package)
     manifest = load_manifest(package)
-    ref = reference_model(package, manifest, checkpoint, model)
-    cases = build_cases(manifest, ref.config, methods, seed)
     targets = _targets(backend, providers, precision)
-    report = ValidationReport(str(package), manifest.transformer.precision, [t for t, _ in targets])
-    with G_LOGGER.verbosity(G_LOGGER.ERROR):             # restores the caller's severity (Polygraphy 0.49+)
-        for short, options in targets:
-            with engines.load(package, backend=backend, verify=True, **options) as pipe:
-                precision_run = pipe.backend.precision or manifest.transformer.precision
-                report.precision = precision_run
-                runnable, skipped = _split_by_shape(pipe.backend, cases)
-                results = Comparator.run([torch_runner(ref), backend_runner(pipe.backend, short)],
-                                         data_loader=[feed for _, feed in runnable]) if runnable else None
-                for index, (name, feed) in enumerate(runnable):
-                    ref_out = results[0][1][index]["v"]
-                    out = results[1][1][index]["v"]
-                    report.cases.append(_judge(name, short, feed, np.asarray(out), np.asarray(ref_out),
-                                               precision_run))
-                for name, feed, reason in skipped:
-                    b, n = feed["mask"].shape
-                    report.cases.append(CaseResult(name, short, b, n, math.nan, math.nan, math.nan, math.nan, True,
-                                                   f"skipped: {reason}"))
-                report.end_to_end.append(end_to_end(ref, pipe, short, e2e_steps, precision_run, seed))
+    if reference_variant is None:
+        ref = reference_model(package, manifest, checkpoint, model)
+        cfg, ref_pipe = ref.config, None
+    else:
+        ref, cfg = None, FiTConfig.from_dict(manifest.model.config)
+        ref_pipe = engines.load(package, verify=True, precision=reference_variant, device="cpu")
+    cases = build_cases(manifest, cfg, methods, seed)
+    report = ValidationReport(str(package), manifest.transformer.precision, [t for t, _ in targets],
+                              backend=backend, reference=reference_variant or "pytorch")
+    try:
+        with G_LOGGER.verbosity(G_LOGGER.ERROR):         # restores the caller's severity (Polygraphy 0.49+)
+            for short, options in targets:
+                with engines.load(package, backend=backend, verify=True, **options) as pipe:
+                    precision_run = pipe.backend.precision or manifest.transformer.precision
+                    report.precision = precision_run
+                    limits = tolerances(precision_run, backend)
+                    runnable, skipped = _split_by_shape(pipe.backend, cases)
+                    reference = torch_runner(ref) if ref_pipe is None else backend_runner(ref_pipe.backend,
+                                                                                          reference_variant)
+                    results = Comparator.run([reference, backend_runner(pipe.backend, short)],
+                                             data_loader=[feed for _, feed in runnable]) if runnable else None
+                    for index, (name, feed) in enumerate(runnable):
+                        ref_out = results[0][1][index]["v"]
+                        out = results[1][1][index]["v"]
+                        report.cases.append(_judge(name, short, feed, np.asarray(out), np.asarray(ref_out), limits))
+                    for name, feed, reason in skipped:
+                        b, n = feed["mask"].shape
+                        report.cases.append(CaseResult(name, short, b, n, math.nan, math.nan, math.nan, math.nan, True,
+                                                       f"skipped: {reason}"))
+                    report.end_to_end.append(end_to_end(ref, pipe, short, e2e_steps, limits, seed, ref_pipe))
+    finally:
+        if ref_pipe is not None:
+            ref_pipe.close()
     return report
 
 
@@ -374,7 +409,7 @@ def _split_by_shape(backend: Backend, cases):
     return runnable, skipped
 
 
-def _judge(name, provider, feed, out, ref, precision) -> CaseResult:
+def _judge(name, provider, feed, out, ref, limits: dict) -> CaseResult:
     m = compare(out, ref)
     notes = []
     finite = bool(np.isfinite(out).all())
@@ -383,10 +418,10 @@ def _judge(name, provider, feed, out, ref, precision) -> CaseResult:
     padding = feed["mask"] == 0
     if padding.any() and np.any(out[padding] != 0):
         notes.append("padding output not zero")
-    if precision != "fp32":
-        ok = m["cosine"] >= LOW_PRECISION_MIN_COSINE
+    if "min_cosine" in limits:
+        ok = m["cosine"] >= limits["min_cosine"]
     else:
-        ok = m["max_abs"] <= FP32_MAX_ABS * max(m["scale"], 1e-12)
+        ok = m["max_abs"] <= limits["max_abs_relative_to_scale"] * max(m["scale"], 1e-12)
     if not ok:
         notes.append("over tolerance")
     b, n = feed["mask"].shape
@@ -412,15 +447,17 @@ class _Recording(Backend):
         return out
 
 
-def end_to_end(model: FiT, pipe: Pipeline, provider: str, steps: int, precision: str, seed: int = 0) -> EndToEndResult:
-    """The pipeline (numpy sampler + backend + decoder) against ``fit.sampling.sample`` from the same noise."""
+def end_to_end(model: Optional[FiT], pipe: Pipeline, provider: str, steps: int, limits: dict, seed: int = 0,
+               reference_pipe: Optional[Pipeline] = None) -> EndToEndResult:
+    """The pipeline (numpy sampler + backend + decoder) against ``fit.sampling.sample`` from the same noise, or
+    against ``reference_pipe`` (another variant of the package) when given; ``limits`` from :func:`tolerances`."""
     m = pipe.manifest
     sizes = [tuple(m.sizes.default), tuple(m.sizes.buckets[0].sizes[-1])]
     requests = [Request(w, h, label, seed + i) for i, ((w, h), label) in
-                enumerate(zip(sizes, (1 % model.num_classes, 2 % model.num_classes)))]
+                enumerate(zip(sizes, (1 % pipe.num_classes, 2 % pipe.num_classes)))]
     noise = [pipe.noise(r) for r in requests]
     settings = pipe.settings(sampler="euler", steps=steps)
-    reference = torch_runner(model)
+    reference = torch_runner(model) if reference_pipe is None else backend_runner(reference_pipe.backend, "reference")
     with reference:
         recording = _Recording(pipe.backend, reference)
         pipe.backend, inner = recording, pipe.backend
@@ -429,15 +466,20 @@ def end_to_end(model: FiT, pipe: Pipeline, provider: str, steps: int, precision:
         finally:
             pipe.backend = inner
     d = pipe.downsample
-    expected = sample(model, [(r.height // d, r.width // d, r.label) for r in requests],
-                      sampler=TorchSamplerSettings("euler", steps), cfg_scale=settings.cfg,
-                      scale_pow=settings.scale_pow, noise=[torch.from_numpy(n) for n in noise])
+    if reference_pipe is None:
+        expected = [z.numpy() for z in sample(model, [(r.height // d, r.width // d, r.label) for r in requests],
+                                              sampler=TorchSamplerSettings("euler", steps), cfg_scale=settings.cfg,
+                                              scale_pow=settings.scale_pow,
+                                              noise=[torch.from_numpy(n) for n in noise])]
+    else:
+        expected = reference_pipe.sample_latents(requests, settings, noise=noise)
     images = np.concatenate([pipe.decode(z).ravel() for z in latents])
-    ref_images = np.concatenate([pipe.decode(z.numpy()).ravel() for z in expected])
+    ref_images = np.concatenate([pipe.decode(z).ravel() for z in expected])
     value = psnr(images, ref_images, 255.0)
     worst = min(recording.cosines) if recording.cosines else 1.0
     finite = all(np.isfinite(z).all() for z in latents)
-    threshold = MIN_PSNR_DB if precision == "fp32" else None
-    passed = finite and (value >= threshold if threshold is not None else worst >= LOW_PRECISION_MIN_COSINE)
+    threshold = limits["min_psnr_db"]
+    passed = finite and (value >= threshold if threshold is not None else True) and \
+        worst >= limits.get("min_cosine", -1.0)
     return EndToEndResult(provider, steps, settings.cfg, [list(s) for s in sizes], "images", value, threshold,
                           passed, worst, len(recording.cosines))

@@ -10,9 +10,11 @@ import sys
 import engines.backend as b
 before = dict(b._REGISTRY)
 assert all(isinstance(v, str) for v in before.values()), before
-assert not any(m in sys.modules for m in ("onnxruntime", "tensorrt")), "a runtime library was imported"
-assert [b.resolve_backend_name(n) for n in ("ort", "onnx", "trt")] == ["onnxruntime", "onnxruntime", "tensorrt"]
-import engines.onnxruntime_backend, engines.tensorrt_backend
+assert not any(m in sys.modules for m in ("onnxruntime", "tensorrt", "openvino")), "a runtime library was imported"
+assert [b.resolve_backend_name(n) for n in ("ort", "onnx", "trt", "ov")] == ["onnxruntime", "onnxruntime", "tensorrt",
+                                                                           "openvino"]
+import engines.onnxruntime_backend, engines.tensorrt_backend, engines.openvino_backend
+assert "openvino" not in sys.modules, "importing the OpenVINO backend module imported openvino"
 assert b._REGISTRY == before, "a backend module registered itself on import"
 for name, path in before.items():
     module, attr = path.split(":")

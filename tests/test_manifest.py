@@ -98,7 +98,8 @@ def test_runtime_hashes_only_the_files_it_opens(tmp_path, monkeypatch):
         pass
     with engines.load(package, threads=1):                                   # the same files: hashed once
         pass
-    assert sorted(calls) == ["transformer.onnx", "vae_decoder.onnx"]
+    # the tuned copy runs and reads its weights from transformer.onnx; the int8 variant is never opened
+    assert sorted(calls) == ["transformer.onnx", "transformer.ort.onnx", "vae_decoder.onnx"]
     with pytest.raises(PackageError, match="weights.safetensors"):
         load_manifest(package, verify=True)                                  # a full check still sees it
     calls.clear()

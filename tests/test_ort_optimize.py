@@ -48,7 +48,9 @@ def padded_feed(seed=0):
 def test_copy_is_recorded_and_package_graph_untouched(optimized):
     package, entry, before = optimized
     doc = load_manifest(package, verify=True).to_dict()           # every hash, the new file's included
-    assert doc["transformer"]["ort_optimized"]["file"] == ORT_FILE and ORT_FILE in doc["files"]
+    (variant,) = doc["transformer"]["variants"]
+    assert variant["name"] == "ort" and variant["file"] == ORT_FILE and ORT_FILE in doc["files"]
+    assert variant["runtime"] == "onnxruntime" and variant["weights_from"] == "transformer.onnx"
     depth = doc["model"]["config"]["depth"]
     assert entry["fused_attention"] == depth and entry["fused_rotary"] == 2 * depth and entry["opset"] == 23
     assert sha256_file(package / "transformer.onnx") == before
@@ -86,7 +88,8 @@ def test_a_wrong_fusion_is_caught_and_nothing_is_written(optimized, tmp_path, mo
     package = copy_package(optimized[0], tmp_path / "pkg")
     (package / ORT_FILE).unlink()
     doc = json.loads((package / "manifest.json").read_text())
-    del doc["transformer"]["ort_optimized"], doc["files"][ORT_FILE]
+    doc["transformer"]["variants"] = []
+    del doc["files"][ORT_FILE]
     (package / "manifest.json").write_text(json.dumps(doc))
     real = ort_optimize.fuse_attention
 
@@ -100,7 +103,7 @@ def test_a_wrong_fusion_is_caught_and_nothing_is_written(optimized, tmp_path, mo
     with pytest.raises(OrtOptimizeError, match="differs"):
         optimize_package(package)
     assert not (package / ORT_FILE).exists() and not list(package.glob(".*tmp"))
-    assert load_manifest(package).transformer.ort_optimized is None
+    assert load_manifest(package).transformer.variants == ()
 
 
 def test_external_weights_stay_shared(optimized, tmp_path):
@@ -111,13 +114,14 @@ def test_external_weights_stay_shared(optimized, tmp_path):
               location="transformer.onnx.data")
     doc = json.loads((package / "manifest.json").read_text())
     doc["transformer"]["external_data"] = "transformer.onnx.data"
-    doc["transformer"].pop("ort_optimized")                 # rewritten by optimize_package below
+    doc["transformer"]["variants"] = []                     # rewritten by optimize_package below
     doc["files"] = {name: {"sha256": sha256_file(package / name), "bytes": (package / name).stat().st_size}
                     for name in ("transformer.onnx", "transformer.onnx.data")}
     (package / "manifest.json").write_text(json.dumps(doc))
     optimize_package(package)
     size = lambda name: (package / name).stat().st_size
     assert size(ORT_FILE) <= size("transformer.onnx") < size("transformer.onnx.data")
+    assert load_manifest(package).transformer.variant("ort").weights_from == "transformer.onnx.data"
     assert not list(package.glob("*.ort.onnx.data"))
     feed = padded_feed(1)
     with create_backend("onnxruntime", package, threads=1) as fused, \
@@ -154,8 +158,8 @@ def test_a_wrong_rotary_fusion_is_caught(optimized, tmp_path, monkeypatch):
 
     monkeypatch.setattr(ort_optimize, "fuse_rotary", half_split)
     with pytest.raises(OrtOptimizeError, match="differs"):
-        ort_optimize.optimize_graph(package / "transformer.onnx", tmp_path / "copy.onnx", 16, 16)
-    assert not (tmp_path / "copy.onnx").exists()
+        ort_optimize.optimize_graph(package / "transformer.onnx", package / "copy.onnx", 16, 16)
+    assert not (package / "copy.onnx").exists()
 
 
 def test_backend_falls_back_when_the_copy_cannot_be_loaded(optimized, monkeypatch):
@@ -182,10 +186,48 @@ def test_cli_writes_the_copy_and_reports_what_it_fused(optimized, tmp_path):
     package = copy_package(optimized[0], tmp_path / "pkg")
     (package / ORT_FILE).unlink()
     doc = json.loads((package / "manifest.json").read_text())
-    del doc["transformer"]["ort_optimized"], doc["files"][ORT_FILE]
+    doc["transformer"]["variants"] = []
+    del doc["files"][ORT_FILE]
     (package / "manifest.json").write_text(json.dumps(doc))
     result = CliRunner().invoke(export_cli, ["ort-optimize", str(package)])
     depth = doc["model"]["config"]["depth"]
     assert result.exit_code == 0, result.output
     assert f"{depth} attention blocks and {2 * depth} RoPE rotations fused" in result.output
-    assert load_manifest(package).transformer.ort_optimized.file == ORT_FILE
+    assert load_manifest(package).transformer.variant("ort").file == ORT_FILE
+
+
+def test_the_copy_shares_the_graph_weights(optimized, tmp_path):
+    """Weights stored inside transformer.onnx: the copy reads them from there (external data with offsets), so it
+    is a few percent of the graph's size and a damaged graph file is caught by its hash."""
+    package, _, _ = optimized
+    size = lambda name: (package / name).stat().st_size
+    assert size(ORT_FILE) < 0.2 * size("transformer.onnx")
+    copy = onnx.load(str(package / ORT_FILE), load_external_data=False)
+    external = [t for t in copy.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert external and {e.value for t in external for e in t.external_data if e.key == "location"} == \
+        {"transformer.onnx"}
+    loaded = onnx.load(str(package / ORT_FILE))                          # the referenced bytes are the tensors
+    plain = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(package / "transformer.onnx")).graph.initializer}
+    for tensor in loaded.graph.initializer:
+        if tensor.name in plain:
+            np.testing.assert_array_equal(onnx.numpy_helper.to_array(tensor), plain[tensor.name])
+    damaged = copy_package(package, tmp_path / "pkg")
+    data = bytearray((damaged / "transformer.onnx").read_bytes())
+    data[-100] ^= 1
+    (damaged / "transformer.onnx").write_bytes(bytes(data))
+    from engines.manifest import PackageError
+    with pytest.raises(PackageError, match="sha256 of transformer.onnx"):
+        create_backend("onnxruntime", damaged, threads=1).activate()
+
+
+def test_legacy_manifest_entry_is_read_as_the_ort_variant(optimized):
+    from engines.manifest import Manifest
+
+    package, entry, _ = optimized
+    doc = json.loads((package / "manifest.json").read_text())
+    legacy = {k: v for k, v in entry.items() if k in ("file", "opset", "runtime", "fused_attention", "check")}
+    doc["transformer"]["variants"] = []
+    doc["transformer"]["ort_optimized"] = legacy
+    transformer = Manifest.from_dict(doc).transformer
+    assert transformer.variant("ort").file == ORT_FILE and "ort_optimized" not in transformer.to_dict()
+    assert transformer.select("onnxruntime").name == "ort" and transformer.select("tensorrt").name == "fp32"

@@ -1,0 +1,98 @@
+"""Transformer variants in one package: the manifest lists them, every runtime picks the same default."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from cli.run import main as run_main
+from engines.manifest import Manifest, PackageError, load_manifest
+from engines.pipeline import DEFAULT_MODEL_DIR
+
+
+def doc_with(variants, default=None):
+    doc = json.loads((DEFAULT_MODEL_DIR / "manifest.json").read_text())
+    doc["transformer"]["variants"] = variants
+    if default:
+        doc["transformer"]["default_variant"] = default
+    for v in variants:
+        doc["files"][v["file"]] = {"sha256": "0" * 64, "bytes": 1}
+    return doc
+
+
+ORT = {"name": "ort", "file": "transformer.ort.onnx", "precision": "fp32", "runtime": "onnxruntime",
+       "weights_from": "transformer.onnx"}
+INT8_ORT = {"name": "int8", "file": "transformer.int8.onnx", "precision": "int8", "runtime": "onnxruntime"}
+INT8_ANY = {"name": "int8-any", "file": "transformer.int8-any.onnx", "precision": "int8"}
+
+
+def test_selection_rules():
+    t = Manifest.from_dict(doc_with([ORT, INT8_ORT, INT8_ANY])).transformer
+    assert [v.name for v in t.all_variants()] == ["fp32", "ort", "int8", "int8-any"]
+    assert t.select("onnxruntime").name == "ort"                  # the default precision, tuned for this runtime
+    assert t.select("onnxruntime", tuned=False).name == "fp32"
+    assert t.select("openvino").name == "fp32" and t.select("tensorrt", "fp32").name == "fp32"
+    assert t.select("onnxruntime", "int8").name == "int8"         # made for ONNX Runtime first
+    assert t.select("openvino", "int8").name == "int8-any"        # never a variant made for another runtime
+    assert t.select("openvino", "int8-any").name == "int8-any"
+    with pytest.raises(PackageError, match="runs on onnxruntime only"):
+        t.select("openvino", "ort")
+    with pytest.raises(PackageError, match="no fp16 transformer"):
+        t.select("onnxruntime", "fp16")
+
+
+def test_default_variant_is_honoured_by_every_runtime():
+    t = Manifest.from_dict(doc_with([ORT, INT8_ORT, INT8_ANY], default="int8")).transformer
+    assert t.select("onnxruntime").name == "int8"
+    assert t.select("openvino").name == "int8-any"                 # same precision where the default cannot run
+    t = Manifest.from_dict(doc_with([ORT], default="ort")).transformer
+    assert t.select("tensorrt").name == "fp32" and t.select("onnxruntime").name == "ort"
+
+
+def test_manifest_refusals():
+    with pytest.raises(PackageError, match="names must be unique"):
+        Manifest.from_dict(doc_with([ORT, dict(ORT, file="b.onnx")]))
+    with pytest.raises(PackageError, match="default_variant 'int4'"):
+        Manifest.from_dict(doc_with([ORT], default="int4"))
+    with pytest.raises(PackageError, match="unknown precision 'int4'"):
+        Manifest.from_dict(doc_with([dict(ORT, precision="int4")]))
+    doc = doc_with([ORT])
+    del doc["files"]["transformer.ort.onnx"]
+    with pytest.raises(PackageError, match="transformer.ort.onnx is referenced but not listed"):
+        Manifest.from_dict(doc)
+
+
+def test_fit_run_precision_errors_are_one_line(tmp_path):
+    result = CliRunner().invoke(run_main, ["--precision", "fp16", "--out", str(tmp_path / "a.png"), "-q"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "no fp16 transformer that onnxruntime can run; it holds fp32, ort, int8" in result.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_fit_run_records_the_variant(tmp_path):
+    from engines.pipeline import read_parameters
+
+    out = tmp_path / "a.png"
+    result = CliRunner().invoke(run_main, ["--precision", "fp32", "--steps", "2", "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert read_parameters(out)["variant"] == load_manifest(DEFAULT_MODEL_DIR).transformer.select("onnxruntime").name
+
+
+def test_default_model_ships_fp32_default_tuned_copy_and_int8():
+    import engines
+    from engines.metrics import psnr
+
+    manifest = load_manifest(DEFAULT_MODEL_DIR, verify=True)
+    t = manifest.transformer
+    assert t.default.precision == "fp32" and t.select("onnxruntime").name == "ort"
+    int8 = t.variant("int8")
+    assert int8.validation["image_psnr_db"] >= 35 and int8.quantization["mode"] == "dynamic"
+    accuracy = int8.validation["shapes_accuracy"]["accuracy"]
+    mean = {p: sum(v.values()) / len(v) for p, v in accuracy.items()}
+    assert mean["int8"] >= mean["fp32"] - 0.01
+    size = lambda name: (DEFAULT_MODEL_DIR / name).stat().st_size
+    assert size(t.variant("ort").file) + size(int8.file) < 5_000_000
+    images = {}
+    for precision in ("fp32", "int8"):
+        with engines.load(precision=precision, threads=1) as pipe:
+            images[precision] = pipe.generate(width=96, height=64, label="star", seed=2, output="array")
+    assert psnr(images["int8"].astype(float), images["fp32"].astype(float), 255.0) >= 30
