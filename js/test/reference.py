@@ -23,10 +23,10 @@ def main(job_path: str, out_dir: str) -> None:
         with load(job.get("package")) as pipe:
             for i, case in enumerate(job["images"]):
                 request = Request(case["width"], case["height"], pipe.resolve_label(case.get("label")), case["seed"])
-                options = {k: case.get(k) for k in ("steps", "sampler", "cfg", "extrapolation")}
-                image = pipe.generate_many([request], **options)[0]
+                settings = pipe.settings(**{k: case.get(k) for k in ("steps", "sampler", "cfg", "extrapolation")})
+                image = pipe.generate_many([request], settings)[0]
                 (out / f"image{i}.bin").write_bytes(image.tobytes())
-                index["images"].append({"file": f"image{i}.bin", "parameters": pipe.parameters(request, **options)})
+                index["images"].append({"file": f"image{i}.bin", "parameters": pipe.parameters(request, settings)})
     for i, case in enumerate(job.get("tables", [])):
         base = RopeSettings(case["head_dim"], case["theta"], "normal", False, case["ori"])
         settings = base.with_method(case["method"], case["ori"])
