@@ -22,7 +22,8 @@ where s = max(1, L_target / ori_max_pe_len). With ``decouple`` the height and wi
 
 Arithmetic follows the official float32 formulas step by step so the tables agree with it to float32
 rounding; powers, logarithms and cos/sin go through float64 and are rounded once, so any language reproduces the
-tables bit for bit (docs/runtime-spec.md §5). This module imports only numpy; the torch model reuses :func:`assemble_tables` with ``xp=torch``.
+tables bit for bit (docs/runtime-spec.md §5). This module imports only numpy; the torch model reuses
+:func:`assemble_tables` with ``xp=torch``.
 """
 from __future__ import annotations
 
