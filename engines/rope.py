@@ -26,7 +26,8 @@ decouple. :func:`canonical_extrapolation` also accepts the spellings in :data:`E
 
 Arithmetic follows the official float32 formulas step by step so the tables agree with it to float32
 rounding; powers, logarithms and cos/sin go through float64 and are rounded once, so any language reproduces the
-tables bit for bit (docs/runtime-spec.md §5). This module imports only numpy; the torch model reuses :func:`assemble_tables` with ``xp=torch``.
+tables bit for bit (docs/runtime-spec.md §5). This module imports only numpy; the torch model reuses
+:func:`assemble_tables` with ``xp=torch``.
 """
 from __future__ import annotations
 

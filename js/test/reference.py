@@ -1,5 +1,6 @@
 """Python reference data for the JavaScript tests: images from engines (the code behind fit-run), RoPE tables of
-every extrapolation name, portable noise and guidance scales. Reads a JSON job from argv[1], writes binaries into argv[2].
+every extrapolation name, portable noise and guidance scales. Reads a JSON job from argv[1], writes binaries into
+argv[2].
 
 Run by js/test/*.test.mjs with the repository's .venv-core python; not a test itself.
 """
