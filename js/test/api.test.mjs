@@ -30,8 +30,12 @@ test('bad requests are GenerationErrors with one-line messages', async () => {
     [{ width: 96, height: 64, label: 'star' + 's' }, "unknown class 'stars' (ids 0..7)"],
     [{ width: 96, height: 64, label: 'r' }, "unknown class 'r'; did you mean circle, square, triangle? (ids 0..7)"],
     [{ width: 96, height: 64, seed: -1 }, 'seed must be a whole number from 0 to 2**64 - 1, got -1'],
-    [{ width: 96, height: 64, steps: 0 }, 'steps must be a positive whole number, got 0'],
-    [{ width: 96, height: 64, cfg: -2 }, 'cfg must be a non-negative number, got -2.0'],
+    [{ width: 96, height: 64, steps: 0 }, 'steps must be a whole number from 1 to 10,000, got 0'],
+    [{ width: 96, height: 64, steps: 10001 }, 'steps must be a whole number from 1 to 10,000, got 10001'],
+    [{ width: 96, height: 64, cfg: -2.5 }, 'cfg must be a number from 0 to 1000, got -2.5'],
+    [{ width: 96, height: 64, cfg: NaN }, 'cfg must be a number from 0 to 1000, got nan'],
+    [{ width: 96, height: 64, extrapolation: 'ntk-fancy' }, "unknown extrapolation 'ntk-fancy'; choose one of normal, "
+      + 'linear, ntk-aware, ntk-by-parts, yarn, ntk-aware-pro1, ntk-aware-pro2, vision-ntk, vision-yarn'],
     [{ width: 96, height: 64, sampler: 'rk4' }, "unknown sampler 'rk4'; choose one of euler, heun, dopri5, sde"],
   ];
   for (const [request, message] of cases) {
