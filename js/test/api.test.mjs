@@ -45,6 +45,18 @@ test('bad requests are GenerationErrors with one-line messages', async () => {
   await pipe.release();
 });
 
+test('non-finite latents are refused with the Python runtime\'s message', async () => {
+  const pipe = await FitPipeline.load(PACKAGE, { ort, lazyDecoder: true });
+  const request = pipe.checkRequest({ width: 96, height: 64, label: 'star', seed: 3 });
+  const settings = pipe.settings({ steps: 2, cfg: 2.5 });
+  const noise = pipe.noise(request);
+  noise[0] = NaN;
+  await assert.rejects(pipe.sampleLatents([request], settings.sampler, settings.cfg, settings.rope, null, [noise]),
+    (err) => err instanceof GenerationError && err.message === 'sampling seed 3 gave non-finite latents (float32 '
+      + 'overflow), so no image is made; lower the guidance scale (cfg 2.5) or check the package with fit-export validate');
+  await pipe.release();
+});
+
 test('loading without a binding or a package fails with one line', async () => {
   await assert.rejects(FitPipeline.load(PACKAGE, {}), BackendError);
   await assert.rejects(FitPipeline.load('/no/such/package', { ort }),
