@@ -486,7 +486,7 @@ export class FitPipeline {
     if (!requests?.length) throw new GenerationError('no requests to generate');
     const used = settings ?? this.settings({ steps, sampler, cfg, extrapolation });
     const resolved = requests.map((r) => this.checkRequest(r));
-    const latents = await this.sampleLatents(resolved, used.sampler, used.cfg, used.rope, onStep);
+    const latents = await this.sampleLatents(resolved, used, onStep);
     const images = [];
     for (let i = 0; i < resolved.length; i++) {
       const r = resolved[i];
@@ -503,14 +503,24 @@ export class FitPipeline {
   }
 
   /**
-   * Latents (C, H/d, W/d) of `requests` (checked) sampled together.
+   * Latents (C, H/d, W/d) of `requests` (checked) sampled together as one padded batch. `used`: one result of
+   * {@link FitPipeline#settings} for all requests, or one per request; per-request settings must share the
+   * sampler, its steps and tolerances and guidance on/off (their guidance scale and extrapolation may differ).
    * @returns {Promise<Float32Array[]>}
    */
-  async sampleLatents(requests, settings, cfg, rope, onStep, noise = null) {
+  async sampleLatents(requests, used, onStep = null, noise = null) {
+    const perRow = Array.isArray(used) ? used : requests.map(() => used);
+    const loopKey = (u) => [u.sampler.method, u.sampler.steps, u.sampler.atol, u.sampler.rtol, u.cfg !== 1,
+      u.scalePow].join();
+    if (perRow.length !== requests.length || new Set(perRow.map(loopKey)).size !== 1) {
+      throw new GenerationError('requests sampled together need one sampler, step count and guidance on/off');
+    }
+    const settings = perRow[0].sampler;
+    const cfg = perRow.map((u) => u.cfg);
     const p = this.patchSize;
     const d = this.downsample;
     const C = this.tokenDim;
-    const D = rope.headDim;
+    const D = this.rope.headDim;
     const grids = requests.map((r) => [r.height / (d * p), r.width / (d * p)]);
     const lengths = grids.map(([h, w]) => h * w);
     const B = requests.length;
@@ -523,12 +533,12 @@ export class FitPipeline {
       const [h, w] = grids[i];
       x.set(patchify(noise ? noise[i] : this.noise(r), this.channels, h * p, w * p, p), i * N * C);
       mask.fill(1, i * N, i * N + lengths[i]);
-      const tables = ropeTables(rope, h, w);
+      const tables = ropeTables(perRow[i].rope, h, w);
       cos.set(tables.cos, i * N * D);
       sin.set(tables.sin, i * N * D);
     });
     const y = BigInt64Array.from(requests, (r) => BigInt(r.label === null ? this.nullClass : r.label));
-    const useCfg = cfg !== 1 && requests.some((r) => r.label !== null);
+    const useCfg = perRow[0].cfg !== 1 && requests.some((r) => r.label !== null);
     const ort = this.ort;
     const twice = (a) => { const out = new a.constructor(a.length * 2); out.set(a); out.set(a, a.length); return out; };
     const batch = useCfg ? 2 * B : B;
@@ -556,7 +566,7 @@ export class FitPipeline {
         throw new BackendError(`ONNX Runtime failed: ${firstLine(err)}`);
       }
       const v = out instanceof Uint16Array ? fromHalf(out) : out instanceof Float32Array ? out : Float32Array.from(out);
-      return useCfg ? guide(v, B, C, cfg, t, this.guidedChannels, this.scalePow) : v;
+      return useCfg ? guide(v, B, C, cfg, t, this.guidedChannels, perRow[0].scalePow) : v;
     };
     const draw = (step) => {
       const out = new Float32Array(B * N * C);
@@ -573,7 +583,7 @@ export class FitPipeline {
       const latent = unpatchify(result.subarray(i * N * C, (i * N + lengths[i]) * C), h, w, p, this.channels);
       if (!latent.every(Number.isFinite)) {
         throw new GenerationError(`sampling seed ${r.seed} gave non-finite latents (float32 overflow), so no image `
-          + `is made; lower the guidance scale (cfg ${formatG(cfg)}) or check the package with fit-export validate`);
+          + `is made; lower the guidance scale (cfg ${formatG(cfg[i])}) or check the package with fit-export validate`);
       }
       return latent;
     });

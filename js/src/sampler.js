@@ -81,11 +81,12 @@ export function guidanceScale(cfg, t, scalePow) {
  * @param {number} scalePow
  */
 export function guide(out, batch, channels, cfg, t, guided, scalePow) {
+  // cfg: one guidance scale, or one per request
   const half = out.length / 2;
   const perSample = half / batch;
   const mixed = new Float32Array(half);
   for (let b = 0; b < batch; b++) {
-    const s = guidanceScale(cfg, t[b], scalePow);
+    const s = guidanceScale(typeof cfg === 'number' ? cfg : cfg[b], t[b], scalePow);
     for (let i = b * perSample; i < (b + 1) * perSample; i++) {
       const cond = out[i];
       if (i % channels < guided) {

@@ -51,7 +51,7 @@ test('non-finite latents are refused with the Python runtime\'s message', async 
   const settings = pipe.settings({ steps: 2, cfg: 2.5 });
   const noise = pipe.noise(request);
   noise[0] = NaN;
-  await assert.rejects(pipe.sampleLatents([request], settings.sampler, settings.cfg, settings.rope, null, [noise]),
+  await assert.rejects(pipe.sampleLatents([request], settings, null, [noise]),
     (err) => err instanceof GenerationError && err.message === 'sampling seed 3 gave non-finite latents (float32 '
       + 'overflow), so no image is made; lower the guidance scale (cfg 2.5) or check the package with fit-export validate');
   await pipe.release();

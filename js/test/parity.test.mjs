@@ -114,5 +114,15 @@ describe('parity with the Python runtime', { skip: missing ?? false }, () => {
       const [alone] = await pipe.generateMany([requests[i]], options);
       assert.ok(psnr(alone.pixels, batch[i].pixels) >= 60, `request ${i}`);
     }
+    // Per-request guidance scale and extrapolation inside one step loop (engines.pipeline.sample_latents).
+    const own = [{ cfg: 2, extrapolation: 'normal' }, { cfg: 5, extrapolation: 'vision-ntk' }, { cfg: 3, extrapolation: 'yarn' }];
+    const used = own.map((o) => pipe.settings({ steps: 3, sampler: 'heun', ...o }));
+    const checked = requests.map((r) => pipe.checkRequest(r));
+    const latents = await pipe.sampleLatents(checked, used);
+    for (let i = 0; i < requests.length; i++) {
+      const [alone] = await pipe.generateMany([requests[i]], { settings: used[i] });
+      const pixels = await pipe.decode(latents[i], checked[i].height, checked[i].width);
+      assert.ok(psnr(alone.pixels, pixels) >= 60, `request ${i} with its own settings`);
+    }
   });
 });
