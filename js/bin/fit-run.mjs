@@ -243,8 +243,17 @@ async function main(argv) {
     return 2;
   }
   if (args === null) { process.stdout.write(`${usage()}\n`); return 0; }
+  // Ctrl-C: files are written synchronously (temporary name, rename), so every path printed is a complete file.
+  let written = 0;
+  process.once('SIGINT', () => {
+    process.stderr.write(`${PROG}: interrupted; ${written} complete image file(s) written\n`);
+    process.exit(130);
+  });
   try {
-    for await (const path of run(args)) process.stdout.write(`${path}\n`);
+    for await (const path of run(args)) {
+      process.stdout.write(`${path}\n`);
+      written += 1;
+    }
     return 0;
   } catch (err) {
     if (USER_ERRORS.some((kind) => err instanceof kind) || err?.code) {

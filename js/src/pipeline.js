@@ -376,7 +376,7 @@ export class FitPipeline {
       }
     }
     if (typeof label !== 'number' || !Number.isInteger(label)) {
-      throw new GenerationError(`class must be an id or a name, got ${label}`);
+      throw new GenerationError(`class must be an id or a name, got ${pyRepr(label)}`);
     }
     if (label < 0 || label >= this.numClasses) {
       throw new GenerationError(`class id ${label} is outside 0..${this.numClasses - 1}`);
