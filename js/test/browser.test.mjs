@@ -70,6 +70,8 @@ describe('web page in headless Chromium', { skip: reason ?? false }, () => {
       assert.deepEqual(png.pixels, await canvasPixels(page));
       assert.equal(png.text['fit:backend'], 'onnxruntime-web');
       assert.equal(JSON.parse(png.text.parameters).extrapolation, extrapolation || 'normal');
+      // The same transformer variant as fit-run: the ort copy, its weights passed as external data.
+      assert.equal(png.text['fit:variant'], readPng(join(dir, 'py.png')).text['fit:variant']);
       if (process.env.FIT_WEB_SCREENSHOT && width === 128) await page.screenshot({ path: process.env.FIT_WEB_SCREENSHOT });
       rmSync(dir, { recursive: true, force: true });
     });
