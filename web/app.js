@@ -4,7 +4,7 @@
  * ?optimization=disabled|basic|extended|all (ONNX Runtime graph optimization, default all).
  */
 import * as ort from '/ort/ort.wasm.min.mjs';
-import { EXTRAPOLATIONS, FitPipeline, SAMPLERS, encodePng } from '/js/src/index.js';
+import { FitPipeline, SAMPLERS, encodePng } from '/js/src/index.js';
 
 const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
@@ -34,7 +34,7 @@ function fillControls() {
   $('steps').value = defaults.steps;
   options($('sampler'), SAMPLERS.map((s) => [s, s]), defaults.method);
   $('cfg').value = pipe.cfgDefault;
-  options($('extrapolation'), [['', 'package default'], ...EXTRAPOLATIONS.map((e) => [e, e])], '');
+  options($('extrapolation'), [['', 'package default'], ...pipe.extrapolations.map((e) => [e, e])], '');
 }
 
 function readRequest() {

@@ -11,8 +11,9 @@
 
 export { FitPipeline, GenerationError, fetchIO, patchify, unpatchify } from './pipeline.js';
 export { PackageError, BackendError, validateManifest } from './manifest.js';
-export { EXTRAPOLATIONS, METHODS, METHOD_ALIASES, ropeTables, axisFrequencies, attentionScale, resolveMethod } from './rope.js';
-export { SAMPLERS } from './sampler.js';
+export { EXTRAPOLATIONS, EXTRAPOLATION_ALIASES, METHODS, ropeTables, axisFrequencies, attentionScale, resolveMethod,
+  canonicalExtrapolation, extrapolationName } from './rope.js';
+export { SAMPLERS, MAX_STEPS, MAX_CFG, SettingError, checkSteps, checkCfg } from './sampler.js';
 export { normals, checkSeed } from './noise.js';
 export { encodePng, textEntries } from './png.js';
 export { pyJson, plain } from './params.js';

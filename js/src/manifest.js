@@ -93,3 +93,60 @@ export function validateManifest(doc, source = MANIFEST_NAME) {
   }
   return doc;
 }
+
+/** Precisions a transformer variant's weights can be stored in (engines/manifest.py VARIANT_PRECISIONS). */
+export const VARIANT_PRECISIONS = ['fp32', 'fp16', 'int8'];
+
+/**
+ * The transformer graphs of a package: `transformer.file` (named by its precision), then `transformer.variants`.
+ * @param {any} transformer the manifest's transformer section
+ * @returns {{name: string, file: string, precision: string, runtime: string|null, weights_from: string|null}[]}
+ */
+export function transformerVariants(transformer) {
+  const base = { name: transformer.precision, file: transformer.file, precision: transformer.precision, runtime: null,
+    weights_from: transformer.external_data ?? null };
+  return [base, ...(transformer.variants ?? []).map((v) => ({ runtime: null, weights_from: null, ...v }))];
+}
+
+/**
+ * The variant `backend` runs for `precision` (a variant name, a precision, or null for the package default), by
+ * the rule of docs/package-format.md#variants; `tuned` prefers the copy made for `backend`. PackageError names
+ * what the package holds.
+ * @param {any} transformer
+ * @param {string} backend
+ * @param {string|null} [precision]
+ * @param {boolean} [tuned]
+ */
+export function selectVariant(transformer, backend, precision = null, tuned = true) {
+  const all = transformerVariants(transformer);
+  const find = (name) => {
+    const found = all.find((v) => v.name === name);
+    if (!found) {
+      throw new PackageError(`the package has no transformer variant ${pyRepr(name)}; it holds `
+        + `${all.map((v) => v.name).join(', ')}`);
+    }
+    return found;
+  };
+  const runnable = all.filter((v) => v.runtime === null || v.runtime === backend);
+  let wanted = precision;
+  if (wanted === null || wanted === undefined) {
+    let chosen = find(transformer.default_variant ?? transformer.precision);
+    if (chosen.runtime !== null && chosen.runtime !== backend && all[0].precision === chosen.precision) chosen = all[0];
+    wanted = chosen.precision;
+    if (chosen.runtime === backend && tuned) return chosen;
+  } else if (all.some((v) => v.name === wanted) && !VARIANT_PRECISIONS.includes(wanted)) {
+    const chosen = find(wanted);
+    if (chosen.runtime !== null && chosen.runtime !== backend) {
+      throw new PackageError(`transformer variant ${pyRepr(wanted)} runs on ${chosen.runtime} only, not ${backend}`);
+    }
+    return chosen;
+  }
+  const matching = runnable.filter((v) => v.precision === wanted);
+  if (!matching.length) {
+    throw new PackageError(`the package has no ${wanted} transformer that ${backend} can run; it holds `
+      + `${all.map((v) => v.name).join(', ')}`);
+  }
+  const own = matching.filter((v) => v.runtime === backend);
+  const generic = matching.filter((v) => v.runtime === null);
+  return (tuned && own.length ? own : generic.length ? generic : own)[0];
+}

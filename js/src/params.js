@@ -71,6 +71,12 @@ export function plain(value) {
   return value;
 }
 
+/** Python's repr of a value for messages: numbers as ints or floats ({float} always a float), strings quoted. */
+export function pyRepr(value) {
+  if (typeof value === 'number' && !Number.isInteger(value)) return pyFloat(value);
+  return pyReprValue(value);
+}
+
 /** Python's str() of a parameter value (nested lists and dicts as Python writes them). */
 export function pyStr(value) {
   if (typeof value === 'string') return value;

@@ -4,11 +4,11 @@
  * @module pipeline
  */
 
-import { BackendError, MANIFEST_NAME, PackageError, validateManifest } from './manifest.js';
+import { BackendError, MANIFEST_NAME, PackageError, selectVariant, validateManifest } from './manifest.js';
 import { checkSeed, normals } from './noise.js';
-import { EXTRAPOLATIONS, ropeTables, withMethod } from './rope.js';
-import { SAMPLERS, dopri5, euler, guide, heun, sde } from './sampler.js';
-import { asFloat, pyFloat } from './params.js';
+import { EXTRAPOLATIONS, METHODS, canonicalExtrapolation, extrapolationName, ropeTables, withMethod } from './rope.js';
+import { SAMPLERS, SettingError, checkCfg, checkSteps, dopri5, euler, guide, heun, sde } from './sampler.js';
+import { asFloat, pyRepr } from './params.js';
 
 const f32 = Math.fround;
 
@@ -16,9 +16,27 @@ const f32 = Math.fround;
 const SD_LATENT_RGB = [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264],
   [-0.184, -0.271, -0.473]].map((row) => row.map(f32));
 
-/** A request the package cannot serve (size off the grid or too large, unknown class, bad settings). */
+/**
+ * A request the package cannot serve (size off the grid or too large, unknown class, bad settings).
+ * `parameter`: the request parameter at fault (`width`, `cfg`, ...) when one is; the message then starts with its
+ * name, which a command line replaces with its flag.
+ */
 export class GenerationError extends Error {
-  constructor(message) { super(message); this.name = 'GenerationError'; }
+  constructor(message, parameter = null) { super(message); this.name = 'GenerationError'; this.parameter = parameter; }
+}
+
+/** The ONNX Runtime variants (`runtime: "onnxruntime"`) run on onnxruntime-node and onnxruntime-web alike. */
+const VARIANT_RUNTIME = 'onnxruntime';
+
+/** Python's `format(x, 'g')`: 6 significant digits, exponent form outside 1e-4 .. 1e6. */
+function formatG(x) {
+  if (!Number.isFinite(x)) return Number.isNaN(x) ? 'nan' : x > 0 ? 'inf' : '-inf';
+  if (x === 0) return Object.is(x, -0) ? '-0' : '0';
+  const [mantissa, e] = x.toExponential(5).split('e');
+  const power = Number(e);
+  const digits = mantissa.replace(/\.?0+$/, '');
+  if (power < -4 || power >= 6) return `${digits}e${power < 0 ? '-' : '+'}${String(Math.abs(power)).padStart(2, '0')}`;
+  return String(Number(x.toPrecision(6)));
 }
 
 /**
@@ -42,6 +60,9 @@ export class GenerationError extends Error {
  * @property {string[]} [executionProviders]
  * @property {string} [graphOptimizationLevel] 'disabled' | 'basic' | 'extended' | 'all' (default 'all')
  * @property {boolean} [lazyDecoder] create the VAE session on the first decode instead of at load
+ * @property {string|null} [precision] transformer variant: a variant name or a precision (fp32, int8, fp16); null:
+ *   the manifest's default variant (docs/package-format.md#variants)
+ * @property {(message: string) => void} [warn] where warnings go (default console.warn)
  */
 
 /**
@@ -154,7 +175,7 @@ export class FitPipeline {
     try {
       this.#readManifest(manifest);
     } catch (err) {
-      if (err instanceof PackageError) throw err;
+      if (err instanceof PackageError || err instanceof BackendError) throw err;
       const detail = err instanceof KeyError ? `missing field '${err.key}'` : firstLine(err);
       throw new PackageError(`package ${io.label}: ${MANIFEST_NAME} is not usable (${detail}); re-export the package`);
     }
@@ -194,7 +215,21 @@ export class FitPipeline {
     this.guidedChannels = (guidance.cfg_channels || this.channels) * this.patchSize ** 2;
     this.samplerDefaults = manifest.sampler;
     this.tokenDim = this.channels * this.patchSize ** 2;
-    this.precision = manifest.transformer.precision;
+    const methods = (rope.methods ?? []).filter((n) => EXTRAPOLATIONS.includes(String(n).toLowerCase()));
+    this.extrapolations = methods.length ? [...new Set(methods.map(canonicalExtrapolation))] : [...EXTRAPOLATIONS];
+    if (!METHODS.includes(this.rope.method)) {
+      throw new PackageError(`package ${this.#io.label}: ${MANIFEST_NAME} is not usable (rope: unknown RoPE method `
+        + `${pyRepr(this.rope.method)}; choose one of ${METHODS.join(', ')}); re-export the package`);
+    }
+    let variant;
+    try {
+      variant = selectVariant(manifest.transformer, VARIANT_RUNTIME, this.#options.precision ?? null);
+    } catch (err) {
+      throw new BackendError(err.message);
+    }
+    /** The transformer variant that runs ({name, file, precision, runtime, weights_from}). */
+    this.variant = variant;
+    this.precision = variant.precision;
   }
 
   /** The package name (manifest "name"). */
@@ -228,10 +263,10 @@ export class FitPipeline {
 
   async #createSession(name, externalData) {
     const bytes = await this.#readVerified(name);
+    const data = externalData ? await this.#readVerified(externalData) : null;
     const options = this.#sessionOptions();
     try {
-      if (externalData) {
-        const data = await this.#readVerified(externalData);
+      if (data) {
         if (this.#io.filePath) return await this.ort.InferenceSession.create(this.#io.filePath(name), options);
         options.externalData = [{ path: externalData, data }];
       }
@@ -242,8 +277,20 @@ export class FitPipeline {
   }
 
   async #open() {
-    const t = this.manifest.transformer;
-    this.#session = await this.#createSession(t.file, t.external_data);
+    const variant = this.variant;
+    try {
+      this.#session = await this.#createSession(variant.file, variant.weights_from);
+    } catch (err) {
+      // A copy tuned for ONNX Runtime (opset-23 fused ops) that this build cannot load: run the standard graph.
+      const standard = variant.runtime === VARIANT_RUNTIME
+        ? selectVariant(this.manifest.transformer, VARIANT_RUNTIME, variant.precision, false) : null;
+      if (!(err instanceof BackendError) || !standard || standard.runtime !== null) throw err;
+      const version = this.ort.env?.versions?.common;
+      (this.#options.warn ?? console.warn)(`ONNX Runtime${version ? ` ${version}` : ''} cannot load ${variant.file} `
+        + `(${err.message.replace(/^ONNX Runtime cannot load [^:]*: /, '')}); running ${standard.file}`);
+      this.variant = standard;
+      this.#session = await this.#createSession(standard.file, standard.weights_from);
+    }
     if (this.manifest.vae_decoder && !this.#options.lazyDecoder) await this.#decoder();
   }
 
@@ -290,9 +337,9 @@ export class FitPipeline {
   checkSize(width, height, snap = false) {
     for (const [name, value] of [['width', width], ['height', height]]) {
       if (typeof value !== 'number' || !Number.isInteger(value)) {
-        throw new GenerationError(`${name} must be a whole number of pixels, got ${value}`);
+        throw new GenerationError(`${name} must be a whole number of pixels, got ${pyRepr(value)}`, name);
       }
-      if (value <= 0) throw new GenerationError(`${name} must be positive, got ${value}`);
+      if (value <= 0) throw new GenerationError(`${name} must be positive, got ${value}`, name);
     }
     const g = this.granularity;
     if (width % g || height % g) {
@@ -329,7 +376,7 @@ export class FitPipeline {
       }
     }
     if (typeof label !== 'number' || !Number.isInteger(label)) {
-      throw new GenerationError(`class must be an id or a name, got ${label}`);
+      throw new GenerationError(`class must be an id or a name, got ${pyRepr(label)}`);
     }
     if (label < 0 || label >= this.numClasses) {
       throw new GenerationError(`class id ${label} is outside 0..${this.numClasses - 1}`);
@@ -337,42 +384,77 @@ export class FitPipeline {
     return label;
   }
 
-  /** RoPE settings of the package, or with the extrapolation method `name` (canonical or alias). */
-  ropeSettings(name) {
-    if (name === null || name === undefined) return this.rope;
-    try {
-      return withMethod(this.rope, name, this.trainSide);
-    } catch {
-      throw new GenerationError(`unknown extrapolation '${name}'; choose one of ${EXTRAPOLATIONS.join(', ')}`);
+  /**
+   * A request's settings resolved once against the package defaults (engines.pipeline.Pipeline.settings):
+   * {sampler: {method, steps, atol, rtol}, cfg, extrapolation (canonical name), rope, scalePow}. `cfg` may be a
+   * number or {float}. Throws GenerationError naming the parameter.
+   */
+  settings({ steps, sampler, cfg, extrapolation } = {}) {
+    const d = this.samplerDefaults;
+    const method = sampler ?? d.method;
+    const count = steps ?? d.steps;
+    if (!SAMPLERS.includes(method)) {
+      throw new GenerationError(`unknown sampler ${pyRepr(method)}; choose one of ${SAMPLERS.join(', ')}`, 'sampler');
     }
+    let scale;
+    try {
+      checkSteps(count);
+      scale = checkCfg(cfg ?? this.cfgDefault);
+    } catch (err) {
+      if (err instanceof SettingError) throw new GenerationError(err.message, err.parameter);
+      throw err;
+    }
+    let rope = this.rope;
+    let name = extrapolationName(this.rope);
+    if (extrapolation !== null && extrapolation !== undefined) {
+      try {
+        name = canonicalExtrapolation(extrapolation);
+      } catch {
+        throw new GenerationError(`unknown extrapolation ${pyRepr(String(extrapolation))}; choose one of `
+          + `${this.extrapolations.join(', ')}`, 'extrapolation');
+      }
+      if (!this.extrapolations.includes(name)) {
+        throw new GenerationError(`this package does not offer extrapolation ${pyRepr(name)}; choose one of `
+          + `${this.extrapolations.join(', ')}`, 'extrapolation');
+      }
+      rope = withMethod(this.rope, name, this.trainSide);
+    }
+    return { sampler: { method, steps: count, atol: Number(d.atol ?? 1e-6), rtol: Number(d.rtol ?? 1e-3) },
+      cfg: scale, extrapolation: name, rope, scalePow: this.scalePow };
+  }
+
+  /** RoPE settings of the package, or with the extrapolation `name` (canonical or alias). */
+  ropeSettings(name) {
+    return this.settings({ extrapolation: name }).rope;
   }
 
   /** {method, steps, atol, rtol} with the package's defaults filled in. */
   samplerSettings(sampler, steps) {
-    const d = this.samplerDefaults;
-    const method = sampler || d.method || 'euler';
-    const count = steps === null || steps === undefined ? (d.steps ?? 50) : steps;
-    if (!SAMPLERS.includes(method)) {
-      throw new GenerationError(`unknown sampler '${method}'; choose one of ${SAMPLERS.join(', ')}`);
-    }
-    if (typeof count !== 'number' || !Number.isInteger(count) || count < 1) {
-      throw new GenerationError(`steps must be a positive whole number, got ${count}`);
-    }
-    return { method, steps: count, atol: Number(d.atol ?? 1e-6), rtol: Number(d.rtol ?? 1e-3) };
+    return this.settings({ sampler, steps }).sampler;
   }
 
-  /** The parameters of one image, as stored in its PNG text chunks (cfg as {float}). */
-  parameters(request, { steps, sampler, cfg, extrapolation } = {}) {
-    const settings = this.samplerSettings(sampler, steps);
+  /** The request with its label resolved and its seed a BigInt; GenerationError for what the package cannot serve. */
+  checkRequest(request) {
+    const [width, height] = this.checkSize(request.width, request.height);
+    let seed;
+    try {
+      seed = checkSeed(request.seed ?? 0);
+    } catch (err) {
+      throw new GenerationError(err.message, 'seed');
+    }
+    return { width, height, label: this.resolveLabel(request.label ?? null), seed };
+  }
+
+  /** The parameters of one image as stored in its PNG text chunks (cfg as {float}): what was actually used. */
+  parameters(request, settings) {
     const label = request.label ?? null;
-    const seed = checkSeed(request.seed ?? 0);
+    const seed = BigInt(request.seed ?? 0);
     return {
       model: this.name, width: request.width, height: request.height, class: label,
       class_name: label !== null && label < this.classNames.length ? this.classNames[label] : null,
       seed: Number.isSafeInteger(Number(seed)) ? Number(seed) : seed,
-      sampler: settings.method, steps: settings.steps,
-      cfg: asFloat(cfg === null || cfg === undefined ? this.cfgDefault : Number(cfg)),
-      extrapolation: extrapolation || 'package default', backend: this.backendName,
+      sampler: settings.sampler.method, steps: settings.sampler.steps, cfg: asFloat(settings.cfg),
+      extrapolation: settings.extrapolation, backend: this.backendName, variant: this.variant.name,
     };
   }
 
@@ -386,41 +468,30 @@ export class FitPipeline {
   async generate({ width, height, label = null, seed = 0, steps, sampler, cfg, extrapolation, snap = false,
     onStep } = {}) {
     const [w, h] = this.checkSize(width ?? this.defaultSize[0], height ?? this.defaultSize[1], snap);
-    const [image] = await this.generateMany([{ width: w, height: h, label, seed }],
-      { steps, sampler, cfg, extrapolation, onStep });
+    const request = this.checkRequest({ width: w, height: h, label, seed });
+    const settings = this.settings({ steps, sampler, cfg, extrapolation });
+    const [image] = await this.generateMany([request], { settings, onStep });
     return image;
   }
 
   /**
    * Several images of any sizes sampled in one padded batch; each depends only on its own seed.
    * @param {Request[]} requests
-   * @param {{steps?: number, sampler?: string, cfg?: number, extrapolation?: string,
-   *   onStep?: (done: number, total: number|null, t: number) => void}} [options]
+   * @param {{steps?: number, sampler?: string, cfg?: number, extrapolation?: string, settings?: object,
+   *   onStep?: (done: number, total: number|null, t: number) => void}} [options] `settings` (from
+   *   {@link FitPipeline#settings}) instead of steps/sampler/cfg/extrapolation
    * @returns {Promise<Image[]>}
    */
-  async generateMany(requests, { steps, sampler, cfg, extrapolation, onStep } = {}) {
+  async generateMany(requests, { steps, sampler, cfg, extrapolation, settings, onStep } = {}) {
     if (!requests?.length) throw new GenerationError('no requests to generate');
-    const resolved = requests.map((r) => {
-      this.checkSize(r.width, r.height);
-      const label = this.resolveLabel(r.label);
-      let seed;
-      try {
-        seed = checkSeed(r.seed ?? 0);
-      } catch (err) {
-        throw new GenerationError(err.message);
-      }
-      return { width: r.width, height: r.height, label, seed };
-    });
-    const settings = this.samplerSettings(sampler, steps);
-    const scale = cfg === null || cfg === undefined ? this.cfgDefault : Number(cfg);
-    if (!Number.isFinite(scale) || scale < 0) throw new GenerationError(`cfg must be a non-negative number, got ${pyFloat(scale)}`);
-    const rope = this.ropeSettings(extrapolation);
-    const latents = await this.sampleLatents(resolved, settings, scale, rope, onStep);
+    const used = settings ?? this.settings({ steps, sampler, cfg, extrapolation });
+    const resolved = requests.map((r) => this.checkRequest(r));
+    const latents = await this.sampleLatents(resolved, used, onStep);
     const images = [];
     for (let i = 0; i < resolved.length; i++) {
       const r = resolved[i];
       images.push({ pixels: await this.decode(latents[i], r.height, r.width), width: r.width, height: r.height,
-        parameters: this.parameters(r, { steps, sampler, cfg, extrapolation }) });
+        parameters: this.parameters(r, used) });
     }
     return images;
   }
@@ -432,14 +503,24 @@ export class FitPipeline {
   }
 
   /**
-   * Latents (C, H/d, W/d) of `requests` (checked) sampled together.
+   * Latents (C, H/d, W/d) of `requests` (checked) sampled together as one padded batch. `used`: one result of
+   * {@link FitPipeline#settings} for all requests, or one per request; per-request settings must share the
+   * sampler, its steps and tolerances and guidance on/off (their guidance scale and extrapolation may differ).
    * @returns {Promise<Float32Array[]>}
    */
-  async sampleLatents(requests, settings, cfg, rope, onStep, noise = null) {
+  async sampleLatents(requests, used, onStep = null, noise = null) {
+    const perRow = Array.isArray(used) ? used : requests.map(() => used);
+    const loopKey = (u) => [u.sampler.method, u.sampler.steps, u.sampler.atol, u.sampler.rtol, u.cfg !== 1,
+      u.scalePow].join();
+    if (perRow.length !== requests.length || new Set(perRow.map(loopKey)).size !== 1) {
+      throw new GenerationError('requests sampled together need one sampler, step count and guidance on/off');
+    }
+    const settings = perRow[0].sampler;
+    const cfg = perRow.map((u) => u.cfg);
     const p = this.patchSize;
     const d = this.downsample;
     const C = this.tokenDim;
-    const D = rope.headDim;
+    const D = this.rope.headDim;
     const grids = requests.map((r) => [r.height / (d * p), r.width / (d * p)]);
     const lengths = grids.map(([h, w]) => h * w);
     const B = requests.length;
@@ -452,12 +533,12 @@ export class FitPipeline {
       const [h, w] = grids[i];
       x.set(patchify(noise ? noise[i] : this.noise(r), this.channels, h * p, w * p, p), i * N * C);
       mask.fill(1, i * N, i * N + lengths[i]);
-      const tables = ropeTables(rope, h, w);
+      const tables = ropeTables(perRow[i].rope, h, w);
       cos.set(tables.cos, i * N * D);
       sin.set(tables.sin, i * N * D);
     });
     const y = BigInt64Array.from(requests, (r) => BigInt(r.label === null ? this.nullClass : r.label));
-    const useCfg = cfg !== 1 && requests.some((r) => r.label !== null);
+    const useCfg = perRow[0].cfg !== 1 && requests.some((r) => r.label !== null);
     const ort = this.ort;
     const twice = (a) => { const out = new a.constructor(a.length * 2); out.set(a); out.set(a, a.length); return out; };
     const batch = useCfg ? 2 * B : B;
@@ -485,7 +566,7 @@ export class FitPipeline {
         throw new BackendError(`ONNX Runtime failed: ${firstLine(err)}`);
       }
       const v = out instanceof Uint16Array ? fromHalf(out) : out instanceof Float32Array ? out : Float32Array.from(out);
-      return useCfg ? guide(v, B, C, cfg, t, this.guidedChannels, this.scalePow) : v;
+      return useCfg ? guide(v, B, C, cfg, t, this.guidedChannels, perRow[0].scalePow) : v;
     };
     const draw = (step) => {
       const out = new Float32Array(B * N * C);
@@ -499,7 +580,12 @@ export class FitPipeline {
     else result = await dopri5(velocity, x, B, settings.atol, settings.rtol, onStep);
     return requests.map((r, i) => {
       const [h, w] = grids[i];
-      return unpatchify(result.subarray(i * N * C, (i * N + lengths[i]) * C), h, w, p, this.channels);
+      const latent = unpatchify(result.subarray(i * N * C, (i * N + lengths[i]) * C), h, w, p, this.channels);
+      if (!latent.every(Number.isFinite)) {
+        throw new GenerationError(`sampling seed ${r.seed} gave non-finite latents (float32 overflow), so no image `
+          + `is made; lower the guidance scale (cfg ${formatG(cfg[i])}) or check the package with fit-export validate`);
+      }
+      return latent;
     });
   }
 
@@ -530,6 +616,10 @@ export class FitPipeline {
       }
     } else {
       rgb = preview(unscaled(), factor, lh, lw, this.downsample);
+    }
+    if (!rgb.every(Number.isFinite)) {
+      throw new GenerationError('the decoder gave non-finite pixels, so no image is made; check the package with '
+        + 'fit-export validate');
     }
     const plane = height * width;
     const pixels = new Uint8Array(plane * 3);

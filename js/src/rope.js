@@ -7,22 +7,23 @@ const f32 = Math.fround;
 
 export const METHODS = ['normal', 'linear', 'ntk-aware', 'ntk-by-parts', 'yarn', 'ntk-aware-pro1', 'ntk-aware-pro2'];
 
-/** Friendly names -> [method, decouple]. */
-export const METHOD_ALIASES = {
-  none: ['normal', false],
-  pi: ['linear', false],
-  ntk: ['ntk-aware', false],
-  'vision-ntk': ['ntk-aware', true],
-  visionntk: ['ntk-aware', true],
-  'vision-yarn': ['yarn', true],
-  visionyarn: ['yarn', true],
-  'ntk-parts': ['ntk-by-parts', false],
-  'ntk-pro1': ['ntk-aware-pro1', false],
-  'ntk-pro2': ['ntk-aware-pro2', false],
-};
+/** The decoupled extrapolations (FiTv2's VisionNTK, VisionYaRN): canonical name -> official method. */
+const DECOUPLED = { 'vision-ntk': 'ntk-aware', 'vision-yarn': 'yarn' };
 
-/** Every accepted extrapolation name: aliases, then canonical names (the order fit-run lists them in). */
-export const EXTRAPOLATIONS = [...Object.keys(METHOD_ALIASES), ...METHODS];
+/** Canonical extrapolation names: each official method (coupled), then the decoupled ones. */
+export const EXTRAPOLATIONS = [...METHODS, ...Object.keys(DECOUPLED)];
+
+/** Other spellings accepted for them (lower case) -> canonical name. */
+export const EXTRAPOLATION_ALIASES = {
+  none: 'normal',
+  pi: 'linear',
+  ntk: 'ntk-aware',
+  'ntk-parts': 'ntk-by-parts',
+  'ntk-pro1': 'ntk-aware-pro1',
+  'ntk-pro2': 'ntk-aware-pro2',
+  visionntk: 'vision-ntk',
+  visionyarn: 'vision-yarn',
+};
 
 /**
  * @typedef {object} RopeSettings
@@ -33,20 +34,45 @@ export const EXTRAPOLATIONS = [...Object.keys(METHOD_ALIASES), ...METHODS];
  * @property {number|null} oriMaxPeLen
  */
 
+/** Python's repr of a string (for messages). */
+const repr = (text) => (String(text).includes("'") && !String(text).includes('"') ? `"${text}"` : `'${text}'`);
+
 /**
- * [method, decouple] for a name; decouple is null when the name leaves it to the package.
+ * The canonical extrapolation name of `name` (an alias or a canonical name in any case); RangeError otherwise.
  * @param {string} name
- * @returns {[string, boolean|null]}
  */
-export function resolveMethod(name) {
-  const key = String(name).trim().toLowerCase();
-  if (Object.hasOwn(METHOD_ALIASES, key)) return METHOD_ALIASES[key];
-  if (METHODS.includes(key)) return [key, null];
-  throw new RangeError(`unknown RoPE method '${name}'; choose one of ${EXTRAPOLATIONS.join(', ')}`);
+export function canonicalExtrapolation(name) {
+  let key = String(name).trim().toLowerCase();
+  key = EXTRAPOLATION_ALIASES[key] ?? key;
+  if (!EXTRAPOLATIONS.includes(key)) {
+    throw new RangeError(`unknown RoPE method ${repr(name)}; choose one of ${EXTRAPOLATIONS.join(', ')}`);
+  }
+  return key;
 }
 
 /**
- * Settings with the extrapolation `name` applied on top of the package's own.
+ * [official method, decouple] of an extrapolation name: official names are coupled, vision-* decoupled.
+ * @param {string} name
+ * @returns {[string, boolean]}
+ */
+export function resolveMethod(name) {
+  const key = canonicalExtrapolation(name);
+  return Object.hasOwn(DECOUPLED, key) ? [DECOUPLED[key], true] : [key, false];
+}
+
+/**
+ * The extrapolation name of settings' method and decouple (the inverse of {@link resolveMethod}); a decoupled
+ * method without a canonical name is `METHOD+decouple`.
+ * @param {RopeSettings} settings
+ */
+export function extrapolationName(settings) {
+  if (!settings.decouple) return settings.method;
+  const named = Object.keys(DECOUPLED).find((key) => DECOUPLED[key] === settings.method);
+  return named ?? `${settings.method}+decouple`;
+}
+
+/**
+ * Settings with the extrapolation `name` (canonical or alias), which sets method and decouple.
  * @param {RopeSettings} base
  * @param {string} name
  * @param {number} trainSide
@@ -54,8 +80,7 @@ export function resolveMethod(name) {
  */
 export function withMethod(base, name, trainSide) {
   const [method, decouple] = resolveMethod(name);
-  return { ...base, method, decouple: decouple === null ? base.decouple : decouple,
-    oriMaxPeLen: trainSide || base.oriMaxPeLen };
+  return { ...base, method, decouple, oriMaxPeLen: trainSide || base.oriMaxPeLen };
 }
 
 function correctionRange(lowRot, highRot, dim, base, maxLen) {

@@ -4,9 +4,44 @@
  * @module sampler
  */
 
+import { pyRepr } from './params.js';
+
 const f32 = Math.fround;
 
 export const SAMPLERS = ['euler', 'heun', 'dopri5', 'sde'];
+/** Limits of a request (docs/runtime-spec.md §9): sampler steps and guidance scale. */
+export const MAX_STEPS = 10000;
+export const MAX_CFG = 1000;
+
+/** A sampler or guidance setting out of range; `parameter` names it (`steps`, `cfg`), and the message starts with it. */
+export class SettingError extends RangeError {
+  constructor(message, parameter = null) { super(message); this.name = 'SettingError'; this.parameter = parameter; }
+}
+
+/**
+ * `steps` if it is a whole number from 1 to MAX_STEPS; SettingError otherwise.
+ * @param {any} steps
+ */
+export function checkSteps(steps) {
+  if (typeof steps !== 'number' || !Number.isInteger(steps) || steps < 1 || steps > MAX_STEPS) {
+    throw new SettingError(`steps must be a whole number from 1 to ${MAX_STEPS.toLocaleString('en-US')}, got `
+      + `${pyRepr(steps)}`, 'steps');
+  }
+  return steps;
+}
+
+/**
+ * `cfg` (a number, or {float} for a value that is a float in Python's sense) as a number if it is a guidance scale
+ * from 0 to MAX_CFG; SettingError otherwise (NaN too).
+ * @param {any} cfg
+ */
+export function checkCfg(cfg) {
+  const value = cfg !== null && typeof cfg === 'object' && 'float' in cfg ? cfg.float : cfg;
+  if (typeof value !== 'number' || !(value >= 0 && value <= MAX_CFG)) {
+    throw new SettingError(`cfg must be a number from 0 to ${MAX_CFG}, got ${pyRepr(cfg)}`, 'cfg');
+  }
+  return value;
+}
 
 /**
  * @callback Velocity
@@ -46,11 +81,12 @@ export function guidanceScale(cfg, t, scalePow) {
  * @param {number} scalePow
  */
 export function guide(out, batch, channels, cfg, t, guided, scalePow) {
+  // cfg: one guidance scale, or one per request
   const half = out.length / 2;
   const perSample = half / batch;
   const mixed = new Float32Array(half);
   for (let b = 0; b < batch; b++) {
-    const s = guidanceScale(cfg, t[b], scalePow);
+    const s = guidanceScale(typeof cfg === 'number' ? cfg : cfg[b], t[b], scalePow);
     for (let i = b * perSample; i < (b + 1) * perSample; i++) {
       const cond = out[i];
       if (i % channels < guided) {

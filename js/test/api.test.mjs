@@ -30,14 +30,30 @@ test('bad requests are GenerationErrors with one-line messages', async () => {
     [{ width: 96, height: 64, label: 'star' + 's' }, "unknown class 'stars' (ids 0..7)"],
     [{ width: 96, height: 64, label: 'r' }, "unknown class 'r'; did you mean circle, square, triangle? (ids 0..7)"],
     [{ width: 96, height: 64, seed: -1 }, 'seed must be a whole number from 0 to 2**64 - 1, got -1'],
-    [{ width: 96, height: 64, steps: 0 }, 'steps must be a positive whole number, got 0'],
-    [{ width: 96, height: 64, cfg: -2 }, 'cfg must be a non-negative number, got -2.0'],
+    [{ width: 96, height: 64, steps: 0 }, 'steps must be a whole number from 1 to 10,000, got 0'],
+    [{ width: 96, height: 64, steps: 10001 }, 'steps must be a whole number from 1 to 10,000, got 10001'],
+    [{ width: 96, height: 64, cfg: -2.5 }, 'cfg must be a number from 0 to 1000, got -2.5'],
+    [{ width: 96, height: 64, cfg: NaN }, 'cfg must be a number from 0 to 1000, got nan'],
+    [{ width: 96, height: 64, extrapolation: 'ntk-fancy' }, "unknown extrapolation 'ntk-fancy'; choose one of normal, "
+      + 'linear, ntk-aware, ntk-by-parts, yarn, ntk-aware-pro1, ntk-aware-pro2, vision-ntk, vision-yarn'],
     [{ width: 96, height: 64, sampler: 'rk4' }, "unknown sampler 'rk4'; choose one of euler, heun, dopri5, sde"],
   ];
   for (const [request, message] of cases) {
     await assert.rejects(pipe.generate(request), (err) => err instanceof GenerationError && err.message === message);
   }
   assert.deepEqual(pipe.checkSize(90, 70, true), [96, 64]);
+  await pipe.release();
+});
+
+test('non-finite latents are refused with the Python runtime\'s message', async () => {
+  const pipe = await FitPipeline.load(PACKAGE, { ort, lazyDecoder: true });
+  const request = pipe.checkRequest({ width: 96, height: 64, label: 'star', seed: 3 });
+  const settings = pipe.settings({ steps: 2, cfg: 2.5 });
+  const noise = pipe.noise(request);
+  noise[0] = NaN;
+  await assert.rejects(pipe.sampleLatents([request], settings, null, [noise]),
+    (err) => err instanceof GenerationError && err.message === 'sampling seed 3 gave non-finite latents (float32 '
+      + 'overflow), so no image is made; lower the guidance scale (cfg 2.5) or check the package with fit-export validate');
   await pipe.release();
 });
 

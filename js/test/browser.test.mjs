@@ -36,7 +36,7 @@ describe('web page in headless Chromium', { skip: reason ?? false }, () => {
 
   test('a bad request shows one message and the page stays usable', async () => {
     const result = await generateInPage(page, { steps: 0 });
-    assert.deepEqual(result, { state: 'error', status: 'steps must be a positive whole number, got 0' });
+    assert.deepEqual(result, { state: 'error', status: 'steps must be a whole number from 1 to 10,000, got 0' });
     const tooBig = await generateInPage(page, { steps: 2, width: 256, height: 256 });
     assert.equal(tooBig.state, 'error');
     assert.match(tooBig.status, /^256x256 needs 256 tokens, more than this model's maximum of 64/);
@@ -69,7 +69,9 @@ describe('web page in headless Chromium', { skip: reason ?? false }, () => {
       const png = readPng(saved);
       assert.deepEqual(png.pixels, await canvasPixels(page));
       assert.equal(png.text['fit:backend'], 'onnxruntime-web');
-      assert.equal(JSON.parse(png.text.parameters).extrapolation, extrapolation || 'package default');
+      assert.equal(JSON.parse(png.text.parameters).extrapolation, extrapolation || 'normal');
+      // The same transformer variant as fit-run: the ort copy, its weights passed as external data.
+      assert.equal(png.text['fit:variant'], readPng(join(dir, 'py.png')).text['fit:variant']);
       if (process.env.FIT_WEB_SCREENSHOT && width === 128) await page.screenshot({ path: process.env.FIT_WEB_SCREENSHOT });
       rmSync(dir, { recursive: true, force: true });
     });

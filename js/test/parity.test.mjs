@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { before, describe, test } from 'node:test';
 
-import { EXTRAPOLATIONS, normals, ropeTables } from '../src/index.js';
+import { EXTRAPOLATIONS, EXTRAPOLATION_ALIASES, normals, ropeTables } from '../src/index.js';
 import { withMethod } from '../src/rope.js';
 import { guidanceScale } from '../src/sampler.js';
 import { loadPackage } from '../src/node.js';
@@ -39,8 +39,9 @@ function imageCases() {
 }
 
 const TABLE_SIZES = [[5, 5], [8, 8], [4, 8], [8, 4], [3, 11], [1, 1]];
-const tableCases = () => EXTRAPOLATIONS.flatMap((method) => TABLE_SIZES.map(([h, w]) => ({
-  method, h, w, head_dim: 64, theta: 10000, ori: 5 })));
+// Every accepted name on a package whose own RoPE is decoupled: an official name must couple the axes again.
+const tableCases = () => [...EXTRAPOLATIONS, ...Object.keys(EXTRAPOLATION_ALIASES)].flatMap((method) =>
+  TABLE_SIZES.map(([h, w]) => ({ method, h, w, head_dim: 64, theta: 10000, ori: 5, decouple: true })));
 const NOISE = [{ seed: '0', count: 1001, block: 0 }, { seed: '7', count: 64, block: 3 },
   { seed: '18446744073709551615', count: 257, block: 1 }, { seed: '123456789012345', count: 20000, block: 0 }];
 
@@ -77,7 +78,7 @@ describe('parity with the Python runtime', { skip: missing ?? false }, () => {
   test('RoPE tables of every extrapolation name are bit-identical to engines.rope', () => {
     tableCases().forEach((c, i) => {
       const data = readFloat32(join(ref.dir, ref.index.tables[i]));
-      const settings = withMethod({ headDim: 64, theta: 10000, method: 'normal', decouple: false, oriMaxPeLen: 5 },
+      const settings = withMethod({ headDim: 64, theta: 10000, method: 'normal', decouple: c.decouple, oriMaxPeLen: 5 },
         c.method, 5);
       const { cos, sin } = ropeTables(settings, c.h, c.w);
       let differ = 0;
@@ -112,6 +113,16 @@ describe('parity with the Python runtime', { skip: missing ?? false }, () => {
     for (let i = 0; i < requests.length; i++) {
       const [alone] = await pipe.generateMany([requests[i]], options);
       assert.ok(psnr(alone.pixels, batch[i].pixels) >= 60, `request ${i}`);
+    }
+    // Per-request guidance scale and extrapolation inside one step loop (engines.pipeline.sample_latents).
+    const own = [{ cfg: 2, extrapolation: 'normal' }, { cfg: 5, extrapolation: 'vision-ntk' }, { cfg: 3, extrapolation: 'yarn' }];
+    const used = own.map((o) => pipe.settings({ steps: 3, sampler: 'heun', ...o }));
+    const checked = requests.map((r) => pipe.checkRequest(r));
+    const latents = await pipe.sampleLatents(checked, used);
+    for (let i = 0; i < requests.length; i++) {
+      const [alone] = await pipe.generateMany([requests[i]], { settings: used[i] });
+      const pixels = await pipe.decode(latents[i], checked[i].height, checked[i].width);
+      assert.ok(psnr(alone.pixels, pixels) >= 60, `request ${i} with its own settings`);
     }
   });
 });

@@ -29,7 +29,7 @@ def main(job_path: str, out_dir: str) -> None:
                 (out / f"image{i}.bin").write_bytes(image.tobytes())
                 index["images"].append({"file": f"image{i}.bin", "parameters": pipe.parameters(request, settings)})
     for i, case in enumerate(job.get("tables", [])):
-        base = RopeSettings(case["head_dim"], case["theta"], "normal", False, case["ori"])
+        base = RopeSettings(case["head_dim"], case["theta"], "normal", case["decouple"], case["ori"])
         settings = base.with_method(case["method"], case["ori"])
         cos, sin = rope_tables(settings, case["h"], case["w"])
         (out / f"table{i}.bin").write_bytes(np.stack([cos, sin]).astype(np.float32).tobytes())
