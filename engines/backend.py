@@ -76,14 +76,17 @@ class Backend:
 
     # -- inference ------------------------------------------------------------------------------------------
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the graph. feed: input name -> array (every graph input); returns output name -> array (host)."""
+        """Run the graph. feed: input name -> array (every graph input); returns output name -> array (host).
+
+        The implementation receives each input as a contiguous array of the graph's dtype for it."""
         if not self.is_active:
             raise BackendError(f"{self.name} backend is not active; call activate() or use it as a context manager")
         missing = [name for name in self.inputs if name not in feed]
         unexpected = [name for name in feed if name not in self.inputs]
         if missing or unexpected:
             raise BackendError(f"{self.name} feed does not match the graph: missing {missing}, unexpected {unexpected}")
-        return self._infer(feed)
+        return self._infer({name: np.ascontiguousarray(value, dtype=self.inputs[name].dtype)
+                            for name, value in feed.items()})
 
     def _activate(self) -> None:
         raise NotImplementedError

@@ -181,7 +181,6 @@ class OnnxRuntimeBackend(Backend):
         self.run_options = None
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feed = {name: np.ascontiguousarray(value, dtype=self.inputs[name].dtype) for name, value in feed.items()}
         try:
             values = self.session.run(None, feed, self.run_options)
         except Exception as err:  # onnxruntime's own types: allocation failures, shape errors, kernel failures

@@ -140,7 +140,6 @@ class OpenVinoBackend(Backend):
         self.compiled = None
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feed = {name: np.ascontiguousarray(value, dtype=self.inputs[name].dtype) for name, value in feed.items()}
         try:
             results = self.request.infer(feed)
         except Exception as err:
