@@ -19,7 +19,6 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from engines import noise as portable_noise
-from engines.noise import SEED_LIMIT
 from engines.atomic import recover_folder
 from engines.backend import Backend, BackendError, create_backend, resolve_backend_name
 from engines.manifest import Manifest, PackageError, load_manifest
@@ -32,8 +31,7 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 # Approximate SD-VAE latent -> RGB map (a well-known linear fit), for packages shipped without vae_decoder.onnx.
 _SD_LATENT_RGB = np.array([[0.298, 0.207, 0.208], [0.187, 0.286, 0.173],
                            [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]], dtype=F32)
-
-
+SEED_LIMIT = portable_noise.SEED_LIMIT
 
 
 class GenerationError(SettingError):
