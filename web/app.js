@@ -1,9 +1,9 @@
 /**
  * The FiT web page: the js/ core on onnxruntime-web. The page is served by `fit-web` (or any static host that sends
  * the headers in docs/javascript.md); query parameters: ?package=URL (default /package/), ?threads=N (WASM threads),
- * ?optimization=disabled|basic|extended|all (ONNX Runtime graph optimization, default disabled: creating the sessions
- * is then about 0.15 s faster on a 2-core CPU, and the default model's images and warm speed are the same, as its
- * transformer variant is fused at export; `all` may run a package without such a variant faster once loaded).
+ * ?optimization=disabled|basic|extended|all (ONNX Runtime graph optimization, default disabled: the first image comes
+ * 0.2-0.4 s sooner on a 2-core CPU, with the default model's pixels and warm speed unchanged, as its transformer
+ * variant is fused at export; `all` may run a package without such a variant faster once loaded).
  */
 import * as ort from '/ort/ort.wasm.min.mjs';
 import { FitPipeline, SAMPLERS, encodePng } from '/js/src/index.js';
