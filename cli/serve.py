@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from cli.common import BACKEND, Command, UserError, check_writable, one_line, user_errors
-from engines.manifest import PackageError, load_manifest
+from engines.manifest import PackageError, load_manifest, verify_files
 from engines.pipeline import DEFAULT_MODEL_DIR
 
 
@@ -56,8 +56,12 @@ def main(package, host, port, replicas, max_batch_size, batch_wait_ms, max_batch
             from fit_serve.app import ServeConfig, serve_config
         except ImportError as err:
             raise UserError(f"Ray Serve is not installed ({err}); pip install 'fit-toolkit[serve]'") from None
-        # every file checked here once, so that a damaged package is one line now, not a replica failing in Ray
-        manifest = load_manifest(package if package is not None else DEFAULT_MODEL_DIR, verify=emit_config is None)
+        # the files the replicas will open, checked here so that a damaged package is one line now, not a replica
+        # failing in Ray
+        directory = package if package is not None else DEFAULT_MODEL_DIR
+        manifest = load_manifest(directory)
+        if emit_config is None:
+            verify_files(directory, manifest, manifest.runtime_files(backend))
         config = ServeConfig(package=None if package is None else str(package.resolve()), backend=backend,
                              threads=threads, replicas=replicas, max_batch_size=max_batch_size,
                              batch_wait_ms=batch_wait_ms, max_queue=max_queue, max_batch_tokens=max_batch_tokens,

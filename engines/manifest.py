@@ -545,6 +545,12 @@ class Manifest(_Section):
         m = self.model
         return GraphContract(m.token_dim, m.out_token_dim, m.head_dim, self.transformer.precision)
 
+    def runtime_files(self, backend: str, precision: Optional[str] = None) -> list[str]:
+        """The files ``backend`` opens to generate with ``precision`` (see :meth:`TransformerSection.select`): the
+        transformer variant and its weights, and the decoder. TensorRT engines carry their own hashes (sidecars)."""
+        files = [] if backend == "tensorrt" else graph_files(self, self.transformer.select(backend, precision).file)
+        return files + ([self.vae_decoder.file] if self.vae_decoder else [])
+
     def referenced_files(self) -> list[str]:
         """Every file a section names (graphs, their external data, stored weights)."""
         t = self.transformer
