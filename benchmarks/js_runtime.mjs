@@ -7,8 +7,10 @@
  * Same settings everywhere: 96x64, class star, seed 0, the package's sampler (heun, 16 steps) and guidance (4).
  * Rows: whole process (`fit-run` vs `node js/bin/fit-run.mjs`), warm call (one more image from a loaded
  * pipeline), and the page served by fit-web (open to ready, open to first image, warm image) with 1 and 2 WASM
- * threads. Prints markdown tables: median (min) of --repeat runs; the page's load and first image: median (min) of
- * --page-runs page opens, each in a fresh browser profile, alternating the rows. --page-only skips the Node and
+ * threads. Prints markdown tables: median (min–max) of --repeat runs; the page's load and first image: median (min–max) of
+ * --page-runs page opens, each in a fresh browser profile (nothing cached) opened once the browser has finished
+ * starting (as a user opens a page in a running browser), alternating the rows; the form is filled and Generate
+ * clicked in one call to the page. --page-only skips the Node and
  * Python rows; --optimization adds page rows per ONNX Runtime graph optimization level (?optimization=; default:
  * the page's own default). Needs .venv-core, `npm ci --prefix js` and Debian's chromium.
  */
@@ -18,7 +20,7 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { FIT_RUN_JS, PYTHON, pythonEnv } from '../js/test/helpers.mjs';
-import { CHROMIUM, generateInPage, launchChromium, loadPuppeteer, startFitWeb } from '../js/test/browser-helpers.mjs';
+import { CHROMIUM, generateInPage, launchChromium, loadPuppeteer, settleBrowser, startFitWeb } from '../js/test/browser-helpers.mjs';
 import { loadPackage } from '../js/src/node.js';
 
 const option = (name) => (process.argv.includes(name) ? process.argv[process.argv.indexOf(name) + 1] : undefined);
@@ -28,8 +30,8 @@ const pageOnly = process.argv.includes('--page-only');
 const levels = option('--optimization')?.split(',') ?? [null];
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const ms = (x) => `${(x * 1000).toFixed(0)} ms`;
-/** "median (min)" of seconds. */
-const stat = (xs) => `${ms(median(xs))} (${ms(Math.min(...xs))})`;
+/** "median (min–max)" of seconds. */
+const stat = (xs) => `${ms(median(xs))} (${ms(Math.min(...xs))}–${ms(Math.max(...xs))})`;
 const dir = mkdtempSync(join(tmpdir(), 'fit-bench-'));
 const args = ['-W', '96', '-H', '64', '--class', 'star', '--seed', '0', '-q', '-o', join(dir, 'out.png')];
 const rows = [];
@@ -85,9 +87,10 @@ if (CHROMIUM) {
   async function open(c, run) {
     const chromium = await launchChromium(puppeteer);
     const page = await chromium.browser.newPage();
+    await settleBrowser(chromium);
     const start = performance.now();
     await page.goto(`${server.url}?threads=${c.threads}${c.level ? `&optimization=${c.level}` : ''}`);
-    await page.waitForFunction(() => document.body.dataset.state === 'ready', { timeout: 120000 });
+    await page.waitForFunction(() => document.body.dataset.state === 'ready', { timeout: 120000, polling: 'mutation' });
     c.load.push((performance.now() - start) / 1000);
     const first = await generateInPage(page, settings);
     if (first.state !== 'done') throw new Error(first.status);
@@ -112,7 +115,7 @@ if (CHROMIUM) {
 const versions = JSON.parse(execFileSync(PYTHON, ['-c', 'import json, onnxruntime; print(json.dumps(onnxruntime.__version__))'],
   { env: pythonEnv, encoding: 'utf8' }));
 console.log(`${new Date().toISOString().slice(0, 10)}, ${cpus().length} CPU cores (${cpus()[0].model}), Node ${process.version}, `
-  + `onnxruntime ${versions} (Python), median (min) of ${repeat}; 1-minute load average ${loadBefore.toFixed(1)} before, `
+  + `onnxruntime ${versions} (Python), median (min–max) of ${repeat}; 1-minute load average ${loadBefore.toFixed(1)} before, `
   + `${loadavg()[0].toFixed(1)} after (other work on the machine inflates every number)\n`);
 if (!pageOnly) {
   console.log('| default model, heun 16 steps, cfg 4 | Python runtime | Node runtime | Node / Python |');

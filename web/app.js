@@ -1,6 +1,7 @@
 /**
  * The FiT web page: the js/ core on onnxruntime-web. The page is served by `fit-web` (or any static host that sends
  * the headers in docs/javascript.md); query parameters: ?package=URL (default /package/), ?threads=N (WASM threads),
+ * ?precision=NAME (a transformer variant or precision, as fit-run --precision; default: the package's default variant),
  * ?optimization=disabled|basic|extended|all (ONNX Runtime graph optimization, default disabled: the first image comes
  * 0.2-0.4 s sooner on a 2-core CPU, with the default model's pixels and warm speed unchanged, as its transformer
  * variant is fused at export; `all` may run a package without such a variant faster once loaded).
@@ -113,7 +114,7 @@ async function start() {
   const started = performance.now();
   try {
     pipe = await FitPipeline.load(query.get('package') ?? '/package/', { ort, backendName: 'onnxruntime-web',
-      executionProviders: ['wasm'], lazyDecoder: true,
+      executionProviders: ['wasm'], lazyDecoder: true, precision: query.get('precision') || null,
       graphOptimizationLevel: query.get('optimization') ?? 'disabled' });
   } catch (err) {
     status(`Cannot open the model: ${err.message}`, true);
@@ -122,7 +123,8 @@ async function start() {
   }
   fillControls();
   $('generate').disabled = false;
-  status(`Model loaded in ${((performance.now() - started) / 1000).toFixed(2)} s (${ort.env.wasm.numThreads} WASM `
+  status(`Model loaded in ${((performance.now() - started) / 1000).toFixed(2)} s (transformer ${pipe.variant.name}, `
+    + `${ort.env.wasm.numThreads} WASM `
     + `thread${ort.env.wasm.numThreads === 1 ? '' : 's'}).`);
   document.body.dataset.state = 'ready';
   // The page is usable now; the decoder's session is created while the user picks settings.

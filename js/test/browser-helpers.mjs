@@ -1,6 +1,6 @@
 /** Headless Chromium helpers shared by the browser test and benchmarks/js_runtime.mjs. */
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -26,22 +26,56 @@ export async function startFitWeb() {
   return { url: JSON.parse(line).url, stop: () => server.kill() };
 }
 
-/** Launch Chromium with a fresh profile; resolves to {browser, close()}. */
+/** Launch Chromium with a fresh profile; resolves to {browser, profile, close()}. */
 export async function launchChromium(puppeteer) {
   const profile = mkdtempSync(join(tmpdir(), 'fit-chromium-'));
   const browser = await puppeteer.launch({ executablePath: CHROMIUM, headless: true,
     args: [...CHROMIUM_ARGS, `--user-data-dir=${profile}`] });
-  return { browser, close: async () => { await browser.close(); rmSync(profile, { recursive: true, force: true }); } };
+  return { browser, profile, close: async () => { await browser.close(); rmSync(profile, { recursive: true, force: true }); } };
 }
 
-/** Fill the form, click Generate and wait; returns {state, status}. */
-export async function generateInPage(page, settings) {
-  for (const [id, value] of Object.entries(settings)) {
-    await page.$eval(`#${id}`, (el, v) => { el.value = v; }, String(value));
+/** CPU seconds used so far by the processes whose command line names `needle` (Linux /proc; null elsewhere). */
+function cpuSeconds(needle) {
+  if (!existsSync('/proc/self/stat')) return null;
+  let ticks = 0;
+  for (const pid of readdirSync('/proc').filter((name) => /^\d+$/.test(name))) {
+    try {
+      if (!readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(needle)) continue;
+      const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+      ticks += Number(fields[11]) + Number(fields[12]);             // utime + stime
+    } catch { /* the process ended */ }
   }
-  await page.evaluate(() => { document.body.dataset.state = 'waiting'; });
-  await page.click('#generate');
-  await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.state), { timeout: 120000 });
+  return ticks / 100;                                               // USER_HZ
+}
+
+/**
+ * Wait until a just-launched browser has finished starting (its processes use under 5 % of one core over 300 ms,
+ * at most `limitMs`), so that a page opened next is timed as in a running browser: right after launch Chromium
+ * still starts a spare renderer and other services (about 0.4 s of CPU here), which would be counted in the page's
+ * load otherwise. Returns the milliseconds waited.
+ */
+export async function settleBrowser(chromium, limitMs = 5000) {
+  const start = performance.now();
+  let before = cpuSeconds(chromium.profile);
+  if (before === null) return 0;
+  while (performance.now() - start < limitMs) {
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const now = cpuSeconds(chromium.profile);
+    if (now - before < 0.015) break;
+    before = now;
+  }
+  return performance.now() - start;
+}
+
+/** Fill the form, click Generate and wait; returns {state, status}. One round trip to the page, as a user's click. */
+export async function generateInPage(page, settings) {
+  await page.evaluate((values) => {
+    for (const [id, value] of Object.entries(values)) document.getElementById(id).value = value;
+    document.body.dataset.state = 'waiting';
+    document.getElementById('generate').click();
+  }, Object.fromEntries(Object.entries(settings).map(([id, value]) => [id, String(value)])));
+  await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.state),
+    { timeout: 120000, polling: 'mutation' });
   return page.evaluate(() => ({ state: document.body.dataset.state, status: document.getElementById('status').textContent }));
 }
 

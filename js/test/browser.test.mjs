@@ -42,6 +42,20 @@ describe('web page in headless Chromium', { skip: reason ?? false }, () => {
     assert.match(tooBig.status, /^256x256 needs 256 tokens, more than this model's maximum of 64/);
   });
 
+  test('?precision= picks a transformer variant; an unknown one is one message', async () => {
+    const status = async (query) => {
+      const other = await chromium.browser.newPage();
+      await other.goto(`${server.url}?${query}`);
+      await other.waitForFunction(() => ['ready', 'failed'].includes(document.body.dataset.state), { timeout: 60000 });
+      const text = await other.$eval('#status', (el) => el.textContent);
+      await other.close();
+      return text;
+    };
+    assert.match(await status('precision=int8'), /^Model loaded in [\d.]+ s \(transformer int8, \d WASM threads?\)\.$/);
+    assert.match(await status('precision=fp16'),
+      /^Cannot open the model: the package has no fp16 transformer that onnxruntime can run; it holds fp32, ort, int8$/);
+  });
+
   test('a missing package is one message on the page', async () => {
     const other = await chromium.browser.newPage();
     await other.goto(`${server.url}?package=/missing/`);
