@@ -1,19 +1,22 @@
 """Edge-CPU table: every transformer variant and CPU runtime side by side, with its quality.
 
-    python benchmarks/edge_cpu.py [--xl-depth 2] [--repeats 15] [--out benchmarks/results/edge_cpu]
+    python benchmarks/edge_cpu.py [--xl-depth 4] [--repeats 16] [--out benchmarks/results/edge_cpu]
 
 For the shipped default model and for the FiTv2-XL shape with ``--xl-depth`` of its 36 blocks (random weights,
 exported with ``fit-export onnx``), one run on this machine measures:
 
-- variants: fp32 (``transformer.onnx``), the ONNX Runtime-tuned copy (``ort``), int8 dynamic per channel and int8
-  static (QDQ, calibrated on the package's own trajectories), all written by this repository's commands
-  (``fit-export ort-optimize`` / ``quantize``); runtimes: ONNX Runtime (each variant) and OpenVINO f32 / bf16
-  (the fp32 graph);
+- variants: fp32 (``transformer.onnx``), the ONNX Runtime-tuned copy (``ort``), the OpenVINO-tuned copy (``ov``),
+  int8 dynamic per channel and int8 static (QDQ, calibrated on the package's own trajectories), all written by
+  this repository's commands (``fit-export ort-optimize`` / ``ov-optimize`` / ``quantize``); runtimes: ONNX
+  Runtime (each variant) and OpenVINO f32 / bf16 (the fp32 graph and its ``ov`` copy);
 - size on disk of what each one opens (its graph plus the file its weights come from);
 - load time: backend creation + activation (OpenVINO: first with an empty compiled-model cache, then warm);
 - per-step latency: one network evaluation with guidance (batch 2) at the model's training token count
-  (default model 25 tokens, XL 256), median over ``--repeats`` calls taken round-robin across all engines (the
-  machine is shared; alternating spreads its noise evenly);
+  (default model 25 tokens, XL 256), median of ``--repeats`` calls per engine, taken in blocks of 4 that
+  alternate between the engines (the machine is shared; alternating spreads its noise evenly). Each block starts
+  after a 0.2 s pause and one untimed call: every runtime keeps its own worker threads spinning for a while after
+  a call, and on a 2-core machine the threads of the engine timed just before would otherwise run against the
+  next one (timing one call per engine in turn measured the second of two ONNX Runtime sessions 15-20 % slow);
 - image time: one whole image through ``engines.load().generate`` (default model: 80x80, its default heun
   16 steps, guidance 4, VAE decode; XL: 256x256, 10 Euler steps, guidance 1.5, no VAE);
 - quality beside each: cosine of the output against ONNX Runtime fp32 on the timed feed, and PSNR of the image
@@ -86,6 +89,7 @@ def prepare_packages(name: str, work: Path, xl_depth: int) -> dict:
                     param.normal_(0, 0.02)
         base = export_package(model, None, work / "xl")
         optimize_package(base)
+        optimize_package(base, runtime="openvino")
     packages = {"fp32": Path(base)}
     for mode in ("dynamic", "static"):
         out = work / f"{name}-int8-{mode}"
@@ -100,9 +104,13 @@ ENGINES = [  # label, backend, package key, engines.load precision, extra option
     ("ONNX Runtime tuned copy (ort)", "onnxruntime", "fp32", "ort", {}),
     ("ONNX Runtime int8 dynamic", "onnxruntime", "int8-dynamic", "int8", {}),
     ("ONNX Runtime int8 static (QDQ)", "onnxruntime", "int8-static", "int8", {}),
-    ("OpenVINO f32", "openvino", "fp32", "f32", {}),
-    ("OpenVINO bf16", "openvino", "fp32", "bf16", {}),
+    ("OpenVINO f32 (transformer.onnx)", "openvino", "fp32", "f32", {"ov_optimized": False}),
+    ("OpenVINO f32 (tuned copy ov)", "openvino", "fp32", "f32", {}),
+    ("OpenVINO bf16 (transformer.onnx)", "openvino", "fp32", "bf16", {"ov_optimized": False}),
+    ("OpenVINO bf16 (tuned copy ov)", "openvino", "fp32", "bf16", {}),
 ]
+BLOCK = 4                 # timed calls per engine in a row
+PAUSE_S = 0.2             # before each block: the previous engine's worker threads stop spinning
 
 
 def files_size(package: Path, backend) -> int:
@@ -140,11 +148,14 @@ def measure(name: str, packages: dict, repeats: int, threads: int, work: Path) -
         rows.append(row)
         backends.append(b)
     times = [[] for _ in backends]
-    for _ in range(repeats):
+    for _ in range(-(-repeats // BLOCK)):
         for i, b in enumerate(backends):
-            start = time.perf_counter()
+            time.sleep(PAUSE_S)
             b.infer(feed)
-            times[i].append(time.perf_counter() - start)
+            for _ in range(BLOCK):
+                start = time.perf_counter()
+                b.infer(feed)
+                times[i].append(time.perf_counter() - start)
     reference = backends[0].infer(feed)["v"]
     for row, b, t in zip(rows, backends, times):
         row["step_ms"] = 1000 * statistics.median(t)
@@ -188,8 +199,8 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--xl-depth", type=int, default=2, help="blocks of the FiTv2-XL shape (of 36)")
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--xl-depth", type=int, default=4, help="blocks of the FiTv2-XL shape (of 36)")
+    parser.add_argument("--repeats", type=int, default=16, help="timed calls per engine (in blocks of 4)")
     parser.add_argument("--threads", type=int, default=0, help="runtime threads (0: each runtime's default)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "edge_cpu"))
     args = parser.parse_args()

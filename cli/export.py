@@ -1,6 +1,6 @@
-"""``fit-export``: model packages (``onnx``), validation against PyTorch (``validate``), the ONNX Runtime-tuned
-graph copy (``ort-optimize``), int8 variants (``quantize``), TensorRT engines (``build``, ``trt-check``). Thin
-wrappers."""
+"""``fit-export``: model packages (``onnx``), validation against PyTorch (``validate``), the ONNX Runtime- and
+OpenVINO-tuned graph copies (``ort-optimize``, ``ov-optimize``), int8 variants (``quantize``), TensorRT engines
+(``build``, ``trt-check``). Thin wrappers."""
 from __future__ import annotations
 
 import os
@@ -39,8 +39,8 @@ def _buckets(text):
 @click.group(cls=Group, prog="fit-export")
 def main():
     """Export FiT models to ONNX model packages (onnx), check them against PyTorch (validate), add the ONNX
-    Runtime-tuned graph (ort-optimize) or an int8 variant (quantize), and build and check TensorRT engines (build,
-    trt-check)."""
+    Runtime- or OpenVINO-tuned graph (ort-optimize, ov-optimize) or an int8 variant (quantize), and build and check
+    TensorRT engines (build, trt-check)."""
 
 
 @main.command("onnx", short_help="Write a model package (ONNX graphs + manifest) from a checkpoint.")
@@ -170,6 +170,20 @@ def ort_optimize_command(package):
     check = entry["check"]
     click.echo(f"wrote {os.path.join(package, entry['file'])}: {entry['fused_attention']} attention blocks and "
                f"{entry['fused_rotary']} RoPE rotations fused; "
+               f"vs transformer.onnx max abs {check['max_abs_relative_to_scale']:.1e} of scale, "
+               f"cosine {check['cosine']:.7f}")
+
+
+@main.command("ov-optimize", short_help="Add the OpenVINO-tuned graph copy (RoPE rotation as one MatMul).")
+@click.argument("package", type=click.Path())
+def ov_optimize_command(package):
+    """Add transformer.ov.onnx (the interleaved RoPE rotation as one MatMul, which OpenVINO runs faster, notably in
+    bf16) to a fp32 package; the OpenVINO backend runs it instead of transformer.onnx, which stays unchanged."""
+    from fit_export.ort_optimize import OrtOptimizeError, optimize_package
+    with user_errors(OrtOptimizeError, PackageError):
+        entry = optimize_package(package, runtime="openvino")
+    check = entry["check"]
+    click.echo(f"wrote {os.path.join(package, entry['file'])}: {entry['fused_rotary']} RoPE rotations as MatMul; "
                f"vs transformer.onnx max abs {check['max_abs_relative_to_scale']:.1e} of scale, "
                f"cosine {check['cosine']:.7f}")
 

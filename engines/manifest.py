@@ -28,6 +28,7 @@ PRECISIONS = ("fp32", "fp16")
 VARIANT_PRECISIONS = ("fp32", "fp16", "int8")
 QUANTIZATION_MODES = ("dynamic", "static")       # `quantization.mode` of an int8 variant (`fit-export quantize`)
 ORT_VARIANT = "ort"               # name of the ONNX Runtime-tuned copy (`fit-export ort-optimize`)
+OPENVINO_VARIANT = "ov"           # name of the OpenVINO-tuned copy (`fit-export ov-optimize`)
 LATENT_SPACES = ("sd-vae", "pixel")
 
 
@@ -280,18 +281,20 @@ class VariantSection(_Section):
     """One more transformer graph a package holds besides ``transformer.file``: the ONNX Runtime-tuned copy, an
     int8 (or fp16) version. Every variant follows the graph contract with float32 ``x``/``v``, except fp16."""
 
-    name: str = _doc("variant name (`fit-run --precision NAME`), e.g. `ort`, `int8`")
-    file: str = _doc("its ONNX file, e.g. `transformer.ort.onnx`, `transformer.int8.onnx`")
+    name: str = _doc("variant name (`fit-run --precision NAME`), e.g. `ort`, `ov`, `int8`")
+    file: str = _doc("its ONNX file, e.g. `transformer.ort.onnx`, `transformer.ov.onnx`, `transformer.int8.onnx`")
     precision: str = _doc("numbers its weights are stored in: `fp32`, `fp16` or `int8`")
     runtime: Optional[str] = _doc("the only backend that runs it (`onnxruntime`: opset-23 fused ops, ONNX Runtime's "
-                                  "quantized kernels), or null for any", default=None)
+                                  "quantized kernels; `openvino`: the copy rewritten for OpenVINO), or null for any",
+                                  default=None)
     opset: Optional[int] = _doc("its ONNX opset", default=None)
     weights_from: Optional[str] = _doc("the file its large initializers are read from (ONNX external data with "
                                        "offsets), e.g. `transformer.onnx`: it shares the fp32 graph's weights; null "
                                        "when it holds its own", default=None)
     source: Optional[str] = _doc("the variant it was made from", default=None)
     fused_attention: int = _doc("attention blocks fused into one op", default=0)
-    fused_rotary: int = _doc("RoPE rotations fused into one op", default=0)
+    fused_rotary: int = _doc("RoPE rotations rewritten: into one `RotaryEmbedding` op (`ort`), into one `MatMul` "
+                             "(`ov`)", default=0)
     quantization: Optional[dict] = _doc("`fit-export quantize` settings (mode, per_channel, ops, calibration)",
                                         default=None)
     check: Optional[dict] = _doc("its comparison with the graph it was made from, when it was written",

@@ -10,6 +10,9 @@ OpenVINO reads the package's ONNX files directly (no second export). What it com
 - a transformer variant the package holds (``int8``, or its name), chosen by the manifest's rules
   (docs/package-format.md, *Variants*); variants made for ONNX Runtime only are never run here.
 
+``f32`` and ``bf16`` run the package's OpenVINO-tuned copy of the fp32 graph when it has one (the variant ``ov``,
+``fit-export ov-optimize``: the RoPE rotation as one MatMul, the same numbers), else ``transformer.onnx``.
+
 Compiled models are cached (OpenVINO's ``CACHE_DIR``; default ``$XDG_CACHE_HOME/fit-toolkit/openvino`` or
 ``~/.cache/fit-toolkit/openvino``), so a second process opening the same package skips the compilation.
 """
@@ -59,13 +62,15 @@ class OpenVinoBackend(Backend):
     device: OpenVINO device name (``CPU``; ``GPU``/``NPU`` where OpenVINO has them)
     threads: inference threads (0 = OpenVINO's choice)
     cache: keep compiled models in ``cache_dir`` (default :func:`default_cache_dir`)
+    ov_optimized: among the variants of that precision prefer the one tuned for OpenVINO (``fit-export
+        ov-optimize``, the variant ``ov``); False runs the standard graph
     """
 
     name = "openvino"
 
     def __init__(self, package, *, manifest: Optional[Manifest] = None, graph: str = "transformer", verify: bool = True,
                  precision: Optional[str] = None, device: str = "CPU", threads: int = 0, cache: bool = True,
-                 cache_dir: Optional[str] = None):
+                 cache_dir: Optional[str] = None, ov_optimized: bool = True):
         super().__init__()
         if int(threads) < 0:
             raise BackendError(f"threads must be 0 (automatic) or positive, got {threads}")
@@ -79,7 +84,7 @@ class OpenVinoBackend(Backend):
         if graph == "transformer":
             wanted = "fp32" if compute is not None else precision
             try:
-                variant = self.manifest.transformer.select(self.name, wanted)
+                variant = self.manifest.transformer.select(self.name, wanted, tuned=ov_optimized)
             except PackageError as err:
                 raise BackendError(str(err)) from None
             if compute == "bf16" and variant.precision != "fp32":

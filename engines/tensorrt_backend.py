@@ -83,13 +83,25 @@ class TensorRTBackend(Backend):
         super().__init__()
         if graph != "transformer":
             raise BackendError("the TensorRT backend runs the transformer only; decode the VAE with onnxruntime")
-        if precision is not None and precision not in PRECISIONS:
-            raise BackendError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         self.package = package_path(package)
         try:
             self.manifest = manifest if manifest is not None else load_manifest(self.package, verify=False)
         except PackageError as err:
             raise BackendError(str(err)) from None
+        transformer = self.manifest.transformer
+        engine_source = f"built from {transformer.file} in {', '.join(PRECISIONS)}"
+        if precision is not None and precision not in PRECISIONS:
+            if precision in [v.name for v in transformer.all_variants()]:
+                raise BackendError(f"TensorRT does not run the transformer variant {precision!r}: its engines are "
+                                   f"{engine_source}; choose --precision {'|'.join(PRECISIONS)} or another backend")
+            raise BackendError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        default = transformer.default
+        if precision is None and default.precision not in PRECISIONS:
+            # Every runtime honours the manifest's default variant (one seed, one image): an engine would not.
+            raise BackendError(f"the package's default transformer variant is {default.name!r} ({default.precision}), "
+                               f"which TensorRT does not run (its engines are {engine_source}); run it on "
+                               f"onnxruntime, or choose an engine with --precision {'|'.join(PRECISIONS)}")
+        self.variant = transformer.base.name          # what the engines were built from (transformer.file)
         self.precision = precision
         self.cuda_graphs = cuda_graphs
         self.verify = verify

@@ -1,4 +1,5 @@
-"""An ONNX Runtime-tuned copy of a package's transformer graph: attention and RoPE as single fused ops.
+"""Runtime-tuned copies of a package's transformer graph: for ONNX Runtime (``ort-optimize``: attention and RoPE as
+single fused ops) and for OpenVINO (``ov-optimize``: the RoPE rotation as one MatMul).
 
 The package's ``transformer.onnx`` stays opset 18 and standard-op (TensorRT parses it; ``fit_export.trt_ops``
 checks it). Profiling the FiTv2-XL shape on ONNX Runtime's CPU provider (docs/runtime.md, *Performance*) shows
@@ -20,7 +21,13 @@ it against the graph, and records it in the manifest as the variant ``ort``; the
 present and falls back to ``transformer.onnx`` when the installed ONNX Runtime cannot load it (versions without
 opset-23 kernels).
 
-The copy holds no weights of its own (:func:`share_weights`): every large initializer is ONNX external data that
+OpenVINO (2026.4) runs the same interleaved rotation, in bf16, with a reference (unvectorised) Concat kernel: about
+7 % of a bf16 step at the FiTv2-XL shape. ``rotate_half`` is linear in x, so :func:`rotation_as_matmul` writes it
+as ``MatMul(x, R)`` with a fixed (Dh, Dh) matrix of 0 and ±1, exact in any precision, and leaves the rest of the
+graph (standard opset-18 ops) as it is; ``ov-optimize`` records that copy (``transformer.ov.onnx``) as the variant
+``ov``, which the OpenVINO backend runs when present (f32 and bf16 alike).
+
+Each copy holds no weights of its own (:func:`share_weights`): every large initializer is ONNX external data that
 points at the bytes of the same tensor inside ``transformer.onnx`` (location, offset, length) — or, for graphs
 over 2 GB, at the graph's own external weights file — so adding it costs kilobytes.
 """
@@ -40,6 +47,7 @@ from engines.metrics import cosine
 from fit_export.onnx_export import read_onnx
 
 ORT_FILE = "transformer.ort.onnx"
+OPENVINO_FILE = "transformer.ov.onnx"
 COPY_OPSET = 23          # ONNX Attention and RotaryEmbedding
 
 
@@ -344,25 +352,67 @@ MAX_ABS_TOLERANCE = 1e-4          # of the output scale, as fit-export validate 
 COSINE_TOLERANCE = 0.9999
 
 
-def optimize_graph(source, target, head_dim: int, token_dim: int) -> dict:
-    """Write the ONNX Runtime-tuned copy of the transformer graph ``source`` to ``target`` (in the same directory:
-    the copy reads its weights from ``source`` or from ``source``'s external weights file) after checking it
-    against ``source``.
+def rotation_as_matmul(model: onnx.ModelProto, head_dim: int, base_dir: str = "") -> int:
+    """Replace every interleaved rotation ``rotate_half(x)`` (the exporter's Reshape/Gather/Neg/Concat chain, see
+    :func:`_rotated_half`) with ``MatMul(x, R)``, R the (Dh, Dh) matrix with ``R[2k, 2k+1] = 1`` and
+    ``R[2k+1, 2k] = -1``: column 2k of ``x @ R`` is ``-x[2k+1]`` and column 2k+1 is ``x[2k]``, each output one input
+    with its sign, so the product is exact in any precision. Returns the count."""
+    g = _Graph(model.graph, base_dir)
+    name = "rotate_half/matrix"
+    replace = {}
+    for node in model.graph.node:
+        if node.op_type == "Reshape" and (x := _rotated_half(g, node.output[0])) is not None:
+            replace[node.output[0]] = [helper.make_node("MatMul", [x, name], [node.output[0]],
+                                                        name=f"{node.name}/rotate_matmul")]
+    if replace:
+        matrix = np.zeros((head_dim, head_dim), np.float32)
+        pairs = np.arange(0, head_dim, 2)
+        matrix[pairs, pairs + 1] = 1.0
+        matrix[pairs + 1, pairs] = -1.0
+        model.graph.initializer.append(numpy_helper.from_array(matrix, name))
+        _splice(model, replace)
+    return len(replace)
 
-    Returns ``{"fused_attention": count, "fused_rotary": count, "opset": 23, "weights_from": file,
-    "check": check_outputs(...)}``;
-    raises :class:`OrtOptimizeError` (and writes nothing) when there is no attention to fuse or the outputs
-    differ.
-    """
-    source, target = Path(source), Path(target)
-    if source.parent.resolve() != target.parent.resolve():
-        raise OrtOptimizeError(f"the tuned copy shares the weights of {source.name}: write it next to it")
-    model = read_onnx(source)                                     # external weights stay where they are
+
+def _tune_for_onnxruntime(model: onnx.ModelProto, source: Path, head_dim: int) -> dict:
     fused = fuse_attention(model, str(source.parent))
     if fused == 0:
         raise OrtOptimizeError(f"{source.name} has no attention of the form this pass fuses "
                                f"(MatMul -> Add -> Softmax -> IsNaN/Where -> MatMul); nothing written")
     rotary = fuse_rotary(model, base_dir=str(source.parent))
+    return {"fused_attention": fused, "fused_rotary": rotary, "opset": COPY_OPSET}
+
+
+def _tune_for_openvino(model: onnx.ModelProto, source: Path, head_dim: int) -> dict:
+    rotations = rotation_as_matmul(model, head_dim, str(source.parent))
+    if rotations == 0:
+        raise OrtOptimizeError(f"{source.name} has no interleaved RoPE rotation of the form this pass rewrites "
+                               f"(Reshape -> Gather/Neg -> Concat -> Reshape); nothing written")
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    return {"fused_attention": 0, "fused_rotary": rotations, "opset": opset}
+
+
+#: runtime -> (variant name, file, rewrite): the tuned copies this module writes
+TUNED_COPIES = {
+    "onnxruntime": (mf.ORT_VARIANT, ORT_FILE, _tune_for_onnxruntime),
+    "openvino": (mf.OPENVINO_VARIANT, OPENVINO_FILE, _tune_for_openvino),
+}
+
+
+def optimize_graph(source, target, head_dim: int, token_dim: int, runtime: str = "onnxruntime") -> dict:
+    """Write the copy of the transformer graph ``source`` tuned for ``runtime`` (``onnxruntime`` or ``openvino``)
+    to ``target`` (in the same directory: the copy reads its weights from ``source`` or from ``source``'s external
+    weights file) after checking it against ``source`` on ONNX Runtime.
+
+    Returns ``{"fused_attention": count, "fused_rotary": count, "opset": ..., "weights_from": file,
+    "check": check_outputs(...)}``;
+    raises :class:`OrtOptimizeError` (and writes nothing) when there is nothing to rewrite or the outputs differ.
+    """
+    source, target = Path(source), Path(target)
+    if source.parent.resolve() != target.parent.resolve():
+        raise OrtOptimizeError(f"the tuned copy shares the weights of {source.name}: write it next to it")
+    model = read_onnx(source)                                     # external weights stay where they are
+    result = TUNED_COPIES[runtime][2](model, source, head_dim)
     weights_from = share_weights(model, source)
     for node in model.graph.node:                   # the exporter's per-node debug notes: most of the copy's bytes
         node.ClearField("metadata_props")
@@ -373,28 +423,30 @@ def optimize_graph(source, target, head_dim: int, token_dim: int) -> dict:
         if not (check["finite"] and check["padding_max_abs"] == 0.0 and check["cosine"] >= COSINE_TOLERANCE
                 and check["max_abs_relative_to_scale"] <= MAX_ABS_TOLERANCE):
             raise OrtOptimizeError(f"the optimized graph differs from {source.name}: {check}; nothing written")
-    return {"fused_attention": fused, "fused_rotary": rotary, "opset": COPY_OPSET, "weights_from": weights_from,
-            "check": check}
+    return dict(result, weights_from=weights_from, check=check)
 
 
-def optimize_package(package) -> dict:
-    """Write ``transformer.ort.onnx`` into a fp32 package, check it against ``transformer.onnx`` and record it
-    in the manifest (the variant ``ort`` under ``transformer.variants`` + its sha256 under ``files``). Returns
-    that manifest entry.
+def optimize_package(package, runtime: str = "onnxruntime") -> dict:
+    """Write the copy tuned for ``runtime`` into a fp32 package (``transformer.ort.onnx`` for ``onnxruntime``,
+    ``transformer.ov.onnx`` for ``openvino``), check it against ``transformer.onnx`` and record it in the manifest
+    (the variant ``ort`` / ``ov`` under ``transformer.variants`` + its sha256 under ``files``). Returns that
+    manifest entry.
 
     Raises :class:`OrtOptimizeError` or :class:`engines.manifest.PackageError`.
     """
+    name, file, _ = TUNED_COPIES[runtime]
+    command = "ort-optimize" if runtime == "onnxruntime" else "ov-optimize"
     package = Path(package)
     recover_folder(package)
     doc = mf.load_manifest(package, verify=True)
     transformer, model = doc.transformer, doc.model
     if transformer.precision != "fp32":
-        raise OrtOptimizeError(f"ort-optimize rewrites fp32 packages; {package} is {transformer.precision}")
-    result = optimize_graph(package / transformer.file, package / ORT_FILE, model.head_dim, model.token_dim)
-    entry = mf.VariantSection(name=mf.ORT_VARIANT, file=ORT_FILE, precision="fp32", runtime="onnxruntime",
-                              source=transformer.precision, **result)
-    variants = tuple(v for v in transformer.variants if v.name != mf.ORT_VARIANT) + (entry,)
-    files = dict(doc.files, **mf.file_entries(package, [ORT_FILE]))
+        raise OrtOptimizeError(f"{command} rewrites fp32 packages; {package} is {transformer.precision}")
+    result = optimize_graph(package / transformer.file, package / file, model.head_dim, model.token_dim, runtime)
+    entry = mf.VariantSection(name=name, file=file, precision="fp32", runtime=runtime, source=transformer.precision,
+                              **result)
+    variants = tuple(v for v in transformer.variants if v.name != name) + (entry,)
+    files = dict(doc.files, **mf.file_entries(package, [file]))
     mf.write_manifest(package, doc.replace(transformer=dataclasses.replace(transformer, variants=variants),
                                            files=files))
     return entry.to_dict()

@@ -231,3 +231,74 @@ def test_legacy_manifest_entry_is_read_as_the_ort_variant(optimized):
     transformer = Manifest.from_dict(doc).transformer
     assert transformer.variant("ort").file == ORT_FILE and "ort_optimized" not in transformer.to_dict()
     assert transformer.select("onnxruntime").name == "ort" and transformer.select("tensorrt").name == "fp32"
+
+
+#################################################################################
+#                          The OpenVINO-tuned copy (ov)                         #
+#################################################################################
+
+def test_rotation_as_matmul_is_exact():
+    from fit.model import rotate_half
+    import torch
+
+    head_dim = 12
+    graph = onnx.helper.make_graph([], "g", [], [])
+    model = onnx.helper.make_model(graph)
+    assert ort_optimize.rotation_as_matmul(model, head_dim) == 0 and not model.graph.initializer
+    x = torch.randn(3, 5, head_dim)
+    matrix = np.zeros((head_dim, head_dim), np.float32)
+    pairs = np.arange(0, head_dim, 2)
+    matrix[pairs, pairs + 1], matrix[pairs + 1, pairs] = 1.0, -1.0
+    assert torch.equal(x @ torch.from_numpy(matrix), rotate_half(x))
+
+
+@pytest.fixture(scope="module")
+def ov_optimized(tmp_path_factory):
+    source, _ = tiny_package(tmp_path_factory)
+    package = copy_package(source, tmp_path_factory.mktemp("ovopt") / "tiny")
+    before = sha256_file(package / "transformer.onnx")
+    result = CliRunner().invoke(export_cli, ["ov-optimize", str(package)])
+    return package, result, before
+
+
+def test_openvino_copy_is_recorded_and_exact(ov_optimized):
+    package, result, before = ov_optimized
+    depth = load_manifest(package).model.config["depth"]
+    assert result.exit_code == 0, result.output
+    assert f"{2 * depth} RoPE rotations as MatMul; vs transformer.onnx max abs 0.0e+00 of scale" in result.output
+    variant = load_manifest(package, verify=True).transformer.variant("ov")
+    assert (variant.file, variant.runtime, variant.precision, variant.weights_from, variant.fused_rotary) == \
+        (ort_optimize.OPENVINO_FILE, "openvino", "fp32", "transformer.onnx", 2 * depth)
+    assert variant.check["max_abs_relative_to_scale"] == 0.0 and variant.opset == 18
+    assert sha256_file(package / "transformer.onnx") == before
+    copy = onnx.load(str(package / ort_optimize.OPENVINO_FILE), load_external_data=False)
+    assert "Neg" not in {n.op_type for n in copy.graph.node}                # the rotation's -x[2k+1] is gone
+    assert sum(n.op_type == "MatMul" and "rotate_half/matrix" in n.input for n in copy.graph.node) == 2 * depth
+    assert (package / ort_optimize.OPENVINO_FILE).stat().st_size < 0.2 * (package / "transformer.onnx").stat().st_size
+    # ONNX Runtime never picks a copy made for OpenVINO
+    with create_backend("onnxruntime", package, threads=1) as backend:
+        assert backend.model_path.name == "transformer.onnx"
+
+
+def test_openvino_runs_its_copy_with_the_same_numbers(ov_optimized):
+    pytest.importorskip("openvino")
+    package, _, _ = ov_optimized
+    feed = padded_feed(2)
+    with create_backend("openvino", package, precision="f32", cache=False) as tuned, \
+            create_backend("onnxruntime", package, threads=1, ort_optimized=False) as plain:
+        assert tuned.variant == "ov" and tuned.model_path.name == ort_optimize.OPENVINO_FILE
+        out, ref = tuned.infer(feed)["v"], plain.infer(feed)["v"]
+    assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max() and cosine(out, ref) >= 0.9999
+    assert np.all(out[feed["mask"] == 0] == 0)
+    with create_backend("openvino", package, precision="fp32", cache=False) as generic:       # asked by name: plain
+        assert generic.variant == "ov"
+
+
+def test_ov_optimize_refuses_a_graph_without_the_rotation(ov_optimized, tmp_path, monkeypatch):
+    package = copy_package(ov_optimized[0], tmp_path / "pkg")
+    monkeypatch.setattr(ort_optimize, "_rotated_half", lambda g, name: None)
+    before = load_manifest(package).transformer.variants
+    result = CliRunner().invoke(export_cli, ["ov-optimize", str(package)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "no interleaved RoPE rotation" in result.output
+    assert load_manifest(package).transformer.variants == before and not list(package.glob(".*tmp"))

@@ -64,7 +64,7 @@ def test_manifest_refusals():
 def test_fit_run_precision_errors_are_one_line(tmp_path):
     result = CliRunner().invoke(run_main, ["--precision", "fp16", "--out", str(tmp_path / "a.png"), "-q"])
     assert result.exit_code == 2 and result.output.count("\n") == 1
-    assert "no fp16 transformer that onnxruntime can run; it holds fp32, ort, int8" in result.output
+    assert "no fp16 transformer that onnxruntime can run; it holds fp32, ort, int8, ov" in result.output
     assert not list(tmp_path.iterdir())
 
 
@@ -77,22 +77,41 @@ def test_fit_run_records_the_variant(tmp_path):
     assert read_parameters(out)["variant"] == load_manifest(DEFAULT_MODEL_DIR).transformer.select("onnxruntime").name
 
 
-def test_default_model_ships_fp32_default_tuned_copy_and_int8():
+def test_default_model_ships_fp32_default_tuned_copies_and_int8():
     import engines
     from engines.metrics import psnr
 
     manifest = load_manifest(DEFAULT_MODEL_DIR, verify=True)
     t = manifest.transformer
-    assert t.default.precision == "fp32" and t.select("onnxruntime").name == "ort"
+    assert t.default.precision == "fp32" and t.select("onnxruntime").name == "ort" and t.select("openvino").name == "ov"
+    assert t.select("tensorrt").name == "fp32"
     int8 = t.variant("int8")
     assert int8.validation["image_psnr_db"] >= 35 and int8.quantization["mode"] == "dynamic"
     accuracy = int8.validation["shapes_accuracy"]["accuracy"]
     mean = {p: sum(v.values()) / len(v) for p, v in accuracy.items()}
     assert mean["int8"] >= mean["fp32"] - 0.01
     size = lambda name: (DEFAULT_MODEL_DIR / name).stat().st_size
-    assert size(t.variant("ort").file) + size(int8.file) < 5_000_000
+    assert size(t.variant("ort").file) + size(t.variant("ov").file) + size(int8.file) < 5_000_000
     images = {}
     for precision in ("fp32", "int8"):
         with engines.load(precision=precision, threads=1) as pipe:
             images[precision] = pipe.generate(width=96, height=64, label="star", seed=2, output="array")
     assert psnr(images["int8"].astype(float), images["fp32"].astype(float), 255.0) >= 30
+
+
+def test_tensorrt_honours_the_default_variant(tmp_path):
+    """TensorRT engines are built from transformer.onnx (fp32/fp16/bf16): a package whose default variant is int8 is
+    refused without --precision (an engine would give another image than every other runtime), with the reason."""
+    from engines.backend import BackendError, create_backend
+
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "manifest.json").write_text(json.dumps(doc_with([INT8_ORT], default="int8")))
+    with pytest.raises(BackendError, match=r"default transformer variant is 'int8' \(int8\), which TensorRT does "
+                                           r"not run \(its engines are built from transformer.onnx in fp32, fp16, "
+                                           r"bf16\); run it on onnxruntime, or choose an engine with --precision"):
+        create_backend("tensorrt", package)
+    with pytest.raises(BackendError, match="TensorRT does not run the transformer variant 'int8'"):
+        create_backend("tensorrt", package, precision="int8")
+    assert create_backend("tensorrt", package, precision="fp16").variant == "fp32"      # built on activate()
+    assert create_backend("tensorrt", DEFAULT_MODEL_DIR).variant == "fp32"

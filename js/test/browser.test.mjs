@@ -53,7 +53,7 @@ describe('web page in headless Chromium', { skip: reason ?? false }, () => {
     };
     assert.match(await status('precision=int8'), /^Model loaded in [\d.]+ s \(transformer int8, \d WASM threads?\)\.$/);
     assert.match(await status('precision=fp16'),
-      /^Cannot open the model: the package has no fp16 transformer that onnxruntime can run; it holds fp32, ort, int8$/);
+      /^Cannot open the model: the package has no fp16 transformer that onnxruntime can run; it holds fp32, ort, int8, ov$/);
   });
 
   test('a missing package is one message on the page', async () => {
