@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from cli.common import BACKEND, Command, UserError, check_writable, one_line, user_errors
+from engines.backend import BackendError, create_backend
 from engines.manifest import PackageError, load_manifest, verify_files
 from engines.pipeline import DEFAULT_MODEL_DIR
 
@@ -38,6 +39,9 @@ from engines.pipeline import DEFAULT_MODEL_DIR
 @click.option("--retry-after", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Seconds a 503 tells the client to wait (Retry-After).")
 @click.option("--backend", type=BACKEND, default="onnxruntime", show_default=True)
+@click.option("--precision", default=None,
+              help="Transformer variant, as fit-run --precision: a name the package lists or a precision (fp32, "
+                   "int8, fp16; OpenVINO also bf16). Default: the package's default variant.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="ONNX Runtime threads per replica (0 = auto).")
 @click.option("--replica-cpus", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Ray CPUs each replica reserves.")
@@ -49,9 +53,9 @@ from engines.pipeline import DEFAULT_MODEL_DIR
 @click.option("--emit-config", type=click.Path(path_type=Path, allow_dash=True), default=None,
               help="Write the Serve config YAML (for serve deploy / serve run) to this file, - for stdout, and exit.")
 def main(package, host, port, replicas, max_batch_size, batch_wait_ms, max_batch_tokens, max_queue, retry_after,
-         backend, threads, replica_cpus, address, metrics_port, emit_config):
+         backend, precision, threads, replica_cpus, address, metrics_port, emit_config):
     """Serve a FiT model PACKAGE (default: the model shipped with fit-toolkit) over HTTP."""
-    with user_errors(PackageError, ValueError, OSError):
+    with user_errors(PackageError, BackendError, ValueError, OSError):
         try:
             from fit_serve.app import ServeConfig, serve_config
         except ImportError as err:
@@ -60,10 +64,12 @@ def main(package, host, port, replicas, max_batch_size, batch_wait_ms, max_batch
         # failing in Ray
         directory = package if package is not None else DEFAULT_MODEL_DIR
         manifest = load_manifest(directory)
+        # the variant each replica will run (a wrong --precision is one line here); opens nothing yet
+        variant = getattr(create_backend(backend, directory, manifest=manifest, precision=precision), "variant", None)
         if emit_config is None:
-            verify_files(directory, manifest, manifest.runtime_files(backend))
+            verify_files(directory, manifest, manifest.runtime_files(backend, variant))
         config = ServeConfig(package=None if package is None else str(package.resolve()), backend=backend,
-                             threads=threads, replicas=replicas, max_batch_size=max_batch_size,
+                             precision=precision, threads=threads, replicas=replicas, max_batch_size=max_batch_size,
                              batch_wait_ms=batch_wait_ms, max_queue=max_queue, max_batch_tokens=max_batch_tokens,
                              retry_after_s=retry_after, replica_cpus=replica_cpus)
         if max_batch_tokens is not None and max_batch_tokens < manifest.sizes.max_tokens:

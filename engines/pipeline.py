@@ -119,6 +119,11 @@ class Pipeline:
             self.close()
             raise
 
+    @property
+    def variant(self) -> Optional[str]:
+        """Name of the transformer variant that runs (docs/package-format.md, *Variants*)."""
+        return getattr(self.backend, "variant", None)
+
     def _read_manifest(self, manifest: Manifest) -> None:
         """The settings generation needs, from the typed manifest (docs/package-format.md)."""
         model, latent, rope = manifest.model, manifest.latent, manifest.rope
@@ -370,7 +375,7 @@ class Pipeline:
             "class_name": self.class_names[label] if label is not None and label < len(self.class_names) else None,
             "seed": int(request.seed), "sampler": settings.sampler.method, "steps": settings.sampler.steps,
             "cfg": settings.cfg, "extrapolation": settings.extrapolation, "backend": self.backend_name,
-            "variant": getattr(self.backend, "variant", None),
+            "variant": self.variant,
         }
 
     def generate(self, width: Optional[int] = None, height: Optional[int] = None, label=None, seed: int = 0, *,

@@ -98,6 +98,7 @@ def model_info(pipe: Pipeline) -> dict:
         "defaults": {"sampler": manifest.sampler.method, "steps": manifest.sampler.steps,
                      "cfg": manifest.guidance.default_scale, "extrapolation": pipe.settings().extrapolation},
         "backend": pipe.backend_name,
+        "variant": pipe.variant,
         "limits": {"max_steps": MAX_STEPS, "max_cfg": MAX_CFG, "max_body_bytes": MAX_BODY_BYTES},
     }
 

@@ -44,6 +44,7 @@ class ServeConfig:
 
     package: Optional[str] = None           # None: the default model installed with fit-toolkit on each node
     backend: str = "onnxruntime"
+    precision: Optional[str] = None         # transformer variant or precision (None: the package's default variant)
     threads: int = 0                        # ONNX Runtime intra-op threads per replica (0 = auto)
     replicas: int = 1
     max_batch_size: int = 8                 # requests per engine call (and per @serve.batch collection)
@@ -66,6 +67,8 @@ class ServeConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
         object.__setattr__(self, "backend", resolve_backend_name(self.backend))
+        if self.precision is not None and (not isinstance(self.precision, str) or not self.precision):
+            raise ValueError(f"precision must be a variant name or precision, got {self.precision!r}")
 
     @classmethod
     def from_dict(cls, data: Optional[dict]) -> "ServeConfig":
@@ -124,7 +127,7 @@ class FitServer:
     def __init__(self, config: dict):
         self.config = ServeConfig.from_dict(config)
         options = {"threads": self.config.threads} if self.config.backend == "onnxruntime" else {}
-        self.pipe = load(self.config.package, backend=self.config.backend, **options)
+        self.pipe = load(self.config.package, backend=self.config.backend, precision=self.config.precision, **options)
         self.max_batch_tokens = self.config.max_batch_tokens or self.config.max_batch_size * self.pipe.max_tokens
         if self.max_batch_tokens < self.pipe.max_tokens:
             raise ValueError(f"max_batch_tokens {self.max_batch_tokens} is below the package's "

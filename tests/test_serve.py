@@ -46,6 +46,7 @@ def test_model_health_and_openapi(base):
     assert model["buckets"][0]["tokens"] == 25 and "heun" in model["samplers"]
     assert "ntk-aware" in model["extrapolations"]
     assert model["max_batch_size"] == 4 and model["max_batch_tokens"] == 4 * 64
+    assert model["backend"] == "onnxruntime" and model["variant"] == "ort"     # the default variant, tuned copy
     health = call(base + "/healthz")
     assert health.status == 200 and health.json()["status"] == "ok"
     assert "/v1/generate" in call(base + "/openapi.json").json()["paths"]
@@ -212,3 +213,17 @@ def test_an_engine_failure_answers_500_for_its_call_only(base, tmp_path):
         assert list(failing.json()) == ["error"] and error.startswith("generation failed:") and "\n" not in error
     finally:
         serve.delete("broken")
+
+
+def test_precision_picks_the_variant_every_replica_runs(base):
+    """fit-serve --precision int8: the replicas run the int8 variant, as fit-run --precision int8 does."""
+    import io
+
+    serve.run(build({**CONFIG, "precision": "int8"}), name="int8", route_prefix="/int8")
+    try:
+        assert call(base + "/int8/v1/model").json()["variant"] == "int8"
+        answer = generate(base + "/int8", {"width": 64, "height": 64, "seed": 1, "steps": 2})
+        assert answer.status == 200
+        assert read_parameters(io.BytesIO(answer.body))["variant"] == "int8"
+    finally:
+        serve.delete("int8")

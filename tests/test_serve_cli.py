@@ -33,6 +33,8 @@ def fit_serve(*args):
     (["--max-batch-size", "0"], "--max-batch-size"),
     (["--max-batch-tokens", "10"], "below the package's 64 tokens"),
     (["--backend", "nope"], "--backend"),
+    (["--precision", "fp16"], "no fp16 transformer that onnxruntime can run; it holds fp32, ort, int8, ov"),
+    (["--backend", "openvino", "--precision", "ort"], "transformer variant 'ort' runs on onnxruntime only"),
     (["--emit-config", "/nonexistent/folder/serve.yaml"], "does not exist"),
 ])
 def test_mistakes_end_in_one_line(args, message):
@@ -68,7 +70,8 @@ def test_a_port_in_use_is_refused_before_ray_starts():
 
 def test_emit_config_is_a_serve_config(tmp_path):
     path = tmp_path / "serve.yaml"
-    result = fit_serve("--emit-config", str(path), "--replicas", "3", "--max-batch-size", "6", "--host", "0.0.0.0")
+    result = fit_serve("--emit-config", str(path), "--replicas", "3", "--max-batch-size", "6", "--host", "0.0.0.0",
+                       "--precision", "int8")
     assert result.exit_code == 0, result.output
     config = yaml.safe_load(path.read_text())
     assert config["http_options"] == {"host": "0.0.0.0", "port": 8000}
@@ -77,12 +80,12 @@ def test_emit_config_is_a_serve_config(tmp_path):
     assert app["args"]["replicas"] == 3 and app["args"]["max_batch_size"] == 6 and app["args"]["package"] is None
     from fit_serve.app import ServeConfig
 
-    assert ServeConfig.from_dict(app["args"]).replicas == 3
+    assert ServeConfig.from_dict(app["args"]).replicas == 3 and app["args"]["precision"] == "int8"
     assert [p.name for p in tmp_path.iterdir()] == ["serve.yaml"]
 
 
 @pytest.mark.parametrize("args", [{"replicas": 0}, {"max_batch_tokens": 0}, {"threads": 1.5}, {"max_queue": True},
-                                  {"batch_wait_ms": -1}, {"backend": "nope"}, {"max_batch": 4}])
+                                  {"batch_wait_ms": -1}, {"backend": "nope"}, {"max_batch": 4}, {"precision": 8}])
 def test_serve_config_refuses_bad_args(args):
     """The ``args`` of a Serve config file that someone edited by hand are checked too (one line)."""
     from engines.backend import BackendError
