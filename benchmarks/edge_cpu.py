@@ -60,7 +60,7 @@ def cpu_name() -> str:
 
 def prepare_packages(name: str, work: Path, xl_depth: int) -> dict:
     """{"fp32": package with the tuned copy, "int8-dynamic": ..., "int8-static": ...} for one model."""
-    from fit_export.ort_optimize import optimize_package
+    from fit_export.tune import optimize_package
     from fit_export.quantize import quantize_package
 
     if name == "default":

@@ -19,7 +19,7 @@ Measures, in one run on this machine:
 - batch 1 and 2 at 256 and 1024 tokens; each (engine, model, batch, tokens) runs in its own process, which
   reports its best and median latency and its peak RSS (VmHWM) above the RSS after loading;
 - ONNX Runtime on the package graph (``transformer.onnx``, standard ops, opset 18) and on its ONNX Runtime-tuned
-  copy with fused attention and RoPE (``fit-export ort-optimize``, ``fit_export/ort_optimize.py``), side by side;
+  copy with fused attention and RoPE (``fit-export ort-optimize``, ``fit_export/tune.py``), side by side;
 - ONNX Runtime int8 dynamic quantization (weights int8, activations quantized per call) of each: per-tensor
   weights on the package graph, per-channel weights on the fused copy; latency and the change of the output
   (cosine vs fp32) and of a sampled image (PSNR vs the fp32 image, same seed);
@@ -281,7 +281,7 @@ def prepare_model(name: str, config: dict, work: Path, int8: bool = True) -> dic
     from fit.config import FiTConfig
     from fit.model import FiT
     from fit_export.onnx_export import export_transformer
-    from fit_export.ort_optimize import optimize_graph
+    from fit_export.tune import optimize_graph
 
     torch.manual_seed(0)
     model = FiT(FiTConfig.from_dict(config)).eval()

@@ -164,8 +164,8 @@ def quantize_command(package, out, mode, per_channel, calibration_images, keep_d
 def ort_optimize_command(package):
     """Add transformer.ort.onnx (opset 23: attention and RoPE as fused ops, tuned for ONNX Runtime) to a fp32
     package; the ONNX Runtime backend runs it instead of transformer.onnx, which stays unchanged for TensorRT."""
-    from fit_export.ort_optimize import OrtOptimizeError, optimize_package
-    with user_errors(OrtOptimizeError, PackageError):
+    from fit_export.tune import TuneError, optimize_package
+    with user_errors(TuneError, PackageError):
         entry = optimize_package(package)
     check = entry["check"]
     click.echo(f"wrote {os.path.join(package, entry['file'])}: {entry['fused_attention']} attention blocks and "
@@ -179,8 +179,8 @@ def ort_optimize_command(package):
 def ov_optimize_command(package):
     """Add transformer.ov.onnx (the interleaved RoPE rotation as one MatMul, which OpenVINO runs faster, notably in
     bf16) to a fp32 package; the OpenVINO backend runs it instead of transformer.onnx, which stays unchanged."""
-    from fit_export.ort_optimize import OrtOptimizeError, optimize_package
-    with user_errors(OrtOptimizeError, PackageError):
+    from fit_export.tune import TuneError, optimize_package
+    with user_errors(TuneError, PackageError):
         entry = optimize_package(package, runtime="openvino")
     check = entry["check"]
     click.echo(f"wrote {os.path.join(package, entry['file'])}: {entry['fused_rotary']} RoPE rotations as MatMul; "

@@ -51,7 +51,7 @@ OPENVINO_FILE = "transformer.ov.onnx"
 COPY_OPSET = 23          # ONNX Attention and RotaryEmbedding
 
 
-class OrtOptimizeError(ValueError):
+class TuneError(ValueError):
     """The graph does not have the shape this pass rewrites, or the package cannot take the optimized copy."""
 
 
@@ -248,7 +248,7 @@ def _fields(buf: bytes, start: int, end: int):
             yield number, pos, pos + length
             pos += length
         else:
-            raise OrtOptimizeError(f"unexpected protobuf wire type {wire} while reading the graph's weights")
+            raise TuneError(f"unexpected protobuf wire type {wire} while reading the graph's weights")
 
 
 def raw_data_offsets(path) -> dict[str, tuple[int, int]]:
@@ -377,7 +377,7 @@ def rotation_as_matmul(model: onnx.ModelProto, head_dim: int, base_dir: str = ""
 def _tune_for_onnxruntime(model: onnx.ModelProto, source: Path, head_dim: int) -> dict:
     fused = fuse_attention(model, str(source.parent))
     if fused == 0:
-        raise OrtOptimizeError(f"{source.name} has no attention of the form this pass fuses "
+        raise TuneError(f"{source.name} has no attention of the form this pass fuses "
                                f"(MatMul -> Add -> Softmax -> IsNaN/Where -> MatMul); nothing written")
     rotary = fuse_rotary(model, base_dir=str(source.parent))
     return {"fused_attention": fused, "fused_rotary": rotary, "opset": COPY_OPSET}
@@ -386,7 +386,7 @@ def _tune_for_onnxruntime(model: onnx.ModelProto, source: Path, head_dim: int) -
 def _tune_for_openvino(model: onnx.ModelProto, source: Path, head_dim: int) -> dict:
     rotations = rotation_as_matmul(model, head_dim, str(source.parent))
     if rotations == 0:
-        raise OrtOptimizeError(f"{source.name} has no interleaved RoPE rotation of the form this pass rewrites "
+        raise TuneError(f"{source.name} has no interleaved RoPE rotation of the form this pass rewrites "
                                f"(Reshape -> Gather/Neg -> Concat -> Reshape); nothing written")
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     return {"fused_attention": 0, "fused_rotary": rotations, "opset": opset}
@@ -406,11 +406,11 @@ def optimize_graph(source, target, head_dim: int, token_dim: int, runtime: str =
 
     Returns ``{"fused_attention": count, "fused_rotary": count, "opset": ..., "weights_from": file,
     "check": check_outputs(...)}``;
-    raises :class:`OrtOptimizeError` (and writes nothing) when there is nothing to rewrite or the outputs differ.
+    raises :class:`TuneError` (and writes nothing) when there is nothing to rewrite or the outputs differ.
     """
     source, target = Path(source), Path(target)
     if source.parent.resolve() != target.parent.resolve():
-        raise OrtOptimizeError(f"the tuned copy shares the weights of {source.name}: write it next to it")
+        raise TuneError(f"the tuned copy shares the weights of {source.name}: write it next to it")
     model = read_onnx(source)                                     # external weights stay where they are
     result = TUNED_COPIES[runtime][2](model, source, head_dim)
     weights_from = share_weights(model, source)
@@ -422,7 +422,7 @@ def optimize_graph(source, target, head_dim: int, token_dim: int, runtime: str =
         check = check_outputs(source, f.name, head_dim, token_dim)
         if not (check["finite"] and check["padding_max_abs"] == 0.0 and check["cosine"] >= COSINE_TOLERANCE
                 and check["max_abs_relative_to_scale"] <= MAX_ABS_TOLERANCE):
-            raise OrtOptimizeError(f"the optimized graph differs from {source.name}: {check}; nothing written")
+            raise TuneError(f"the optimized graph differs from {source.name}: {check}; nothing written")
     return dict(result, weights_from=weights_from, check=check)
 
 
@@ -432,7 +432,7 @@ def optimize_package(package, runtime: str = "onnxruntime") -> dict:
     (the variant ``ort`` / ``ov`` under ``transformer.variants`` + its sha256 under ``files``). Returns that
     manifest entry.
 
-    Raises :class:`OrtOptimizeError` or :class:`engines.manifest.PackageError`.
+    Raises :class:`TuneError` or :class:`engines.manifest.PackageError`.
     """
     name, file, _ = TUNED_COPIES[runtime]
     command = "ort-optimize" if runtime == "onnxruntime" else "ov-optimize"
@@ -441,7 +441,7 @@ def optimize_package(package, runtime: str = "onnxruntime") -> dict:
     doc = mf.load_manifest(package, verify=True)
     transformer, model = doc.transformer, doc.model
     if transformer.precision != "fp32":
-        raise OrtOptimizeError(f"{command} rewrites fp32 packages; {package} is {transformer.precision}")
+        raise TuneError(f"{command} rewrites fp32 packages; {package} is {transformer.precision}")
     result = optimize_graph(package / transformer.file, package / file, model.head_dim, model.token_dim, runtime)
     entry = mf.VariantSection(name=name, file=file, precision="fp32", runtime=runtime, source=transformer.precision,
                               **result)

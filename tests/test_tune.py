@@ -13,9 +13,9 @@ from cli.export import main as export_cli  # noqa: E402
 from engines.backend import create_backend  # noqa: E402
 from engines.manifest import load_manifest, sha256_file  # noqa: E402
 from engines.metrics import cosine  # noqa: E402
-from fit_export import ort_optimize  # noqa: E402
+from fit_export import tune  # noqa: E402
 from fit_export.onnx_export import check_graph  # noqa: E402
-from fit_export.ort_optimize import ORT_FILE, OrtOptimizeError, fuse_attention, optimize_package  # noqa: E402
+from fit_export.tune import ORT_FILE, TuneError, fuse_attention, optimize_package  # noqa: E402
 from tests.runtime_helpers import copy_package, tiny_package  # noqa: E402
 
 
@@ -91,7 +91,7 @@ def test_a_wrong_fusion_is_caught_and_nothing_is_written(optimized, tmp_path, mo
     doc["transformer"]["variants"] = []
     del doc["files"][ORT_FILE]
     (package / "manifest.json").write_text(json.dumps(doc))
-    real = ort_optimize.fuse_attention
+    real = tune.fuse_attention
 
     def off_by_a_bit(model, base_dir):                        # the scale of one block 1% off
         count = real(model, base_dir)
@@ -99,8 +99,8 @@ def test_a_wrong_fusion_is_caught_and_nothing_is_written(optimized, tmp_path, mo
         next(a for a in node.attribute if a.name == "scale").f *= 1.01
         return count
 
-    monkeypatch.setattr(ort_optimize, "fuse_attention", off_by_a_bit)
-    with pytest.raises(OrtOptimizeError, match="differs"):
+    monkeypatch.setattr(tune, "fuse_attention", off_by_a_bit)
+    with pytest.raises(TuneError, match="differs"):
         optimize_package(package)
     assert not (package / ORT_FILE).exists() and not list(package.glob(".*tmp"))
     assert load_manifest(package).transformer.variants == ()
@@ -134,7 +134,7 @@ def test_refusals(optimized, tmp_path):
     doc = json.loads((package / "manifest.json").read_text())
     doc["transformer"]["precision"] = "fp16"
     (package / "manifest.json").write_text(json.dumps(doc))
-    with pytest.raises(OrtOptimizeError, match="fp32"):
+    with pytest.raises(TuneError, match="fp32"):
         optimize_package(package)
     graph = onnx.helper.make_graph([onnx.helper.make_node("Softmax", ["a"], ["b"])], "g",
                                    [onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [2, 2])],
@@ -147,7 +147,7 @@ def test_refusals(optimized, tmp_path):
 def test_a_wrong_rotary_fusion_is_caught(optimized, tmp_path, monkeypatch):
     """Half-split instead of interleaved pairs: the check against the package graph refuses the copy."""
     package = copy_package(optimized[0], tmp_path / "pkg")
-    real = ort_optimize.fuse_rotary
+    real = tune.fuse_rotary
 
     def half_split(model, **kwargs):
         count = real(model, **kwargs)
@@ -156,9 +156,9 @@ def test_a_wrong_rotary_fusion_is_caught(optimized, tmp_path, monkeypatch):
                 next(a for a in node.attribute if a.name == "interleaved").i = 0
         return count
 
-    monkeypatch.setattr(ort_optimize, "fuse_rotary", half_split)
-    with pytest.raises(OrtOptimizeError, match="differs"):
-        ort_optimize.optimize_graph(package / "transformer.onnx", package / "copy.onnx", 16, 16)
+    monkeypatch.setattr(tune, "fuse_rotary", half_split)
+    with pytest.raises(TuneError, match="differs"):
+        tune.optimize_graph(package / "transformer.onnx", package / "copy.onnx", 16, 16)
     assert not (package / "copy.onnx").exists()
 
 
@@ -244,7 +244,7 @@ def test_rotation_as_matmul_is_exact():
     head_dim = 12
     graph = onnx.helper.make_graph([], "g", [], [])
     model = onnx.helper.make_model(graph)
-    assert ort_optimize.rotation_as_matmul(model, head_dim) == 0 and not model.graph.initializer
+    assert tune.rotation_as_matmul(model, head_dim) == 0 and not model.graph.initializer
     x = torch.randn(3, 5, head_dim)
     matrix = np.zeros((head_dim, head_dim), np.float32)
     pairs = np.arange(0, head_dim, 2)
@@ -268,13 +268,13 @@ def test_openvino_copy_is_recorded_and_exact(ov_optimized):
     assert f"{2 * depth} RoPE rotations as MatMul; vs transformer.onnx max abs 0.0e+00 of scale" in result.output
     variant = load_manifest(package, verify=True).transformer.variant("ov")
     assert (variant.file, variant.runtime, variant.precision, variant.weights_from, variant.fused_rotary) == \
-        (ort_optimize.OPENVINO_FILE, "openvino", "fp32", "transformer.onnx", 2 * depth)
+        (tune.OPENVINO_FILE, "openvino", "fp32", "transformer.onnx", 2 * depth)
     assert variant.check["max_abs_relative_to_scale"] == 0.0 and variant.opset == 18
     assert sha256_file(package / "transformer.onnx") == before
-    copy = onnx.load(str(package / ort_optimize.OPENVINO_FILE), load_external_data=False)
+    copy = onnx.load(str(package / tune.OPENVINO_FILE), load_external_data=False)
     assert "Neg" not in {n.op_type for n in copy.graph.node}                # the rotation's -x[2k+1] is gone
     assert sum(n.op_type == "MatMul" and "rotate_half/matrix" in n.input for n in copy.graph.node) == 2 * depth
-    assert (package / ort_optimize.OPENVINO_FILE).stat().st_size < 0.2 * (package / "transformer.onnx").stat().st_size
+    assert (package / tune.OPENVINO_FILE).stat().st_size < 0.2 * (package / "transformer.onnx").stat().st_size
     # ONNX Runtime never picks a copy made for OpenVINO
     with create_backend("onnxruntime", package, threads=1) as backend:
         assert backend.model_path.name == "transformer.onnx"
@@ -286,7 +286,7 @@ def test_openvino_runs_its_copy_with_the_same_numbers(ov_optimized):
     feed = padded_feed(2)
     with create_backend("openvino", package, precision="f32", cache=False) as tuned, \
             create_backend("onnxruntime", package, threads=1, ort_optimized=False) as plain:
-        assert tuned.variant == "ov" and tuned.model_path.name == ort_optimize.OPENVINO_FILE
+        assert tuned.variant == "ov" and tuned.model_path.name == tune.OPENVINO_FILE
         out, ref = tuned.infer(feed)["v"], plain.infer(feed)["v"]
     assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max() and cosine(out, ref) >= 0.9999
     assert np.all(out[feed["mask"] == 0] == 0)
@@ -296,7 +296,7 @@ def test_openvino_runs_its_copy_with_the_same_numbers(ov_optimized):
 
 def test_ov_optimize_refuses_a_graph_without_the_rotation(ov_optimized, tmp_path, monkeypatch):
     package = copy_package(ov_optimized[0], tmp_path / "pkg")
-    monkeypatch.setattr(ort_optimize, "_rotated_half", lambda g, name: None)
+    monkeypatch.setattr(tune, "_rotated_half", lambda g, name: None)
     before = load_manifest(package).transformer.variants
     result = CliRunner().invoke(export_cli, ["ov-optimize", str(package)])
     assert result.exit_code == 2 and result.output.count("\n") == 1
