@@ -84,13 +84,19 @@ def test_images_agree_through_the_pipeline(optimized):
     assert np.abs(images[0] - images[1]).max() <= 1
 
 
-def test_a_wrong_fusion_is_caught_and_nothing_is_written(optimized, tmp_path, monkeypatch):
-    package = copy_package(optimized[0], tmp_path / "pkg")
+def without_copy(source, target):
+    """A copy of the optimized package with its ORT copy removed again; returns (package, manifest dict)."""
+    package = copy_package(source, target)
     (package / ORT_FILE).unlink()
     doc = json.loads((package / "manifest.json").read_text())
     doc["transformer"]["variants"] = []
     del doc["files"][ORT_FILE]
     (package / "manifest.json").write_text(json.dumps(doc))
+    return package, doc
+
+
+def test_a_wrong_fusion_is_caught_and_nothing_is_written(optimized, tmp_path, monkeypatch):
+    package, doc = without_copy(optimized[0], tmp_path / "pkg")
     real = tune.fuse_attention
 
     def off_by_a_bit(model, base_dir):                        # the scale of one block 1% off
@@ -183,12 +189,7 @@ def test_backend_falls_back_when_the_copy_cannot_be_loaded(optimized, monkeypatc
 
 
 def test_cli_writes_the_copy_and_reports_what_it_fused(optimized, tmp_path):
-    package = copy_package(optimized[0], tmp_path / "pkg")
-    (package / ORT_FILE).unlink()
-    doc = json.loads((package / "manifest.json").read_text())
-    doc["transformer"]["variants"] = []
-    del doc["files"][ORT_FILE]
-    (package / "manifest.json").write_text(json.dumps(doc))
+    package, doc = without_copy(optimized[0], tmp_path / "pkg")
     result = CliRunner().invoke(export_cli, ["ort-optimize", str(package)])
     depth = doc["model"]["config"]["depth"]
     assert result.exit_code == 0, result.output
