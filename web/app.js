@@ -14,7 +14,10 @@ const query = new URLSearchParams(location.search);
 const status = (text, error = false) => { $('status').textContent = text; $('status').className = error ? 'error' : ''; };
 
 ort.env.wasm.wasmPaths = '/ort/';
-ort.env.wasm.numThreads = Number(query.get('threads') ?? (globalThis.crossOriginIsolated ? 2 : 1));
+// Threads need cross-origin isolation: then one per core, at most 4 (on 2 cores, 2 threads gave a warm image 1.5x
+// sooner than 1; see docs/javascript.md, Speed).
+const threadsByDefault = globalThis.crossOriginIsolated ? Math.max(1, Math.min(4, navigator.hardwareConcurrency || 1)) : 1;
+ort.env.wasm.numThreads = Number(query.get('threads') ?? threadsByDefault);
 
 let pipe = null;
 let last = null;
