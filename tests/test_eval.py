@@ -209,3 +209,15 @@ def test_shipped_default_model_draws_the_requested_shapes():
     rows = evaluate(model, load_classifier(), [(80, 80)], ["normal"], EvalSettings(num_per_class=2, reference_count=16),
                     decoder=LatentDecoder(str(root / "models" / "shapes-vae")))
     assert rows[0].accuracy >= 0.75                          # measured 99.2 % with 16 per class (docs/default-model.md)
+
+
+def test_the_shipped_weights_have_their_network_config_beside_them():
+    """docs/default-model.md's fit-eval command needs no --config: config.yaml next to the weights is the package's
+    network."""
+    from cli.eval import _config_next_to
+    from engines.manifest import load_manifest
+    from engines.pipeline import DEFAULT_MODEL_DIR
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    found = _config_next_to(os.path.join(root, "models", "fitv2-shapes", "weights.safetensors"))
+    assert FiTConfig.from_yaml(found) == FiTConfig.from_dict(load_manifest(DEFAULT_MODEL_DIR).model.config)
