@@ -113,11 +113,14 @@ def dopri5(v: Velocity, x: torch.Tensor, atol: float = 1e-6, rtol: float = 1e-3)
 
 
 def sde(v: Velocity, x: torch.Tensor, steps: int, diffusion_norm: float = 1.0, last_step_size: float = 0.04,
-        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        generator: Optional[torch.Generator] = None,
+        draw: Optional[Callable[[tuple], torch.Tensor]] = None) -> torch.Tensor:
     """The official SDE sampler for a velocity model on the linear path (twin of :func:`engines.sampler.sde`).
 
     score = (t v - x) / (1 - t), diffusion w(t) = norm (1 - t), drift = v + w score, integrated by
     Euler-Maruyama over ``steps - 1`` steps on [0, 1 - last_step_size], then one deterministic mean step.
+    ``draw(x.shape)`` gives each step's noise, once per step in order (as in the runtime); without it
+    ``torch.randn`` with ``generator``.
     """
     t_end = 1.0 - last_step_size
     ts = torch.linspace(0, t_end, steps, dtype=torch.float64)
@@ -131,7 +134,10 @@ def sde(v: Velocity, x: torch.Tensor, steps: int, diffusion_norm: float = 1.0, l
 
     for t in ts[:-1].tolist():
         d, w = drift(x, _full(t, x))
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        if draw is not None:
+            noise = draw(tuple(x.shape)).to(dtype=x.dtype, device=x.device)
+        else:
+            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         x = x + d * dt + torch.sqrt(2 * w) * noise * math.sqrt(dt)
     if last_step_size > 0:
         x = x + drift(x, _full(t_end, x))[0] * last_step_size
@@ -139,14 +145,15 @@ def sde(v: Velocity, x: torch.Tensor, steps: int, diffusion_norm: float = 1.0, l
 
 
 def integrate(v: Velocity, x: torch.Tensor, settings: SamplerSettings,
-              generator: Optional[torch.Generator] = None) -> torch.Tensor:
+              generator: Optional[torch.Generator] = None,
+              draw: Optional[Callable[[tuple], torch.Tensor]] = None) -> torch.Tensor:
     if settings.method == "euler":
         return euler(v, x, settings.steps)
     if settings.method == "heun":
         return heun(v, x, settings.steps)
     if settings.method == "dopri5":
         return dopri5(v, x, settings.atol, settings.rtol)
-    return sde(v, x, settings.steps, settings.diffusion_norm, settings.last_step_size, generator)
+    return sde(v, x, settings.steps, settings.diffusion_norm, settings.last_step_size, generator, draw)
 
 
 #################################################################################

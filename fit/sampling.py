@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from engines import noise as portable_noise
 from engines.rope import rope_tables
 from fit.ddpm import ddpm_sample
 from fit.flow import SamplerSettings, guide, integrate, patchify, unpatchify
@@ -24,9 +25,10 @@ class LatentRequest:
 
 
 def request_noise(model: FiT, req: LatentRequest, seed: int) -> torch.Tensor:
-    """Initial noise (C, H, W) of one request, independent of what else shares its batch."""
-    g = torch.Generator().manual_seed(int(seed))
-    return torch.randn((model.in_channels, req.height, req.width), generator=g)
+    """Initial noise (C, H, W) of one request, independent of what else shares its batch: the runtimes' portable
+    generator (:mod:`engines.noise`, docs/runtime-spec.md), so one seed starts from the same noise here, in
+    fit-run and in the JavaScript runtime."""
+    return torch.from_numpy(portable_noise.standard_normal(seed, (model.in_channels, req.height, req.width)))
 
 
 class PaddedBatch:
@@ -60,6 +62,20 @@ class PaddedBatch:
         for name in ("x", "mask", "cos", "sin", "y"):
             setattr(self, name, getattr(self, name).to(device))
 
+    def sde_noise(self, seeds: Sequence[int]):
+        """draw(shape) for the sde sampler, as the runtime's (engines.pipeline): call s gives each request block
+        s + 1 of its seed's portable stream in token layout (n_i, C*p*p), zeros on padding."""
+        calls = []
+
+        def draw(shape) -> torch.Tensor:
+            calls.append(shape)
+            out = torch.zeros(shape, dtype=torch.float32)
+            for i, (seed, length) in enumerate(zip(seeds, self.lengths)):
+                out[i, :length] = torch.from_numpy(portable_noise.standard_normal(seed, (length, shape[-1]),
+                                                                                  block=len(calls)))
+            return out
+        return draw
+
     def unpack(self, x: torch.Tensor, p: int) -> list[torch.Tensor]:
         return [unpatchify(x[i, :length].float().cpu(), h, w, p)
                 for i, ((h, w), length) in enumerate(zip(self.grids, self.lengths))]
@@ -75,7 +91,9 @@ def sample(model: FiT, requests: Sequence, *, sampler: SamplerSettings | None = 
     FiTv2 models integrate the rectified-flow ODE/SDE given by ``sampler``; FiT v1 models (learned sigma) run
     the respaced DDPM sampler with ``sampler.steps`` steps. ``rope_method`` picks an extrapolation method
     (default: the model's own), computed for each request's own grid. Request i starts from
-    ``noise[i]`` or from noise seeded by ``seed + i``; results do not depend on how requests are batched.
+    ``noise[i]`` or from the portable noise of seed ``seed + i`` (the runtimes' generator, so the same seed gives
+    the same image as fit-run up to float32 rounding); the sde sampler draws its steps' noise from that seed too.
+    Results do not depend on how requests are batched.
     """
     requests = [r if isinstance(r, LatentRequest) else LatentRequest(*r) for r in requests]
     sampler = sampler or SamplerSettings()
@@ -106,5 +124,5 @@ def sample(model: FiT, requests: Sequence, *, sampler: SamplerSettings | None = 
     if model.learn_sigma:
         x = ddpm_sample(net, batch.x, sampler.steps, channel_dim=-1, generator=generator)
     else:
-        x = integrate(net, batch.x, sampler, generator)
+        x = integrate(net, batch.x, sampler, generator, draw=batch.sde_noise([seed + i for i in range(len(requests))]))
     return batch.unpack(x, p)

@@ -282,3 +282,23 @@ def test_fp16_package_runs_and_agrees(package, pipe, tmp_path):
         assert a.dtype == np.float32
         cosine = float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
         assert cosine > 0.999
+
+
+@pytest.mark.parametrize("method", ["euler", "sde"])
+def test_pytorch_reference_and_runtime_give_one_image_per_seed(tmp_path_factory, method):
+    """fit.sampling.sample(seed=s) starts from the runtime's portable noise and, for sde, draws the runtime's
+    per-step noise: the same latents as engines.pipeline for the same seeds, up to float32 rounding."""
+    from fit import SamplerSettings
+
+    package, model = tiny_package(tmp_path_factory)
+    with engines.load(package, threads=1) as pipe:
+        d = pipe.downsample
+        requests = [Request(48, 32, 3, 11), Request(32, 32, 5, 12)]
+        settings = pipe.settings(sampler=method, steps=6, cfg=1.5)
+        runtime = pipe.sample_latents(requests, settings)
+    reference = sample(model, [(r.height // d, r.width // d, r.label) for r in requests],
+                       sampler=SamplerSettings(method, 6), cfg_scale=settings.cfg, scale_pow=settings.scale_pow,
+                       seed=11)
+    for got, want in zip(runtime, reference):
+        assert got.shape == tuple(want.shape)
+        np.testing.assert_allclose(got, want.numpy(), atol=2e-4)
