@@ -2,7 +2,7 @@
 /**
  * Node vs Python runtime on the default model, and the web page in headless Chromium.
  *
- *   node benchmarks/js_runtime.mjs [--repeat 5] [--page-runs 3] [--page-only] [--optimization disabled,all]
+ *   node benchmarks/js_runtime.mjs [--repeat 5] [--page-runs 3] [--page-only] [--optimization disabled,all] [--cpu]
  *
  * Same settings everywhere: 96x64, class star, seed 0, the package's sampler (heun, 16 steps) and guidance (4).
  * Rows: whole process (`fit-run` vs `node js/bin/fit-run.mjs`), warm call (one more image from a loaded
@@ -12,7 +12,10 @@
  * starting (as a user opens a page in a running browser), alternating the rows; the form is filled and Generate
  * clicked in one call to the page. --page-only skips the Node and
  * Python rows; --optimization adds page rows per ONNX Runtime graph optimization level (?optimization=; default:
- * the page's own default). Needs .venv-core, `npm ci --prefix js` and Debian's chromium.
+ * the page's own default). --cpu adds where the CPU time goes (Linux /proc): for each page open, how busy the
+ * machine is and the CPU seconds of Chromium's threads while the freshly launched browser settles, while the page
+ * loads and while it makes its first image (median over the opens). Needs .venv-core, `npm ci --prefix js` and
+ * Debian's chromium.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
@@ -20,13 +23,15 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { FIT_RUN_JS, PYTHON, pythonEnv } from '../js/test/helpers.mjs';
-import { CHROMIUM, generateInPage, launchChromium, loadPuppeteer, settleBrowser, startFitWeb } from '../js/test/browser-helpers.mjs';
+import { CHROMIUM, cpuByThread, generateInPage, launchChromium, loadPuppeteer, machineTicks, settleBrowser,
+  startFitWeb } from '../js/test/browser-helpers.mjs';
 import { loadPackage } from '../js/src/node.js';
 
 const option = (name) => (process.argv.includes(name) ? process.argv[process.argv.indexOf(name) + 1] : undefined);
 const repeat = Number(option('--repeat')) || 5;
 const pageRuns = Number(option('--page-runs')) || 3;
 const pageOnly = process.argv.includes('--page-only');
+const cpuProfile = process.argv.includes('--cpu');
 const levels = option('--optimization')?.split(',') ?? [null];
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const ms = (x) => `${(x * 1000).toFixed(0)} ms`;
@@ -78,23 +83,48 @@ print(json.dumps(times))
 }
 
 const browserRows = [];
+let cases = [];
 if (CHROMIUM) {
   const puppeteer = await loadPuppeteer();
   const server = await startFitWeb();
   const settings = { width: 96, height: 64, class: 7, seed: 0 };
-  const cases = [1, 2].flatMap((threads) => levels.map((level) => ({ threads, level, load: [], first: [], warm: [] })));
+  cases = [1, 2].flatMap((threads) => levels.map((level) => ({ threads, level, load: [], first: [], warm: [],
+    phases: { 'browser start (launch to settled)': [], 'open to ready': [], 'first image': [] } })));
+  /** CPU use between two snapshots: {wall s, busy % of the machine, CPU s per thread group}. */
+  const snapshot = (profile) => ({ at: performance.now(), machine: machineTicks(), threads: cpuByThread(profile) });
+  function phase(a, b) {
+    const groups = {};
+    for (const [key, seconds] of b.threads) {
+      const role = key.split('/')[0];
+      const group = role !== 'renderer' ? 'browser, network and gpu processes'
+        : { chromium: 'renderer main thread', ThreadPoolForeg: 'renderer background (V8 compiling, hashing)',
+          DedicatedWorker: 'renderer WASM worker threads' }[key.split('/')[1]] ?? 'renderer other threads';
+      groups[group] = (groups[group] ?? 0) + seconds - (a.threads.get(key) ?? 0);
+    }
+    const busy = (b.machine.busy - a.machine.busy) / (b.machine.total - a.machine.total);
+    return { wall: (b.at - a.at) / 1000, busy: 100 * busy, groups };
+  }
   /** Open the page in a fresh browser; times its load and first image (and warm images on the first run). */
   async function open(c, run) {
+    const launched = cpuProfile && { at: performance.now(), machine: machineTicks(), threads: new Map() };
     const chromium = await launchChromium(puppeteer);
     const page = await chromium.browser.newPage();
     await settleBrowser(chromium);
+    const settled = cpuProfile && snapshot(chromium.profile);
     const start = performance.now();
     await page.goto(`${server.url}?threads=${c.threads}${c.level ? `&optimization=${c.level}` : ''}`);
     await page.waitForFunction(() => document.body.dataset.state === 'ready', { timeout: 120000, polling: 'mutation' });
     c.load.push((performance.now() - start) / 1000);
+    const ready = cpuProfile && snapshot(chromium.profile);
     const first = await generateInPage(page, settings);
     if (first.state !== 'done') throw new Error(first.status);
     c.first.push((performance.now() - start) / 1000);
+    if (cpuProfile) {
+      const done = snapshot(chromium.profile);
+      c.phases['browser start (launch to settled)'].push(phase(launched, settled));
+      c.phases['open to ready'].push(phase(settled, ready));
+      c.phases['first image'].push(phase(ready, done));
+    }
     for (let i = 0; run === 0 && i < repeat; i++) {
       const t = performance.now();
       const result = await generateInPage(page, { ...settings, seed: i + 1 });
@@ -127,3 +157,18 @@ if (browserRows.length) {
   console.log('|---|---:|---:|---:|---|');
   for (const row of browserRows) console.log(`| ${row.join(' | ')} |`);
 } else console.log('\n(no chromium: page not measured)');
+if (cpuProfile && browserRows.length) {
+  const pick = (xs, f) => median(xs.map(f));
+  for (const c of cases) {
+    const names = [...new Set(Object.values(c.phases).flatMap((runs) => runs.flatMap((r) => Object.keys(r.groups))))]
+      .sort();
+    console.log(`\nCPU, ${c.threads} WASM thread${c.threads === 1 ? '' : 's'}${c.level ? `, optimization ${c.level}` : ''} `
+      + `(median of ${pageRuns} opens; CPU seconds per thread group; busy: share of all ${cpus().length} cores)`);
+    console.log(`| phase | wall | busy | ${names.join(' | ')} |`);
+    console.log(`|---|---:|---:|${names.map(() => '---:').join('|')}|`);
+    for (const [name, runs] of Object.entries(c.phases)) {
+      console.log(`| ${name} | ${ms(pick(runs, (r) => r.wall))} | ${pick(runs, (r) => r.busy).toFixed(0)} % | `
+        + `${names.map((g) => pick(runs, (r) => r.groups[g] ?? 0).toFixed(2)).join(' | ')} |`);
+    }
+  }
+}

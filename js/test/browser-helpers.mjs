@@ -34,18 +34,52 @@ export async function launchChromium(puppeteer) {
   return { browser, profile, close: async () => { await browser.close(); rmSync(profile, { recursive: true, force: true }); } };
 }
 
-/** CPU seconds used so far by the processes whose command line names `needle` (Linux /proc; null elsewhere). */
-function cpuSeconds(needle) {
+/** Chromium's role of a process from its command line (which Chromium rewrites into one space-separated string):
+ * renderer, network, gpu, utility or browser. */
+function processRole(cmdline) {
+  const type = cmdline.match(/--type=([a-z-]+)/)?.[1];
+  if (!type) return 'browser';
+  if (type === 'utility') return cmdline.includes('NetworkService') ? 'network' : 'utility';
+  return type === 'gpu-process' ? 'gpu' : type;
+}
+
+/**
+ * CPU seconds used so far by each thread of the processes whose command line names `needle`, summed by
+ * "role/thread name" (e.g. `renderer/chromium` is a renderer's main thread, `renderer/ThreadPoolForeg` its
+ * background threads, `renderer/DedicatedWorker` the WASM threads); Linux /proc, null elsewhere.
+ */
+export function cpuByThread(needle) {
   if (!existsSync('/proc/self/stat')) return null;
-  let ticks = 0;
+  const totals = new Map();
   for (const pid of readdirSync('/proc').filter((name) => /^\d+$/.test(name))) {
     try {
-      if (!readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(needle)) continue;
-      const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-      ticks += Number(fields[11]) + Number(fields[12]);             // utime + stime
-    } catch { /* the process ended */ }
+      const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
+      if (!cmdline.includes(needle)) continue;
+      const role = processRole(cmdline);
+      for (const tid of readdirSync(`/proc/${pid}/task`)) {
+        const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+        const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+        const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+        const key = `${role}/${name}`;
+        totals.set(key, (totals.get(key) ?? 0) + (Number(fields[11]) + Number(fields[12])) / 100);   // utime+stime
+      }
+    } catch { /* the process or thread ended */ }
   }
-  return ticks / 100;                                               // USER_HZ
+  return totals;
+}
+
+/** CPU seconds used so far by the processes whose command line names `needle` (null off Linux). */
+function cpuSeconds(needle) {
+  const totals = cpuByThread(needle);
+  return totals && [...totals.values()].reduce((a, b) => a + b, 0);
+}
+
+/** {busy, total} CPU ticks of the whole machine so far (/proc/stat), or null off Linux. */
+export function machineTicks() {
+  if (!existsSync('/proc/stat')) return null;
+  const fields = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  const total = fields.reduce((a, b) => a + b, 0);
+  return { busy: total - fields[3] - fields[4], total };                         // idle + iowait
 }
 
 /**
