@@ -61,3 +61,20 @@ def standard_normal(seed: int, shape, block: int = 0) -> np.ndarray:
     """float32 array of ``shape`` filled row-major with :func:`normals`."""
     shape = tuple(int(s) for s in shape)
     return normals(seed, int(np.prod(shape)), block).reshape(shape)
+
+
+def sde_draw(seeds, lengths):
+    """draw(shape) for the sde sampler of a padded batch (B, N, D) whose row i holds ``lengths[i]`` tokens of a
+    request seeded ``seeds[i]``: call s (s = 0, 1, ...) gives row i block s + 1 of its seed's stream as
+    (lengths[i], D) row-major, zeros on padding (docs/runtime-spec.md, *Noise*). Used by the runtime and by the
+    PyTorch reference alike."""
+    calls = 0
+
+    def draw(shape) -> np.ndarray:
+        nonlocal calls
+        calls += 1
+        out = np.zeros(shape, dtype=np.float32)
+        for i, (seed, length) in enumerate(zip(seeds, lengths)):
+            out[i, :length] = standard_normal(seed, (length, shape[-1]), block=calls)
+        return out
+    return draw

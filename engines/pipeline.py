@@ -306,7 +306,7 @@ class Pipeline:
 
         seeds = [int(r.seed) for r in requests]
         with np.errstate(over="ignore", invalid="ignore"):      # overflow is reported below, in one line
-            x = integrate(velocity, batch.x, first.sampler, draw=batch.sde_noise(seeds),
+            x = integrate(velocity, batch.x, first.sampler, draw=portable_noise.sde_draw(seeds, batch.lengths),
                           callback=callback)
         latents = batch.unpack(x)
         for request, settings_used, latent in zip(requests, per_row, latents):
@@ -427,19 +427,6 @@ class PaddedBatch:
         null = np.full_like(self.y, null_class)
         return {"y": np.concatenate([self.y, null]), "rope_cos": np.concatenate([self.cos, self.cos]),
                 "rope_sin": np.concatenate([self.sin, self.sin]), "mask": np.concatenate([self.mask, self.mask])}
-
-    def sde_noise(self, seeds: Sequence[int]):
-        """draw(shape) for the sde sampler: call s gives each request block s + 1 of its seed's stream in token
-        layout (n_i, C*p*p), zeros on padding."""
-        calls = []
-
-        def draw(shape) -> np.ndarray:
-            calls.append(shape)
-            out = np.zeros(shape, dtype=F32)
-            for i, (seed, length) in enumerate(zip(seeds, self.lengths)):
-                out[i, :length] = portable_noise.standard_normal(seed, (length, shape[-1]), block=len(calls))
-            return out
-        return draw
 
     def unpack(self, x: np.ndarray) -> list[np.ndarray]:
         return [unpatchify(x[i, :length], h, w, self.p)

@@ -62,20 +62,6 @@ class PaddedBatch:
         for name in ("x", "mask", "cos", "sin", "y"):
             setattr(self, name, getattr(self, name).to(device))
 
-    def sde_noise(self, seeds: Sequence[int]):
-        """draw(shape) for the sde sampler, as the runtime's (engines.pipeline): call s gives each request block
-        s + 1 of its seed's portable stream in token layout (n_i, C*p*p), zeros on padding."""
-        calls = []
-
-        def draw(shape) -> torch.Tensor:
-            calls.append(shape)
-            out = torch.zeros(shape, dtype=torch.float32)
-            for i, (seed, length) in enumerate(zip(seeds, self.lengths)):
-                out[i, :length] = torch.from_numpy(portable_noise.standard_normal(seed, (length, shape[-1]),
-                                                                                  block=len(calls)))
-            return out
-        return draw
-
     def unpack(self, x: torch.Tensor, p: int) -> list[torch.Tensor]:
         return [unpatchify(x[i, :length].float().cpu(), h, w, p)
                 for i, ((h, w), length) in enumerate(zip(self.grids, self.lengths))]
@@ -124,5 +110,6 @@ def sample(model: FiT, requests: Sequence, *, sampler: SamplerSettings | None = 
     if model.learn_sigma:
         x = ddpm_sample(net, batch.x, sampler.steps, channel_dim=-1, generator=generator)
     else:
-        x = integrate(net, batch.x, sampler, generator, draw=batch.sde_noise([seed + i for i in range(len(requests))]))
+        draw = portable_noise.sde_draw([seed + i for i in range(len(requests))], batch.lengths)   # the runtime's
+        x = integrate(net, batch.x, sampler, generator, draw=lambda shape: torch.from_numpy(draw(shape)))
     return batch.unpack(x, p)
