@@ -65,7 +65,7 @@ def prepare_packages(name: str, work: Path, xl_depth: int) -> dict:
 
     if name == "default":
         from engines.pipeline import DEFAULT_MODEL_DIR
-        from engines.manifest import load_manifest
+        from engines.package import load_manifest
 
         base = work / "default"
         shutil.copytree(DEFAULT_MODEL_DIR, base)
@@ -114,7 +114,8 @@ PAUSE_S = 0.2             # before each block: the previous engine's worker thre
 
 
 def files_size(package: Path, backend) -> int:
-    from engines.manifest import graph_files, load_manifest
+    from engines.manifest import graph_files
+    from engines.package import load_manifest
 
     manifest = load_manifest(package)
     return sum((package / n).stat().st_size for n in graph_files(manifest, backend.model_path.name))
@@ -122,8 +123,8 @@ def files_size(package: Path, backend) -> int:
 
 def measure(name: str, packages: dict, repeats: int, threads: int, work: Path) -> list[dict]:
     import engines
-    from engines.backend import create_backend
-    from engines.manifest import load_manifest
+    from engines.backends import create_backend
+    from engines.package import load_manifest
 
     manifest = load_manifest(packages["fp32"])
     tokens = manifest.sizes.train_token_budget

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from engines.manifest import load_manifest  # noqa: E402
+from engines.package import load_manifest
 
 
 def peak_rss_mb() -> float:

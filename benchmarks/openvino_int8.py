@@ -50,7 +50,7 @@ def main() -> None:
     import onnxruntime as ort
     import openvino as ov
 
-    from engines.manifest import load_manifest
+    from engines.package import load_manifest
 
     with tempfile.TemporaryDirectory() as tmp:
         packages = prepare_packages("xl", Path(tmp), args.xl_depth)

@@ -32,7 +32,7 @@ def rss_mib() -> float:
 
 
 def measure(package: str, calls: int, options: dict) -> dict:
-    from engines.backend import create_backend
+    from engines.backends import create_backend
 
     backend = create_backend("onnxruntime", package, threads=1, **options).activate()
     token_dim, head_dim = backend.inputs["x"].shape[2], backend.inputs["rope_cos"].shape[2]

@@ -162,7 +162,7 @@ def worker(spec: dict) -> dict:
                 return model(tensors["x"], tensors["t"], tensors["y"], mask=tensors["mask"],
                              rope_cos=tensors["rope_cos"], rope_sin=tensors["rope_sin"]).numpy()
     else:
-        from engines.onnxruntime_backend import OnnxRuntimeBackend
+        from engines.backends.onnxruntime import OnnxRuntimeBackend
 
         backend = OnnxRuntimeBackend(None, model_path=spec["onnx"], threads=spec["threads"]).activate()
 
@@ -354,7 +354,7 @@ def main() -> None:
         return
 
     from fit.config import preset
-    from engines.manifest import load_manifest
+    from engines.package import load_manifest
     from engines.pipeline import DEFAULT_MODEL_DIR
 
     default_manifest = DEFAULT_MODEL_DIR / "manifest.json"

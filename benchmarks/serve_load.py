@@ -188,7 +188,7 @@ def main() -> None:
     engine = engine_only(package, args.threads, [4, 8])
     results = run(package, clients, args.requests_per_client, args.max_seconds, args.max_batch_size, args.threads,
                   args.batch_wait_ms)
-    from engines.manifest import load_manifest
+    from engines.package import load_manifest
     from engines.pipeline import DEFAULT_MODEL_DIR
 
     manifest = load_manifest(package or DEFAULT_MODEL_DIR)

@@ -21,7 +21,8 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import click
 
-from engines.backend import BackendError, backend_names, resolve_backend_name
+from engines.errors import BackendError
+from engines.backends import backend_names, resolve_backend_name
 
 HELP_OPTIONS = ("-h", "--help")
 ERROR_EXIT = 2
@@ -171,7 +172,7 @@ class Named(click.ParamType):
         return [CompletionItem(n) for n in self.names if n.startswith(incomplete.lower())]
 
 
-# --backend: the registered backends (engines.backend); aliases such as ``ort``/``trt`` are accepted quietly.
+# --backend: the registered backends (engines.backends); aliases such as ``ort``/``trt`` are accepted quietly.
 BACKEND = Named(dict.fromkeys(resolve_backend_name(name) for name in backend_names()), resolve_backend_name,
                 errors=(BackendError,))
 

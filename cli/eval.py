@@ -17,7 +17,7 @@ from engines.sampler import SAMPLERS
 
 def _config_next_to(checkpoint: str):
     """The network config beside a checkpoint: fit-train's config.yaml, or a model package's manifest.json."""
-    from engines.manifest import load_manifest
+    from engines.package import load_manifest
     from fit.config import FiTConfig
 
     here = os.path.dirname(os.path.abspath(checkpoint))

@@ -11,7 +11,9 @@ import click
 from cli.common import BACKEND, Group, Named, UserError, user_errors
 from cli.trt import build, trt_check
 from engines.buckets import BucketError, parse_sizes
-from engines.manifest import PRECISIONS, QUANTIZATION_MODES, PackageError
+from engines.contract import PRECISIONS
+from engines.manifest import QUANTIZATION_MODES
+from engines.errors import PackageError
 from engines.rope import EXTRAPOLATIONS, canonical_extrapolation
 from engines.sampler import SAMPLERS
 
@@ -22,7 +24,7 @@ def _user_errors():
     from fit.loading import CheckpointError
     from fit_export.onnx_export import ExportError
     from fit_export.validate import ValidationError
-    from engines.backend import BackendError
+    from engines.errors import BackendError
     return ConfigError, CheckpointError, ExportError, ValidationError, PackageError, BackendError
 
 

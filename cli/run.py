@@ -15,9 +15,10 @@ import click
 from PIL import Image
 
 from cli.common import BACKEND, Command, Interrupted, Named, check_writable, user_errors
-from engines.backend import BackendError
-from engines.manifest import PackageError
-from engines.pipeline import SEED_LIMIT, GenerationError, Request, image_grid, load, save_png
+from engines.errors import BackendError
+from engines.errors import PackageError
+from engines.pipeline import SEED_LIMIT, GenerationError, Request, load
+from engines.png import tile_images, save_png
 from engines.rope import EXTRAPOLATIONS, canonical_extrapolation
 from engines.sampler import MAX_CFG, MAX_STEPS, SAMPLERS
 
@@ -122,7 +123,7 @@ def run(package, width, height, label, num, steps, sampler, cfg, seed, extrapola
                     else:
                         yield save_png(image, output_path(out, first + i, num, grid), params)
         if grid_images:
-            yield save_png(image_grid(grid_images), out, {"grid": grid_params})
+            yield save_png(tile_images(grid_images), out, {"grid": grid_params})
 
 
 if __name__ == "__main__":  # pragma: no cover

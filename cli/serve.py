@@ -16,8 +16,10 @@ from pathlib import Path
 import click
 
 from cli.common import BACKEND, Command, UserError, check_writable, one_line, user_errors
-from engines.backend import BackendError, create_backend
-from engines.manifest import PackageError, load_manifest, verify_files
+from engines.errors import BackendError
+from engines.backends import create_backend
+from engines.errors import PackageError
+from engines.package import load_manifest, verify_files
 from engines.pipeline import DEFAULT_MODEL_DIR
 
 

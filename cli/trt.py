@@ -10,10 +10,11 @@ import sys
 import click
 
 from cli.common import Command, user_errors
-from engines.backend import BackendError
+from engines.errors import BackendError
 from engines.buckets import BucketError
-from engines.manifest import PackageError, load_manifest
-from engines.trt_engines import PRECISIONS
+from engines.errors import PackageError
+from engines.package import load_manifest
+from engines.backends.tensorrt.store import PRECISIONS
 
 USER_ERRORS = (PackageError, BucketError, BackendError, ValueError, OSError)
 

@@ -19,7 +19,9 @@ from urllib.parse import unquote, urlsplit
 import click
 
 from cli.common import Command, UserError, user_errors
-from engines.manifest import MANIFEST_NAME, PackageError, load_manifest
+from engines.manifest import MANIFEST_NAME
+from engines.errors import PackageError
+from engines.package import load_manifest
 from engines.pipeline import DEFAULT_MODEL_DIR
 
 REPO = Path(__file__).resolve().parent.parent

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 if TYPE_CHECKING:                                            # annotations only: this module stays import-light
-    from engines.manifest import TensorSpec
+    from engines.contract import TensorSpec
 
 # The graph contract's dynamic axis names (docs/package-format.md).
 BATCH_AXIS = "batch"

@@ -1,30 +1,27 @@
-"""The model package manifest and the transformer graph contract — one definition, shared by the exporter, every
-runtime, validation, TensorRT and the docs.
+"""The model package manifest: ``manifest.json`` as typed, frozen dataclasses — one definition, shared by the
+exporter, every runtime, validation, TensorRT and the docs.
 
-A package is a directory with ``manifest.json`` and the files it lists. :class:`Manifest` is that JSON as typed,
-frozen dataclasses: :meth:`Manifest.from_dict` is the one reader (one set of defaults, one validation, one-line
-:class:`PackageError` messages) and :meth:`Manifest.to_dict` the one writer. :class:`GraphContract` is the
-transformer's input/output contract (names, dtypes, dynamic axes, feeds, example feeds, Polygraphy metadata).
-docs/package-format.md holds a field reference generated from this module (``python -m engines.manifest``); a test
-keeps the two identical.
+:meth:`Manifest.from_dict` is the one reader (one set of defaults, one validation, one-line :class:`PackageError`
+messages) and :meth:`Manifest.to_dict` the one writer. Reading a package from disk (hashes, verification) is in
+engines/package.py; the graph contract in engines/contract.py; the field reference in docs/package-format.md is
+generated from these classes by engines/schema.py.
 
-Only the standard library is imported at module level (numpy lazily), so any torch-free tool can read packages.
+Only the standard library is imported at module level, so any torch-free tool can read packages.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import ClassVar, Iterable, Mapping, Optional
+from typing import ClassVar, Mapping, Optional
+
+from engines.contract import PRECISIONS, GraphContract, TensorSpec
+from engines.errors import PackageError
 
 FORMAT = "fit-package"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-PRECISIONS = ("fp32", "fp16")
 VARIANT_PRECISIONS = ("fp32", "fp16", "int8")
 QUANTIZATION_MODES = ("dynamic", "static")       # `quantization.mode` of an int8 variant (`fit-export quantize`)
 ORT_VARIANT = "ort"               # name of the ONNX Runtime-tuned copy (`fit-export ort-optimize`)
@@ -32,138 +29,9 @@ OPENVINO_VARIANT = "ov"           # name of the OpenVINO-tuned copy (`fit-export
 LATENT_SPACES = ("sd-vae", "pixel")
 
 
-class PackageError(ValueError):
-    """A model package is missing, unreadable, of an unknown version or does not match its hashes."""
-
-
 def _doc(text: str, **kwargs):
     """A dataclass field with its documentation (rendered into docs/package-format.md)."""
     return field(metadata={"doc": text}, **kwargs)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Graph contract
-# ------------------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, dtype (numpy name) and shape of one graph input or output; dynamic axes are names ("batch", "seq")."""
-
-    name: str
-    dtype: str
-    shape: tuple
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping, source: str = "tensor") -> "TensorSpec":
-        if not isinstance(data, Mapping) or not isinstance(data.get("name"), str):
-            raise PackageError(f"{source}: a tensor needs a name")
-        shape = data.get("shape", ())
-        if not isinstance(shape, (list, tuple)):
-            raise PackageError(f"{source}: tensor {data['name']!r} has no shape list")
-        return cls(data["name"], str(data.get("dtype", "float32")), tuple(shape))
-
-
-@dataclass(frozen=True)
-class GraphContract:
-    """The transformer graph every package ships and every backend runs (docs/package-format.md):
-
-    x (batch, seq, token_dim) -> v (batch, seq, out_token_dim), conditioned on t (batch,), y (batch,) int64,
-    rope_cos / rope_sin (batch, seq, head_dim) and mask (batch, seq). ``x`` and ``v`` are float16 in fp16 packages;
-    every other input is float32 (y int64) at every precision.
-    """
-
-    token_dim: int
-    out_token_dim: int
-    head_dim: int
-    precision: str = "fp32"
-
-    INPUT_NAMES: ClassVar[tuple] = ("x", "t", "y", "rope_cos", "rope_sin", "mask")
-    OUTPUT_NAMES: ClassVar[tuple] = ("v",)
-    BATCH: ClassVar[str] = "batch"
-    SEQ: ClassVar[str] = "seq"
-    MEANINGS: ClassVar[dict] = {
-        "x": "noisy tokens, row-major patch order, channels (c, p1, p2)",
-        "t": "flow time in [0, 1] (0 = noise, 1 = data)",
-        "y": "class label; `null_class` = unconditional",
-        "rope_cos": "RoPE cos table (docs/runtime-spec.md); pairs `(2i, 2i+1)` hold the same angle",
-        "rope_sin": "RoPE sin table",
-        "mask": "1 = real token, 0 = padding",
-        "v": "velocity (zero at padding)",
-    }
-
-    def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise PackageError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
-
-    @property
-    def activation_dtype(self) -> str:
-        return "float16" if self.precision == "fp16" else "float32"
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        b, n, act = self.BATCH, self.SEQ, self.activation_dtype
-        return (TensorSpec("x", act, (b, n, self.token_dim)), TensorSpec("t", "float32", (b,)),
-                TensorSpec("y", "int64", (b,)), TensorSpec("rope_cos", "float32", (b, n, self.head_dim)),
-                TensorSpec("rope_sin", "float32", (b, n, self.head_dim)), TensorSpec("mask", "float32", (b, n)))
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return (TensorSpec("v", self.activation_dtype, (self.BATCH, self.SEQ, self.out_token_dim)),)
-
-    @property
-    def dynamic_axes(self) -> tuple[str, str]:
-        return (self.BATCH, self.SEQ)
-
-    def axes(self) -> dict[str, dict[int, str]]:
-        """name -> {axis index: axis name} for every dynamic axis (torch.onnx / ONNX Runtime convention)."""
-        return {spec.name: {i: d for i, d in enumerate(spec.shape) if isinstance(d, str)}
-                for spec in self.inputs + self.outputs}
-
-    def shapes(self, batch: int, seq: int) -> dict[str, tuple[int, ...]]:
-        """Concrete input shapes for a (batch, seq) call."""
-        sizes = {self.BATCH: batch, self.SEQ: seq}
-        return {spec.name: tuple(sizes.get(d, d) for d in spec.shape) for spec in self.inputs}
-
-    @classmethod
-    def check_names(cls, inputs: Iterable[str], outputs: Iterable[str], source: str) -> None:
-        """Raise PackageError unless a graph's input and output names are the contract's, in order."""
-        inputs, outputs = tuple(inputs), tuple(outputs)
-        if inputs != cls.INPUT_NAMES or outputs != cls.OUTPUT_NAMES:
-            raise PackageError(f"{source}: inputs/outputs {inputs} -> {outputs} do not follow the graph contract "
-                               f"{cls.INPUT_NAMES} -> {cls.OUTPUT_NAMES}")
-
-    def feed(self, **arrays) -> dict:
-        """The contract's inputs in order, each as a contiguous array of its dtype (x in the activation dtype)."""
-        import numpy as np
-
-        missing = [name for name in self.INPUT_NAMES if name not in arrays]
-        unexpected = [name for name in arrays if name not in self.INPUT_NAMES]
-        if missing or unexpected:
-            raise ValueError(f"graph feed: missing {missing}, unexpected {unexpected}")
-        return {spec.name: np.ascontiguousarray(arrays[spec.name], dtype=spec.dtype) for spec in self.inputs}
-
-    def example_feed(self, batch: int = 1, seq: int = 4, seed: int = 0) -> dict:
-        """A valid random feed (all tokens real; tables of angle 0 rotate nothing): for tracing and smoke tests."""
-        import numpy as np
-
-        rng = np.random.default_rng(seed)
-        return self.feed(x=rng.standard_normal((batch, seq, self.token_dim)),
-                         t=rng.uniform(0.05, 0.95, batch), y=np.zeros(batch, np.int64),
-                         rope_cos=np.ones((batch, seq, self.head_dim)), rope_sin=np.zeros((batch, seq, self.head_dim)),
-                         mask=np.ones((batch, seq)))
-
-    def polygraphy_metadata(self):
-        """Polygraphy ``TensorMetadata`` of the inputs (dynamic axes as names), for runners and data loaders."""
-        import numpy as np
-        from polygraphy.common import TensorMetadata
-
-        meta = TensorMetadata()
-        for spec in self.inputs:
-            meta.add(spec.name, np.dtype(spec.dtype), list(spec.shape))
-        return meta
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -589,160 +457,7 @@ class Manifest(_Section):
             raise PackageError(f"{source}: {err}") from None
 
 
-# ------------------------------------------------------------------------------------------------------------
-# Files: hashing, reading, writing
-# ------------------------------------------------------------------------------------------------------------
-
-def sha256_file(path, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks (packages hold multi-GB weights)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_entries(directory, names: Iterable[str]) -> dict[str, FileEntry]:
-    """``files`` entries for ``names`` (paths relative to ``directory``): sha256 and size of each."""
-    directory = Path(directory)
-    return {name: FileEntry(sha256_file(directory / name), (directory / name).stat().st_size)
-            for name in sorted(names)}
-
-
-# Files already hashed in this process: (real path, size, mtime_ns, inode) -> sha256. A server that opens the same
-# package many times, or a pipeline whose backends share a file, hashes it once. (A file rewritten in place with
-# the same size within the file system's timestamp granularity keeps its key; packages are replaced by renaming.)
-_HASHED: dict[tuple, str] = {}
-
-
-def verify_files(directory, manifest: Manifest, names: Iterable[str]) -> None:
-    """Check size and sha256 of the named files against the manifest (each file hashed once per process)."""
-    directory = Path(directory)
-    for name in names:
-        entry, path = manifest.files.get(name), directory / name
-        if entry is None:
-            raise PackageError(f"package {directory}: {name} is not listed in {MANIFEST_NAME}")
-        try:
-            stat = path.stat()
-        except OSError:
-            raise PackageError(f"package {directory}: {name} is missing; re-export the package") from None
-        if stat.st_size != entry.bytes:
-            raise PackageError(f"package {directory}: {name} has {stat.st_size} bytes, the manifest says "
-                               f"{entry.bytes} (truncated or replaced); re-export the package")
-        key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-        if key not in _HASHED:
-            _HASHED[key] = sha256_file(path)
-        if _HASHED[key] != entry.sha256:
-            raise PackageError(f"package {directory}: sha256 of {name} does not match the manifest "
-                               f"(corrupt or replaced); re-export the package")
-
-
 def graph_files(manifest: Manifest, file: str) -> list[str]:
     """A graph file plus the file its external data comes from (``external_data`` / a variant's ``weights_from``)."""
     extra = next((v.weights_from for v in manifest.transformer.all_variants() if v.file == file), None)
     return [file] + ([extra] if extra and extra != file else [])
-
-
-def load_manifest(directory, verify: bool = False) -> Manifest:
-    """Read and check ``directory/manifest.json``; with ``verify`` also the size and sha256 of every listed file.
-
-    Runtimes leave ``verify`` off and check the files they open (:func:`verify_files`). Raises
-    :class:`PackageError` with a one-line message on any problem.
-    """
-    directory = Path(directory)
-    path = directory / MANIFEST_NAME
-    if not directory.is_dir():
-        raise PackageError(f"package {directory} does not exist or is not a directory")
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PackageError(f"package {directory} has no {MANIFEST_NAME}") from None
-    except OSError as e:
-        raise PackageError(f"cannot read {path}: {e.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PackageError(f"{path} is not valid JSON: {str(e).splitlines()[0]}") from None
-    manifest = Manifest.from_dict(doc, str(path))
-    if verify:
-        verify_files(directory, manifest, sorted(manifest.files))
-    return manifest
-
-
-def write_manifest(directory, manifest: Manifest) -> Path:
-    """Write ``manifest.json`` into ``directory`` atomically."""
-    from engines.atomic import atomic_write
-
-    path = Path(directory) / MANIFEST_NAME
-    atomic_write(path, json.dumps(manifest.to_dict(), indent=2) + "\n")
-    return path
-
-
-def now_utc() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# ------------------------------------------------------------------------------------------------------------
-# The field reference in docs/package-format.md
-# ------------------------------------------------------------------------------------------------------------
-
-def _type_name(f) -> str:
-    kind = str(f.type).replace("Optional[", "").rstrip("]")
-    kind = "object" if kind in {c.__name__ for c in _SECTIONS.values()} else \
-        {"tuple": "list", "dict": "object", "str": "string", "int": "integer", "float": "number",
-         "bool": "boolean"}.get(kind, kind)
-    return kind + (" or null" if str(f.type).startswith("Optional[") else "")
-
-
-_SECTIONS = {"": Manifest, "model": ModelSection, "latent": LatentSection, "transformer": TransformerSection,
-             "transformer.variants[]": VariantSection, "vae_decoder": VaeDecoderSection,
-             "guidance": GuidanceSection, "sampler": SamplerSection, "rope": RopeSection, "sizes": SizesSection,
-             "sizes.buckets[]": BucketSection, "reference": ReferenceSection, "files.NAME": FileEntry}
-
-
-def field_reference() -> str:
-    """Markdown tables of every manifest field and of the graph contract, generated from the dataclasses."""
-    lines = ["| field | type | default | meaning |", "|---|---|---|---|"]
-    for prefix, section in _SECTIONS.items():
-        for f in dataclasses.fields(section):
-            has_default = f.default is not dataclasses.MISSING
-            default = "required" if not has_default else json.dumps(
-                f.default.to_dict() if isinstance(f.default, _Section) else
-                list(f.default) if isinstance(f.default, tuple) else f.default)
-            name = f"{prefix}.{f.name}" if prefix else f.name
-            lines.append(f"| `{name}` | {_type_name(f)} | {default} | {f.metadata.get('doc', '')} |")
-    contract = GraphContract(token_dim=0, out_token_dim=0, head_dim=0)
-    symbolic = {"x": "(batch, seq, token_dim)", "v": "(batch, seq, out_token_dim)",
-                "rope_cos": "(batch, seq, head_dim)", "rope_sin": "(batch, seq, head_dim)"}
-    graph = ["| name | direction | dtype | shape | meaning |", "|---|---|---|---|---|"]
-    for direction, specs in (("input", contract.inputs), ("output", contract.outputs)):
-        for spec in specs:
-            dtype = "float32 / float16 (fp16 packages)" if spec.name in ("x", "v") else spec.dtype
-            shape = symbolic.get(spec.name, "(" + ", ".join(map(str, spec.shape)) + ("," if len(spec.shape) == 1
-                                                                                     else "") + ")")
-            graph.append(f"| `{spec.name}` | {direction} | {dtype} | {shape} | {GraphContract.MEANINGS[spec.name]} |")
-    return "\n".join(["### Graph contract", "", *graph, "", "### Manifest fields", "", *lines])
-
-
-DOC_BEGIN = "<!-- field reference: generated by `python -m engines.manifest --update docs/package-format.md` -->"
-DOC_END = "<!-- end of the generated field reference -->"
-
-
-def update_doc(path) -> bool:
-    """Replace the generated block of a Markdown file with :func:`field_reference`; True when it changed."""
-    from engines.atomic import atomic_write
-
-    text = Path(path).read_text()
-    head, _, rest = text.partition(DOC_BEGIN)
-    _, _, tail = rest.partition(DOC_END)
-    new = f"{head}{DOC_BEGIN}\n{field_reference()}\n{DOC_END}{tail}"
-    if new != text:
-        atomic_write(path, new)
-    return new != text
-
-
-if __name__ == "__main__":
-    import sys
-
-    if sys.argv[1:2] == ["--update"] and len(sys.argv) == 3:
-        print(("updated " if update_doc(sys.argv[2]) else "up to date: ") + sys.argv[2])
-    else:
-        print(field_reference())

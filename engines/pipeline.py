@@ -3,13 +3,12 @@
     import engines
     pipe = engines.load("path/to/package")              # checks format version and file hashes
     image = pipe.generate(width=256, height=192, label="golden retriever", seed=1, steps=20)
-    image.save("dog.png")                                # or save_png(image, "dog.png", image.info["parameters"])
+    image.save("dog.png")                                # or engines.png.save_png(image, "dog.png")
 
 The per-step loop is specified in docs/runtime.md. Nothing here imports torch.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -20,8 +19,11 @@ import numpy as np
 
 from engines import noise as portable_noise
 from engines.atomic import recover_folder
-from engines.backend import Backend, BackendError, create_backend, resolve_backend_name
-from engines.manifest import Manifest, PackageError, load_manifest
+from engines.backends import Backend, create_backend, resolve_backend_name
+from engines.errors import BackendError
+from engines.manifest import Manifest
+from engines.errors import PackageError
+from engines.package import load_manifest
 from engines.rope import EXTRAPOLATIONS, RopeSettings, canonical_extrapolation, extrapolation_name, rope_tables
 from engines.sampler import SAMPLERS, Callback, SamplerSettings, SettingError, check_cfg, check_steps, guide, integrate
 
@@ -397,6 +399,8 @@ class Pipeline:
         image = self.generate_many([request], settings, callback=callback)[0]
         if output == "array":
             return image
+        from engines.png import to_pil
+
         return to_pil(image, self.parameters(request, settings))
 
 
@@ -451,74 +455,5 @@ def unpatchify(tokens: np.ndarray, h: int, w: int, p: int) -> np.ndarray:
     return np.ascontiguousarray(x.reshape(c, h * p, w * p))
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Images and PNG files
-# ----------------------------------------------------------------------------------------------------------
-
-def to_pil(image: np.ndarray, parameters: Optional[dict] = None):
-    """uint8 (H, W, 3) array -> PIL image carrying ``parameters`` in ``info`` (written by :func:`save_png`)."""
-    from PIL import Image
-
-    pil = Image.fromarray(image, "RGB")
-    if parameters is not None:
-        pil.info["parameters"] = json.dumps(parameters, sort_keys=True)
-    return pil
-
-
-def image_grid(images: Sequence[np.ndarray], columns: Optional[int] = None, gap: int = 2) -> np.ndarray:
-    """Tile uint8 images (H, W, 3) of any sizes into one, row by row, ``gap`` black pixels apart."""
-    columns = columns or math.ceil(math.sqrt(len(images)))
-    rows = [images[i:i + columns] for i in range(0, len(images), columns)]
-    row_heights = [max(im.shape[0] for im in row) for row in rows]
-    col_widths = [max(row[c].shape[1] for row in rows if c < len(row)) for c in range(columns)]
-    out = np.zeros((sum(row_heights) + gap * (len(rows) - 1), sum(col_widths) + gap * (columns - 1), 3), np.uint8)
-    top = 0
-    for row, row_h in zip(rows, row_heights):
-        left = 0
-        for c, im in enumerate(row):
-            out[top:top + im.shape[0], left:left + im.shape[1]] = im
-            left += col_widths[c] + gap
-        top += row_h + gap
-    return out
-
-
-def png_bytes(image, parameters: Optional[dict] = None) -> bytes:
-    """The PNG file of a uint8 (H, W, 3) array or PIL image, with ``parameters`` as text chunks: ``parameters``
-    (all of them as JSON) and one ``fit:<name>`` entry per parameter. The one PNG encoder of the toolkit:
-    :func:`save_png` and the server (fit_serve) write these bytes."""
-    import io
-
-    from PIL import Image, PngImagePlugin
-
-    pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image), "RGB")
-    if parameters is None and "parameters" in getattr(pil, "info", {}):
-        parameters = json.loads(pil.info["parameters"])
-    info = PngImagePlugin.PngInfo()
-    if parameters:
-        info.add_text("parameters", json.dumps(parameters, sort_keys=True))
-        for key, value in parameters.items():
-            info.add_text(f"fit:{key}", "" if value is None else str(value))
-    buffer = io.BytesIO()
-    pil.save(buffer, format="PNG", pnginfo=info)
-    return buffer.getvalue()
-
-
-def save_png(image, path, parameters: Optional[dict] = None) -> Path:
-    """Write :func:`png_bytes` of ``image`` and ``parameters`` to ``path`` atomically
-    (:func:`engines.atomic.atomic_write`)."""
-    from engines.atomic import atomic_write
-
-    return atomic_write(Path(path), png_bytes(image, parameters))
-
-
-def read_parameters(path) -> dict:
-    """The generation parameters stored in a PNG written by :func:`save_png`."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return json.loads(im.text["parameters"])
-
-
 __all__ = ["load", "Pipeline", "Request", "GenerationSettings", "GenerationError", "PackageError", "BackendError", "patchify",
-           "unpatchify", "png_bytes", "save_png", "read_parameters", "image_grid", "to_pil", "EXTRAPOLATIONS",
-           "DEFAULT_MODEL_DIR", "SEED_LIMIT"]
+           "unpatchify", "EXTRAPOLATIONS", "DEFAULT_MODEL_DIR", "SEED_LIMIT"]

@@ -16,8 +16,9 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import engines
-from engines.backend import BackendError
-from engines.pipeline import GenerationError, save_png
+from engines.errors import BackendError
+from engines.pipeline import GenerationError
+from engines.png import save_png
 
 INTEGER_FIELDS = ("width", "height", "seed", "steps")
 

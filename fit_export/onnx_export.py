@@ -18,7 +18,8 @@ import onnx_ir as ir
 import torch
 import torch.nn as nn
 
-from engines.manifest import GraphContract, PackageError
+from engines.contract import GraphContract
+from engines.errors import PackageError
 from engines.rope import rope_tables
 from fit.model import FiT
 # FP32_OPS: ops computed in float32 in fp16 graphs (the one rule of fit_export.typed, used by the fp16 export too).

@@ -19,6 +19,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from engines import manifest as mf
+from engines.package import file_entries, now_utc, sha256_file, write_manifest
 from engines.atomic import recover_folder, replace_folder, temporary_folder
 from engines.buckets import Bucket, BucketError, smallest_bucket, tokens_for_size
 from engines.sampler import SamplerSettings
@@ -101,7 +102,7 @@ def export_package(model_or_config: Union[FiT, FiTConfig, str, dict], checkpoint
             files.append(VAE_FILE)
         reference = {"weights": None, "checkpoint": None, "checkpoint_sha256": None}
         if checkpoint is not None:
-            reference.update(checkpoint=Path(checkpoint).name, checkpoint_sha256=mf.sha256_file(checkpoint))
+            reference.update(checkpoint=Path(checkpoint).name, checkpoint_sha256=sha256_file(checkpoint))
         if include_weights:
             from safetensors.torch import save_file
             save_file({k: v.detach().float().contiguous() for k, v in model.state_dict().items()},
@@ -109,15 +110,15 @@ def export_package(model_or_config: Union[FiT, FiTConfig, str, dict], checkpoint
             reference["weights"] = WEIGHTS_FILE
             files.append(WEIGHTS_FILE)
         doc = mf.Manifest(
-            name=str(name), created=mf.now_utc(), model=describe_model(cfg, class_names),
+            name=str(name), created=now_utc(), model=describe_model(cfg, class_names),
             latent=describe_latent(cfg, vae), transformer=describe_transformer(model, transformer),
             vae_decoder=mf.VaeDecoderSection.from_dict(vae_entry, "vae_decoder") if vae_entry else None,
             guidance=mf.GuidanceSection(float(default_cfg), cfg.cfg_channels, 0.0),
             sampler=mf.SamplerSection(sampler_defaults.method, sampler_defaults.steps, sampler_defaults.atol,
                                       sampler_defaults.rtol, float(cfg.time_shifting)),
             rope=describe_rope(cfg), sizes=sizes_section, reference=mf.ReferenceSection(**reference),
-            files=mf.file_entries(work, files))
-        mf.write_manifest(work, doc)
+            files=file_entries(work, files))
+        write_manifest(work, doc)
         _publish_permissions(work)
         _move_into_place(work, out_dir, force)
     except OSError as e:                   # a full disk, a folder that became unwritable: nothing is left behind

@@ -35,7 +35,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from engines import manifest as mf
-from engines.backend import Backend
+from engines.package import file_entries, load_manifest, now_utc, write_manifest
+from engines.backends import Backend
 
 INT8_FILE = "transformer.int8.onnx"
 INT8_VARIANT = "int8"
@@ -197,7 +198,7 @@ def shapes_accuracy(package, precisions, num_per_class: int = 16, seed: int = 0)
     from fit.eval.evaluate import classify
     from fit.eval.metrics import class_accuracy
 
-    manifest = mf.load_manifest(package)
+    manifest = load_manifest(package)
     if tuple(manifest.model.class_names or ()) != SHAPES:
         return None
     g = manifest.latent.pixel_granularity
@@ -239,7 +240,7 @@ def quantize_package(package, out, mode: str = "dynamic", per_channel: bool = Fa
     from fit_export.package import _check_destination, _move_into_place, _publish_permissions
 
     package, out = Path(package), Path(out)
-    doc = mf.load_manifest(package, verify=True)
+    doc = load_manifest(package, verify=True)
     transformer = doc.transformer
     if transformer.precision != "fp32":
         raise QuantizeError(f"quantize reads fp32 packages; {package} is {transformer.precision}")
@@ -276,22 +277,22 @@ def quantize_package(package, out, mode: str = "dynamic", per_channel: bool = Fa
                                     opset=max((o.version for o in _opsets(work / INT8_FILE)), default=None),
                                     source=source.name, quantization=settings)
         variants = transformer.variants + (variant,)
-        files = dict(doc.files, **mf.file_entries(work, [INT8_FILE]))
+        files = dict(doc.files, **file_entries(work, [INT8_FILE]))
         default = transformer.default_variant if keep_default else INT8_VARIANT
-        doc = doc.replace(created=mf.now_utc(), files=files,
+        doc = doc.replace(created=now_utc(), files=files,
                           transformer=dataclasses.replace(transformer, variants=variants, default_variant=default))
-        mf.write_manifest(work, doc)
+        write_manifest(work, doc)
         if ort_format:
             from fit_export.ort_format import write_ort_format
             progress("writing the ORT-format model and its operator configuration")
             extra = write_ort_format(work / INT8_FILE)
             variant = dataclasses.replace(variant, **extra)
-            doc = _with_variant(doc, variant, mf.file_entries(work, [extra["ort_format"], extra["operator_config"]]))
-            mf.write_manifest(work, doc)
+            doc = _with_variant(doc, variant, file_entries(work, [extra["ort_format"], extra["operator_config"]]))
+            write_manifest(work, doc)
         if validate:
             variant = dataclasses.replace(variant, validation=validation_record(work, accuracy, progress, seed))
             doc = _with_variant(doc, variant, {})
-            mf.write_manifest(work, doc)
+            write_manifest(work, doc)
         _publish_permissions(work)
         _move_into_place(work, out, force)
     except BaseException:

@@ -15,7 +15,7 @@ ONNX Runtime against the fp32 graph (cosine >= 0.999) and builds that. The same 
 
 The timing cache (tactic timings, per TensorRT version and GPU) is loaded before and merged back after each
 build, so rebuilding with other profiles or precisions is much faster. Engines are written atomically: plans
-first, sidecars (the commit marker, ``engines.trt_engines.Sidecar``) last, after removing the old sidecars
+first, sidecars (the commit marker, ``engines.backends.tensorrt.store.Sidecar``) last, after removing the old sidecars
 of the engines being replaced — an interrupted build never leaves a sidecar pointing at a different plan.
 """
 from __future__ import annotations
@@ -34,11 +34,13 @@ import numpy as np
 from engines.atomic import atomic_file
 from engines.buckets import (BatchRange, Bucket, BucketProfile, parse_batch,
                              parse_profiles, plan_profiles)
-from engines.manifest import Manifest, TensorSpec, load_manifest, sha256_file
+from engines.manifest import Manifest
+from engines.contract import TensorSpec
+from engines.package import load_manifest, sha256_file
 from engines.rope import RopeSettings, rope_tables
-from engines.trt_engines import ENGINE_DIR, ENGINE_SUFFIX, PRECISIONS, Sidecar, engine_stem, sidecar_path, write_sidecar
-from engines.trt_install import GpuInfo, gpu_info, require_tensorrt
-from engines.backend import BackendError
+from engines.backends.tensorrt.store import ENGINE_DIR, ENGINE_SUFFIX, PRECISIONS, Sidecar, engine_stem, sidecar_path, write_sidecar
+from engines.backends.tensorrt.install import GpuInfo, gpu_info, require_tensorrt
+from engines.errors import BackendError
 from fit_export.trt_ops import UnsupportedByTensorRT, assert_supported
 from fit_export.typed import TypedGraphError, typed_graph
 

@@ -550,7 +550,7 @@ def _dtype_name(dtype: int) -> str:
 
 def installed_tensorrt_version() -> Optional[str]:
     """The installed TensorRT's version, or None (no import of TensorRT when it is absent)."""
-    from engines.trt_install import tensorrt_version
+    from engines.backends.tensorrt.install import tensorrt_version
 
     return tensorrt_version()
 

@@ -43,6 +43,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from engines import manifest as mf
+from engines.package import file_entries, load_manifest, write_manifest
 from engines.atomic import atomic_file, recover_folder
 from engines.metrics import cosine
 from fit_export.onnx_export import read_onnx
@@ -439,7 +440,7 @@ def optimize_package(package, runtime: str = "onnxruntime") -> dict:
     command = "ort-optimize" if runtime == "onnxruntime" else "ov-optimize"
     package = Path(package)
     recover_folder(package)
-    doc = mf.load_manifest(package, verify=True)
+    doc = load_manifest(package, verify=True)
     transformer, model = doc.transformer, doc.model
     if transformer.precision != "fp32":
         raise TuneError(f"{command} rewrites fp32 packages; {package} is {transformer.precision}")
@@ -447,7 +448,7 @@ def optimize_package(package, runtime: str = "onnxruntime") -> dict:
     entry = mf.VariantSection(name=name, file=file, precision="fp32", runtime=runtime, source=transformer.precision,
                               **result)
     variants = tuple(v for v in transformer.variants if v.name != name) + (entry,)
-    files = dict(doc.files, **mf.file_entries(package, [file]))
-    mf.write_manifest(package, doc.replace(transformer=dataclasses.replace(transformer, variants=variants),
+    files = dict(doc.files, **file_entries(package, [file]))
+    write_manifest(package, doc.replace(transformer=dataclasses.replace(transformer, variants=variants),
                                            files=files))
     return entry.to_dict()

@@ -37,9 +37,10 @@ import torch
 
 import engines
 from engines.atomic import recover_folder
-from engines.backend import Backend
+from engines.backends import Backend
 from engines.buckets import BucketError, choose_profile
-from engines.manifest import Manifest, load_manifest, verify_files
+from engines.manifest import Manifest
+from engines.package import load_manifest, verify_files
 from engines.metrics import cosine, psnr
 from engines.pipeline import Pipeline, Request
 from engines.rope import rope_tables
@@ -204,7 +205,7 @@ def torch_runner(model: FiT):
 
 
 def backend_runner(backend: Backend, name: str):
-    """A Polygraphy runner around an active :class:`engines.backend.Backend` (any runtime the pipeline drives)."""
+    """A Polygraphy runner around an active :class:`engines.backends.Backend` (any runtime the pipeline drives)."""
     from polygraphy.backend.base import BaseRunner
     from polygraphy.common import TensorMetadata
 
@@ -304,7 +305,7 @@ def reference_model(package: Path, manifest: Manifest, checkpoint=None, model: O
 
 
 def _sha256(path) -> str:
-    from engines.manifest import sha256_file
+    from engines.package import sha256_file
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
     return sha256_file(path)

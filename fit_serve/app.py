@@ -5,7 +5,7 @@
     GET  /healthz       200 when the replica can serve
 
 Ray Serve collects the requests that arrive within ``batch_wait_ms`` (``@serve.batch``); fit_serve.batching
-packs them into padded engine calls; engines.pipeline does the work; the PNG bytes are engines.pipeline.png_bytes,
+packs them into padded engine calls; engines.pipeline does the work; the PNG bytes are engines.png.png_bytes,
 the same bytes fit-run writes. Overload is Ray Serve's own back-pressure: ``max_queued_requests`` (= max_queue)
 waiting requests per proxy, beyond that 503 with ``Retry-After``. Build the application with :func:`build`
 (also the ``import_path`` of the Serve config that ``fit-serve --emit-config`` writes).
@@ -28,8 +28,9 @@ from ray.serve.config import BackpressureConfig
 from ray.serve.metrics import Counter, Gauge, Histogram
 from starlette.exceptions import HTTPException
 
-from engines.backend import resolve_backend_name
-from engines.pipeline import GenerationSettings, Request, load, png_bytes
+from engines.backends import resolve_backend_name
+from engines.pipeline import GenerationSettings, Request, load
+from engines.png import png_bytes
 from fit_serve.api import MAX_BODY_BYTES, BadRequest, model_info, parse_body, resolve
 from fit_serve.batching import Item, bucket_budget, group_key, padded_tokens, plan_calls
 

@@ -4,7 +4,7 @@
 #   scripts/gpu_check.sh [--out WORKDIR] [--report-dir DIR] [--dry-run]
 #
 # Expects CUDA PyTorch, onnx and onnxruntime already installed (no network needed): installs this project
-# without dependencies, then runs each step of benchmarks/gpu_check.py in its own process with its own time
+# without dependencies, then runs each step of scripts/gpu_check.py in its own process with its own time
 # limit (a failing step does not stop the others), working in WORKDIR (default: a new temporary folder), and
 # writes DIR/gpu_check.json and DIR/gpu_check.md (default DIR: benchmarks/results). The TensorRT tests run
 # inside `pytest -m gpu` when tensorrt imports. Under 8 minutes on one H200. --dry-run prints the commands.
@@ -35,12 +35,12 @@ if [ -z "$OUT" ]; then
 fi
 run "$PY" -m pip install --no-deps --no-build-isolation -q -e .
 [ "$DRY" = 1 ] || mkdir -p "$OUT"
-"$PY" -m benchmarks.gpu_check list | while read -r step mode; do
+"$PY" -m scripts.gpu_check list | while read -r step mode; do
   if [ "$mode" = torchrun ]; then
     run timeout "${LIMIT[$step]}" "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 \
-      -m benchmarks.gpu_check run "$step" --out "$OUT"
+      -m scripts.gpu_check run "$step" --out "$OUT"
   else
-    run timeout "${LIMIT[$step]}" "$PY" -m benchmarks.gpu_check run "$step" --out "$OUT"
+    run timeout "${LIMIT[$step]}" "$PY" -m scripts.gpu_check run "$step" --out "$OUT"
   fi
 done
-run "$PY" -m benchmarks.gpu_check report --out "$OUT" --report-dir "$REPORT"
+run "$PY" -m scripts.gpu_check report --out "$OUT" --report-dir "$REPORT"

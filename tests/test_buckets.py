@@ -1,7 +1,7 @@
 """Bucket rules (engines.buckets): parsing --profiles/--batch, the smallest bucket, profile shapes, the runtime choice."""
 import pytest
 
-from engines.manifest import GraphContract, TensorSpec
+from engines.contract import GraphContract, TensorSpec
 from engines.buckets import (BatchRange, Bucket, BucketError, BucketProfile, Range, bucket_for_size,
                              choose_profile, parse_batch, parse_profiles, plan_profiles, smallest_bucket,
                              tokens_for_size)

@@ -218,7 +218,7 @@ def test_help_shows_canonical_names_only_and_accepts_aliases():
 
 def test_choices_come_from_the_code_that_defines_them():
     import engines.manifest
-    import engines.trt_engines
+    import engines.backends.tensorrt.store
     from cli.eval import main as eval_main
     from cli.export import main as export_main
     from cli.run import main as run_main
@@ -226,7 +226,7 @@ def test_choices_come_from_the_code_that_defines_them():
 
     assert tuple(_option(export_main.commands["onnx"], "precision").type.choices) == engines.manifest.PRECISIONS
     assert tuple(_option(export_main.commands["build"], "precision").type.choices) == \
-        engines.trt_engines.PRECISIONS
+        engines.backends.tensorrt.store.PRECISIONS
     # validate --precision names a variant or what a backend computes in; each backend checks it (one line)
     assert _option(export_main.commands["validate"], "precision").type == click.STRING
     for command in (run_main, eval_main):

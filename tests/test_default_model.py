@@ -5,7 +5,7 @@ import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
-from engines.manifest import load_manifest
+from engines.package import load_manifest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "engines" / "default_model"
 WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "fitv2-shapes" / "weights.safetensors"

@@ -199,7 +199,7 @@ def test_latent_models_are_judged_through_their_vae(tmp_path):
 def test_shipped_default_model_draws_the_requested_shapes():
     from pathlib import Path
 
-    from engines.manifest import load_manifest
+    from engines.package import load_manifest
     from fit.loading import load_model
 
     root = Path(__file__).resolve().parents[1]
@@ -215,7 +215,7 @@ def test_the_shipped_weights_have_their_network_config_beside_them():
     """docs/default-model.md's fit-eval command needs no --config: config.yaml next to the weights is the package's
     network."""
     from cli.eval import _config_next_to
-    from engines.manifest import load_manifest
+    from engines.package import load_manifest
     from engines.pipeline import DEFAULT_MODEL_DIR
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -16,7 +16,9 @@ import torch
 from click.testing import CliRunner
 
 from cli.export import main as fit_export
-from engines.manifest import FORMAT_VERSION, Manifest, PackageError, load_manifest
+from engines.manifest import FORMAT_VERSION, Manifest
+from engines.errors import PackageError
+from engines.package import load_manifest
 from engines.metrics import cosine
 from engines.rope import rope_tables
 from fit.config import preset
@@ -340,7 +342,7 @@ def test_disk_full_during_export_is_one_line_and_leaves_nothing(small_disk):
 
 @pytest.mark.parametrize("command", [["ort-optimize"], ["build", "--dry-run"]])
 def test_truncated_graph_with_a_matching_hash_is_one_line(package, tmp_path, command):
-    from engines.manifest import file_entries, write_manifest
+    from engines.package import file_entries, write_manifest
 
     broken = tmp_path / "broken"
     shutil.copytree(package, broken)

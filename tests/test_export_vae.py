@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from engines.manifest import load_manifest
+from engines.package import load_manifest
 from fit_export import ExportError, export_package, validate_package
 from fit_export.onnx_export import load_vae, run_vae_reference
 from tests.test_export import random_tiny

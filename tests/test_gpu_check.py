@@ -1,5 +1,5 @@
 """scripts/gpu_check.sh plumbing on a CPU, through the same commands the script runs (tests do not import
-benchmarks/): the dry run lists every step of benchmarks/gpu_check.py with the right launcher, the cheap steps
+benchmarks/): the dry run lists every step of scripts/gpu_check.py with the right launcher, the cheap steps
 run end to end on the CPU (same code as on the GPU, with --device cpu --quick), and the report merges results,
 including steps that never wrote one."""
 import json
@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def gpu_check(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "scripts.gpu_check", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -31,13 +31,13 @@ def test_dry_run_lists_every_step_and_runs_nothing(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert lines[0] == f"{sys.executable} -m pip install --no-deps --no-build-isolation -q -e ."
-    run_lines = [line for line in lines if " -m benchmarks.gpu_check run " in line]
+    run_lines = [line for line in lines if " -m scripts.gpu_check run " in line]
     assert [line.split(" run ")[1].split()[0] for line in run_lines] == steps() == [
         "pytest_gpu", "train_bf16", "ddp_nccl", "sampling", "export_onnx", "latency"]
     ddp = next(line for line in lines if " run ddp_nccl " in line)
-    assert "-m torch.distributed.run --standalone --nproc_per_node=1 -m benchmarks.gpu_check" in ddp
+    assert "-m torch.distributed.run --standalone --nproc_per_node=1 -m scripts.gpu_check" in ddp
     assert all(line.startswith("timeout ") for line in run_lines)
-    assert lines[-1] == f"{sys.executable} -m benchmarks.gpu_check report --out {out} --report-dir benchmarks/results"
+    assert lines[-1] == f"{sys.executable} -m scripts.gpu_check report --out {out} --report-dir benchmarks/results"
     assert not out.exists()
     bad = subprocess.run(["bash", str(ROOT / "scripts/gpu_check.sh"), "--bogus"], capture_output=True, text=True)
     assert bad.returncode == 2 and "gpu_check.sh: error: unknown argument --bogus" in bad.stderr

@@ -1,5 +1,6 @@
-"""The typed manifest and graph contract (engines/manifest.py): round trip, one-line errors, the generated doc,
-and hashing only the files a runtime opens."""
+"""The typed manifest (engines/manifest.py), the graph contract (engines/contract.py), the generated field reference
+(engines/schema.py) and reading packages (engines/package.py): round trip, one-line errors, hashing only the files a
+runtime opens."""
 import dataclasses
 import json
 import shutil
@@ -10,7 +11,12 @@ import pytest
 
 import engines
 import engines.manifest as mf
-from engines.manifest import GraphContract, Manifest, PackageError, load_manifest
+import engines.package as package_io
+import engines.schema as schema
+from engines.contract import GraphContract
+from engines.manifest import Manifest
+from engines.errors import PackageError
+from engines.package import load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "engines" / "default_model"
@@ -60,8 +66,8 @@ def test_unknown_fields_are_ignored():
 
 def test_package_format_doc_is_generated_from_the_code():
     text = (ROOT / "docs" / "package-format.md").read_text()
-    block = text.split(mf.DOC_BEGIN)[1].split(mf.DOC_END)[0].strip()
-    assert block == mf.field_reference(), "run: python -m engines.manifest --update docs/package-format.md"
+    block = text.split(schema.DOC_BEGIN)[1].split(schema.DOC_END)[0].strip()
+    assert block == schema.field_reference(), "run: python -m engines.schema --update docs/package-format.md"
     for cls in (mf.ModelSection, mf.TransformerSection, mf.SizesSection):
         for field in dataclasses.fields(cls):
             assert f".{field.name}`" in block
@@ -91,9 +97,9 @@ def test_runtime_hashes_only_the_files_it_opens(tmp_path, monkeypatch):
     doc["files"]["weights.safetensors"] = {"sha256": "0" * 64, "bytes": 1}
     (package / "manifest.json").write_text(json.dumps(doc))
     calls = []
-    real = mf.sha256_file
-    monkeypatch.setattr(mf, "sha256_file", lambda path, *a: calls.append(Path(path).name) or real(path, *a))
-    monkeypatch.setattr(mf, "_HASHED", {})
+    real = package_io.sha256_file
+    monkeypatch.setattr(package_io, "sha256_file", lambda path, *a: calls.append(Path(path).name) or real(path, *a))
+    package_io.clear_hash_cache()
     with engines.load(package, threads=1):
         pass
     with engines.load(package, threads=1):                                   # the same files: hashed once
@@ -103,10 +109,10 @@ def test_runtime_hashes_only_the_files_it_opens(tmp_path, monkeypatch):
     with pytest.raises(PackageError, match="weights.safetensors"):
         load_manifest(package, verify=True)                                  # a full check still sees it
     calls.clear()
-    monkeypatch.setattr(mf, "_HASHED", {})
+    package_io.clear_hash_cache()
     with engines.load(package, threads=1, verify=False):                     # verify=False: no hashing at all
         assert calls == []
     (package / "vae_decoder.onnx").write_bytes(b"x" * doc["files"]["vae_decoder.onnx"]["bytes"])
-    monkeypatch.setattr(mf, "_HASHED", {})      # a new process (a same-size rewrite within one clock tick keeps the key)
+    package_io.clear_hash_cache()      # as a new process (a same-size rewrite within one clock tick keeps the key)
     with pytest.raises(PackageError, match="sha256 of vae_decoder.onnx"):
         engines.load(package, threads=1)

@@ -7,13 +7,15 @@ import pytest
 from click.testing import CliRunner
 
 from cli.run import main as run_main
-from engines.backend import BackendError, create_backend
+from engines.errors import BackendError
+from engines.backends import create_backend
 from engines.metrics import cosine, psnr
-from engines.pipeline import DEFAULT_MODEL_DIR, read_parameters
+from engines.pipeline import DEFAULT_MODEL_DIR
+from engines.png import read_parameters
 
 openvino = pytest.importorskip("openvino", reason="the openvino extra is not installed")
 
-from engines import openvino_backend  # noqa: E402
+from engines.backends import openvino as openvino_backend
 
 
 @pytest.fixture(autouse=True)

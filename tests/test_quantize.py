@@ -10,7 +10,8 @@ pytest.importorskip("torch")
 import engines  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from cli.export import main as export_cli  # noqa: E402
-from engines.manifest import PackageError, load_manifest, sha256_file  # noqa: E402
+from engines.errors import PackageError
+from engines.package import load_manifest, sha256_file
 from engines.metrics import psnr  # noqa: E402
 from fit_export.quantize import (INT8_FILE, QuantizeError, activation_products, quantize_package,  # noqa: E402
                                  record_calibration)
@@ -110,7 +111,7 @@ def test_refusals_leave_nothing_behind(dynamic, source, tmp_path, monkeypatch):
         quantize_package(source, existing)
     assert sha256_file(existing / "transformer.onnx") == before and load_manifest(existing, verify=True)
 
-    from engines.onnxruntime_backend import OnnxRuntimeBackend
+    from engines.backends.onnxruntime import OnnxRuntimeBackend
     real = OnnxRuntimeBackend._infer
 
     def nan_output(self, feed):

@@ -13,7 +13,7 @@ import pytest
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
-from engines.pipeline import read_parameters  # noqa: E402
+from engines.png import read_parameters
 from fit_serve.app import build  # noqa: E402
 from fit_serve.client import call, generate, wait_until_healthy  # noqa: E402
 from tests.serve_helpers import burst, free_port  # noqa: E402

@@ -88,7 +88,7 @@ def test_emit_config_is_a_serve_config(tmp_path):
                                   {"batch_wait_ms": -1}, {"backend": "nope"}, {"max_batch": 4}, {"precision": 8}])
 def test_serve_config_refuses_bad_args(args):
     """The ``args`` of a Serve config file that someone edited by hand are checked too (one line)."""
-    from engines.backend import BackendError
+    from engines.errors import BackendError
     from fit_serve.app import ServeConfig
 
     with pytest.raises((ValueError, BackendError)) as info:

@@ -6,16 +6,16 @@ import json
 import numpy as np
 import pytest
 
-from engines.trt_install import tensorrt_status
+from engines.backends.tensorrt.install import tensorrt_status
 
 MISSING = tensorrt_status()
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(bool(MISSING), reason="TensorRT tests need " + "; ".join(MISSING))]
 
-from engines.backend import create_backend  # noqa: E402
+from engines.backends import create_backend
 from engines.rope import rope_tables  # noqa: E402
-from engines.trt_engines import EngineMismatchError  # noqa: E402
-from engines.trt_install import gpu_info, tensorrt_version  # noqa: E402
+from engines.backends.tensorrt.store import EngineMismatchError  # noqa: E402
+from engines.backends.tensorrt.install import gpu_info, tensorrt_version  # noqa: E402
 from tests.runtime_helpers import copy_package, tiny_package  # noqa: E402
 
 

@@ -17,13 +17,14 @@ from onnx import TensorProto, helper
 
 from cli.trt import build, trt_check
 from engines.atomic import atomic_write
-from engines.backend import BackendError, create_backend
+from engines.errors import BackendError
+from engines.backends import create_backend
 from engines.buckets import BucketProfile, parse_batch, parse_profiles, plan_profiles
-from engines.manifest import load_manifest, sha256_file
-from engines.tensorrt_backend import TensorRTBackend
-from engines.trt_engines import (EngineMismatchError, Sidecar, find_sidecars, read_sidecar, rebuild_command,
+from engines.package import load_manifest, sha256_file
+from engines.backends.tensorrt.backend import TensorRTBackend
+from engines.backends.tensorrt.store import (EngineMismatchError, Sidecar, find_sidecars, read_sidecar, rebuild_command,
                                  select_engines, sidecar_mismatches, verify_engine_file, write_sidecar)
-from engines.trt_install import GpuInfo, tensorrt_status
+from engines.backends.tensorrt.install import GpuInfo, tensorrt_status
 from fit_export.tensorrt import BuildError, plan_build
 from fit_export.trt_ops import SUPPORTED, UNSUPPORTED, UnsupportedByTensorRT, assert_supported, check_model
 from tests.runtime_helpers import copy_package, tiny_package
@@ -629,7 +630,7 @@ def write_fake_build(package: Path, profiles: str, batch: str, static=False, per
 
 @pytest.fixture
 def simulated(monkeypatch):
-    import engines.cuda_runtime as cuda_runtime
+    import engines.backends.tensorrt.cuda as cuda_runtime
 
     cudart = FakeCudart()
     trt = fake_tensorrt(cudart)
@@ -703,8 +704,8 @@ def test_simulated_activation_refuses_another_tensorrt(own_package, simulated):
 # ----------------------------------------------------------------------------------------------------------
 
 def test_driver_too_old_for_the_cuda_bindings_is_a_missing_piece(monkeypatch):
-    import engines.cuda_runtime as cuda_runtime
-    from engines.trt_install import tensorrt_status
+    import engines.backends.tensorrt.cuda as cuda_runtime
+    from engines.backends.tensorrt.install import tensorrt_status
 
     assert cuda_runtime.driver_problem(FakeCudart(driver=13000, runtime=13000)) is None
     assert cuda_runtime.driver_problem(FakeCudart(driver=12080, runtime=12020)) is None        # minor compat
@@ -733,8 +734,8 @@ SMI = "0, GPU-aaa, NVIDIA A100-SXM4-80GB, 8.0\n1, GPU-bbb, NVIDIA H100 80GB HBM3
 def test_nvidia_smi_fallback_answers_only_for_the_cuda_ordinal(monkeypatch, env, device, expected):
     import subprocess as sp
 
-    import engines.cuda_runtime as cuda_runtime
-    from engines.trt_install import gpu_info
+    import engines.backends.tensorrt.cuda as cuda_runtime
+    from engines.backends.tensorrt.install import gpu_info
 
     monkeypatch.setattr(cuda_runtime, "cudart", lambda: None)
     monkeypatch.setattr(sp, "run", lambda *a, **k: types.SimpleNamespace(returncode=0, stdout=SMI))
@@ -746,7 +747,7 @@ def test_nvidia_smi_fallback_answers_only_for_the_cuda_ordinal(monkeypatch, env,
 
 
 def test_pad_feed_pads_rows_tokens_and_labels():
-    from engines.tensorrt_backend import pad_feed
+    from engines.backends.tensorrt.backend import pad_feed
 
     feed = {"x": np.ones((1, 3, 2), np.float32), "t": np.array([0.5], np.float32), "y": np.array([4]),
             "mask": np.ones((1, 3), np.float32)}

@@ -10,8 +10,8 @@ pytest.importorskip("torch")
 import engines  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from cli.export import main as export_cli  # noqa: E402
-from engines.backend import create_backend  # noqa: E402
-from engines.manifest import load_manifest, sha256_file  # noqa: E402
+from engines.backends import create_backend
+from engines.package import load_manifest, sha256_file
 from engines.metrics import cosine  # noqa: E402
 from fit_export import tune  # noqa: E402
 from fit_export.onnx_export import check_graph  # noqa: E402
@@ -216,7 +216,7 @@ def test_the_copy_shares_the_graph_weights(optimized, tmp_path):
     data = bytearray((damaged / "transformer.onnx").read_bytes())
     data[-100] ^= 1
     (damaged / "transformer.onnx").write_bytes(bytes(data))
-    from engines.manifest import PackageError
+    from engines.errors import PackageError
     with pytest.raises(PackageError, match="sha256 of transformer.onnx"):
         create_backend("onnxruntime", damaged, threads=1).activate()
 

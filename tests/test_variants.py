@@ -5,7 +5,9 @@ import pytest
 from click.testing import CliRunner
 
 from cli.run import main as run_main
-from engines.manifest import Manifest, PackageError, load_manifest
+from engines.manifest import Manifest
+from engines.errors import PackageError
+from engines.package import load_manifest
 from engines.pipeline import DEFAULT_MODEL_DIR
 
 
@@ -69,7 +71,7 @@ def test_fit_run_precision_errors_are_one_line(tmp_path):
 
 
 def test_fit_run_records_the_variant(tmp_path):
-    from engines.pipeline import read_parameters
+    from engines.png import read_parameters
 
     out = tmp_path / "a.png"
     result = CliRunner().invoke(run_main, ["--precision", "fp32", "--steps", "2", "--out", str(out), "-q"])
@@ -102,7 +104,8 @@ def test_default_model_ships_fp32_default_tuned_copies_and_int8():
 def test_tensorrt_honours_the_default_variant(tmp_path):
     """TensorRT engines are built from transformer.onnx (fp32/fp16/bf16): a package whose default variant is int8 is
     refused without --precision (an engine would give another image than every other runtime), with the reason."""
-    from engines.backend import BackendError, create_backend
+    from engines.errors import BackendError
+    from engines.backends import create_backend
 
     package = tmp_path / "pkg"
     package.mkdir()

@@ -1,8 +1,8 @@
 """The GPU check: what has never run on a GPU, run once on one, into one JSON + markdown report.
 
-    python -m benchmarks.gpu_check list                 # the steps, in order (scripts/gpu_check.sh --dry-run)
-    python -m benchmarks.gpu_check run STEP --out DIR   # one step -> DIR/steps/STEP.json
-    python -m benchmarks.gpu_check report --out DIR [--report-dir R]   # R/gpu_check.json + .md (R: DIR)
+    python -m scripts.gpu_check list                 # the steps, in order (scripts/gpu_check.sh --dry-run)
+    python -m scripts.gpu_check run STEP --out DIR   # one step -> DIR/steps/STEP.json
+    python -m scripts.gpu_check report --out DIR [--report-dir R]   # R/gpu_check.json + .md (R: DIR)
 
 ``scripts/gpu_check.sh`` runs every step in its own process (a crash or timeout in one does not stop the others)
 and then the report. Steps (each records its numbers, what it compared and ``passed``):
@@ -187,7 +187,7 @@ def step_export_onnx(out: Path, device: str = "cuda", quick: bool = False) -> di
     import onnxruntime as ort
     import torch
 
-    from engines.manifest import load_manifest
+    from engines.package import load_manifest
     from fit_export import export_package
     from fit_export.onnx_export import TransformerGraph
 
@@ -390,7 +390,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m scripts.gpu_check", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="print the steps in order (torchrun steps marked)")
     run = sub.add_parser("run", help="run one step")

@@ -1,7 +1,7 @@
 """TensorRT backend: runs the transformer from engines built into the package by ``fit-export build``.
 
-The engines come from the package's engine store (:mod:`engines.trt_engines`: sidecars, matching, the rebuild
-line), what is installed from :mod:`engines.trt_install`, the CUDA calls from :mod:`engines.cuda_runtime`.
+The engines come from the package's engine store (:mod:`engines.backends.tensorrt.store`: sidecars, matching, the rebuild
+line), what is installed from :mod:`engines.backends.tensorrt.install`, the CUDA calls from :mod:`engines.backends.tensorrt.cuda`.
 
 At run time each optimization profile (one per resolution bucket, ``engines.buckets``) gets its own execution
 context; a call goes to the profile that holds it with the least padding and nearest opt
@@ -10,7 +10,7 @@ padding is masked). Device buffers are allocated once per profile at its max sha
 change; for a profile whose shapes are static the enqueue is captured once into a CUDA graph and replayed.
 
 Needs TensorRT 10 or 11, cuda-python and an NVIDIA GPU; everything here imports without them, and
-:func:`engines.trt_install.tensorrt_status` says which is missing. Imports neither torch nor anything that does.
+:func:`engines.backends.tensorrt.install.tensorrt_status` says which is missing. Imports neither torch nor anything that does.
 """
 from __future__ import annotations
 
@@ -20,13 +20,16 @@ from typing import Optional
 
 import numpy as np
 
-from engines.backend import Backend, BackendError, TensorInfo, package_path
+from engines.backends import Backend, TensorInfo, package_path
+from engines.errors import BackendError
 from engines.buckets import BucketError, Range, choose_profile
-from engines.cuda_runtime import Cuda
-from engines.manifest import Manifest, PackageError, load_manifest
-from engines.trt_engines import (PRECISIONS, EngineMismatchError, Sidecar, rebuild_command, select_engines,
+from engines.backends.tensorrt.cuda import Cuda
+from engines.manifest import Manifest
+from engines.errors import PackageError
+from engines.package import load_manifest
+from engines.backends.tensorrt.store import (PRECISIONS, EngineMismatchError, Sidecar, rebuild_command, select_engines,
                                  verify_engine_file)
-from engines.trt_install import gpu_info, require_tensorrt
+from engines.backends.tensorrt.install import gpu_info, require_tensorrt
 
 
 def pad_feed(feed: dict[str, np.ndarray], batch: int, seq: int, null_class: int) -> dict[str, np.ndarray]:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Optional
 
-from engines import cuda_runtime
-from engines.backend import BackendError
+from engines.backends.tensorrt import cuda as cuda_runtime
+from engines.errors import BackendError
 
 SUPPORTED_MAJORS = (10, 11)
 

@@ -8,7 +8,8 @@ from click.testing import CliRunner
 pytest.importorskip("torch")
 
 from cli.run import main  # noqa: E402
-from engines.pipeline import GenerationError, read_parameters  # noqa: E402
+from engines.pipeline import GenerationError
+from engines.png import read_parameters
 from tests.runtime_helpers import copy_package, tiny_package  # noqa: E402
 
 
@@ -181,7 +182,7 @@ def test_large_num_streams_and_an_interruption_leaves_complete_files(package, tm
 
 
 def test_non_finite_latents_write_no_image(package, tmp_path, monkeypatch):
-    from engines.onnxruntime_backend import OnnxRuntimeBackend
+    from engines.backends.onnxruntime import OnnxRuntimeBackend
 
     original = OnnxRuntimeBackend._infer
 
@@ -200,7 +201,7 @@ def test_onnx_runtime_failure_is_one_line(package, tmp_path, monkeypatch):
     """An allocation failure inside ONNX Runtime (e.g. sizes.max_tokens beyond the machine) is a BackendError."""
     from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
 
-    from engines.onnxruntime_backend import OnnxRuntimeBackend
+    from engines.backends.onnxruntime import OnnxRuntimeBackend
 
     def out_of_memory(self, *args):
         raise RuntimeException("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned "

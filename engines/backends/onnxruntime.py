@@ -18,8 +18,11 @@ from typing import Optional
 
 import numpy as np
 
-from engines.backend import Backend, BackendError, TensorInfo, graph_file
-from engines.manifest import Manifest, PackageError, graph_files, load_manifest, verify_files
+from engines.backends import Backend, TensorInfo, graph_file
+from engines.errors import BackendError
+from engines.manifest import Manifest, graph_files
+from engines.errors import PackageError
+from engines.package import load_manifest, verify_files
 
 _DTYPES = {
     "tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),

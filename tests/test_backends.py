@@ -1,4 +1,4 @@
-"""engines.backend's registry: built-in backends are listed by "module:Class" and imported only when created."""
+"""engines.backends's registry: built-in backends are listed by "module:Class" and imported only when created."""
 import subprocess
 import sys
 from pathlib import Path
@@ -7,13 +7,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CHECK = """
 import sys
-import engines.backend as b
+import engines.backends as b
 before = dict(b._REGISTRY)
 assert all(isinstance(v, str) for v in before.values()), before
 assert not any(m in sys.modules for m in ("onnxruntime", "tensorrt", "openvino")), "a runtime library was imported"
 assert [b.resolve_backend_name(n) for n in ("ort", "onnx", "trt", "ov")] == ["onnxruntime", "onnxruntime", "tensorrt",
                                                                            "openvino"]
-import engines.onnxruntime_backend, engines.tensorrt_backend, engines.openvino_backend
+import engines.backends.onnxruntime, engines.backends.tensorrt.backend, engines.backends.openvino
 assert "openvino" not in sys.modules, "importing the OpenVINO backend module imported openvino"
 assert b._REGISTRY == before, "a backend module registered itself on import"
 for name, path in before.items():

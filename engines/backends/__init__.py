@@ -23,9 +23,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-
-class BackendError(RuntimeError):
-    """A backend cannot be created or run (missing library, no GPU, wrong inputs). The message says what to do."""
+from engines.errors import BackendError
 
 
 @dataclass(frozen=True)
@@ -109,9 +107,9 @@ class Backend:
 # name -> "module:Class" (imported by create_backend on first use, then kept as the class), or a class/factory
 # given to register_backend.
 _REGISTRY: dict[str, str | Callable[..., Backend]] = {
-    "onnxruntime": "engines.onnxruntime_backend:OnnxRuntimeBackend",
-    "tensorrt": "engines.tensorrt_backend:TensorRTBackend",
-    "openvino": "engines.openvino_backend:OpenVinoBackend",
+    "onnxruntime": "engines.backends.onnxruntime:OnnxRuntimeBackend",
+    "tensorrt": "engines.backends.tensorrt.backend:TensorRTBackend",
+    "openvino": "engines.backends.openvino:OpenVinoBackend",
 }
 _ALIASES = {"ort": "onnxruntime", "onnx": "onnxruntime", "trt": "tensorrt", "ov": "openvino"}
 

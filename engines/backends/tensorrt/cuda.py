@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from engines.backend import BackendError
+from engines.errors import BackendError
 
 
 def cudart():

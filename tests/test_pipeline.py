@@ -7,9 +7,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import engines  # noqa: E402
-from engines.backend import BackendError, create_backend  # noqa: E402
-from engines.manifest import PackageError, file_entries  # noqa: E402
-from engines.pipeline import EXTRAPOLATIONS, GenerationError, Request, patchify, read_parameters, save_png, unpatchify  # noqa: E402
+from engines.errors import BackendError
+from engines.backends import create_backend
+from engines.errors import PackageError
+from engines.package import file_entries
+from engines.pipeline import EXTRAPOLATIONS, GenerationError, Request, patchify, unpatchify
+from engines.png import read_parameters, save_png
 from fit import flow  # noqa: E402
 from fit.sampling import sample  # noqa: E402
 from tests.runtime_helpers import copy_package, tiny_package  # noqa: E402

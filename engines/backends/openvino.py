@@ -25,8 +25,11 @@ from typing import Optional
 
 import numpy as np
 
-from engines.backend import Backend, BackendError, TensorInfo, graph_file
-from engines.manifest import Manifest, PackageError, graph_files, load_manifest, verify_files
+from engines.backends import Backend, TensorInfo, graph_file
+from engines.errors import BackendError
+from engines.manifest import Manifest, graph_files
+from engines.errors import PackageError
+from engines.package import load_manifest, verify_files
 
 #: what the session computes in -> OpenVINO's INFERENCE_PRECISION_HINT
 COMPUTE_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
