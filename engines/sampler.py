@@ -40,18 +40,20 @@ class SettingError(ValueError):
         self.parameter = parameter
 
 
-def check_steps(steps) -> int:
-    """``steps`` as an int if it is a whole number from 1 to :data:`MAX_STEPS`; SettingError otherwise."""
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= MAX_STEPS:
-        raise SettingError(f"steps must be a whole number from 1 to {MAX_STEPS:,}, got {steps!r}", "steps")
+def check_steps(steps, maximum: int = MAX_STEPS) -> int:
+    """``steps`` as an int if it is a whole number from 1 to ``maximum`` (at most :data:`MAX_STEPS`); SettingError
+    otherwise."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= maximum:
+        raise SettingError(f"steps must be a whole number from 1 to {maximum:,}, got {steps!r}", "steps")
     return int(steps)
 
 
-def check_cfg(cfg) -> float:
-    """``cfg`` as a float if it is a guidance scale from 0 to :data:`MAX_CFG`; SettingError otherwise (nan too)."""
+def check_cfg(cfg, maximum: float = MAX_CFG) -> float:
+    """``cfg`` as a float if it is a guidance scale from 0 to ``maximum`` (at most :data:`MAX_CFG`); SettingError
+    otherwise (nan too)."""
     if isinstance(cfg, bool) or not isinstance(cfg, (int, float, np.integer, np.floating)) \
-            or not 0 <= cfg <= MAX_CFG:
-        raise SettingError(f"cfg must be a number from 0 to {MAX_CFG:g}, got {cfg!r}", "cfg")
+            or not 0 <= cfg <= maximum:
+        raise SettingError(f"cfg must be a number from 0 to {maximum:g}, got {cfg!r}", "cfg")
     return float(cfg)
 
 

@@ -128,7 +128,7 @@ def collect_project() -> list[Use]:
 def collect_cuda() -> list[Use]:
     """``rt.X.Y`` chains (cuda-python's runtime module) in engines/."""
     uses = []
-    for path in sorted((ROOT / "engines").glob("*.py")):
+    for path in sorted((ROOT / "engines").rglob("*.py")):
         tree = ast.parse(path.read_text(), str(path))
         inner: set[int] = set()
         for node in ast.walk(tree):
