@@ -83,30 +83,29 @@ def engine_only(package, threads: int, counts: list[int], repeats: int = 3) -> l
     (fit_serve.batching), sampling and decoding included; medians of ``repeats`` alternating runs."""
     import statistics
 
-    from engines.pipeline import Request, load
+    from engines.pipeline import load
 
     rows = []
     with load(package, threads=threads) as pipe:
-        settings = pipe.settings()
         buckets = [b.tokens for b in pipe.manifest.sizes.buckets]
 
         def generate_calls(calls):
             start = time.perf_counter()
             for call in calls:
-                for latent in pipe.sample_latents(call, settings):
+                for latent in pipe.sample_latents(call):
                     pipe.decode(latent)
             return time.perf_counter() - start
 
-        generate_calls([[Request(64, 64, 0, 0)]])                       # warm-up
+        generate_calls([pipe.prepare(64, 64, 0, 0)])                   # warm-up
         for count in counts:
-            requests = [Request(w, h, i % 8, i) for i, (w, h) in ((i, SIZES[i % len(SIZES)]) for i in range(count))]
-            tokens = [pipe.tokens(r.width, r.height) for r in requests]
-            items = [Item(group_key(settings, True, bucket_budget(buckets, pipe.max_tokens, n), i), n)
+            jobs = [pipe.prepare(w, h, i % 8, i)[0] for i, (w, h) in ((i, SIZES[i % len(SIZES)]) for i in range(count))]
+            tokens = [pipe.tokens(j.request.width, j.request.height) for j in jobs]
+            items = [Item(group_key(jobs[i].settings, True, bucket_budget(buckets, pipe.max_tokens, n), i), n)
                      for i, n in enumerate(tokens)]
-            packed = [[requests[i] for i in call] for call in plan_calls(items, count, count * pipe.max_tokens)]
+            packed = [[jobs[i] for i in call] for call in plan_calls(items, count, count * pipe.max_tokens)]
             one, many = [], []
             for _ in range(repeats):
-                one.append(generate_calls([[r] for r in requests]))
+                one.append(generate_calls([[j] for j in jobs]))
                 many.append(generate_calls(packed))
             one_s, many_s = statistics.median(one), statistics.median(many)
             rows.append({"requests": count, "engine_calls_packed": len(packed), "one_at_a_time_s": round(one_s, 3),

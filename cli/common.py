@@ -13,6 +13,7 @@ exits 2 (PROG is the program, also for a subcommand: ``fit-export: error: ...``)
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 from contextlib import contextmanager
@@ -67,17 +68,32 @@ def user_errors(*types: type[BaseException]) -> Iterator[None]:
 
     An error that names the API parameter at fault (a ``parameter`` attribute, e.g. GenerationError's ``cfg``)
     and whose message starts with that name reads with the command's flag instead: ``cfg must ...`` in the API
-    is ``--cfg must ...`` on the command line; one wording, one check.
+    is ``--cfg must ...`` on the command line; one wording, one check. Other parameters the message names
+    (``mentions``, each as ``NAME VALUE``) read as flags too, and a ``hint`` (an option that would make the request
+    valid) is added as ``(or pass --FLAG)`` when the command has that option.
     """
     try:
         yield
     except types as err:
-        message = one_line(err)
-        parameter = getattr(err, "parameter", None)
-        flag = flag_of(parameter) if parameter else None
-        if flag and message.startswith(f"{parameter} "):
-            message = flag + message[len(parameter):]
-        raise UserError(message) from err
+        raise UserError(render(err)) from err
+
+
+def render(err: BaseException) -> str:
+    """The one-line message of a user error, with API parameter names as the running command's flags."""
+    message = one_line(err)
+    parameter = getattr(err, "parameter", None)
+    flag = flag_of(parameter) if parameter else None
+    if flag and message.startswith(f"{parameter} "):
+        message = flag + message[len(parameter):]
+    for name in getattr(err, "mentions", ()):
+        flag = flag_of(name)
+        if flag:
+            message = re.sub(rf"(?<![\w-]){re.escape(name)}(?= )", flag, message, count=1)
+    hint = getattr(err, "hint", None)
+    flag = flag_of(hint) if hint else None
+    if flag:
+        message += f" (or pass {flag})"
+    return message
 
 
 _NO_ARGS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())    # click >= 8.2
@@ -170,6 +186,47 @@ class Named(click.ParamType):
         from click.shell_completion import CompletionItem
 
         return [CompletionItem(n) for n in self.names if n.startswith(incomplete.lower())]
+
+
+class Passed(click.ParamType):
+    """A request value handed to the engine as given: ``engines`` checks it (one check, one wording, the flag named
+    by :func:`user_errors`). Text that reads as a number becomes one: an int where a whole number is meant
+    (``name`` "int", a decimal number then a float), else a float; ``numeric`` False keeps the text as it is.
+    ``choices`` only show in ``--help``."""
+
+    def __init__(self, name: str = "value", choices: Sequence[str] = (), numeric: bool = True):
+        self.name, self.choices, self.numeric = name, tuple(choices), numeric
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return "[" + "|".join(self.choices) + "]" if self.choices else self.name.upper()
+
+    def convert(self, value, param, ctx):
+        if not self.numeric or not isinstance(value, str):
+            return value
+        for kind in ((int, float) if self.name == "int" else (float,)):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+        return value
+
+    def shell_complete(self, ctx, param, incomplete):
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(n) for n in self.choices if n.startswith(incomplete.lower())]
+
+
+def runtime_options(command: Callable) -> Callable:
+    """``--backend``, ``--precision`` and ``--threads``: how a command that runs a package runs it (one wording for
+    fit-run and fit-serve; engines.load takes all three for every backend)."""
+    command = click.option("--threads", type=click.IntRange(min=0), default=0,
+                           help="CPU threads (ONNX Runtime intra-op, OpenVINO inference, the VAE decoder; 0 = auto; "
+                                "TensorRT ignores it).")(command)
+    command = click.option("--precision", default=None,
+                           help="Transformer variant: a name the package lists or a precision (fp32, int8, fp16; "
+                                "OpenVINO also bf16, TensorRT fp16/bf16 engines). Default: the package's default "
+                                "variant.")(command)
+    return click.option("--backend", type=BACKEND, default="onnxruntime", show_default=True)(command)
 
 
 # --backend: the registered backends (engines.backends); aliases such as ``ort``/``trt`` are accepted quietly.

@@ -13,13 +13,11 @@ from typing import Iterator
 
 import click
 from PIL import Image
-
-from cli.common import BACKEND, Command, Interrupted, Named, check_writable, user_errors
-from engines.errors import BackendError
-from engines.errors import PackageError
-from engines.pipeline import SEED_LIMIT, GenerationError, Request, load
-from engines.png import tile_images, save_png
-from engines.rope import EXTRAPOLATIONS, canonical_extrapolation
+from cli.common import Command, Interrupted, Passed, check_writable, runtime_options, user_errors
+from engines.errors import BackendError, PackageError
+from engines.pipeline import GenerationError, load
+from engines.png import save_png, tile_images
+from engines.rope import EXTRAPOLATIONS
 from engines.sampler import MAX_CFG, MAX_STEPS, SAMPLERS
 
 USER_ERRORS = (PackageError, BackendError, GenerationError, OSError)
@@ -35,25 +33,24 @@ def output_path(out: Path, index: int, count: int, grid: bool) -> Path:
 
 @click.command(cls=Command, prog="fit-run")
 @click.argument("package", required=False, type=click.Path(path_type=Path))
-@click.option("--width", "-W", type=int, default=None, help="Image width in pixels (default: the model's).")
-@click.option("--height", "-H", type=int, default=None, help="Image height in pixels (default: the model's).")
+@click.option("--width", "-W", type=Passed("int"), default=None, help="Image width in pixels (default: the model's).")
+@click.option("--height", "-H", type=Passed("int"), default=None,
+              help="Image height in pixels (default: the model's).")
 @click.option("--class", "label", default=None,
               help="Class id or name, or a comma-separated list cycled over --num (default: unconditional).")
-@click.option("--num", "-n", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--num", "-n", type=Passed("int"), default=1, show_default=True,
               help="Number of images; each is written as soon as it is done.")
-@click.option("--steps", type=int, default=None, help=f"Sampler steps, 1 to {MAX_STEPS:,} (default: the package's).")
-@click.option("--sampler", type=click.Choice(SAMPLERS), default=None, help="Integrator (default: the package's).")
-@click.option("--cfg", type=float, default=None, help=f"Classifier-free guidance scale, 0 to {MAX_CFG:g}; 1 = off.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--steps", type=Passed("int"), default=None,
+              help=f"Sampler steps, 1 to {MAX_STEPS:,} (default: the package's).")
+@click.option("--sampler", type=Passed("name", SAMPLERS, numeric=False), default=None,
+              help="Integrator (default: the package's).")
+@click.option("--cfg", type=Passed("float"), default=None,
+              help=f"Classifier-free guidance scale, 0 to {MAX_CFG:g}; 1 = off.")
+@click.option("--seed", type=Passed("int"), default=0, show_default=True,
               help="Seed of image 1 (0 to 2**64 - 1); image i uses seed + i - 1.")
-@click.option("--extrapolation", type=Named(EXTRAPOLATIONS, canonical_extrapolation), default=None,
+@click.option("--extrapolation", type=Passed("name", EXTRAPOLATIONS, numeric=False), default=None,
               help="RoPE extrapolation for sizes beyond training (default: the package's).")
-@click.option("--backend", type=BACKEND, default="onnxruntime", show_default=True)
-@click.option("--precision", default=None,
-              help="Transformer variant: a name the package lists or a precision (fp32, int8, fp16; OpenVINO also "
-                   "bf16, TensorRT fp16/bf16 engines). Default: the package's default variant.")
-@click.option("--threads", type=click.IntRange(min=0), default=0,
-              help="Runtime threads (ONNX Runtime intra-op, OpenVINO inference; 0 = auto).")
+@runtime_options
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("fit-run.png"), show_default=True,
               help="Output PNG; several images become NAME-1.png, NAME-2.png, ... unless --grid.")
 @click.option("--grid", is_flag=True, help="Write several images as one grid PNG.")
@@ -65,42 +62,36 @@ def main(package, width, height, label, num, steps, sampler, cfg, seed, extrapol
     written = 0
     try:
         with user_errors(*USER_ERRORS):
-            for path in run(package, width, height, label, num, steps, sampler, cfg, seed, extrapolation, backend,
-                            threads, out, grid, snap, quiet, precision):
+            request = dict(width=width, height=height, label=label, seed=seed, num=num, snap=snap, steps=steps,
+                           sampler=sampler, cfg=cfg, extrapolation=extrapolation)
+            for path in run(package, request, backend, precision, threads, out, grid, quiet):
                 click.echo(str(path))
                 written += 1
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted; {written} complete image file(s) written") from None
 
 
-def run(package, width, height, label, num, steps, sampler, cfg, seed, extrapolation, backend, threads, out, grid,
-        snap, quiet, precision=None) -> Iterator[Path]:
-    """Generate the images CHUNK at a time and save each as it is done; yields the paths written."""
+def run(package, request: dict, backend: str, precision, threads: int, out: Path, grid: bool,
+        quiet: bool) -> Iterator[Path]:
+    """Check the request (``Pipeline.prepare`` arguments), then generate its images CHUNK at a time and save each
+    as it is done; yields the paths written."""
     if out.suffix.lower() != ".png":
         raise GenerationError(f"output {out} must end in .png")
-    check_writable(output_path(out, 0, num, grid))          # numbered files all go to this same folder
-    options = {"threads": threads} if backend in ("onnxruntime", "openvino") else {}
-    with load(package, backend=backend, precision=precision, **options) as pipe:
-        wanted = (pipe.default_size[0] if width is None else width, pipe.default_size[1] if height is None else height)
-        size = pipe.check_size(*wanted, snap=snap)
+    num = request["num"]
+    check_writable(output_path(out, 0, num if isinstance(num, int) else 1, grid))   # numbered files: same folder
+    with load(package, backend=backend, precision=precision, threads=threads) as pipe:
+        jobs = pipe.prepare(**request)
+        size = (jobs[0].request.width, jobs[0].request.height)
+        wanted = (request["width"] or pipe.default_size[0], request["height"] or pipe.default_size[1])
         if size != wanted:
             click.echo(f"fit-run: snapped {wanted[0]}x{wanted[1]} to {size[0]}x{size[1]}", err=True)
-        class_ids = [pipe.resolve_label(part) for part in label.split(",")] if label else [pipe.resolve_label(None)]
-        settings = pipe.settings(steps=steps, sampler=sampler, cfg=cfg, extrapolation=extrapolation)
-
-        def request(i: int) -> Request:
-            return pipe.check_request(Request(size[0], size[1], class_ids[i % len(class_ids)], seed + i))
-
-        request(0)                                      # size, class and seed of image 1, before any work
-        if seed >= 0 and seed + num - 1 >= SEED_LIMIT:
-            raise GenerationError(f"--seed {seed} with --num {num} needs seeds up to {seed + num - 1}; seeds must "
-                                  f"be below 2**64")
         if grid and num > 1 and num * size[0] * size[1] > Image.MAX_IMAGE_PIXELS:
             raise GenerationError(f"a grid of {num} images of {size[0]}x{size[1]} would have about "
                                   f"{num * size[0] * size[1]:,} pixels, more than Pillow opens without a "
                                   f"decompression-bomb warning ({Image.MAX_IMAGE_PIXELS:,}); drop --grid")
         from tqdm import tqdm
 
+        settings = jobs[0].settings
         steps_per_chunk = settings.sampler.steps if settings.sampler.method != "dopri5" else None
         chunks = range(0, num, CHUNK)
         total = steps_per_chunk * len(chunks) if steps_per_chunk else None
@@ -108,15 +99,15 @@ def run(package, width, height, label, num, steps, sampler, cfg, seed, extrapola
         with tqdm(total=total, desc=f"{settings.sampler.method} x{num}", unit="step", disable=quiet, leave=False,
                   file=sys.stderr) as bar:
             for chunk, first in enumerate(chunks):
-                requests = [request(i) for i in range(first, min(num, first + CHUNK))]
                 offset = chunk * (steps_per_chunk or 0)
 
                 def progress(done, _total, _t):
                     bar.update(max(0, offset + done - bar.n))
 
-                images = pipe.generate_many(requests, settings, callback=progress)
-                for i, (req, image) in enumerate(zip(requests, images)):
-                    params = pipe.parameters(req, settings)
+                chunk_jobs = jobs[first:first + CHUNK]
+                images = pipe.generate_many(chunk_jobs, callback=progress)
+                for i, (job, image) in enumerate(zip(chunk_jobs, images)):
+                    params = pipe.parameters(job)
                     if grid and num > 1:
                         grid_images.append(image)
                         grid_params.append(params)

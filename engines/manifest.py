@@ -259,7 +259,7 @@ class TransformerSection(_Section):
             precision = wanted.precision
             if wanted.runtime == backend and tuned:
                 return wanted
-        elif precision in [v.name for v in self.all_variants()] and precision not in VARIANT_PRECISIONS:
+        elif precision not in VARIANT_PRECISIONS:        # a variant name (an unknown one is refused by name)
             chosen = self.variant(precision)
             if chosen.runtime not in (None, backend):
                 raise PackageError(f"transformer variant {precision!r} runs on {chosen.runtime} only, not {backend}")

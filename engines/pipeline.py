@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -20,11 +19,11 @@ import numpy as np
 from engines import noise as portable_noise
 from engines.atomic import recover_folder
 from engines.backends import Backend, create_backend, resolve_backend_name
-from engines.errors import BackendError
+from engines.errors import BackendError, PackageError
 from engines.manifest import Manifest
-from engines.errors import PackageError
 from engines.package import load_manifest
 from engines.rope import EXTRAPOLATIONS, RopeSettings, canonical_extrapolation, extrapolation_name, rope_tables
+from engines.request import ENGINE_LIMITS, GenerationError, GenerationSettings, Job, Jobs, Limits, Request
 from engines.sampler import SAMPLERS, Callback, SamplerSettings, SettingError, check_cfg, check_steps, guide, integrate
 
 F32 = np.float32
@@ -36,54 +35,18 @@ _SD_LATENT_RGB = np.array([[0.298, 0.207, 0.208], [0.187, 0.286, 0.173],
 SEED_LIMIT = portable_noise.SEED_LIMIT
 
 
-class GenerationError(SettingError):
-    """A request the package cannot serve (size off the grid or too large, unknown class, bad settings).
-    ``parameter``: the request parameter at fault (``width``, ``cfg``, ...) when one is; the message starts with
-    its name, which a command line replaces with its flag (``cli.common.user_errors``)."""
-
-
-@dataclass(frozen=True)
-class Request:
-    """One image: pixel size, class id (``None`` = unconditional) and the seed of its initial noise."""
-
-    width: int
-    height: int
-    label: Optional[int]
-    seed: int
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """Everything besides the request that decides an image, resolved once from the request and the package
-    defaults (:meth:`Pipeline.settings`); it drives the sampler and is what the PNG metadata records."""
-
-    sampler: SamplerSettings
-    cfg: float
-    extrapolation: str                  # canonical name of the RoPE method used
-    rope: RopeSettings
-    scale_pow: float = 0.0
-
-    @property
-    def guided(self) -> bool:
-        """Whether the network runs cond and uncond halves (classifier-free guidance on)."""
-        return self.cfg != 1.0
-
-    def loop_key(self) -> tuple:
-        """Requests whose settings share this key can share one step loop (and so one padded batch): same
-        integrator, steps and tolerances, guidance on or off. Scale and extrapolation may differ per row."""
-        return (self.sampler, self.guided, self.scale_pow)
-
-
 def load(path: Union[str, os.PathLike, None] = None, backend: str = "onnxruntime", verify: bool = True,
-         precision: Optional[str] = None, **backend_options) -> "Pipeline":
+         precision: Optional[str] = None, threads: int = 0, **backend_options) -> "Pipeline":
     """Open a model package (the shipped default model when ``path`` is None) for generation.
 
     verify: check the sha256 of every file the backends open (each once per process) against the manifest.
     precision: which transformer variant runs (a variant name or a precision such as ``fp32``/``int8``; OpenVINO
     and TensorRT also take ``bf16``/``fp16`` for what they compute in); None: the manifest's default variant, the
     same on every backend (docs/package-format.md, *Variants*).
-    backend_options go to the backend (ONNX Runtime: device, threads, optimization, optimized_model_path, memory,
-    memory_pattern).
+    threads: CPU threads of every backend that runs on the CPU (ONNX Runtime intra-op, OpenVINO inference, the VAE
+    decoder); 0 = the runtime's choice; backends on a GPU ignore it (``create_backend``).
+    backend_options go to the transformer's backend (ONNX Runtime: device, optimization, optimized_model_path,
+    memory, memory_pattern; TensorRT: cuda_graphs, device; OpenVINO: device, cache).
     """
     if path is None:
         if not (DEFAULT_MODEL_DIR / "manifest.json").is_file():
@@ -92,27 +55,29 @@ def load(path: Union[str, os.PathLike, None] = None, backend: str = "onnxruntime
     recover_folder(path)                 # a package replacement killed half-way is put back first
     if precision is not None:
         backend_options["precision"] = precision
-    return Pipeline(Path(path), load_manifest(path), backend=backend, verify=verify, **backend_options)
+    return Pipeline(Path(path), load_manifest(path), backend=backend, verify=verify, threads=threads,
+                    **backend_options)
 
 
 class Pipeline:
     """A loaded package plus its backends. Create with :func:`load`; use as a context manager to free them."""
 
     def __init__(self, directory: Path, manifest: Manifest, backend: str = "onnxruntime", verify: bool = True,
-                 **backend_options):
+                 threads: int = 0, **backend_options):
         self.directory = Path(directory)
         self.manifest = manifest
         self._read_manifest(manifest)
         self.backend_name = resolve_backend_name(backend)
         self.backend: Backend = create_backend(backend, self.directory, manifest=manifest, verify=verify,
-                                               **backend_options)
+                                               threads=threads, **backend_options)
         self.vae: Optional[Backend] = None
         if manifest.vae_decoder is not None:
-            # The VAE always runs on ONNX Runtime; it shares the transformer's settings when that does too.
+            # The VAE always runs on ONNX Runtime; it shares the transformer's device and graph optimization when
+            # that runs on ONNX Runtime too.
             shared = backend_options if self.backend_name == "onnxruntime" else {}
-            vae_options = {k: v for k, v in shared.items() if k in ("device", "threads", "optimization")}
+            vae_options = {k: v for k, v in shared.items() if k in ("device", "optimization")}
             self.vae = create_backend("onnxruntime", self.directory, manifest=manifest, graph="vae_decoder",
-                                      verify=verify, **vae_options)
+                                      verify=verify, threads=threads, **vae_options)
         try:
             self.backend.activate()
             if self.vae is not None:
@@ -174,7 +139,7 @@ class Pipeline:
     def name(self) -> str:
         return self.manifest.name
 
-    # -- request checks ---------------------------------------------------------------------------------------
+    # -- request checks (docs/runtime-spec.md §2) -----------------------------------------------------------
     def tokens(self, width: int, height: int) -> int:
         """Token count of a W x H pixel image."""
         side = self.granularity
@@ -191,7 +156,8 @@ class Pipeline:
     def check_size(self, width, height, snap: bool = False) -> tuple[int, int]:
         """(width, height) if the package can generate it; with ``snap`` the nearest valid size instead.
 
-        Raises GenerationError naming the nearest valid sizes for sizes off the pixel grid or too large.
+        Raises GenerationError naming the nearest valid sizes for sizes off the pixel grid (hint: ``snap``) or too
+        large.
         """
         for name, value in (("width", width), ("height", height)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -206,7 +172,7 @@ class Pipeline:
                 return nearest[0]
             names = ", ".join(f"{w}x{h}" for w, h in nearest) or "none within the size limit"
             raise GenerationError(f"{width}x{height} is not on the model's {g}-pixel grid; nearest valid sizes: "
-                                  f"{names} (or pass --snap)")
+                                  f"{names}", hint="snap" if nearest else None)
         if self.tokens(width, height) > self.max_tokens:
             scale = math.sqrt(self.max_tokens / self.tokens(width, height))
             w = max(g, int(width * scale) // g * g)
@@ -237,30 +203,26 @@ class Pipeline:
             raise GenerationError(f"class id {label} is outside 0..{self.num_classes - 1}")
         return int(label)
 
-    def rope_settings(self, extrapolation: Optional[str]) -> RopeSettings:
-        """The package's RoPE settings, or those of another extrapolation method (canonical name or alias)."""
-        return self.settings(extrapolation=extrapolation).rope
-
-    def sampler_settings(self, sampler: Optional[str] = None, steps: Optional[int] = None) -> SamplerSettings:
-        return self.settings(sampler=sampler, steps=steps).sampler
-
     def settings(self, *, steps: Optional[int] = None, sampler: Optional[str] = None, cfg: Optional[float] = None,
-                 extrapolation: Optional[str] = None) -> GenerationSettings:
-        """Resolve a request's settings against the package defaults, once; raises GenerationError."""
+                 extrapolation: Optional[str] = None, limits: Limits = ENGINE_LIMITS) -> GenerationSettings:
+        """Resolve a request's settings against the package defaults, once; raises GenerationError. ``limits``: the
+        largest steps and guidance scale allowed (a server's policy; the engine's own by default)."""
         defaults = self.manifest.sampler
         method = defaults.method if sampler is None else sampler
         steps = defaults.steps if steps is None else steps
-        if method not in SAMPLERS:
+        if not isinstance(method, str) or method not in SAMPLERS:
             raise GenerationError(f"unknown sampler {method!r}; choose one of {', '.join(SAMPLERS)}", "sampler")
         try:
-            steps = check_steps(steps)
-            cfg = check_cfg(self.manifest.guidance.default_scale if cfg is None else cfg)
+            steps = check_steps(steps, limits.max_steps)
+            cfg = check_cfg(self.manifest.guidance.default_scale if cfg is None else cfg, limits.max_cfg)
         except SettingError as err:
             raise GenerationError(str(err), err.parameter) from None
         if extrapolation is None:
             rope, name = self.rope, extrapolation_name(self.rope)
         else:
             try:
+                if not isinstance(extrapolation, str):
+                    raise ValueError(extrapolation)
                 name = canonical_extrapolation(extrapolation)
             except ValueError:
                 raise GenerationError(f"unknown extrapolation {extrapolation!r}; choose one of "
@@ -272,6 +234,35 @@ class Pipeline:
         sampler_settings = SamplerSettings(method, int(steps), defaults.atol, defaults.rtol)
         return GenerationSettings(sampler_settings, float(cfg), name, rope, self.manifest.guidance.scale_pow)
 
+    def prepare(self, width=None, height=None, label=None, seed=0, *, num=1, snap: bool = False, steps=None,
+                sampler=None, cfg=None, extrapolation=None, limits: Limits = ENGINE_LIMITS) -> Jobs:
+        """Check a request once and return the jobs of its ``num`` images (a sequence made on access); raises
+        GenerationError.
+
+        width, height: pixels (None: the package default size); with ``snap`` a size off the pixel grid becomes the
+        nearest valid one. label: a class id, a class name, None (unconditional), or several (a sequence, or names
+        and ids separated by commas) cycled over the images. Image ``i`` (0-based) has seed ``seed + i``. steps,
+        sampler, cfg, extrapolation: None for the package's. Checks, in order: num, size, classes, seeds, settings
+        (docs/runtime-spec.md §2).
+        """
+        if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
+            raise GenerationError(f"num must be a whole number of at least 1, got {num!r}", "num")
+        width = self.default_size[0] if width is None else width
+        height = self.default_size[1] if height is None else height
+        width, height = self.check_size(width, height, snap)
+        parts = label.split(",") if isinstance(label, str) else list(label) if isinstance(label, (list, tuple)) \
+            else [label]
+        labels = [self.resolve_label(part) for part in parts] or [None]
+        try:
+            seed = portable_noise.check_seed(seed)
+        except ValueError as err:
+            raise GenerationError(str(err), "seed") from None
+        if seed + num - 1 >= SEED_LIMIT:
+            raise GenerationError(f"seed {seed} with num {num} needs seeds up to {seed + num - 1}; seeds must be "
+                                  f"below 2**64", "seed", mentions=("num",))
+        settings = self.settings(steps=steps, sampler=sampler, cfg=cfg, extrapolation=extrapolation, limits=limits)
+        return Jobs(width, height, labels, seed, int(num), settings)
+
     # -- generation -------------------------------------------------------------------------------------------
     def noise(self, request: Request) -> np.ndarray:
         """Initial latent noise (C, H/d, W/d) of a request: block 0 of its seed's portable stream (engines/noise.py),
@@ -279,17 +270,19 @@ class Pipeline:
         d = self.downsample
         return portable_noise.standard_normal(request.seed, (self.channels, request.height // d, request.width // d))
 
-    def sample_latents(self, requests: Sequence[Request], settings: Union[GenerationSettings,
-                       Sequence[GenerationSettings]], callback: Optional[Callback] = None,
+    def sample_latents(self, jobs: Sequence[Job], callback: Optional[Callback] = None,
                        noise: Optional[Sequence[np.ndarray]] = None) -> list[np.ndarray]:
-        """Latents (C, H/d, W/d) for ``requests`` sampled together as one padded batch.
+        """Latents (C, H/d, W/d) of ``jobs`` (from :meth:`prepare`) sampled together as one padded batch.
 
-        settings: one for all requests, or one per request; per-request settings must share
-        :meth:`GenerationSettings.loop_key` (their guidance scale and extrapolation may differ).
+        The jobs' settings must share :meth:`GenerationSettings.loop_key` (their guidance scale and extrapolation
+        may differ). noise: the initial noise of each job instead of its seed's (validation).
         """
-        per_row = [settings] * len(requests) if isinstance(settings, GenerationSettings) else list(settings)
-        if len(per_row) != len(requests) or len({s.loop_key() for s in per_row}) != 1:
-            raise GenerationError("requests sampled together need one sampler, step count and guidance on/off")
+        if not jobs:
+            raise GenerationError("no jobs to generate")
+        requests = [job.request for job in jobs]
+        per_row = [job.settings for job in jobs]
+        if len({s.loop_key() for s in per_row}) != 1:
+            raise GenerationError("jobs sampled together need one sampler, step count and guidance on/off")
         first = per_row[0]
         batch = PaddedBatch(requests, self, [s.rope for s in per_row],
                             noise if noise is not None else [self.noise(r) for r in requests])
@@ -342,34 +335,13 @@ class Pipeline:
         d = self.downsample
         return np.repeat(np.repeat(rgb, d, axis=1), d, axis=2)
 
-    def check_request(self, request: Request) -> Request:
-        """The request with its label resolved to a class id; raises GenerationError for a size or class the
-        package cannot serve."""
-        width, height = self.check_size(request.width, request.height)
-        seed = request.seed
-        try:
-            seed = portable_noise.check_seed(seed)
-        except ValueError as err:
-            raise GenerationError(str(err), "seed") from None
-        return Request(width, height, self.resolve_label(request.label), int(seed))
+    def generate_many(self, jobs: Sequence[Job], *, callback: Optional[Callback] = None) -> list[np.ndarray]:
+        """uint8 RGB images (H, W, 3) of ``jobs`` (from :meth:`prepare`), all sampled in one padded batch."""
+        return [self.decode(z) for z in self.sample_latents(jobs, callback)]
 
-    def generate_many(self, requests: Sequence[Request], settings: Optional[GenerationSettings] = None, *,
-                      callback: Optional[Callback] = None, **overrides) -> list[np.ndarray]:
-        """uint8 RGB images (H, W, 3) for ``requests``, all sampled in one padded batch.
-
-        settings: from :meth:`settings`; or give its keyword arguments (steps, sampler, cfg, extrapolation).
-        """
-        if not requests:
-            raise GenerationError("no requests to generate")
-        if settings is None:
-            settings = self.settings(**overrides)
-        elif overrides:
-            raise GenerationError("pass either settings or steps/sampler/cfg/extrapolation, not both")
-        requests = [self.check_request(r) for r in requests]
-        return [self.decode(z) for z in self.sample_latents(requests, settings, callback)]
-
-    def parameters(self, request: Request, settings: GenerationSettings) -> dict:
+    def parameters(self, job: Job) -> dict:
         """The generation parameters of one image, as stored in its PNG text metadata: what was actually used."""
+        request, settings = job.request, job.settings
         label = request.label
         return {
             "model": self.name, "width": request.width, "height": request.height,
@@ -390,18 +362,15 @@ class Pipeline:
         holds the generation parameters (``output="pil"``), or a uint8 array (H, W, 3) (``output="array"``).
         """
         if output not in ("pil", "array"):
-            raise GenerationError(f"output must be 'pil' or 'array', got {output!r}")
-        width = self.default_size[0] if width is None else width
-        height = self.default_size[1] if height is None else height
-        width, height = self.check_size(width, height, snap)
-        request = self.check_request(Request(width, height, label, seed))
-        settings = self.settings(steps=steps, sampler=sampler, cfg=cfg, extrapolation=extrapolation)
-        image = self.generate_many([request], settings, callback=callback)[0]
+            raise GenerationError(f"output must be 'pil' or 'array', got {output!r}", "output")
+        job = self.prepare(width, height, label, seed, snap=snap, steps=steps, sampler=sampler, cfg=cfg,
+                           extrapolation=extrapolation)[0]
+        image = self.generate_many([job], callback=callback)[0]
         if output == "array":
             return image
         from engines.png import to_pil
 
-        return to_pil(image, self.parameters(request, settings))
+        return to_pil(image, self.parameters(job))
 
 
 class PaddedBatch:
@@ -455,5 +424,5 @@ def unpatchify(tokens: np.ndarray, h: int, w: int, p: int) -> np.ndarray:
     return np.ascontiguousarray(x.reshape(c, h * p, w * p))
 
 
-__all__ = ["load", "Pipeline", "Request", "GenerationSettings", "GenerationError", "PackageError", "BackendError", "patchify",
-           "unpatchify", "EXTRAPOLATIONS", "DEFAULT_MODEL_DIR", "SEED_LIMIT"]
+__all__ = ["load", "Pipeline", "Request", "GenerationSettings", "GenerationError", "Job", "Jobs", "Limits", "PackageError",
+           "BackendError", "patchify", "unpatchify", "EXTRAPOLATIONS", "DEFAULT_MODEL_DIR", "SEED_LIMIT"]

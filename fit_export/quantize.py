@@ -93,20 +93,21 @@ def record_calibration(package, images: int, seed: int = 0, batch: int = 4, thre
     Returns ``{"feeds": [...], "sizes": [[w, h], ...], "steps": n, "sampler": name, "cfg": scale}``.
     """
     import engines
-    from engines.pipeline import Request
 
     if images < 1:
         raise QuantizeError(f"--calibration-images must be at least 1, got {images}")
     with engines.load(package, precision="fp32", ort_optimized=False, device="cpu", threads=threads) as pipe:
         sizes = [tuple(s) for b in pipe.manifest.sizes.buckets for s in b.sizes] or [pipe.default_size]
         guided = pipe.manifest.guidance.default_scale != 1.0
-        settings = pipe.settings(cfg=None if guided else 1.5)
-        requests = [Request(*sizes[i % len(sizes)], i % pipe.num_classes, seed + i) for i in range(images)]
+        cfg = None if guided else 1.5
+        jobs = [pipe.prepare(*sizes[i % len(sizes)], i % pipe.num_classes, seed + i, cfg=cfg)[0]
+                for i in range(images)]
+        settings = jobs[0].settings
         recorder, inner = _Recorder(pipe.backend), pipe.backend
         pipe.backend = recorder
         try:
-            for start in range(0, len(requests), batch):
-                pipe.sample_latents(requests[start:start + batch], settings)
+            for start in range(0, len(jobs), batch):
+                pipe.sample_latents(jobs[start:start + batch])
         finally:
             pipe.backend = inner
     return {"feeds": recorder.feeds, "sizes": [list(s) for s in dict.fromkeys(sizes)],
@@ -192,7 +193,6 @@ def shapes_accuracy(package, precisions, num_per_class: int = 16, seed: int = 0)
     procedural shapes; None for other packages."""
     import engines
     import torch
-    from engines.pipeline import Request
     from fit.data.procedural import SHAPES
     from fit.eval.classifier import load_classifier
     from fit.eval.evaluate import classify
@@ -210,11 +210,10 @@ def shapes_accuracy(package, precisions, num_per_class: int = 16, seed: int = 0)
     for precision in precisions:
         per_size = {}
         with engines.load(package, precision=precision, device="cpu") as pipe:
-            settings = pipe.settings()
             for width, height in sizes:
-                requests = [Request(width, height, int(c), seed + i) for i, c in enumerate(labels)]
-                images = np.concatenate([np.stack(pipe.generate_many(requests[i:i + 32], settings))
-                                         for i in range(0, len(requests), 32)])
+                jobs = [pipe.prepare(width, height, int(c), seed + i)[0] for i, c in enumerate(labels)]
+                images = np.concatenate([np.stack(pipe.generate_many(jobs[i:i + 32]))
+                                         for i in range(0, len(jobs), 32)])
                 pixels = torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1)
                 per_size[f"{width}x{height}"] = class_accuracy(classify(classifier, pixels)[0], labels)
         result["accuracy"][precision] = per_size

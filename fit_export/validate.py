@@ -42,7 +42,7 @@ from engines.buckets import BucketError, choose_profile
 from engines.manifest import Manifest
 from engines.package import load_manifest, verify_files
 from engines.metrics import cosine, psnr
-from engines.pipeline import Pipeline, Request
+from engines.pipeline import Pipeline
 from engines.rope import rope_tables
 from fit.config import FiTConfig
 from fit.flow import SamplerSettings as TorchSamplerSettings
@@ -454,16 +454,17 @@ def end_to_end(model: Optional[FiT], pipe: Pipeline, provider: str, steps: int, 
     against ``reference_pipe`` (another variant of the package) when given; ``limits`` from :func:`tolerances`."""
     m = pipe.manifest
     sizes = [tuple(m.sizes.default), tuple(m.sizes.buckets[0].sizes[-1])]
-    requests = [Request(w, h, label, seed + i) for i, ((w, h), label) in
-                enumerate(zip(sizes, (1 % pipe.num_classes, 2 % pipe.num_classes)))]
+    jobs = [pipe.prepare(w, h, label, seed + i, sampler="euler", steps=steps)[0] for i, ((w, h), label) in
+            enumerate(zip(sizes, (1 % pipe.num_classes, 2 % pipe.num_classes)))]
+    requests = [job.request for job in jobs]
     noise = [pipe.noise(r) for r in requests]
-    settings = pipe.settings(sampler="euler", steps=steps)
+    settings = jobs[0].settings
     reference = torch_runner(model) if reference_pipe is None else backend_runner(reference_pipe.backend, "reference")
     with reference:
         recording = _Recording(pipe.backend, reference)
         pipe.backend, inner = recording, pipe.backend
         try:
-            latents = pipe.sample_latents(requests, settings, noise=noise)
+            latents = pipe.sample_latents(jobs, noise=noise)
         finally:
             pipe.backend = inner
     d = pipe.downsample
@@ -473,7 +474,7 @@ def end_to_end(model: Optional[FiT], pipe: Pipeline, provider: str, steps: int, 
                                               scale_pow=settings.scale_pow,
                                               noise=[torch.from_numpy(n) for n in noise])]
     else:
-        expected = reference_pipe.sample_latents(requests, settings, noise=noise)
+        expected = reference_pipe.sample_latents(jobs, noise=noise)
     images = np.concatenate([pipe.decode(z).ravel() for z in latents])
     ref_images = np.concatenate([pipe.decode(z).ravel() for z in expected])
     value = psnr(images, ref_images, 255.0)

@@ -29,7 +29,7 @@ from ray.serve.metrics import Counter, Gauge, Histogram
 from starlette.exceptions import HTTPException
 
 from engines.backends import resolve_backend_name
-from engines.pipeline import GenerationSettings, Request, load
+from engines.pipeline import Job, Limits, load
 from engines.png import png_bytes
 from fit_serve.api import MAX_BODY_BYTES, BadRequest, model_info, parse_body, resolve
 from fit_serve.batching import Item, bucket_budget, group_key, padded_tokens, plan_calls
@@ -46,7 +46,7 @@ class ServeConfig:
     package: Optional[str] = None           # None: the default model installed with fit-toolkit on each node
     backend: str = "onnxruntime"
     precision: Optional[str] = None         # transformer variant or precision (None: the package's default variant)
-    threads: int = 0                        # ONNX Runtime intra-op threads per replica (0 = auto)
+    threads: int = 0                        # CPU threads per replica (engines.load; 0 = auto)
     replicas: int = 1
     max_batch_size: int = 8                 # requests per engine call (and per @serve.batch collection)
     batch_wait_ms: float = 10.0             # how long a replica waits to fill a batch
@@ -54,6 +54,11 @@ class ServeConfig:
     max_batch_tokens: Optional[int] = None  # padded tokens per engine call (None: max_batch_size x max tokens)
     retry_after_s: float = 1.0              # Retry-After of a 503
     replica_cpus: float = 1.0               # Ray CPUs each replica reserves
+    # Server policy, below the engine's own limits (engines.request.Limits): one request's cost grows with its
+    # steps (and guidance only changes numbers, but a cap keeps float32 far from overflow); a shared server caps
+    # steps where the image has long converged.
+    max_steps: int = 1000
+    max_cfg: float = 1000.0
 
     def __post_init__(self):
         whole = {"replicas": 1, "max_batch_size": 1, "max_queue": 1, "max_batch_tokens": 1, "threads": 0}
@@ -70,6 +75,12 @@ class ServeConfig:
         object.__setattr__(self, "backend", resolve_backend_name(self.backend))
         if self.precision is not None and (not isinstance(self.precision, str) or not self.precision):
             raise ValueError(f"precision must be a variant name or precision, got {self.precision!r}")
+        Limits(self.max_steps, self.max_cfg)            # raises ValueError when out of range
+
+    @property
+    def limits(self) -> Limits:
+        """The server's policy limits of a request, as engines.prepare takes them."""
+        return Limits(self.max_steps, self.max_cfg)
 
     @classmethod
     def from_dict(cls, data: Optional[dict]) -> "ServeConfig":
@@ -90,11 +101,10 @@ class ServeConfig:
 
 
 @dataclass(frozen=True)
-class Job:
-    """A checked request waiting for its engine call."""
+class Queued:
+    """A checked job waiting for its engine call."""
 
-    request: Request
-    settings: GenerationSettings
+    job: Job
     arrived: float
 
 
@@ -127,8 +137,9 @@ class FitServer:
 
     def __init__(self, config: dict):
         self.config = ServeConfig.from_dict(config)
-        options = {"threads": self.config.threads} if self.config.backend == "onnxruntime" else {}
-        self.pipe = load(self.config.package, backend=self.config.backend, precision=self.config.precision, **options)
+        self.pipe = load(self.config.package, backend=self.config.backend, precision=self.config.precision,
+                         threads=self.config.threads)
+        self.limits = self.config.limits
         self.max_batch_tokens = self.config.max_batch_tokens or self.config.max_batch_size * self.pipe.max_tokens
         if self.max_batch_tokens < self.pipe.max_tokens:
             raise ValueError(f"max_batch_tokens {self.max_batch_tokens} is below the package's "
@@ -154,15 +165,14 @@ class FitServer:
         extrapolation; all optional. Answers image/png, or JSON when the request accepts application/json."""
         arrived = time.perf_counter()
         try:
-            request, settings = resolve(self.pipe, parse_body(await self._body(http)))
+            queued = Queued(resolve(self.pipe, parse_body(await self._body(http)), self.limits), arrived)
         except BadRequest as err:
             return self._answer(error_response(err.status, str(err)), arrived)
-        job = Job(request, settings, arrived)
-        self._waiting(add=[job])
+        self._waiting(add=[queued])
         try:
-            outcome = await self._generate_batch(job)
+            outcome = await self._generate_batch(queued)
         finally:
-            self._waiting(remove=[job])                 # also when the client went away before its batch
+            self._waiting(remove=[queued])              # also when the client went away before its batch
         if outcome.error is not None:
             return self._answer(error_response(500, outcome.error), arrived)
         outcome.timing["total_s"] = round(time.perf_counter() - arrived, 4)
@@ -175,7 +185,7 @@ class FitServer:
     async def model(self) -> dict:
         """The package: name, classes, default size, pixel granularity, max tokens, buckets, samplers,
         extrapolation methods, defaults and the server's limits."""
-        return {**model_info(self.pipe), "max_batch_size": self.config.max_batch_size,
+        return {**model_info(self.pipe, self.limits), "max_batch_size": self.config.max_batch_size,
                 "max_batch_tokens": self.max_batch_tokens}
 
     @api.get("/healthz")
@@ -204,19 +214,20 @@ class FitServer:
 
     def _waiting(self, add=(), remove=()) -> None:
         """Track the requests that wait for an engine call (the queue-length gauge)."""
-        self.waiting.update(id(job) for job in add)
-        self.waiting.difference_update(id(job) for job in remove)
+        self.waiting.update(id(queued) for queued in add)
+        self.waiting.difference_update(id(queued) for queued in remove)
         self.queue_length.set(len(self.waiting))
 
     # -- batching -----------------------------------------------------------------------------------------------
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _generate_batch(self, jobs: list[Job]) -> list[Outcome]:
+    async def _generate_batch(self, batch: list[Queued]) -> list[Outcome]:
         """Ray Serve's batch of requests (sizes set from the config in __init__) -> one outcome each."""
-        self._waiting(remove=jobs)
-        return await asyncio.get_running_loop().run_in_executor(self.worker, self._run, jobs)
+        self._waiting(remove=batch)
+        return await asyncio.get_running_loop().run_in_executor(self.worker, self._run, batch)
 
-    def _run(self, jobs: list[Job]) -> list[Outcome]:
+    def _run(self, batch: list[Queued]) -> list[Outcome]:
         """The engine calls of one batch (fit_serve.batching.plan_calls), one after another."""
+        jobs = [queued.job for queued in batch]
         items = []
         for i, job in enumerate(jobs):
             tokens = self.pipe.tokens(job.request.width, job.request.height)
@@ -229,10 +240,9 @@ class FitServer:
             self.batch_requests.observe(len(call))
             self.batch_tokens.observe(tokens)
             try:
-                latents = self.pipe.sample_latents([jobs[i].request for i in call], [jobs[i].settings for i in call])
+                latents = self.pipe.sample_latents([jobs[i] for i in call])
                 for i, latent in zip(call, latents):
-                    job = jobs[i]
-                    outcomes[i].parameters = self.pipe.parameters(job.request, job.settings)
+                    outcomes[i].parameters = self.pipe.parameters(jobs[i])
                     outcomes[i].png = png_bytes(self.pipe.decode(latent), outcomes[i].parameters)
             except Exception as err:   # a backend failure: every request of this call gets the one line
                 message = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -240,7 +250,7 @@ class FitServer:
                     outcomes[i].error = f"generation failed: {message}"
             compute = time.perf_counter() - call_start
             for i in call:
-                outcomes[i].timing = {"queue_s": round(call_start - jobs[i].arrived, 4), "compute_s": round(compute, 4),
+                outcomes[i].timing = {"queue_s": round(call_start - batch[i].arrived, 4), "compute_s": round(compute, 4),
                                       "batch_requests": len(call), "batch_tokens": tokens}
         return outcomes
 

@@ -39,3 +39,9 @@ def tiny_package(tmp_path_factory) -> tuple[Path, object]:
 def copy_package(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def jobs(pipe, requests, **settings) -> list:
+    """The jobs of ``requests`` (engines Request objects, one image each) with the same settings, checked by
+    ``Pipeline.prepare`` as any front end checks them."""
+    return [pipe.prepare(r.width, r.height, r.label, r.seed, **settings)[0] for r in requests]

@@ -68,7 +68,10 @@ def bad_json(src, dst):
 BAD = [
     (["-W", 0, "-H", 32], "width must be positive"),
     (["-W", -16, "-H", 32], "width must be positive"),
-    (["-W", "abc"], "not a valid integer"),
+    (["-W", "abc"], "--width must be a whole number of pixels, got 'abc'"),
+    (["-W", "1.5"], "--width must be a whole number of pixels, got 1.5"),
+    (["--num", 0], "--num must be a whole number of at least 1, got 0"),
+    (["--precision", "bogus"], "the package has no transformer variant 'bogus'"),
     (["-W", 50, "-H", 32], "nearest valid sizes: 48x32, 64x32"),
     (["-W", 4096, "-H", 4096], "maximum"),
     (["--class", "zebra"], "unknown class"),
@@ -83,8 +86,8 @@ BAD = [
     (["--seed", 2 ** 64], "--seed must be a whole number from 0 to 2**64 - 1"),
     (["--seed", 2 ** 64 - 1, "--num", 2], "needs seeds up to 18446744073709551616"),
     (["--num", 10 ** 8, "--grid"], "drop --grid"),
-    (["--sampler", "rk4"], "rk4"),
-    (["--extrapolation", "warp"], "warp"),
+    (["--sampler", "rk4"], "unknown sampler 'rk4'; choose one of euler, heun, dopri5, sde"),
+    (["--extrapolation", "warp"], "unknown extrapolation 'warp'; choose one of"),
     (["--backend", "magic"], "magic"),
 ]
 

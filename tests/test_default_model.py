@@ -55,7 +55,6 @@ def test_runtime_samples_are_recognised_by_the_shape_classifier():
     import torch
 
     import engines
-    from engines.pipeline import Request
     from fit.eval.classifier import load_classifier
     from fit.eval.evaluate import classify
 
@@ -63,7 +62,7 @@ def test_runtime_samples_are_recognised_by_the_shape_classifier():
     with engines.load() as pipe:
         for width, height in [(80, 80), (96, 64)]:
             labels = np.arange(pipe.num_classes)
-            images = pipe.generate_many([Request(width, height, int(c), seed=int(c)) for c in labels])
+            images = pipe.generate_many([pipe.prepare(width, height, int(c), int(c))[0] for c in labels])
             batch = torch.stack([torch.from_numpy(im.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)
                                  for im in images])
             predicted, _ = classify(classifier, batch)

@@ -7,6 +7,7 @@ import pytest
 
 from engines import noise
 from engines.pipeline import GenerationError, Request, load
+from tests.runtime_helpers import jobs
 
 
 def test_words_are_splitmix64():
@@ -44,9 +45,9 @@ def test_largest_seed_works():
 
 def test_an_image_depends_only_on_its_seed():
     with load(None) as pipe:
-        alone = pipe.generate_many([Request(96, 64, 1, 3)], steps=3, sampler="sde", cfg=2.0)[0]
-        batch = pipe.generate_many([Request(128, 128, 2, 8), Request(96, 64, 1, 3), Request(64, 64, None, 4)],
-                                   steps=3, sampler="sde", cfg=2.0)
+        alone = pipe.generate_many(jobs(pipe, [Request(96, 64, 1, 3)], steps=3, sampler="sde", cfg=2.0))[0]
+        batch = pipe.generate_many(jobs(pipe, [Request(128, 128, 2, 8), Request(96, 64, 1, 3),
+                                               Request(64, 64, None, 4)], steps=3, sampler="sde", cfg=2.0))
         assert np.abs(alone.astype(int) - batch[1].astype(int)).max() <= 1
         with pytest.raises(GenerationError, match=r"seed must be a whole number from 0 to 2\*\*64 - 1, got -1"):
             pipe.generate(width=96, height=64, seed=-1)

@@ -7,15 +7,14 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import engines  # noqa: E402
-from engines.errors import BackendError
+from engines.errors import BackendError, PackageError
 from engines.backends import create_backend
-from engines.errors import PackageError
 from engines.package import file_entries
 from engines.pipeline import EXTRAPOLATIONS, GenerationError, Request, patchify, unpatchify
 from engines.png import read_parameters, save_png
 from fit import flow  # noqa: E402
 from fit.sampling import sample  # noqa: E402
-from tests.runtime_helpers import copy_package, tiny_package  # noqa: E402
+from tests.runtime_helpers import copy_package, jobs, tiny_package  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +40,8 @@ def test_runtime_matches_torch_sampling(pipe, package, method, cfg, extrapolatio
     model = package[1]
     requests = [Request(64, 32, 3, 0), Request(32, 48, 7, 1), Request(48, 48, None, 2)]
     noise = latent_noise(requests)
-    settings = pipe.settings(sampler=method, steps=4, cfg=cfg, extrapolation=extrapolation)
-    ours = pipe.sample_latents(requests, settings, noise=noise)
+    ours = pipe.sample_latents(jobs(pipe, requests, sampler=method, steps=4, cfg=cfg, extrapolation=extrapolation),
+                               noise=noise)
     ref = sample(model, [(r.height // 8, r.width // 8, model.num_classes if r.label is None else r.label)
                          for r in requests],
                  sampler=flow.SamplerSettings(method, steps=4), cfg_scale=cfg,
@@ -55,8 +54,8 @@ def test_runtime_matches_torch_sampling(pipe, package, method, cfg, extrapolatio
 
 def test_batching_does_not_change_an_image(pipe):
     requests = [Request(64, 32, 1, 10), Request(32, 32, 2, 11)]
-    together = pipe.generate_many(requests, steps=3, cfg=2.0)
-    alone = pipe.generate_many(requests[1:], steps=3, cfg=2.0)
+    together = pipe.generate_many(jobs(pipe, requests, steps=3, cfg=2.0))
+    alone = pipe.generate_many(jobs(pipe, requests[1:], steps=3, cfg=2.0))
     np.testing.assert_array_equal(together[1], alone[0])
 
 
@@ -120,7 +119,7 @@ def test_seeds_outside_0_to_2_64_are_refused(pipe, seed):
     with pytest.raises(GenerationError, match=r"seed must be a whole number from 0 to 2\*\*64 - 1") as err:
         pipe.generate(width=32, height=32, steps=1, seed=seed)
     assert err.value.parameter == "seed"
-    assert pipe.check_request(Request(32, 32, None, 2 ** 64 - 1)).seed == 2 ** 64 - 1
+    assert pipe.prepare(32, 32, None, 2 ** 64 - 1)[0].request.seed == 2 ** 64 - 1
 
 
 def test_non_finite_latents_are_refused(pipe, monkeypatch):
@@ -185,9 +184,9 @@ def test_vae_decoder_path(package, tmp_path):
     doc["files"].update({n: e.to_dict() for n, e in file_entries(pkg, ["vae_decoder.onnx"]).items()})
     (pkg / "manifest.json").write_text(json.dumps(doc))
     with engines.load(pkg, threads=1) as p:
-        request = Request(32, 48, 1, 0)
-        latent = p.sample_latents([request], p.settings(sampler="euler", steps=2, cfg=1.0))[0]
-        image = p.generate_many([request], steps=2, sampler="euler", cfg=1.0)[0]
+        job = p.prepare(32, 48, 1, 0, sampler="euler", steps=2, cfg=1.0)
+        latent = p.sample_latents(job)[0]
+        image = p.generate_many(job)[0]
     z = latent[:3] / np.float32(0.18215)
     expected = np.clip((np.repeat(np.repeat(z, 8, 1), 8, 2) + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(image, expected.transpose(1, 2, 0))
@@ -265,9 +264,10 @@ def test_example_app_serves_png(package):
 
 
 def test_every_listed_extrapolation_resolves(pipe):
-    methods = {pipe.rope_settings(name).method for name in EXTRAPOLATIONS}
+    rope = lambda name: pipe.settings(extrapolation=name).rope
+    methods = {rope(name).method for name in EXTRAPOLATIONS}
     assert methods == {"normal", "linear", "ntk-aware", "ntk-by-parts", "yarn", "ntk-aware-pro1", "ntk-aware-pro2"}
-    assert pipe.rope_settings("vision-yarn").decouple and not pipe.rope_settings("yarn").decouple
+    assert rope("vision-yarn").decouple and not rope("yarn").decouple
 
 
 def test_fp16_package_runs_and_agrees(package, pipe, tmp_path):
@@ -277,10 +277,10 @@ def test_fp16_package_runs_and_agrees(package, pipe, tmp_path):
     p16 = export_package(package[1], None, tmp_path / "fp16", precision="fp16")
     requests = [Request(64, 32, 3, 0), Request(32, 32, 5, 1)]
     noise = latent_noise(requests)
-    ref = pipe.sample_latents(requests, pipe.settings(sampler="euler", steps=3, cfg=2.0), noise=noise)
+    ref = pipe.sample_latents(jobs(pipe, requests, sampler="euler", steps=3, cfg=2.0), noise=noise)
     with engines.load(p16, threads=1) as half:
         assert half.backend.inputs["x"].dtype == np.float16
-        out = half.sample_latents(requests, half.settings(sampler="euler", steps=3, cfg=2.0), noise=noise)
+        out = half.sample_latents(jobs(half, requests, sampler="euler", steps=3, cfg=2.0), noise=noise)
     for a, b in zip(out, ref):
         assert a.dtype == np.float32
         cosine = float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
@@ -297,8 +297,9 @@ def test_pytorch_reference_and_runtime_give_one_image_per_seed(tmp_path_factory,
     with engines.load(package, threads=1) as pipe:
         d = pipe.downsample
         requests = [Request(48, 32, 3, 11), Request(32, 32, 5, 12)]
-        settings = pipe.settings(sampler=method, steps=6, cfg=1.5)
-        runtime = pipe.sample_latents(requests, settings)
+        prepared = jobs(pipe, requests, sampler=method, steps=6, cfg=1.5)
+        settings = prepared[0].settings
+        runtime = pipe.sample_latents(prepared)
     reference = sample(model, [(r.height // d, r.width // d, r.label) for r in requests],
                        sampler=SamplerSettings(method, 6), cfg_scale=settings.cfg, scale_pow=settings.scale_pow,
                        seed=11)

@@ -59,8 +59,9 @@ def test_png_bytes_equal_fit_run(base, tmp_path):
               "extrapolation": "ntk-aware"}
     answer = generate(base, fields)
     assert answer.status == 200 and answer.headers["content-type"] == "image/png"
-    [path] = run(None, 96, 64, "star", 1, 3, None, 2.5, 3, "ntk-aware", "onnxruntime", 1, tmp_path / "a.png",
-                 False, False, True)
+    request = dict(width=96, height=64, label="star", seed=3, num=1, snap=False, steps=3, sampler=None, cfg=2.5,
+                   extrapolation="ntk-aware")
+    [path] = run(None, request, "onnxruntime", None, 1, tmp_path / "a.png", False, True)
     assert answer.body == path.read_bytes()
     (tmp_path / "b.png").write_bytes(answer.body)
     assert read_parameters(tmp_path / "b.png")["class_name"] == "star"

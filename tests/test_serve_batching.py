@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 
 import engines
-from engines.pipeline import Request
+from engines.pipeline import Limits, Request
 from fit_serve.api import FIELDS, MAX_BODY_BYTES, BadRequest, parse_body, resolve
 from fit_serve.batching import Item, bucket_budget, group_key, padded_tokens, plan_calls
+
+
+SERVER = Limits(max_steps=1000, max_cfg=1000.0)        # fit-serve's default policy
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +58,13 @@ def test_image_does_not_depend_on_batch_mates(threads):
     mates = [Request(128, 128, 1, 3), Request(96, 64, 5, 4), Request(32, 32, 0, 9)]
     with engines.load(None, threads=threads) as pipe:
         for method in ("euler", "heun"):
-            settings = pipe.settings(sampler=method, steps=3, cfg=2.0)
-            mate_settings = [pipe.settings(sampler=method, steps=3, cfg=c, extrapolation=e)
-                             for c, e in ((5.0, "ntk-aware"), (1.5, None), (2.0, "linear"))]
-            alone = pipe.sample_latents([target], settings)[0]
-            mixed = pipe.sample_latents(mates[:2] + [target] + mates[2:],
-                                        mate_settings[:2] + [settings] + mate_settings[2:])[2]
+            job = pipe.prepare(target.width, target.height, target.label, target.seed, sampler=method, steps=3,
+                               cfg=2.0)[0]
+            mate_jobs = [pipe.prepare(m.width, m.height, m.label, m.seed, sampler=method, steps=3, cfg=c,
+                                      extrapolation=e)[0]
+                         for m, (c, e) in zip(mates, ((5.0, "ntk-aware"), (1.5, None), (2.0, "linear")))]
+            alone = pipe.sample_latents([job])[0]
+            mixed = pipe.sample_latents(mate_jobs[:2] + [job] + mate_jobs[2:])[2]
             np.testing.assert_array_equal(mixed, alone)
 
 
@@ -82,19 +86,19 @@ BAD_BODIES = [
 @pytest.mark.parametrize("body,status", BAD_BODIES, ids=[b[:30].decode() for b, _ in BAD_BODIES])
 def test_bad_bodies_are_refused_with_one_line(pipe, body, status):
     with pytest.raises(BadRequest) as info:
-        resolve(pipe, parse_body(body))
+        resolve(pipe, parse_body(body), SERVER)
     assert info.value.status == status
     message = str(info.value)
     assert message and "\n" not in message and "Traceback" not in message and len(message) < 300
 
 
 def test_unset_fields_take_the_package_defaults_like_fit_run(pipe):
-    request, settings = resolve(pipe, parse_body(b"{}"))
-    assert request == Request(*pipe.default_size, None, 0)
-    assert settings == pipe.settings()
-    request, settings = resolve(pipe, parse_body(json.dumps(
+    job = resolve(pipe, parse_body(b"{}"), SERVER)
+    assert job.request == Request(*pipe.default_size, None, 0)
+    assert job.settings == pipe.settings()
+    job = resolve(pipe, parse_body(json.dumps(
         {"width": 96, "height": 64, "class": "Star", "seed": 7, "steps": 5, "sampler": "euler", "cfg": 3,
-         "extrapolation": "ntk"}).encode()))
-    assert request == Request(96, 64, 7, 7)
-    assert settings == pipe.settings(steps=5, sampler="euler", cfg=3.0, extrapolation="ntk")
+         "extrapolation": "ntk"}).encode()), SERVER)
+    assert job.request == Request(96, 64, 7, 7)
+    assert job.settings == pipe.settings(steps=5, sampler="euler", cfg=3.0, extrapolation="ntk")
     assert set(FIELDS) == {"width", "height", "class", "seed", "steps", "sampler", "cfg", "extrapolation"}

@@ -111,6 +111,9 @@ _REGISTRY: dict[str, str | Callable[..., Backend]] = {
     "tensorrt": "engines.backends.tensorrt.backend:TensorRTBackend",
     "openvino": "engines.backends.openvino:OpenVinoBackend",
 }
+# Options every backend accepts: ``threads`` (CPU threads, 0 = the runtime's choice) goes to the backends whose
+# constructor takes it (ONNX Runtime, OpenVINO) and is ignored by the others (TensorRT runs on the GPU).
+COMMON_OPTIONS = ("threads",)
 _ALIASES = {"ort": "onnxruntime", "onnx": "onnxruntime", "trt": "tensorrt", "ov": "openvino"}
 
 
@@ -138,9 +141,10 @@ def create_backend(name: str, package, **options) -> Backend:
     """Build (but do not activate) the backend ``name`` for the package directory ``package``.
 
     options go to the backend: ``manifest=`` (an already loaded :class:`engines.manifest.Manifest`),
-    ``verify=`` (check the sha256 of the files it opens),
-    ``graph=`` ("transformer" or "vae_decoder") and backend-specific settings (e.g. ``threads=2`` for ONNX
-    Runtime). Raises BackendError for unknown names or a missing runtime library.
+    ``verify=`` (check the sha256 of the files it opens), ``graph=`` ("transformer" or "vae_decoder"),
+    :data:`COMMON_OPTIONS` (every backend takes them; one that has no use for one, e.g. ``threads`` on a GPU,
+    ignores it) and backend-specific settings (its constructor's keywords). Raises BackendError for unknown names,
+    unknown options or a missing runtime library.
     """
     key = resolve_backend_name(name)
     factory = _REGISTRY[key]
@@ -154,6 +158,8 @@ def create_backend(name: str, package, **options) -> Backend:
         _REGISTRY[key] = factory
     parameters = inspect.signature(factory).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        for name in set(COMMON_OPTIONS) - set(parameters):
+            options.pop(name, None)                     # a backend that does not run on CPU threads ignores them
         unknown = sorted(set(options) - set(parameters))
         if unknown:
             raise BackendError(f"backend {key!r} has no option(s) {', '.join(unknown)}; it takes "

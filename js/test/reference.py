@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from engines import noise
-from engines.pipeline import Request, load
+from engines.pipeline import load
 from engines.rope import RopeSettings, rope_tables
 from engines.sampler import guidance_scale
 
@@ -23,11 +23,11 @@ def main(job_path: str, out_dir: str) -> None:
     if job.get("images"):
         with load(job.get("package")) as pipe:
             for i, case in enumerate(job["images"]):
-                request = Request(case["width"], case["height"], pipe.resolve_label(case.get("label")), case["seed"])
-                settings = pipe.settings(**{k: case.get(k) for k in ("steps", "sampler", "cfg", "extrapolation")})
-                image = pipe.generate_many([request], settings)[0]
+                one = pipe.prepare(case["width"], case["height"], case.get("label"), case["seed"],
+                                   **{k: case.get(k) for k in ("steps", "sampler", "cfg", "extrapolation")})[0]
+                image = pipe.generate_many([one])[0]
                 (out / f"image{i}.bin").write_bytes(image.tobytes())
-                index["images"].append({"file": f"image{i}.bin", "parameters": pipe.parameters(request, settings)})
+                index["images"].append({"file": f"image{i}.bin", "parameters": pipe.parameters(one)})
     for i, case in enumerate(job.get("tables", [])):
         base = RopeSettings(case["head_dim"], case["theta"], "normal", case["decouple"], case["ori"])
         settings = base.with_method(case["method"], case["ori"])

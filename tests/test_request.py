@@ -1,0 +1,126 @@
+"""A request is checked once, by Pipeline.prepare (engines/request.py types): the jobs it makes, its limits, and
+how front ends render its errors (parameter -> flag, hint -> option) without checking anything themselves."""
+import json
+
+import click
+import pytest
+
+import engines
+from cli.common import render
+from engines.backends import create_backend
+from engines.pipeline import GenerationError, Job, Limits, Request
+from engines.sampler import MAX_STEPS
+from fit_serve.api import BadRequest, model_info, parse_body, resolve
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    with engines.load(None, threads=1) as p:
+        yield p
+
+
+def test_prepare_makes_one_job_per_image_with_cycled_classes_and_consecutive_seeds(pipe):
+    jobs = pipe.prepare(96, 64, "star,1", 7, num=5, steps=3)
+    assert len(jobs) == 5
+    assert [j.request for j in jobs] == [Request(96, 64, 7, 7), Request(96, 64, 1, 8), Request(96, 64, 7, 9),
+                                         Request(96, 64, 1, 10), Request(96, 64, 7, 11)]
+    assert all(j.settings == pipe.settings(steps=3) for j in jobs)
+    assert jobs[-1] == jobs[4] and jobs[1:3] == [jobs[1], jobs[2]]
+    assert [j.request.label for j in pipe.prepare(96, 64, [None, "circle"], num=3)] == [None, 0, None]
+    default = pipe.prepare()[0]
+    assert default == Job(Request(*pipe.default_size, None, 0), pipe.settings())
+
+
+def test_jobs_are_made_on_access_so_any_num_starts_at_once(pipe):
+    jobs = pipe.prepare(32, 32, num=10 ** 12)
+    assert len(jobs) == 10 ** 12 and jobs[10 ** 12 - 1].request.seed == 10 ** 12 - 1
+    with pytest.raises(IndexError):
+        jobs[10 ** 12]
+
+
+@pytest.mark.parametrize("kwargs,parameter,text", [
+    (dict(num=0), "num", "num must be a whole number of at least 1, got 0"),
+    (dict(num=1.5), "num", "num must be a whole number of at least 1, got 1.5"),
+    (dict(width=1.5), "width", "width must be a whole number of pixels, got 1.5"),
+    (dict(seed=2 ** 64 - 1, num=2), "seed", "seed 18446744073709551615 with num 2 needs seeds up to"),
+    (dict(sampler=3), "sampler", "unknown sampler 3; choose one of euler, heun, dopri5, sde"),
+    (dict(extrapolation=5), "extrapolation", "unknown extrapolation 5; choose one of"),
+    (dict(label="star,bogus"), None, "unknown class 'bogus'"),
+])
+def test_prepare_refuses_with_the_parameter_named(pipe, kwargs, parameter, text):
+    with pytest.raises(GenerationError) as err:
+        pipe.prepare(**{"width": 32, "height": 32, **kwargs})
+    assert str(err.value).startswith(text) and err.value.parameter == parameter
+
+
+def test_a_size_off_the_grid_carries_a_hint_not_a_flag(pipe):
+    with pytest.raises(GenerationError) as err:
+        pipe.prepare(90, 64)
+    assert str(err.value) == "90x64 is not on the model's 16-pixel grid; nearest valid sizes: 96x64, 80x64"
+    assert err.value.hint == "snap"
+    assert pipe.prepare(90, 64, snap=True)[0].request.width == 96
+
+
+def test_front_ends_render_parameters_and_hints_as_their_own_options(pipe):
+    @click.command()
+    @click.option("--width", "-W")
+    @click.option("--seed")
+    @click.option("--num", "-n")
+    @click.option("--snap", is_flag=True)
+    def cli(**_):
+        errors = []
+        for kwargs in (dict(width=90, height=64), dict(width=32, height=32, seed=2 ** 64 - 1, num=3),
+                       dict(width=0, height=32)):
+            try:
+                pipe.prepare(**kwargs)
+            except GenerationError as err:
+                errors.append(render(err))
+        click.echo(json.dumps(errors))
+
+    from click.testing import CliRunner
+
+    lines = json.loads(CliRunner().invoke(cli, []).output)
+    assert lines[0].endswith("nearest valid sizes: 96x64, 80x64 (or pass --snap)")
+    assert lines[1].startswith("--seed 18446744073709551615 with --num 3 needs seeds up to")
+    assert lines[2] == "--width must be positive, got 0"
+    # a front end without the option keeps the engine's words, with no other layer's flag in them
+    with pytest.raises(BadRequest) as err:
+        resolve(pipe, parse_body(b'{"width": 90, "height": 64}'), Limits())
+    assert err.value.status == 422 and str(err.value).endswith("nearest valid sizes: 96x64, 80x64")
+
+
+def test_server_policy_limits_read_as_the_engines_own(pipe):
+    policy = Limits(max_steps=1000, max_cfg=20.0)
+    with pytest.raises(BadRequest, match=r"^steps must be a whole number from 1 to 1,000, got 1001$"):
+        resolve(pipe, parse_body(b'{"steps": 1001}'), policy)
+    with pytest.raises(BadRequest, match=r"^cfg must be a number from 0 to 20, got 21$"):
+        resolve(pipe, parse_body(b'{"cfg": 21}'), policy)
+    assert resolve(pipe, parse_body(b'{"steps": 1001}'), Limits()).settings.sampler.steps == 1001
+    with pytest.raises(GenerationError, match=f"from 1 to {MAX_STEPS:,}"):
+        pipe.prepare(32, 32, steps=MAX_STEPS + 1)
+    assert model_info(pipe, policy)["limits"] == {"max_steps": 1000, "max_cfg": 20.0, "max_body_bytes": 16384}
+    with pytest.raises(ValueError, match="max_steps"):
+        Limits(max_steps=MAX_STEPS + 1)
+
+
+def test_threads_reach_every_backend_that_takes_them(tmp_path, monkeypatch):
+    seen = {}
+
+    class CpuBackend:
+        def __init__(self, package, *, threads: int = 0, **_):
+            seen["cpu"] = threads
+
+    class GpuBackend:
+        def __init__(self, package, *, manifest=None, verify=True, graph="transformer", precision=None):
+            seen["gpu"] = "created"
+
+    import engines.backends as backends
+
+    for name, factory in (("test-cpu", CpuBackend), ("test-gpu", GpuBackend)):
+        monkeypatch.setitem(backends._REGISTRY, name, factory)
+    create_backend("test-cpu", tmp_path, threads=3)
+    create_backend("test-gpu", tmp_path, threads=3)            # no CPU threads: ignored, not an error
+    assert seen == {"cpu": 3, "gpu": "created"}
+    with engines.load(None, threads=1) as p:
+        assert p.backend.session.get_session_options().intra_op_num_threads == 1
+        assert p.vae.session.get_session_options().intra_op_num_threads == 1
