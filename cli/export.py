@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from cli.common import BACKEND, Group, Named, UserError, user_errors
+from cli.common import BACKEND, Group, Named, UserError, check_writable, user_errors
 from cli.trt import build, trt_check
 from engines.buckets import BucketError, parse_sizes
 from engines.contract import PRECISIONS
@@ -103,8 +103,8 @@ def onnx_command(config, checkpoint, random_weights, out, precision, vae, name, 
               "bf16; TensorRT: which engines, default the newest matching build).")
 def validate_command(package, checkpoint, report, providers, methods, e2e_steps, backend, precision):
     """Compare the package's ONNX graph or TensorRT engines with the PyTorch reference; exit 1 on a failure."""
-    if report and not os.access(os.path.dirname(os.path.abspath(report)), os.W_OK):
-        raise UserError(f"cannot write the report {report}: its directory is missing or not writable")
+    if report:
+        check_writable(report)
     errors = _user_errors()
     with user_errors(*errors):
         from fit_export.validate import validate_package
@@ -145,9 +145,6 @@ def quantize_command(package, out, mode, per_channel, calibration_images, keep_d
     from fit_export.onnx_export import ExportError
     from fit_export.ort_format import OrtFormatError
     from fit_export.quantize import QuantizeError, quantize_package
-    if os.path.isdir(os.path.dirname(os.path.abspath(out))) and \
-            not os.access(os.path.dirname(os.path.abspath(out)), os.W_OK | os.X_OK):
-        raise UserError(f"cannot write {out}: its folder is not writable")
     with user_errors(QuantizeError, OrtFormatError, ExportError, PackageError, OSError):
         entry = quantize_package(package, out, mode=mode, per_channel=per_channel,
                                  calibration_images=calibration_images, force=force, keep_default=keep_default,
@@ -166,8 +163,9 @@ def quantize_command(package, out, mode, per_channel, calibration_images, keep_d
 def ort_optimize_command(package):
     """Add transformer.ort.onnx (opset 23: attention and RoPE as fused ops, tuned for ONNX Runtime) to a fp32
     package; the ONNX Runtime backend runs it instead of transformer.onnx, which stays unchanged for TensorRT."""
+    from fit_export.onnx_export import ExportError
     from fit_export.tune import TuneError, optimize_package
-    with user_errors(TuneError, PackageError):
+    with user_errors(TuneError, PackageError, ExportError):
         entry = optimize_package(package)
     check = entry["check"]
     click.echo(f"wrote {os.path.join(package, entry['file'])}: {entry['fused_attention']} attention blocks and "
@@ -181,8 +179,9 @@ def ort_optimize_command(package):
 def ov_optimize_command(package):
     """Add transformer.ov.onnx (the interleaved RoPE rotation as one MatMul, which OpenVINO runs faster, notably in
     bf16) to a fp32 package; the OpenVINO backend runs it instead of transformer.onnx, which stays unchanged."""
+    from fit_export.onnx_export import ExportError
     from fit_export.tune import TuneError, optimize_package
-    with user_errors(TuneError, PackageError):
+    with user_errors(TuneError, PackageError, ExportError):
         entry = optimize_package(package, runtime="openvino")
     check = entry["check"]
     click.echo(f"wrote {os.path.join(package, entry['file'])}: {entry['fused_rotary']} RoPE rotations as MatMul; "

@@ -1,26 +1,21 @@
 """Model packages: export a FiT (and optionally its VAE decoder) into a self-describing directory.
 
-The directory is built in a hidden sibling (``.NAME.tmp-PID-XXXXXXXX``) and put into place at the end with
-:func:`engines.atomic.replace_folder`, so a failed or killed export never leaves a partial package at ``NAME``, and
-``--force`` swaps an existing package for the new one only once the new one is complete (atomically on Linux;
-elsewhere a kill between two renames is undone by the next export or load). Leftovers of killed exports are
-removed by the next export to the same place (:func:`engines.atomic.recover_folder`).
+The package is written through :func:`fit_export.package_writer.new_package`: built in a hidden sibling draft and
+put in place only once complete, so a failed or killed export never leaves a partial package at ``NAME``, and
+``--force`` swaps an existing package for the new one in one step.
 """
 from __future__ import annotations
 
 import copy
-import errno
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
 
 from engines import manifest as mf
-from engines.package import file_entries, now_utc, sha256_file, write_manifest
-from engines.atomic import recover_folder, replace_folder, temporary_folder
+from engines.package import now_utc, sha256_file
 from engines.buckets import Bucket, BucketError, smallest_bucket, tokens_for_size
 from engines.sampler import SamplerSettings
 from engines.rope import EXTRAPOLATIONS
@@ -29,6 +24,7 @@ from fit.loading import CheckpointError, load_model
 from fit.model import FiT
 from fit_export.onnx_export import (DEFAULT_OPSET, FP32_OPS, ExportError, export_transformer, export_vae_decoder,
                                     graph_contract, load_vae, run_vae_reference, vae_downsample)
+from fit_export.package_writer import new_package
 
 TRANSFORMER_FILE = "transformer.onnx"
 VAE_FILE = "vae_decoder.onnx"
@@ -61,55 +57,47 @@ def export_package(model_or_config: Union[FiT, FiTConfig, str, dict], checkpoint
     nothing is left at ``out_dir`` on failure.
     """
     out_dir = Path(out_dir)
-    recover_folder(out_dir)
-    _check_destination(out_dir, force)
-    if isinstance(model_or_config, FiT):
-        if checkpoint is not None:
-            raise ExportError("pass either a FiT model or a config with a checkpoint, not a model and a checkpoint")
-        model = model_or_config
-        if any(p.device.type != "cpu" for p in model.parameters()):
-            # The graph is device-independent and the export traces CPU example inputs: export a CPU copy,
-            # leaving the caller's model where it is.
-            model = copy.deepcopy(model).cpu()
-    else:
-        model = load_model(model_or_config, checkpoint)
-    cfg = model.config
-    name = name or (model_or_config if isinstance(model_or_config, str) and not os.path.exists(model_or_config)
-                    else out_dir.name)
-    if class_names is not None and len(class_names) != cfg.num_classes:
-        raise ExportError(f"{len(class_names)} class names given for a model with {cfg.num_classes} classes")
-    try:
-        sampler_defaults = SamplerSettings(default_sampler, default_steps)
-    except ValueError as e:
-        raise ExportError(str(e)) from None
-    if not default_cfg >= 0:
-        raise ExportError(f"the default guidance scale must be >= 0, got {default_cfg}")
-    vae = load_vae(vae_dir) if vae_dir is not None else None
-    sizes_section = describe_sizes(cfg, vae, sizes, buckets)         # bad sizes fail before the slow export
+    with new_package(out_dir, force=force) as draft:
+        if isinstance(model_or_config, FiT):
+            if checkpoint is not None:
+                raise ExportError("pass either a FiT model or a config with a checkpoint, not a model and a checkpoint")
+            model = model_or_config
+            if any(p.device.type != "cpu" for p in model.parameters()):
+                # The graph is device-independent and the export traces CPU example inputs: export a CPU copy,
+                # leaving the caller's model where it is.
+                model = copy.deepcopy(model).cpu()
+        else:
+            model = load_model(model_or_config, checkpoint)
+        cfg = model.config
+        name = name or (model_or_config if isinstance(model_or_config, str) and not os.path.exists(model_or_config)
+                        else out_dir.name)
+        if class_names is not None and len(class_names) != cfg.num_classes:
+            raise ExportError(f"{len(class_names)} class names given for a model with {cfg.num_classes} classes")
+        try:
+            sampler_defaults = SamplerSettings(default_sampler, default_steps)
+        except ValueError as e:
+            raise ExportError(str(e)) from None
+        if not default_cfg >= 0:
+            raise ExportError(f"the default guidance scale must be >= 0, got {default_cfg}")
+        vae = load_vae(vae_dir) if vae_dir is not None else None
+        sizes_section = describe_sizes(cfg, vae, sizes, buckets)         # bad sizes fail before the slow export
 
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        work = temporary_folder(out_dir)
-    except OSError as e:
-        raise ExportError(f"cannot write to {out_dir.parent}: {e.strerror}") from None
-    try:
-        transformer = export_transformer(model, work / TRANSFORMER_FILE, precision, opset)
-        files = [TRANSFORMER_FILE] + ([transformer["external_data"]] if transformer["external_data"] else [])
+        transformer = export_transformer(model, draft.add(TRANSFORMER_FILE), precision, opset)
+        if transformer["external_data"]:
+            draft.add(transformer["external_data"])
         vae_entry = None
         if vae is not None:
-            vae_entry = export_vae_decoder(vae, work / VAE_FILE, opset)
-            vae_entry["check"] = check_vae_decoder(vae, work / VAE_FILE)
-            files.append(VAE_FILE)
+            vae_entry = export_vae_decoder(vae, draft.add(VAE_FILE), opset)
+            vae_entry["check"] = check_vae_decoder(vae, draft.path / VAE_FILE)
         reference = {"weights": None, "checkpoint": None, "checkpoint_sha256": None}
         if checkpoint is not None:
             reference.update(checkpoint=Path(checkpoint).name, checkpoint_sha256=sha256_file(checkpoint))
         if include_weights:
             from safetensors.torch import save_file
             save_file({k: v.detach().float().contiguous() for k, v in model.state_dict().items()},
-                      str(work / WEIGHTS_FILE))
+                      str(draft.add(WEIGHTS_FILE)))
             reference["weights"] = WEIGHTS_FILE
-            files.append(WEIGHTS_FILE)
-        doc = mf.Manifest(
+        draft.manifest = mf.Manifest(
             name=str(name), created=now_utc(), model=describe_model(cfg, class_names),
             latent=describe_latent(cfg, vae), transformer=describe_transformer(model, transformer),
             vae_decoder=mf.VaeDecoderSection.from_dict(vae_entry, "vae_decoder") if vae_entry else None,
@@ -117,18 +105,7 @@ def export_package(model_or_config: Union[FiT, FiTConfig, str, dict], checkpoint
             sampler=mf.SamplerSection(sampler_defaults.method, sampler_defaults.steps, sampler_defaults.atol,
                                       sampler_defaults.rtol, float(cfg.time_shifting)),
             rope=describe_rope(cfg), sizes=sizes_section, reference=mf.ReferenceSection(**reference),
-            files=file_entries(work, files))
-        write_manifest(work, doc)
-        _publish_permissions(work)
-        _move_into_place(work, out_dir, force)
-    except OSError as e:                   # a full disk, a folder that became unwritable: nothing is left behind
-        shutil.rmtree(work, ignore_errors=True)
-        raise ExportError(f"cannot write the package {out_dir}: {e.strerror or e}"
-                          + (f" ({shutil.disk_usage(out_dir.parent).free / 2 ** 20:.1f} MiB free there)"
-                             if e.errno == errno.ENOSPC else "")) from None
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+            files=draft.files)
     return out_dir
 
 
@@ -234,36 +211,6 @@ def check_vae_decoder(vae, path) -> dict:
         raise ExportError(f"exported VAE decoder differs from diffusers: max abs error {worst:.2e} of the output "
                           f"scale (tolerance {VAE_TOLERANCE:g})")
     return {"max_abs_relative_to_scale": worst, "tolerance": VAE_TOLERANCE}
-
-
-def _publish_permissions(work: Path) -> None:
-    """temporary_folder and safetensors create private files; give the package the usual umask-based modes."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(work, 0o777 & ~umask)
-    for path in work.iterdir():
-        os.chmod(path, 0o666 & ~umask)
-
-
-def _check_destination(out_dir: Path, force: bool) -> None:
-    if not out_dir.exists() and not out_dir.is_symlink():
-        return
-    if not force:
-        raise ExportError(f"output {out_dir} already exists; pass --force to replace it")
-    if out_dir.is_symlink() or not out_dir.is_dir():
-        raise ExportError(f"output {out_dir} exists and is not a directory; refusing to replace it even with --force")
-    if any(out_dir.iterdir()) and not (out_dir / mf.MANIFEST_NAME).is_file():
-        raise ExportError(f"output {out_dir} is a non-empty directory that is not a model package; "
-                          f"refusing to replace it even with --force")
-    if not os.access(out_dir.parent, os.W_OK):
-        raise ExportError(f"cannot replace {out_dir}: its directory is not writable")
-
-
-def _move_into_place(work: Path, out_dir: Path, force: bool) -> None:
-    """Put the finished package in place; an existing one is replaced (with ``force``) in one step."""
-    if out_dir.exists() and not force:
-        raise ExportError(f"output {out_dir} appeared during the export; pass --force to replace it")
-    replace_folder(work, out_dir)
 
 
 __all__ = ["export_package", "ExportError", "ConfigError", "CheckpointError", "TRANSFORMER_FILE", "VAE_FILE",

@@ -22,21 +22,22 @@ package's fp32 variant as the reference: per-case and per-step cosine, end-to-en
 procedural shapes (the default model) also the shape classifier's accuracy at the training sizes for int8 and
 fp32 side by side.
 
-The package is built in a temporary folder next to ``out`` and renamed into place when complete.
+The package is written with :func:`fit_export.package_writer.new_package`: built in a draft next to ``out`` and
+put in place when complete.
 """
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
 from engines import manifest as mf
-from engines.package import file_entries, load_manifest, now_utc, write_manifest
+from engines.atomic import recover_folder
+from engines.package import load_manifest, now_utc
 from engines.backends import Backend
+from fit_export.package_writer import new_package
 
 INT8_FILE = "transformer.int8.onnx"
 INT8_VARIANT = "int8"
@@ -236,9 +237,8 @@ def quantize_package(package, out, mode: str = "dynamic", per_channel: bool = Fa
     Raises QuantizeError, engines.manifest.PackageError or fit_export.onnx_export.ExportError; nothing is left at
     ``out`` on failure and an existing package there stays as it was.
     """
-    from fit_export.package import _check_destination, _move_into_place, _publish_permissions
-
     package, out = Path(package), Path(out)
+    recover_folder(package)                  # a replacement of the package killed half-way is put back first
     doc = load_manifest(package, verify=True)
     transformer = doc.transformer
     if transformer.precision != "fp32":
@@ -249,54 +249,35 @@ def quantize_package(package, out, mode: str = "dynamic", per_channel: bool = Fa
         raise QuantizeError(f"unknown mode {mode!r}; choose one of {', '.join(mf.QUANTIZATION_MODES)}")
     if out.resolve() == package.resolve():
         raise QuantizeError("--out must differ from the package it quantizes")
-    _check_destination(out, force)
     source = transformer.select("onnxruntime", "fp32") if source is None else transformer.variant(source)
     if source.precision != "fp32":
         raise QuantizeError(f"--from {source.name}: quantize starts from an fp32 variant, not {source.precision}")
-    calibration = None
-    feeds = None
-    if mode == "static":
-        progress(f"recording calibration activations from {calibration_images} sampled images")
-        recorded = record_calibration(package, calibration_images, seed)
-        feeds = recorded.pop("feeds")
-        calibration = dict(recorded, images=calibration_images, evaluations=len(feeds), method="minmax")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    except OSError as e:
-        raise QuantizeError(f"cannot write to {out.parent}: {e.strerror}") from None
-    try:
-        for name in doc.files:
-            (work / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(package / name, work / name)
+    with new_package(out, force=force, base=package) as draft:
+        calibration = feeds = None
+        if mode == "static":
+            progress(f"recording calibration activations from {calibration_images} sampled images")
+            recorded = record_calibration(package, calibration_images, seed)
+            feeds = recorded.pop("feeds")
+            calibration = dict(recorded, images=calibration_images, evaluations=len(feeds), method="minmax")
         progress(f"quantizing {source.file} ({mode}{', per channel' if per_channel else ''})")
-        settings = quantize_graph(work / source.file, work / INT8_FILE, mode, per_channel, feeds)
+        settings = quantize_graph(draft.path / source.file, draft.add(INT8_FILE), mode, per_channel, feeds)
         settings.update(source=source.name, calibration=calibration)
         variant = mf.VariantSection(name=INT8_VARIANT, file=INT8_FILE, precision="int8", runtime=source.runtime,
-                                    opset=max((o.version for o in _opsets(work / INT8_FILE)), default=None),
+                                    opset=max((o.version for o in _opsets(draft.path / INT8_FILE)), default=None),
                                     source=source.name, quantization=settings)
-        variants = transformer.variants + (variant,)
-        files = dict(doc.files, **file_entries(work, [INT8_FILE]))
-        default = transformer.default_variant if keep_default else INT8_VARIANT
-        doc = doc.replace(created=now_utc(), files=files,
-                          transformer=dataclasses.replace(transformer, variants=variants, default_variant=default))
-        write_manifest(work, doc)
         if ort_format:
             from fit_export.ort_format import write_ort_format
             progress("writing the ORT-format model and its operator configuration")
-            extra = write_ort_format(work / INT8_FILE)
+            extra = write_ort_format(draft.path / INT8_FILE)
+            for name in extra.values():
+                draft.add(name)
             variant = dataclasses.replace(variant, **extra)
-            doc = _with_variant(doc, variant, file_entries(work, [extra["ort_format"], extra["operator_config"]]))
-            write_manifest(work, doc)
-        if validate:
-            variant = dataclasses.replace(variant, validation=validation_record(work, accuracy, progress, seed))
-            doc = _with_variant(doc, variant, {})
-            write_manifest(work, doc)
-        _publish_permissions(work)
-        _move_into_place(work, out, force)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        default = transformer.default_variant if keep_default else INT8_VARIANT
+        draft.manifest = doc.replace(created=now_utc(), files=draft.files, transformer=dataclasses.replace(
+            transformer, variants=transformer.variants + (variant,), default_variant=default))
+        if validate:                                     # reads the draft: the package as it will be
+            variant = dataclasses.replace(variant, validation=validation_record(draft.path, accuracy, progress, seed))
+            draft.manifest = _with_variant(draft.manifest, variant)
     return variant.to_dict()
 
 
@@ -306,10 +287,9 @@ def _opsets(path):
     return [o for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx")]
 
 
-def _with_variant(doc: mf.Manifest, variant: mf.VariantSection, files: dict) -> mf.Manifest:
+def _with_variant(doc: mf.Manifest, variant: mf.VariantSection) -> mf.Manifest:
     variants = tuple(variant if v.name == variant.name else v for v in doc.transformer.variants)
-    return doc.replace(transformer=dataclasses.replace(doc.transformer, variants=variants),
-                       files=dict(doc.files, **files))
+    return doc.replace(transformer=dataclasses.replace(doc.transformer, variants=variants))
 
 
 def validation_record(package, accuracy: bool = True, progress: Callable[[str], None] = lambda m: None,

@@ -43,10 +43,10 @@ import onnx
 from onnx import helper, numpy_helper
 
 from engines import manifest as mf
-from engines.package import file_entries, load_manifest, write_manifest
-from engines.atomic import atomic_file, recover_folder
+from engines.atomic import atomic_file
 from engines.metrics import cosine
 from fit_export.onnx_export import read_onnx
+from fit_export.package_writer import update_package
 
 ORT_FILE = "transformer.ort.onnx"
 OPENVINO_FILE = "transformer.ov.onnx"
@@ -429,26 +429,27 @@ def optimize_graph(source, target, head_dim: int, token_dim: int, runtime: str =
 
 
 def optimize_package(package, runtime: str = "onnxruntime") -> dict:
-    """Write the copy tuned for ``runtime`` into a fp32 package (``transformer.ort.onnx`` for ``onnxruntime``,
-    ``transformer.ov.onnx`` for ``openvino``), check it against ``transformer.onnx`` and record it in the manifest
+    """Add the copy tuned for ``runtime`` to a fp32 package (``transformer.ort.onnx`` for ``onnxruntime``,
+    ``transformer.ov.onnx`` for ``openvino``), checked against ``transformer.onnx`` and recorded in the manifest
     (the variant ``ort`` / ``ov`` under ``transformer.variants`` + its sha256 under ``files``). Returns that
-    manifest entry.
+    manifest entry. The package is replaced as a whole (:func:`fit_export.package_writer.update_package`), never
+    edited in place.
 
-    Raises :class:`TuneError` or :class:`engines.manifest.PackageError`.
+    Raises :class:`TuneError`, :class:`engines.manifest.PackageError` or
+    :class:`fit_export.onnx_export.ExportError` (the package's folder cannot be written).
     """
     name, file, _ = TUNED_COPIES[runtime]
     command = "ort-optimize" if runtime == "onnxruntime" else "ov-optimize"
-    package = Path(package)
-    recover_folder(package)
-    doc = load_manifest(package, verify=True)
-    transformer, model = doc.transformer, doc.model
-    if transformer.precision != "fp32":
-        raise TuneError(f"{command} rewrites fp32 packages; {package} is {transformer.precision}")
-    result = optimize_graph(package / transformer.file, package / file, model.head_dim, model.token_dim, runtime)
-    entry = mf.VariantSection(name=name, file=file, precision="fp32", runtime=runtime, source=transformer.precision,
-                              **result)
-    variants = tuple(v for v in transformer.variants if v.name != name) + (entry,)
-    files = dict(doc.files, **file_entries(package, [file]))
-    write_manifest(package, doc.replace(transformer=dataclasses.replace(transformer, variants=variants),
-                                           files=files))
+    with update_package(package) as draft:
+        doc = draft.manifest
+        transformer, model = doc.transformer, doc.model
+        if transformer.precision != "fp32":
+            raise TuneError(f"{command} rewrites fp32 packages; {package} is {transformer.precision}")
+        result = optimize_graph(draft.path / transformer.file, draft.add(file), model.head_dim, model.token_dim,
+                                runtime)
+        entry = mf.VariantSection(name=name, file=file, precision="fp32", runtime=runtime,
+                                  source=transformer.precision, **result)
+        variants = tuple(v for v in transformer.variants if v.name != name) + (entry,)
+        draft.manifest = doc.replace(transformer=dataclasses.replace(transformer, variants=variants),
+                                     files=draft.files)
     return entry.to_dict()

@@ -274,3 +274,15 @@ def test_eval_writes_its_files_atomically(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         _write_atomically(target, "second\n")
     assert target.read_text() == "first\n" and [p.name for p in tmp_path.iterdir()] == ["table.md"]
+
+
+@pytest.mark.parametrize("report, message", [("missing/report.json", "does not exist"), ("folder", "is a directory")])
+def test_validate_refuses_an_unwritable_report_before_any_work(report, message, tmp_path, monkeypatch):
+    """fit-export validate --report follows the one rule for output files (cli.common.check_writable)."""
+    from cli.export import main as export_main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder").mkdir()
+    result = CliRunner().invoke(export_main, ["validate", "no-such-package", "--report", report])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert result.stderr.startswith("fit-export: error: ") and message in result.stderr

@@ -109,7 +109,7 @@ def test_a_wrong_fusion_is_caught_and_nothing_is_written(optimized, tmp_path, mo
     with pytest.raises(TuneError, match="differs"):
         optimize_package(package)
     assert not (package / ORT_FILE).exists() and not list(package.glob(".*tmp"))
-    assert load_manifest(package).transformer.variants == ()
+    assert load_manifest(package).transformer.variants == () and [p.name for p in tmp_path.iterdir()] == ["pkg"]
 
 
 def test_external_weights_stay_shared(optimized, tmp_path):
@@ -303,3 +303,4 @@ def test_ov_optimize_refuses_a_graph_without_the_rotation(ov_optimized, tmp_path
     assert result.exit_code == 2 and result.output.count("\n") == 1
     assert "no interleaved RoPE rotation" in result.output
     assert load_manifest(package).transformer.variants == before and not list(package.glob(".*tmp"))
+    assert [p.name for p in tmp_path.iterdir()] == ["pkg"]
