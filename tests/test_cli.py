@@ -327,6 +327,7 @@ NEEDS_AN_EXTRA = [
     ("fit-train", ["prepare", "{tmp}", "{tmp}/data", "--max-tokens", "16", "--pixels"], "train"),
     ("fit-train", ["vae", "--out", "{tmp}/vae"], "train"),
     ("fit-eval", ["--checkpoint", "{tmp}/ema.safetensors", "--config", "fitv2-tiny"], "train"),
+    ("fit-serve", ["--port", "1"], "serve"),
 ]
 
 
