@@ -3,9 +3,11 @@
 Every user mistake and every click usage error prints exactly one line ``PROG: error: MESSAGE`` on stderr and
 exits 2 (PROG is the program, also for a subcommand: ``fit-export: error: ...``); a warning prints one line
 ``PROG: warning: ...``; Ctrl-C prints one line ``PROG: interrupted`` (or a command's own hint) and exits 130;
-``-h`` is ``--help`` everywhere.
+``-h`` is ``--help`` everywhere. A command that needs an optional dependency names its extra (``extra="train"``):
+a third-party module missing at run time is one line ``PROG: error: torch is not installed; pip install
+'fit-toolkit[train]'``.
 
-    @click.command(cls=Command, prog="fit-eval")       # or: @click.group(cls=Group, prog="fit-export")
+    @click.command(cls=Command, prog="fit-eval", extra="train")    # or: @click.group(cls=Group, prog="fit-export")
     def main(...):
         with user_errors(ValueError, OSError):          # these exception types are the user's mistakes
             ...
@@ -16,7 +18,7 @@ import os
 import re
 import sys
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -96,17 +98,35 @@ def render(err: BaseException) -> str:
     return message
 
 
+# fit-toolkit's own top-level packages: one of them missing is a broken install, not a missing extra
+OWN_PACKAGES = frozenset({"cli", "engines", "fit", "fit_export", "fit_serve"})
+
+
+@contextmanager
+def needs_extra(extra: str) -> Iterator[None]:
+    """Inside the block, a third-party module that is not installed is a user error naming the extra of
+    fit-toolkit that installs it: ``torch is not installed; pip install 'fit-toolkit[train]'``."""
+    try:
+        yield
+    except ModuleNotFoundError as err:
+        missing = (err.name or "").partition(".")[0]
+        if not missing or missing in OWN_PACKAGES:
+            raise
+        raise UserError(f"{missing} is not installed; pip install 'fit-toolkit[{extra}]'") from None
+
+
 _NO_ARGS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())    # click >= 8.2
 
 
 class _Conventions:
     """Shared by :class:`Command` and :class:`Group` (mixed in before the click class)."""
 
-    def __init__(self, *args, prog: str | None = None, **attrs):
+    def __init__(self, *args, prog: str | None = None, extra: str | None = None, **attrs):
         settings = dict(attrs.pop("context_settings", None) or {})
         settings.setdefault("help_option_names", list(HELP_OPTIONS))
         super().__init__(*args, context_settings=settings, **attrs)
         self.own_prog = prog
+        self.extra = extra
 
     @property
     def prog(self) -> str:
@@ -120,7 +140,8 @@ class _Conventions:
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with needs_extra(self.extra) if self.extra else nullcontext():
+                return super().invoke(ctx)
         except KeyboardInterrupt:
             raise Interrupted() from None
 
@@ -147,12 +168,13 @@ class _Conventions:
 
 
 class Command(_Conventions, click.Command):
-    """A click command with the conventions of this module. ``prog``: the program name for error lines."""
+    """A click command with the conventions of this module. ``prog``: the program name for error lines; ``extra``:
+    the fit-toolkit extra the command needs (pyproject.toml), named when one of its modules is missing."""
 
 
 class Group(_Conventions, click.Group):
     """A click group with the conventions of this module; its subcommands are :class:`Command` and report
-    errors under the group's program name."""
+    errors under the group's program name (``extra``: the one every subcommand needs)."""
 
     command_class = Command
 

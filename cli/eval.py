@@ -44,7 +44,7 @@ def _outputs(out: str) -> tuple[Path, Path]:
     return table, rows
 
 
-@click.command(cls=Command, prog="fit-eval")
+@click.command(cls=Command, prog="fit-eval", extra="train")
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
               help="EMA weights (.safetensors/.pt) or a fit-train checkpoint (its EMA is used).")
 @click.option("--config", "config_spec", help="Preset or YAML of the network. Default: config.yaml next to "

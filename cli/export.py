@@ -38,7 +38,7 @@ def _buckets(text):
     return [int(t) for t in items]
 
 
-@click.group(cls=Group, prog="fit-export")
+@click.group(cls=Group, prog="fit-export", extra="export")
 def main():
     """Export FiT models to ONNX model packages (onnx), check them against PyTorch (validate), add the ONNX
     Runtime- or OpenVINO-tuned graph (ort-optimize, ov-optimize) or an int8 variant (quantize), and build and check

@@ -9,7 +9,7 @@ from cli.common import Group, Interrupted, UserError, user_errors
 USER_ERRORS = (ValueError, OSError)   # ConfigError, DataError, CheckpointError are ValueErrors
 
 
-@click.group(cls=Group, prog="fit-train")
+@click.group(cls=Group, prog="fit-train", extra="train")
 def main():
     """Train FiTv2 flexible-resolution diffusion transformers (run), turn an image folder into training data
     (prepare), train a tiny latent autoencoder on the procedural shapes (vae)."""

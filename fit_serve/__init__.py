@@ -1,6 +1,8 @@
-"""``fit-serve``: the engines pipeline behind an HTTP API on Ray Serve, packing concurrent requests of different
-sizes into padded engine calls (docs/serving.md). Needs the ``serve`` extra (``ray[serve]``); never imports torch.
+"""The servers. ``fit-serve``: the engines pipeline behind an HTTP API on Ray Serve, packing concurrent requests of
+different sizes into padded engine calls (docs/serving.md); needs the ``serve`` extra (``ray[serve]``). ``fit-web``:
+the web page as static files (docs/javascript.md); core install. Neither imports torch.
 
-``fit_serve.batching`` (the packing rule), ``fit_serve.api`` (request parsing) and ``fit_serve.client`` (a
-small HTTP client) are plain Python; only ``fit_serve.app`` imports Ray.
+``fit_serve.batching`` (the packing rule), ``fit_serve.api`` (request parsing), ``fit_serve.client`` (a small HTTP
+client) and ``fit_serve.static_site`` (fit-web's server, standard library) are plain Python; ``fit_serve.app`` (the
+application) and ``fit_serve.launch`` (Ray's start, signals and shutdown) import Ray.
 """

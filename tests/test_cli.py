@@ -1,5 +1,11 @@
-"""One convention for every command line: help, one-line errors, exit codes, size syntax, names and choices."""
+"""One convention for every command line: help, one-line errors, exit codes, size syntax, names and choices, and the
+extra to install when a command's dependencies are missing."""
 import importlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
 import tomllib
 from pathlib import Path
 
@@ -7,7 +13,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from cli.common import BACKEND, Command, Group, Interrupted, Named, Passed, UserError, user_errors
+from cli.common import BACKEND, Command, Group, Interrupted, Named, Passed, UserError, needs_extra, user_errors
 from engines.buckets import BucketError, parse_profiles, parse_size, parse_sizes
 from engines.rope import (EXTRAPOLATION_ALIASES, EXTRAPOLATIONS, METHODS, RopeSettings, canonical_extrapolation,
                           resolve_method)
@@ -102,6 +108,15 @@ def test_interrupts_and_user_errors_end_in_one_line(error, code, line):
     result = CliRunner().invoke(_tool(error), ["go"])
     assert result.exit_code == code
     assert result.stderr == line + "\n"
+
+
+def test_a_missing_module_of_fit_toolkit_itself_is_not_a_missing_extra():
+    with pytest.raises(UserError, match=r"^torch is not installed; pip install 'fit-toolkit\[train\]'$"):
+        with needs_extra("train"):
+            raise ModuleNotFoundError("No module named 'torch.nn'", name="torch.nn")
+    with pytest.raises(ModuleNotFoundError):            # a broken install (or a bug), not the user's to fix
+        with needs_extra("train"):
+            raise ModuleNotFoundError("No module named 'engines.nothing'", name="engines.nothing")
 
 
 def test_user_errors_name_the_file_of_an_os_error():
@@ -286,3 +301,66 @@ def test_validate_refuses_an_unwritable_report_before_any_work(report, message, 
     result = CliRunner().invoke(export_main, ["validate", "no-such-package", "--report", report])
     assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
     assert result.stderr.startswith("fit-export: error: ") and message in result.stderr
+
+
+# ---- the core install: commands that need an extra say which ------------------------------------------------
+
+# Without FIT_CORE_PYTHON (the core-install venv of scripts/test.sh): this interpreter with the extras' modules
+# hidden, as they are in the core install.
+HIDE_EXTRAS = """
+import importlib.abc, sys
+class HideExtras(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "onnx", "onnx_ir", "onnxscript", "ray", "fastapi"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, HideExtras())
+"""
+
+# Each command line runs in the same process; prints [exit status, stderr] per command as JSON.
+RUN_COMMANDS = """
+import contextlib, importlib, io, json, sys
+results = []
+for module, args in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            importlib.import_module(module).main(args)
+        except SystemExit as end:
+            results.append([end.code, err.getvalue()])
+print(json.dumps(results))
+"""
+
+NEEDS_AN_EXTRA = [
+    ("fit-export", ["onnx", "--config", "fitv2-tiny", "--random-weights", "--out", "{tmp}/pkg"], "export"),
+    ("fit-export", ["validate", "{package}"], "export"),
+    ("fit-export", ["quantize", "{package}", "--out", "{tmp}/int8"], "export"),
+    ("fit-export", ["ort-optimize", "{tmp}"], "export"),
+    ("fit-export", ["ov-optimize", "{tmp}"], "export"),
+    ("fit-export", ["build", "{package}", "--dry-run"], "export"),
+    ("fit-export", ["trt-check", "{package}"], "export"),
+    ("fit-train", ["run", "--config", "fitv2-tiny", "--out", "{tmp}/run"], "train"),
+    ("fit-train", ["prepare", "{tmp}", "{tmp}/data", "--max-tokens", "16", "--pixels"], "train"),
+    ("fit-train", ["vae", "--out", "{tmp}/vae"], "train"),
+    ("fit-eval", ["--checkpoint", "{tmp}/ema.safetensors", "--config", "fitv2-tiny"], "train"),
+    ("fit-serve", ["--port", "1"], "serve"),
+]
+
+
+def test_the_core_install_names_the_extra_a_command_needs(tmp_path):
+    from engines.pipeline import DEFAULT_MODEL_DIR
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    commands = [(scripts[prog].split(":")[0], [a.format(tmp=tmp_path, package=DEFAULT_MODEL_DIR) for a in args])
+                for prog, args, _ in NEEDS_AN_EXTRA]
+    core = os.environ.get("FIT_CORE_PYTHON")
+    python, prelude = (core, "") if core else (sys.executable, HIDE_EXTRAS)
+    proc = subprocess.run([python, "-c", textwrap.dedent(prelude) + RUN_COMMANDS, json.dumps(commands)], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout)
+    assert len(results) == len(NEEDS_AN_EXTRA)
+    for (prog, args, extra), (code, stderr) in zip(NEEDS_AN_EXTRA, results):
+        [line] = stderr.splitlines()
+        assert code == 2 and line.startswith(f"{prog}: error: "), (prog, args, stderr)
+        assert line.endswith(f" is not installed; pip install 'fit-toolkit[{extra}]'"), (prog, args, line)
+    assert list(tmp_path.iterdir()) == []

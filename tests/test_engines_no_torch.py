@@ -1,4 +1,5 @@
-"""engines/ and fit-run must work without torch: import everything and generate an image with torch unavailable.
+"""engines/, fit-run and fit-web must work without torch: import everything and generate an image with torch
+unavailable.
 
 With FIT_CORE_PYTHON (scripts/test.sh: a venv holding only the core install) the check runs there; otherwise in
 this interpreter with an import hook that makes ``import torch`` fail, which catches indirect imports too.
@@ -30,6 +31,7 @@ import engines
 for info in pkgutil.iter_modules(engines.__path__):
     importlib.import_module("engines." + info.name)
 import cli.run
+import cli.web                                      # fit-web is core install too: no Ray, no torch
 from engines.pipeline import load
 with load(sys.argv[1], threads=1) as pipe:
     image = pipe.generate(width=32, height=32, label=1, seed=0, steps=2, output="array")

@@ -1,5 +1,6 @@
-"""The fit-serve command line: one-line errors, --emit-config, and Ctrl-C while requests are in flight (every
-request gets an answer or a clean connection error, the command exits 130, no Ray process is left behind)."""
+"""The fit-serve command line (cli/serve.py over fit_serve/launch.py): one-line errors before Ray starts,
+--emit-config, and Ctrl-C while requests are in flight (every request gets an answer or a clean connection error,
+the command exits 130, no Ray process is left behind)."""
 import os
 import signal
 import subprocess
@@ -36,6 +37,7 @@ def fit_serve(*args):
     (["--precision", "fp16"], "no fp16 transformer that onnxruntime can run; it holds fp32, ort, int8, ov"),
     (["--backend", "openvino", "--precision", "ort"], "transformer variant 'ort' runs on onnxruntime only"),
     (["--emit-config", "/nonexistent/folder/serve.yaml"], "does not exist"),
+    (["--address", "auto", "--metrics-port", "9100"], "--metrics-port applies to a local Ray"),
 ])
 def test_mistakes_end_in_one_line(args, message):
     result = fit_serve(*args)

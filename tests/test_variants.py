@@ -1,5 +1,7 @@
-"""Transformer variants in one package: the manifest lists them, every runtime picks the same default."""
+"""Transformer variants in one package: the manifest lists them, every runtime picks the same default, as
+docs/package-format.md#variants says."""
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -9,6 +11,8 @@ from engines.manifest import Manifest
 from engines.errors import PackageError
 from engines.package import load_manifest
 from engines.pipeline import DEFAULT_MODEL_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def doc_with(variants, default=None):
@@ -25,6 +29,8 @@ ORT = {"name": "ort", "file": "transformer.ort.onnx", "precision": "fp32", "runt
        "weights_from": "transformer.onnx"}
 INT8_ORT = {"name": "int8", "file": "transformer.int8.onnx", "precision": "int8", "runtime": "onnxruntime"}
 INT8_ANY = {"name": "int8-any", "file": "transformer.int8-any.onnx", "precision": "int8"}
+OV = {"name": "ov", "file": "transformer.ov.onnx", "precision": "fp32", "runtime": "openvino",
+      "weights_from": "transformer.onnx"}
 
 
 def test_selection_rules():
@@ -48,6 +54,42 @@ def test_default_variant_is_honoured_by_every_runtime():
     assert t.select("openvino").name == "int8-any"                 # same precision where the default cannot run
     t = Manifest.from_dict(doc_with([ORT], default="ort")).transformer
     assert t.select("tensorrt").name == "fp32" and t.select("onnxruntime").name == "ort"
+
+
+def documented_choices() -> list[list[tuple]]:
+    """The tables "what runs" of docs/package-format.md#variants: per table, (requested, tuned, backend, variant
+    name or None for refused) for every cell."""
+    text = (ROOT / "docs" / "package-format.md").read_text()
+    section = text[text.index("## Variants"):text.index("## Field reference")]
+    tables, rows = [], None
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] == "requested":
+            backends, rows = cells[1:], []
+            tables.append(rows)
+        elif rows is not None and line.startswith("|") and not cells[0].startswith("---"):
+            requested, _, tuned_off = cells[0].partition(", ")
+            for backend, cell in zip(backends, cells[1:]):
+                rows.append((None if requested == "nothing" else requested.strip("`"), tuned_off != "tuned copies off",
+                             backend, None if cell == "refused" else cell.strip("`")))
+        elif not line.startswith("|"):
+            rows = None
+    return tables
+
+
+def test_the_documented_choices_are_what_select_does():
+    default_model, int8_default = documented_choices()
+    int8_generic = dict(INT8_ANY, name="int8")
+    packages = [(default_model, load_manifest(DEFAULT_MODEL_DIR).transformer),
+                (int8_default, Manifest.from_dict(doc_with([ORT, int8_generic, OV], default="int8")).transformer)]
+    for table, transformer in packages:
+        assert table
+        for requested, tuned, backend, expected in table:
+            if expected is None:
+                with pytest.raises(PackageError):
+                    transformer.select(backend, requested, tuned=tuned)
+            else:
+                assert transformer.select(backend, requested, tuned=tuned).name == expected, (requested, backend)
 
 
 def test_manifest_refusals():

@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import { REPO } from './helpers.mjs';
 
 const WEB = join(REPO, 'web');
-/** URL prefixes the page uses and the folders fit-web serves them from (cli/web.py). */
+/** URL prefixes the page uses and the folders fit-web serves them from (fit_serve/static_site.py). */
 const SERVED = { '/web/': WEB, '/js/src/': join(REPO, 'js', 'src') };
 
 /** URL of a served repository file. */
