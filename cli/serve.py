@@ -12,8 +12,9 @@ from pathlib import Path
 
 import click
 
-from cli.common import BACKEND, Command, check_writable, user_errors
+from cli.common import Command, check_writable, runtime_options, user_errors
 from engines.errors import BackendError, PackageError
+from engines.sampler import MAX_CFG, MAX_STEPS
 
 
 @click.command(cls=Command, prog="fit-serve", extra="serve")
@@ -33,11 +34,12 @@ from engines.errors import BackendError, PackageError
               help="Waiting requests per HTTP proxy; past it requests get 503 with Retry-After.")
 @click.option("--retry-after", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Seconds a 503 tells the client to wait (Retry-After).")
-@click.option("--backend", type=BACKEND, default="onnxruntime", show_default=True)
-@click.option("--precision", default=None,
-              help="Transformer variant, as fit-run --precision: a name the package lists or a precision (fp32, "
-                   "int8, fp16; OpenVINO also bf16). Default: the package's default variant.")
-@click.option("--threads", type=click.IntRange(min=0), default=0, help="ONNX Runtime threads per replica (0 = auto).")
+@runtime_options
+@click.option("--max-steps", type=click.IntRange(1, MAX_STEPS), default=1000, show_default=True,
+              help=f"Server policy: the most sampler steps a request may ask for (the engine's own limit is "
+                   f"{MAX_STEPS:,}).")
+@click.option("--max-cfg", type=click.FloatRange(0, MAX_CFG), default=MAX_CFG, show_default=True,
+              help="Server policy: the largest guidance scale a request may ask for.")
 @click.option("--replica-cpus", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Ray CPUs each replica reserves.")
 @click.option("--address", default=None,
@@ -48,7 +50,7 @@ from engines.errors import BackendError, PackageError
 @click.option("--emit-config", type=click.Path(path_type=Path, allow_dash=True), default=None,
               help="Write the Serve config YAML (for serve deploy / serve run) to this file, - for stdout, and exit.")
 def main(package, host, port, replicas, max_batch_size, batch_wait_ms, max_batch_tokens, max_queue, retry_after,
-         backend, precision, threads, replica_cpus, address, metrics_port, emit_config):
+         backend, precision, threads, max_steps, max_cfg, replica_cpus, address, metrics_port, emit_config):
     """Serve a FiT model PACKAGE (default: the model shipped with fit-toolkit) over HTTP."""
     from fit_serve.app import ServeConfig, serve_config
     from fit_serve.launch import LaunchError, check_package, running
@@ -57,7 +59,8 @@ def main(package, host, port, replicas, max_batch_size, batch_wait_ms, max_batch
         config = ServeConfig(package=None if package is None else str(package.resolve()), backend=backend,
                              precision=precision, threads=threads, replicas=replicas, max_batch_size=max_batch_size,
                              batch_wait_ms=batch_wait_ms, max_queue=max_queue, max_batch_tokens=max_batch_tokens,
-                             retry_after_s=retry_after, replica_cpus=replica_cpus)
+                             retry_after_s=retry_after, replica_cpus=replica_cpus, max_steps=max_steps,
+                             max_cfg=max_cfg)
         manifest = check_package(config, verify=emit_config is None)
         if emit_config is not None:
             write_config(serve_config(config, host, port), emit_config)
