@@ -42,20 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from engines.metrics import cosine, psnr  # noqa: E402  (after the path set-up above)
-
-XL_FULL_DEPTH = 36
-
-
-def cpu_name() -> str:
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
+from common import ROOT, XL_FULL_DEPTH, cpu_name
+from engines.metrics import cosine, psnr  # after common, which puts the repository on the path
 
 
 def prepare_packages(name: str, work: Path, xl_depth: int) -> dict:
@@ -200,7 +188,8 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--xl-depth", type=int, default=4, help="blocks of the FiTv2-XL shape (of 36)")
+    parser.add_argument("--xl-depth", type=int, default=4,
+                        help=f"blocks of the FiTv2-XL shape (of {XL_FULL_DEPTH})")
     parser.add_argument("--repeats", type=int, default=16, help="timed calls per engine (in blocks of 4)")
     parser.add_argument("--threads", type=int, default=0, help="runtime threads (0: each runtime's default)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "edge_cpu"))

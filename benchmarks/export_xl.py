@@ -12,18 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from engines.package import load_manifest
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024           # Linux reports KiB
+from common import peak_rss_mib
+from engines.package import load_manifest  # after common, which puts the repository on the path
 
 
 def run(config: str = "fitv2-xl", depth: int | None = None, precision: str = "fp32", out_dir=None) -> dict:
@@ -37,10 +31,10 @@ def run(config: str = "fitv2-xl", depth: int | None = None, precision: str = "fp
     full_depth = cfg.depth
     if depth:
         cfg = cfg.replace(depth=depth)
-    rss_start = peak_rss_mb()
+    rss_start = peak_rss_mib()
     torch.manual_seed(0)
     model = FiT(cfg).eval()
-    rss_model = peak_rss_mb()
+    rss_model = peak_rss_mib()
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         start = time.perf_counter()
         package = export_package(model, None, Path(tmp) / "pkg", precision=precision, name=config)
@@ -54,7 +48,7 @@ def run(config: str = "fitv2-xl", depth: int | None = None, precision: str = "fp
         "parameters": parameter_count(model), "export_seconds": round(seconds, 2),
         "files": files, "transformer_bytes": onnx_bytes,
         "external_data": manifest.transformer.external_data,
-        "peak_rss_mb": round(peak_rss_mb(), 1), "rss_before_model_mb": round(rss_start, 1),
+        "peak_rss_mb": round(peak_rss_mib(), 1), "rss_before_model_mb": round(rss_start, 1),
         "rss_after_model_mb": round(rss_model, 1),
         "estimate_full_depth": None if scale == 1 else {"export_seconds": round(seconds * scale, 1),
                                                         "transformer_bytes": int(onnx_bytes * scale)},

@@ -29,17 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from edge_cpu import BLOCK, PAUSE_S, cpu_name, prepare_packages  # noqa: E402
-from engines.metrics import cosine  # noqa: E402
+from common import XL_FULL_DEPTH, cpu_name
+from edge_cpu import BLOCK, PAUSE_S, prepare_packages
+from engines.metrics import cosine  # after common, which puts the repository on the path
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--xl-depth", type=int, default=4, help="blocks of the FiTv2-XL shape (of 36)")
+    parser.add_argument("--xl-depth", type=int, default=4,
+                        help=f"blocks of the FiTv2-XL shape (of {XL_FULL_DEPTH})")
     parser.add_argument("--repeats", type=int, default=16, help="timed calls per engine (in blocks of 4)")
     parser.add_argument("--calibration", type=int, default=8, help="calibration feeds for nncf.quantize")
     args = parser.parse_args()
@@ -103,8 +101,8 @@ def main() -> None:
                     times[name].append(time.perf_counter() - start)
         reference = engines["ONNX Runtime fp32 (transformer.onnx)"](timed)
         base_ms = 1000 * statistics.median(times["ONNX Runtime fp32 (transformer.onnx)"])
-        print(f"{datetime.date.today().isoformat()}, {cpu_name()}; FiTv2-XL {args.xl_depth}/36 blocks, batch 2 x "
-              f"{tokens} tokens, median of {args.repeats} calls; onnxruntime {ort.__version__}, openvino "
+        print(f"{datetime.date.today().isoformat()}, {cpu_name()}; FiTv2-XL {args.xl_depth}/{XL_FULL_DEPTH} blocks, "
+              f"batch 2 x {tokens} tokens, median of {args.repeats} calls; onnxruntime {ort.__version__}, openvino "
               f"{ov.__version__}, nncf {nncf.__version__} (quantize {quantize_s:.0f} s, {len(calibration)} feeds)\n")
         print("| engine | per call | vs ORT fp32 | output cosine |")
         print("|---|---:|---:|---:|")

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-import numpy as np
+from common import rss_mib
 
 SETTINGS = {
     "ONNX Runtime defaults (arena, mem pattern on)": dict(memory="arena", memory_pattern=True),
@@ -26,25 +26,17 @@ SETTINGS = {
 SHAPES = [(1, 64), (2, 1024), (1, 256), (2, 576), (1, 1000), (2, 100)]
 
 
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-
-
 def measure(package: str, calls: int, options: dict) -> dict:
     from engines.backends import create_backend
 
     backend = create_backend("onnxruntime", package, threads=1, **options).activate()
-    token_dim, head_dim = backend.inputs["x"].shape[2], backend.inputs["rope_cos"].shape[2]
-    rng = np.random.default_rng(0)
+    contract = backend.manifest.graph
     trace, seconds = [], 0.0
     for i in range(calls):
         b, n = SHAPES[i % len(SHAPES)]
+        feed = contract.example_feed(b, n, seed=i)
         start = time.perf_counter()
-        backend.infer({"x": rng.standard_normal((b, n, token_dim), dtype=np.float32),
-                       "t": np.full(b, 0.5, np.float32), "y": np.zeros(b, np.int64),
-                       "rope_cos": np.ones((b, n, head_dim), np.float32),
-                       "rope_sin": np.zeros((b, n, head_dim), np.float32), "mask": np.ones((b, n), np.float32)})
+        backend.infer(feed)
         seconds += time.perf_counter() - start
         if (i + 1) % max(1, calls // 10) == 0 or i == len(SHAPES) - 1:
             trace.append((i + 1, round(rss_mib(), 1)))

@@ -45,27 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from engines.metrics import cosine, psnr  # noqa: E402  (after the path set-up above)
-
-XL_FULL_DEPTH = 36
-
-
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-
-
-def peak_rss_mib() -> float:
-    """VmHWM: this process's peak RSS. (ru_maxrss would do, but Linux carries it over from the parent across
-    fork + exec, so a child would report the benchmark parent's peak.)"""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+from common import ROOT, XL_FULL_DEPTH, cpu_name, peak_rss_mib, rss_mib
+from engines.metrics import cosine, psnr  # after common, which puts the repository on the path
 
 
 def numpy_gemm_gflops(n: int = 1024, repeats: int = 5) -> float:
@@ -81,17 +62,18 @@ def numpy_gemm_gflops(n: int = 1024, repeats: int = 5) -> float:
 # --------------------------------------------------------------------------------------------------------------
 
 def make_inputs(config: dict, batch: int, tokens: int, seed: int = 0) -> dict:
-    from engines.rope import RopeSettings, rope_tables
+    """A graph feed of ``batch`` rows, each the near-square grid isqrt(tokens) x tokens // isqrt(tokens) (every
+    token real), built without importing torch."""
+    from engines.contract import GraphContract
+    from engines.rope import RopeSettings
 
-    side = int(math.isqrt(tokens))
     head_dim = config["hidden_size"] // config["num_heads"]
-    cos, sin = rope_tables(RopeSettings(head_dim), side, tokens // side)
-    rng = np.random.default_rng(seed)
     token_dim = config["patch_size"] ** 2 * config["in_channels"]
-    return {"x": rng.standard_normal((batch, tokens, token_dim), dtype=np.float32),
-            "t": np.full(batch, 0.5, np.float32), "y": np.arange(batch, dtype=np.int64) % config["num_classes"],
-            "rope_cos": np.repeat(cos[None], batch, 0), "rope_sin": np.repeat(sin[None], batch, 0),
-            "mask": np.ones((batch, tokens), np.float32)}
+    side = math.isqrt(tokens)
+    padded = GraphContract(token_dim, token_dim, head_dim).padded_batch(
+        [(side, tokens // side)] * batch, RopeSettings(head_dim), np.arange(batch) % config["num_classes"])
+    x = np.random.default_rng(seed).standard_normal(padded.x.shape, dtype=np.float32)
+    return padded.feed(np.full(batch, 0.5), x)
 
 
 def mlp_hidden(config: dict) -> int:
@@ -229,17 +211,6 @@ def peak_gemm_gflops(threads: int, n: int = 2048) -> dict:
     return {k: round(v, 1) for k, v in rates.items()}
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -338,7 +309,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--demo-config", default="fitv2-tiny", help="preset used when no default model is shipped")
-    parser.add_argument("--xl-depth", type=int, default=2, help="blocks of the FiTv2-XL shape to run (of 36)")
+    parser.add_argument("--xl-depth", type=int, default=2,
+                        help=f"blocks of the FiTv2-XL shape to run (of {XL_FULL_DEPTH})")
     parser.add_argument("--scaling-depth", type=int, default=4,
                         help="second FiTv2-XL depth for the full-depth estimate (0: skip it and the block ceiling)")
     parser.add_argument("--batches", default="1,2")

@@ -25,11 +25,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from fit_serve.batching import Item, bucket_budget, group_key, plan_calls  # noqa: E402
-from fit_serve.client import generate  # noqa: E402
+from common import ROOT, cpu_name
+from fit_serve.batching import Item, bucket_budget, group_key, plan_calls  # after common: the repository's path
+from fit_serve.client import generate
 
 SIZES = [(64, 64), (96, 64), (80, 80), (64, 96), (112, 48), (48, 112), (96, 96), (128, 64), (64, 128), (80, 64)]
 
@@ -141,15 +139,6 @@ def run(package, clients: list[int], per_client: int, max_seconds: float, max_ba
         serve.shutdown()
         ray.shutdown()
     return results
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    except OSError:
-        names = []
-    return names[0] if names else (platform.processor() or platform.machine())
 
 
 def markdown(results: dict, engine: list[dict], meta: dict) -> str:

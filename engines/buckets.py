@@ -19,20 +19,15 @@ for every dynamic input, ``batch`` and ``seq`` ranges:
 
 With ``static`` every bucket's seq is exactly its budget (min = opt = max): the runtime pads requests up to it
 (padding is masked, so results do not change) and, when the batch range is a single value too, replays a CUDA
-graph. Imports only the standard library: training, export and the runtime all use it.
+graph. Imports only the standard library and the graph contract: training, export and the runtime all use it.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
-if TYPE_CHECKING:                                            # annotations only: this module stays import-light
-    from engines.contract import TensorSpec
-
-# The graph contract's dynamic axis names (docs/package-format.md).
-BATCH_AXIS = "batch"
-SEQ_AXIS = "seq"
+from engines.contract import GraphContract, TensorSpec
 
 
 class BucketError(ValueError):
@@ -211,21 +206,22 @@ class BucketProfile:
     seq: Range
 
     def shapes(self, inputs: Sequence[TensorSpec]) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
-        """input name -> (min shape, opt shape, max shape) of graph inputs (``engines.manifest.TensorSpec``: dynamic
+        """input name -> (min shape, opt shape, max shape) of graph inputs (``engines.contract.TensorSpec``: dynamic
         axes given by name, ``"batch"``/``"seq"``)."""
         out = {}
         for spec in inputs:
             dims = []
             for dim in spec.shape:
-                if dim == BATCH_AXIS:
+                if dim == GraphContract.BATCH:
                     dims.append(self.batch.as_list())
-                elif dim == SEQ_AXIS:
+                elif dim == GraphContract.SEQ:
                     dims.append(self.seq.as_list())
                 elif isinstance(dim, int) and dim > 0:
                     dims.append([dim] * 3)
                 else:
                     raise BucketError(f"input {spec.name!r} has axis {dim!r}; the graph contract allows only "
-                                      f"'{BATCH_AXIS}', '{SEQ_AXIS}' and fixed sizes — re-export the package")
+                                      f"'{GraphContract.BATCH}', '{GraphContract.SEQ}' and fixed sizes — re-export "
+                                      f"the package")
             out[spec.name] = tuple(tuple(d[i] for d in dims) for i in range(3))
         return out
 

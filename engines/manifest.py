@@ -3,7 +3,7 @@ exporter, every runtime, validation, TensorRT and the docs.
 
 :meth:`Manifest.from_dict` is the one reader (one set of defaults, one validation, one-line :class:`PackageError`
 messages) and :meth:`Manifest.to_dict` the one writer. Reading a package from disk (hashes, verification) is in
-engines/package.py; the graph contract in engines/contract.py; the field reference in docs/package-format.md is
+engines/package.py; the graph contracts in engines/contract.py; the field reference in docs/package-format.md is
 generated from these classes by engines/schema.py.
 
 Only the standard library is imported at module level, so any torch-free tool can read packages.
@@ -14,10 +14,13 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Mapping, Optional
+from typing import TYPE_CHECKING, ClassVar, Mapping, Optional
 
-from engines.contract import PRECISIONS, GraphContract, TensorSpec
+from engines.contract import PRECISIONS, GraphContract, TensorSpec, VaeDecoderContract
 from engines.errors import PackageError
+
+if TYPE_CHECKING:                                            # annotations only: this module stays import-light
+    from engines.rope import RopeSettings
 
 FORMAT = "fit-package"
 FORMAT_VERSION = 1
@@ -287,8 +290,8 @@ class VaeDecoderSection(_Section):
     opset: Optional[int] = _doc("ONNX opset", default=None)
     precision: str = _doc("`fp32`", default="fp32")
     exporter: Optional[str] = _doc("what wrote the graph", default=None)
-    inputs: tuple = _doc("`latent`", default=())
-    outputs: tuple = _doc("`image`, RGB in about [-1, 1]", default=())
+    inputs: tuple = _doc("the VAE decoder contract's input, `latent` (above)", default=())
+    outputs: tuple = _doc("its output, `image` (above)", default=())
     check: Optional[dict] = _doc("its comparison with diffusers at export time", default=None)
 
 
@@ -327,6 +330,12 @@ class RopeSection(_Section):
     online: bool = _doc("the model computes its tables per image size (informational)", default=False)
     methods: tuple = _doc("the extrapolation names runtimes accept for this package", default=())
     max_pe_len: Optional[tuple] = _doc("official max_pe_len_h, max_pe_len_w (informational)", default=None)
+
+    def settings(self) -> "RopeSettings":
+        """The model's own RoPE settings (engines.rope); ValueError for settings engines.rope cannot build."""
+        from engines.rope import RopeSettings
+
+        return RopeSettings(self.head_dim, self.theta, self.method, self.decouple, self.ori_max_pe_len)
 
 
 @dataclass(frozen=True)
@@ -405,7 +414,10 @@ class Manifest(_Section):
             files[name] = entry if isinstance(entry, FileEntry) else FileEntry.from_dict(entry, f"files[{name!r}]")
         object.__setattr__(self, "files", files)
         GraphContract.check_names((s.name for s in self.transformer.inputs), (s.name for s in self.transformer.outputs),
-                               "transformer")
+                                  "transformer")
+        vae = self.vae_decoder
+        if vae is not None and (vae.inputs or vae.outputs):
+            VaeDecoderContract.check_names((s.name for s in vae.inputs), (s.name for s in vae.outputs), "vae_decoder")
         for name in self.referenced_files():
             if name not in files:
                 raise PackageError(f"{name} is referenced but not listed under files")
@@ -415,6 +427,13 @@ class Manifest(_Section):
         """The transformer's graph contract."""
         m = self.model
         return GraphContract(m.token_dim, m.out_token_dim, m.head_dim, self.transformer.precision)
+
+    @property
+    def vae_graph(self) -> Optional[VaeDecoderContract]:
+        """The VAE decoder's graph contract, or None for a package without one."""
+        if self.vae_decoder is None:
+            return None
+        return VaeDecoderContract(self.model.latent_channels, self.latent.downsample)
 
     def runtime_files(self, backend: str, precision: Optional[str] = None) -> list[str]:
         """The files ``backend`` opens to generate with ``precision`` (see :meth:`TransformerSection.select`): the

@@ -19,10 +19,11 @@ import numpy as np
 from engines import noise as portable_noise
 from engines.atomic import recover_folder
 from engines.backends import Backend, create_backend, resolve_backend_name
+from engines.contract import patchify
 from engines.errors import BackendError, PackageError
 from engines.manifest import Manifest
 from engines.package import load_manifest
-from engines.rope import EXTRAPOLATIONS, RopeSettings, canonical_extrapolation, extrapolation_name, rope_tables
+from engines.rope import EXTRAPOLATIONS, canonical_extrapolation, extrapolation_name
 from engines.request import ENGINE_LIMITS, GenerationError, GenerationSettings, Job, Jobs, Limits, Request
 from engines.sampler import SAMPLERS, Callback, SamplerSettings, SettingError, check_cfg, check_steps, guide, integrate
 
@@ -114,7 +115,7 @@ class Pipeline:
         self.default_size = tuple(manifest.sizes.default)
         self.train_side = rope.ori_max_pe_len or math.isqrt(manifest.sizes.train_token_budget)
         try:
-            self.rope = RopeSettings(rope.head_dim, rope.theta, rope.method, rope.decouple, rope.ori_max_pe_len)
+            self.rope = rope.settings()
         except ValueError as err:
             raise PackageError(f"package {self.directory}: manifest.json is not usable (rope: {err}); "
                                f"re-export the package") from None
@@ -284,26 +285,25 @@ class Pipeline:
         if len({s.loop_key() for s in per_row}) != 1:
             raise GenerationError("jobs sampled together need one sampler, step count and guidance on/off")
         first = per_row[0]
-        batch = PaddedBatch(requests, self, [s.rope for s in per_row],
-                            noise if noise is not None else [self.noise(r) for r in requests])
         use_cfg = first.guided and any(r.label is not None for r in requests)
+        p, d = self.patch_size, self.downsample
+        noise = noise if noise is not None else [self.noise(r) for r in requests]
+        batch = self.contract.padded_batch(
+            [(r.height // (d * p), r.width // (d * p)) for r in requests], [s.rope for s in per_row],
+            [self.null_class if r.label is None else r.label for r in requests],
+            [patchify(np.asarray(z, dtype=F32), p) for z in noise], null_class=self.null_class if use_cfg else None)
         cfg = np.array([s.cfg for s in per_row], dtype=np.float64)
-        feed = batch.feed(self.null_class, use_cfg)
         out_name = self.contract.OUTPUT_NAMES[0]
 
         def velocity(x: np.ndarray, t: np.ndarray) -> np.ndarray:
-            if use_cfg:
-                feed.update(x=np.concatenate([x, x]), t=np.concatenate([t, t]))
-                out = self.backend.infer(feed)[out_name].astype(F32, copy=False)
-                return guide(out, cfg, t, self.guided_channels, first.scale_pow)
-            feed.update(x=x, t=t)
-            return self.backend.infer(feed)[out_name].astype(F32, copy=False)
+            out = self.backend.infer(batch.feed(t, x))[out_name].astype(F32, copy=False)
+            return guide(out, cfg, t, self.guided_channels, first.scale_pow) if use_cfg else out
 
         seeds = [int(r.seed) for r in requests]
         with np.errstate(over="ignore", invalid="ignore"):      # overflow is reported below, in one line
             x = integrate(velocity, batch.x, first.sampler, draw=portable_noise.sde_draw(seeds, batch.lengths),
                           callback=callback)
-        latents = batch.unpack(x)
+        latents = batch.unpack(x, p)
         for request, settings_used, latent in zip(requests, per_row, latents):
             if not np.isfinite(latent).all():
                 raise GenerationError(f"sampling seed {request.seed} gave non-finite latents (float32 overflow), "
@@ -319,8 +319,8 @@ class Pipeline:
         elif self.vae is not None:
             scaled = self.manifest.vae_decoder.input_is_scaled
             z = latent if scaled else latent / F32(self.scaling_factor)
-            name = next(iter(self.vae.inputs))
-            rgb = next(iter(self.vae.infer({name: z[None]}).values()))[0].astype(F32)
+            contract = self.manifest.vae_graph
+            rgb = self.vae.infer(contract.feed(latent=z[None]))[contract.OUTPUT_NAMES[0]][0].astype(F32)
         else:
             rgb = self._preview(latent)
         if not np.isfinite(rgb).all():
@@ -373,56 +373,5 @@ class Pipeline:
         return to_pil(image, self.parameters(job))
 
 
-class PaddedBatch:
-    """Requests of different sizes as one (B, N_max) token batch: tokens, mask, labels and RoPE tables."""
-
-    def __init__(self, requests: Sequence[Request], pipe: Pipeline, rope: Sequence[RopeSettings],
-                 noise: Sequence[np.ndarray]):
-        p, d = pipe.patch_size, pipe.downsample
-        self.p = p
-        self.grids = [(r.height // (d * p), r.width // (d * p)) for r in requests]
-        self.lengths = [h * w for h, w in self.grids]
-        b, n = len(requests), max(self.lengths)
-        self.x = np.zeros((b, n, pipe.channels * p * p), dtype=F32)
-        self.mask = np.zeros((b, n), dtype=F32)
-        self.cos = np.zeros((b, n, pipe.rope.head_dim), dtype=F32)
-        self.sin = np.zeros((b, n, pipe.rope.head_dim), dtype=F32)
-        for i, ((h, w), length) in enumerate(zip(self.grids, self.lengths)):
-            self.x[i, :length] = patchify(np.asarray(noise[i], dtype=F32), p)
-            self.mask[i, :length] = 1
-            self.cos[i, :length], self.sin[i, :length] = rope_tables(rope[i], h, w)
-        self.y = np.array([pipe.null_class if r.label is None else r.label for r in requests], dtype=np.int64)
-
-    def feed(self, null_class: int, cfg: bool) -> dict[str, np.ndarray]:
-        """The per-call constant inputs, doubled into [cond; uncond] halves for CFG."""
-        if not cfg:
-            return {"y": self.y, "rope_cos": self.cos, "rope_sin": self.sin, "mask": self.mask}
-        null = np.full_like(self.y, null_class)
-        return {"y": np.concatenate([self.y, null]), "rope_cos": np.concatenate([self.cos, self.cos]),
-                "rope_sin": np.concatenate([self.sin, self.sin]), "mask": np.concatenate([self.mask, self.mask])}
-
-    def unpack(self, x: np.ndarray) -> list[np.ndarray]:
-        return [unpatchify(x[i, :length], h, w, self.p)
-                for i, ((h, w), length) in enumerate(zip(self.grids, self.lengths))]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Tokens <-> latents
-# ----------------------------------------------------------------------------------------------------------
-
-def patchify(latent: np.ndarray, p: int) -> np.ndarray:
-    """(C, H, W) -> (H/p * W/p, C*p*p): row-major tokens, channel order (c, p1, p2)."""
-    c, h, w = latent.shape
-    x = latent.reshape(c, h // p, p, w // p, p).transpose(1, 3, 0, 2, 4)
-    return x.reshape((h // p) * (w // p), c * p * p)
-
-
-def unpatchify(tokens: np.ndarray, h: int, w: int, p: int) -> np.ndarray:
-    """(h*w, C*p*p) tokens of an h x w patch grid -> (C, h*p, w*p)."""
-    c = tokens.shape[-1] // (p * p)
-    x = tokens.reshape(h, w, c, p, p).transpose(2, 0, 3, 1, 4)
-    return np.ascontiguousarray(x.reshape(c, h * p, w * p))
-
-
 __all__ = ["load", "Pipeline", "Request", "GenerationSettings", "GenerationError", "Job", "Jobs", "Limits", "PackageError",
-           "BackendError", "patchify", "unpatchify", "EXTRAPOLATIONS", "DEFAULT_MODEL_DIR", "SEED_LIMIT"]
+           "BackendError", "EXTRAPOLATIONS", "DEFAULT_MODEL_DIR", "SEED_LIMIT"]

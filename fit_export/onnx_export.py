@@ -18,9 +18,8 @@ import onnx_ir as ir
 import torch
 import torch.nn as nn
 
-from engines.contract import GraphContract
+from engines.contract import GraphContract, VaeDecoderContract
 from engines.errors import PackageError
-from engines.rope import rope_tables
 from fit.model import FiT
 # FP32_OPS: ops computed in float32 in fp16 graphs (the one rule of fit_export.typed, used by the fp16 export too).
 from fit_export.typed import FP32_OPS, save_model
@@ -68,34 +67,27 @@ class TransformerGraph(nn.Module):
         return out.transpose(1, 2) if channels_first else out
 
 
-def example_inputs(model: FiT, dtype=torch.float32):
+def example_inputs(model: FiT, precision: str = "fp32") -> tuple[torch.Tensor, ...]:
     """Trace inputs: batch 2, two grids of different sizes padded to one sequence (the padding path is traced).
 
     Sizes differ from anything the tests run, so a shape baked into the graph shows up as a failure.
     """
     cfg = model.config
-    grids = [(3, 5), (2, 4)]                                             # 15 and 8 tokens, padded to 15
-    n = max(h * w for h, w in grids)
-    x = torch.randn(len(grids), n, cfg.token_dim, generator=torch.Generator().manual_seed(0)).to(dtype)
-    cos = torch.zeros(len(grids), n, cfg.head_dim)
-    sin = torch.zeros_like(cos)
-    mask = torch.zeros(len(grids), n)
-    for i, (h, w) in enumerate(grids):
-        c, s = rope_tables(cfg.rope_settings(), h, w)
-        cos[i, : h * w], sin[i, : h * w], mask[i, : h * w] = torch.tensor(np.array(c)), torch.tensor(np.array(s)), 1
-    t = torch.tensor([0.25, 0.75])
-    y = torch.tensor([1, cfg.null_class], dtype=torch.long)
-    return x, t, y, cos, sin, mask
+    batch = graph_contract(model, precision).padded_batch([(3, 5), (2, 4)], cfg.rope_settings(),   # 15 and 8 tokens
+                                                          [1, cfg.null_class])
+    x = torch.randn(*batch.x.shape, generator=torch.Generator().manual_seed(0)).numpy()
+    feed = batch.feed([0.25, 0.75], x)
+    return tuple(torch.from_numpy(feed[name]) for name in GraphContract.INPUT_NAMES)
 
 
 def graph_contract(model: FiT, precision: str = "fp32") -> GraphContract:
-    """The package graph contract of a model (engines.manifest)."""
+    """The package graph contract of a model (engines.contract)."""
     cfg = model.config
     return GraphContract(cfg.token_dim, cfg.patch_size ** 2 * cfg.out_channels, cfg.head_dim, precision)
 
 
-def _dynamic_shapes(contract: GraphContract):
-    """torch.export dynamic shapes of the contract's inputs: one Dim per named axis."""
+def _dynamic_shapes(contract: GraphContract | VaeDecoderContract):
+    """torch.export dynamic shapes of a contract's inputs: one Dim per named axis."""
     dims = {name: torch.export.Dim(name) for name in contract.dynamic_axes}
     axes = contract.axes()
     return {name: {i: dims[d] for i, d in axes[name].items()} for name in contract.INPUT_NAMES}
@@ -134,9 +126,9 @@ def export_transformer(model: FiT, path, precision: str = "fp32", opset: int = D
     try:
         with torch.no_grad():
             contract = graph_contract(model, precision)
-            program = _quiet_export(graph_module, example_inputs(model, dtype), input_names=list(contract.INPUT_NAMES),
-                                    output_names=list(contract.OUTPUT_NAMES), dynamic_shapes=_dynamic_shapes(contract),
-                                    opset_version=opset, optimize=True)
+            program = _quiet_export(graph_module, example_inputs(model, precision),
+                                    input_names=list(contract.INPUT_NAMES), output_names=list(contract.OUTPUT_NAMES),
+                                    dynamic_shapes=_dynamic_shapes(contract), opset_version=opset, optimize=True)
     except Exception as e:  # torch.export raises many types; the first line names the construct
         raise ExportError(f"ONNX export failed: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from e
     finally:
@@ -214,7 +206,7 @@ def check_graph(onnx_model: ir.Model) -> None:
 #################################################################################
 
 class VaeDecoderGraph(nn.Module):
-    """VAE latent (B, C, h, w) -> image (B, 3, d*h, d*w) in about [-1, 1].
+    """VAE latent (B, C, h, w) -> image (B, 3, d*h, d*w) in about [-1, 1] (engines.contract.VaeDecoderContract).
 
     The input is the VAE's own latent: the host divides the transformer's latent by ``latent.scaling_factor``
     first (as diffusers pipelines do), so the graph is the plain decoder.
@@ -242,6 +234,9 @@ def load_vae(vae_dir):
         vae = AutoencoderKL.from_pretrained(str(directory), local_files_only=True)
     except Exception as e:
         raise ExportError(f"cannot load the VAE from {directory}: {str(e).strip().splitlines()[0]}") from None
+    if vae.config.out_channels != VaeDecoderContract.IMAGE_CHANNELS:
+        raise ExportError(f"the VAE in {directory} decodes {vae.config.out_channels}-channel images; a package's "
+                          f"decoder gives RGB ({VaeDecoderContract.IMAGE_CHANNELS} channels)")
     return vae.eval().float()
 
 
@@ -249,25 +244,28 @@ def vae_downsample(vae) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
+def vae_contract(vae) -> VaeDecoderContract:
+    """The package's VAE decoder contract for a diffusers AutoencoderKL."""
+    return VaeDecoderContract(vae.config.latent_channels, vae_downsample(vae))
+
+
 def export_vae_decoder(vae, path, opset: int = DEFAULT_OPSET) -> dict:
     """Write ``vae_decoder.onnx`` (fp32) with dynamic batch, height and width. Returns its manifest entry."""
+    contract = vae_contract(vae)
     graph_module = VaeDecoderGraph(vae).eval()
-    latent = torch.randn(2, vae.config.latent_channels, 6, 10, generator=torch.Generator().manual_seed(0))
-    dims = {"latent": {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}}
+    latent = torch.randn(2, contract.latent_channels, 6, 10, generator=torch.Generator().manual_seed(0))
     try:
         with torch.no_grad():
-            program = _quiet_export(graph_module, (latent,), input_names=["latent"], output_names=["image"],
-                                    dynamic_shapes=dims, opset_version=opset, optimize=True)
+            program = _quiet_export(graph_module, (latent,), input_names=list(contract.INPUT_NAMES),
+                                    output_names=list(contract.OUTPUT_NAMES), dynamic_shapes=_dynamic_shapes(contract),
+                                    opset_version=opset, optimize=True)
     except Exception as e:
         raise ExportError(f"VAE decoder export failed: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from e
     save_model(program.model, path)
-    d = vae_downsample(vae)
-    channels = vae.config.latent_channels
     return {"file": Path(path).name, "opset": opset, "precision": "fp32", "exporter": EXPORTER,
-            "scaling_factor": float(vae.config.scaling_factor), "input_is_scaled": False, "downsample": d,
-            "inputs": [{"name": "latent", "dtype": "float32", "shape": ["batch", channels, "height", "width"]}],
-            "outputs": [{"name": "image", "dtype": "float32",
-                         "shape": ["batch", vae.config.out_channels, f"{d}*height", f"{d}*width"]}]}
+            "scaling_factor": float(vae.config.scaling_factor), "input_is_scaled": False,
+            "downsample": contract.downsample, "inputs": [spec.to_dict() for spec in contract.inputs],
+            "outputs": [spec.to_dict() for spec in contract.outputs]}
 
 
 def run_vae_reference(vae, latent: np.ndarray) -> np.ndarray:

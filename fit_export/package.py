@@ -23,7 +23,7 @@ from fit.config import ConfigError, FiTConfig
 from fit.loading import CheckpointError, load_model
 from fit.model import FiT
 from fit_export.onnx_export import (DEFAULT_OPSET, FP32_OPS, ExportError, export_transformer, export_vae_decoder,
-                                    graph_contract, load_vae, run_vae_reference, vae_downsample)
+                                    graph_contract, load_vae, run_vae_reference, vae_contract, vae_downsample)
 from fit_export.package_writer import new_package
 
 TRANSFORMER_FILE = "transformer.onnx"
@@ -194,19 +194,27 @@ def describe_sizes(cfg: FiTConfig, vae, sizes=None, buckets=None) -> dict:
 #################################################################################
 
 def check_vae_decoder(vae, path) -> dict:
-    """Run the exported decoder on ONNX Runtime against diffusers at two latent sizes; raise on a mismatch."""
-    import onnxruntime as ort
+    """Run the exported decoder on the runtime's ONNX Runtime backend (CPU) against diffusers at two latent sizes;
+    raise on a mismatch."""
+    from engines.backends.onnxruntime import OnnxRuntimeBackend
+    from engines.errors import PackageError
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    contract = vae_contract(vae)
     rng = np.random.default_rng(0)
     worst = 0.0
-    for shape in ((1, vae.config.latent_channels, 4, 6), (2, vae.config.latent_channels, 7, 3)):
-        latent = rng.standard_normal(shape).astype(np.float32)
-        ref = run_vae_reference(vae, latent)
-        out = session.run(None, {"latent": latent})[0]
-        if out.shape != ref.shape:
-            raise ExportError(f"VAE decoder gives shape {out.shape} for latent {shape}, diffusers {ref.shape}")
-        worst = max(worst, float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-12)))
+    with OnnxRuntimeBackend(None, model_path=path, device="cpu") as decoder:
+        try:
+            contract.check_names(decoder.inputs, decoder.outputs, Path(path).name)
+        except PackageError as err:
+            raise ExportError(str(err)) from None
+        for batch, height, width in ((1, 4, 6), (2, 7, 3)):
+            latent = rng.standard_normal((batch, contract.latent_channels, height, width)).astype(np.float32)
+            ref = run_vae_reference(vae, latent)
+            out = decoder.infer(contract.feed(latent=latent))[contract.OUTPUT_NAMES[0]]
+            if out.shape != ref.shape or out.shape != contract.image_shape(batch, height, width):
+                raise ExportError(f"VAE decoder gives shape {out.shape} for latent {latent.shape}, diffusers "
+                                  f"{ref.shape}, the contract {contract.image_shape(batch, height, width)}")
+            worst = max(worst, float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-12)))
     if not worst <= VAE_TOLERANCE:
         raise ExportError(f"exported VAE decoder differs from diffusers: max abs error {worst:.2e} of the output "
                           f"scale (tolerance {VAE_TOLERANCE:g})")

@@ -37,7 +37,6 @@ from engines.buckets import (BatchRange, Bucket, BucketProfile, parse_batch,
 from engines.manifest import Manifest
 from engines.contract import TensorSpec
 from engines.package import load_manifest, sha256_file
-from engines.rope import RopeSettings, rope_tables
 from engines.backends.tensorrt.store import ENGINE_DIR, ENGINE_SUFFIX, PRECISIONS, Sidecar, engine_stem, sidecar_path, write_sidecar
 from engines.backends.tensorrt.install import GpuInfo, gpu_info, require_tensorrt
 from engines.errors import BackendError
@@ -244,19 +243,10 @@ def validation_feeds(plan: BuildPlan, seed: int = 0) -> list[dict]:
         side = max(1, int(bucket.tokens ** 0.5))
         grid = (side, bucket.tokens // side)
     grids = [grid, (max(1, grid[0] // 2), max(1, grid[1] // 2))]
-    rope = manifest.rope
-    settings = RopeSettings(rope.head_dim, rope.theta, rope.method, rope.decouple, rope.ori_max_pe_len)
-    rng = np.random.default_rng(seed)
-    n, b = grid[0] * grid[1], len(grids)
-    mask = np.zeros((b, n))
-    cos = np.zeros((b, n, rope.head_dim))
-    sin = np.zeros_like(cos)
-    for i, (h, w) in enumerate(grids):
-        mask[i, : h * w] = 1
-        cos[i, : h * w], sin[i, : h * w] = rope_tables(settings, h, w)
-    return [manifest.graph.feed(x=rng.standard_normal((b, n, manifest.model.token_dim)), t=[0.3, 0.7],
-                                y=[1 % manifest.model.num_classes, manifest.model.null_class],
-                                rope_cos=cos, rope_sin=sin, mask=mask)]
+    batch = manifest.graph.padded_batch(grids, manifest.rope.settings(),
+                                        [1 % manifest.model.num_classes, manifest.model.null_class])
+    x = np.random.default_rng(seed).standard_normal(batch.x.shape)          # padding too: the graph ignores it
+    return [batch.feed([0.3, 0.7], x)]
 
 
 def build_engines(plan: BuildPlan, log: Callable[[str], None] = None, verify_onnx: bool = True) -> list[Path]:

@@ -323,22 +323,19 @@ def remove_unused(graph: onnx.GraphProto) -> None:
 #################################################################################
 
 def check_outputs(reference_path, optimized_path, head_dim: int, token_dim: int, seed: int = 0) -> dict:
-    """Run both graphs on ONNX Runtime CPU on a padded batch (two sequences, the second one padded with
-    values of 3e4; RoPE tables laid out as the runtime's, one random angle per pair) and compare ``v``: max abs
-    relative to the output scale, and cosine."""
+    """Run both graphs on ONNX Runtime CPU on a padded batch of the graph contract (grids 4x6 and 3x4, the second
+    row padded with tokens of 3e4; the runtime's RoPE tables) and compare ``v``: max abs relative to the output
+    scale, and cosine."""
     import onnxruntime as ort
 
+    from engines.contract import GraphContract
+    from engines.rope import RopeSettings
+
     rng = np.random.default_rng(seed)
-    batch, seq, real = 2, 24, (24, 13)
-    mask = np.zeros((batch, seq), np.float32)
-    for row, n in enumerate(real):
-        mask[row, :n] = 1
-    angles = np.repeat(rng.uniform(0, 2 * np.pi, (batch, seq, head_dim // 2)), 2, axis=-1).astype(np.float32)
-    angles *= mask[..., None]
-    x = rng.standard_normal((batch, seq, token_dim), dtype=np.float32)
-    x[mask == 0] = 3e4
-    feed = {"x": x, "t": np.array([0.3, 0.8], np.float32), "y": np.array([1, 0], np.int64),
-            "rope_cos": np.cos(angles) * mask[..., None], "rope_sin": np.sin(angles) * mask[..., None], "mask": mask}
+    batch = GraphContract(token_dim, token_dim, head_dim).padded_batch([(4, 6), (3, 4)], RopeSettings(head_dim), [1, 0])
+    feed = batch.feed([0.3, 0.8], rng.standard_normal(batch.x.shape))
+    mask = feed["mask"]
+    feed["x"][mask == 0] = 3e4
     outputs = []
     for path in (reference_path, optimized_path):
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

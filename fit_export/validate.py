@@ -43,7 +43,6 @@ from engines.manifest import Manifest
 from engines.package import load_manifest, verify_files
 from engines.metrics import cosine, psnr
 from engines.pipeline import Pipeline
-from engines.rope import rope_tables
 from fit.config import FiTConfig
 from fit.flow import SamplerSettings as TorchSamplerSettings
 from fit.loading import CheckpointError, load_model, load_state_dict_strict, read_state_dict
@@ -228,23 +227,15 @@ def backend_runner(backend: Backend, name: str):
     return BackendRunner()
 
 
-def _feed(contract, settings_for, grids, labels, rng, t=None) -> dict:
-    """One graph feed for grids [(h, w)] with per-row RoPE settings, padded to the longest."""
-    n = max(h * w for h, w in grids)
-    b = len(grids)
-    x = np.zeros((b, n, contract.token_dim), np.float32)
-    mask = np.zeros((b, n), np.float32)
-    cos = np.zeros((b, n, contract.head_dim), np.float32)
-    sin = np.zeros_like(cos)
-    for i, (h, w) in enumerate(grids):
-        length = h * w
-        x[i, :length] = rng.standard_normal((length, contract.token_dim))
-        # Padding holds arbitrary finite values: the graph must ignore them.
-        x[i, length:] = rng.uniform(-50, 50, (n - length, contract.token_dim))
-        mask[i, :length] = 1
-        cos[i, :length], sin[i, :length] = rope_tables(settings_for(i), h, w)
-    t = rng.uniform(0.05, 0.95, b) if t is None else np.asarray(t)
-    return contract.feed(x=x, t=t, y=np.asarray(labels, np.int64), rope_cos=cos, rope_sin=sin, mask=mask)
+def _feed(contract, rope, grids, labels, rng, t=None) -> dict:
+    """One graph feed for grids [(h, w)] with RoPE settings (one or per row), padded to the longest; padding
+    tokens hold arbitrary finite values, which the graph must ignore."""
+    tokens = [rng.standard_normal((h * w, contract.token_dim)) for h, w in grids]
+    t = rng.uniform(0.05, 0.95, len(grids)) if t is None else t
+    feed = contract.padded_batch(grids, rope, labels, tokens).feed(t)
+    padding = feed["mask"] == 0
+    feed["x"][padding] = rng.uniform(-50, 50, (int(padding.sum()), contract.token_dim))
+    return feed
 
 
 def build_cases(manifest: Manifest, cfg: FiTConfig, methods: Optional[Sequence[str]] = None, seed: int = 0):
@@ -254,7 +245,7 @@ def build_cases(manifest: Manifest, cfg: FiTConfig, methods: Optional[Sequence[s
     g = manifest.latent.pixel_granularity
     null = manifest.model.null_class
     labels = lambda k: [int(v) for v in rng.integers(0, manifest.model.num_classes, k)]
-    own = lambda i: cfg.rope_settings()
+    own = cfg.rope_settings()
     cases = []
     all_sizes = []
     for bucket in manifest.sizes.buckets:
@@ -267,7 +258,7 @@ def build_cases(manifest: Manifest, cfg: FiTConfig, methods: Optional[Sequence[s
     for method in methods or manifest.rope.methods:
         settings = cfg.rope_settings(method)
         cases.append((f"rope {method} {extrapolated[1] * g}x{extrapolated[0] * g}",
-                      _feed(contract, lambda i: settings, [extrapolated], labels(1), rng)))
+                      _feed(contract, settings, [extrapolated], labels(1), rng)))
     default = tuple(v // g for v in reversed(manifest.sizes.default))
     cond = _feed(contract, own, [default, default], labels(1) + [null], rng, t=[0.5, 0.5])
     cond["x"][1] = cond["x"][0]

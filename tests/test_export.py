@@ -20,11 +20,10 @@ from engines.manifest import FORMAT_VERSION, Manifest
 from engines.errors import PackageError
 from engines.package import load_manifest
 from engines.metrics import cosine
-from engines.rope import rope_tables
 from fit.config import preset
 from fit.model import FiT
 from fit_export import ExportError, export_package, validate_package
-from fit_export.onnx_export import TransformerGraph
+from fit_export.onnx_export import TransformerGraph, graph_contract
 from fit_export.package import describe_sizes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,20 +57,15 @@ def package(model, tmp_path_factory):
     return export_package(model, None, tmp_path_factory.mktemp("pkg") / "tiny", include_weights=True)
 
 
-def feed(batch_grids, settings, token_dim, rng, pad_value=0.0, dtype=np.float32):
-    """A graph feed for [(h, w)] grids padded to the longest; padding tokens hold ``pad_value``."""
-    n = max(h * w for h, w in batch_grids)
-    b = len(batch_grids)
-    x = np.full((b, n, token_dim), pad_value, np.float32)
-    cos = np.zeros((b, n, settings.head_dim), np.float32)
-    sin = np.zeros_like(cos)
-    mask = np.zeros((b, n), np.float32)
-    for i, (h, w) in enumerate(batch_grids):
-        x[i, : h * w] = rng.standard_normal((h * w, token_dim))
-        cos[i, : h * w], sin[i, : h * w] = rope_tables(settings, h, w)
-        mask[i, : h * w] = 1
-    return dict(x=x.astype(dtype), t=rng.uniform(0, 1, b).astype(np.float32),
-                y=rng.integers(0, 11, b).astype(np.int64), rope_cos=cos, rope_sin=sin, mask=mask)
+def feed(model, grids, rng, pad_value=0.0, precision="fp32"):
+    """A graph feed of the model's contract for [(h, w)] grids padded to the longest; padding tokens hold
+    ``pad_value``."""
+    contract = graph_contract(model, precision)
+    tokens = [rng.standard_normal((h * w, contract.token_dim)) for h, w in grids]
+    t, labels = rng.uniform(0, 1, len(grids)), rng.integers(0, 11, len(grids))
+    f = contract.padded_batch(grids, model.config.rope_settings(), labels, tokens).feed(t)
+    f["x"][f["mask"] == 0] = pad_value
+    return f
 
 
 def torch_out(model, f):
@@ -120,9 +114,8 @@ def test_graph_runs_at_sizes_other_than_the_trace(package, model):
     """The trace used batch 2 and 15 tokens; other batches and sequence lengths must give the torch numbers."""
     session = ort.InferenceSession(str(package / "transformer.onnx"), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(1)
-    settings = model.config.rope_settings()
     for grids in ([(1, 7)], [(5, 10), (3, 3), (4, 4)], [(2, 2)] * 5, [(16, 16)]):
-        f = feed(grids, settings, 16, rng)
+        f = feed(model, grids, rng)
         out, ref = session.run(None, f)[0], torch_out(model, f)
         assert out.shape == ref.shape == (len(grids), max(h * w for h, w in grids), 16)
         assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
@@ -130,8 +123,7 @@ def test_graph_runs_at_sizes_other_than_the_trace(package, model):
 
 def test_padding_is_finite_zero_and_ignored(package, model):
     session = ort.InferenceSession(str(package / "transformer.onnx"), providers=["CPUExecutionProvider"])
-    settings = model.config.rope_settings()
-    padded = feed([(6, 6), (3, 5)], settings, 16, np.random.default_rng(2), pad_value=3e4)
+    padded = feed(model, [(6, 6), (3, 5)], np.random.default_rng(2), pad_value=3e4)
     alone = {k: v[1:2, :15] for k, v in padded.items() if k not in ("t", "y")}
     alone.update(t=padded["t"][1:], y=padded["y"][1:])
     out = session.run(None, padded)[0]
@@ -187,8 +179,7 @@ def test_fp16_export_keeps_norms_and_softmax_in_fp32(model, checkpoint, package,
         assert source.op_type == "Cast" and source.attribute[0].i == onnx.TensorProto.FLOAT, node.name
 
     session = ort.InferenceSession(str(out / "transformer.onnx"), providers=["CPUExecutionProvider"])
-    f = feed([(16, 16), (12, 21), (5, 7)], model.config.rope_settings(), 16, np.random.default_rng(3),
-             pad_value=100.0, dtype=np.float16)
+    f = feed(model, [(16, 16), (12, 21), (5, 7)], np.random.default_rng(3), pad_value=100.0, precision="fp16")
     v = session.run(None, f)[0]
     assert v.dtype == np.float16 and np.isfinite(v).all()
     assert cosine(v, torch_out(model, f)) >= 0.999
@@ -428,5 +419,5 @@ def test_external_data_when_over_the_limit(model, tmp_path, monkeypatch):
     assert set(doc["files"]) == {"transformer.onnx", "transformer.onnx.data"}
     assert (package / "transformer.onnx.data").stat().st_size > (package / "transformer.onnx").stat().st_size
     session = ort.InferenceSession(str(package / "transformer.onnx"), providers=["CPUExecutionProvider"])
-    f = feed([(4, 5)], model.config.rope_settings(), 16, np.random.default_rng(4))
+    f = feed(model, [(4, 5)], np.random.default_rng(4))
     np.testing.assert_allclose(session.run(None, f)[0], torch_out(model, f), atol=1e-5)

@@ -35,11 +35,13 @@ def test_package_with_vae_decoder(vae_dir, tmp_path):
 
     # Dynamic height/width: sizes the export never traced (it traced 6x10).
     session = ort.InferenceSession(str(package / "vae_decoder.onnx"), providers=["CPUExecutionProvider"])
+    contract = load_manifest(package).vae_graph
+    assert [i.name for i in session.get_inputs()] == ["latent"] and [o.name for o in session.get_outputs()] == ["image"]
     vae = load_vae(vae_dir)
     for shape in ((1, 4, 5, 9), (3, 4, 12, 4)):
         latent = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        out, ref = session.run(None, {"latent": latent})[0], run_vae_reference(vae, latent)
-        assert out.shape == (shape[0], 3, 2 * shape[2], 2 * shape[3])
+        out, ref = session.run(None, contract.feed(latent=latent))[0], run_vae_reference(vae, latent)
+        assert out.shape == contract.image_shape(*shape[:1], *shape[2:]) == (shape[0], 3, 2 * shape[2], 2 * shape[3])
         assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
 
     report = validate_package(package, methods=["vision-yarn"], e2e_steps=3)
@@ -51,3 +53,13 @@ def test_vae_directory_must_hold_a_diffusers_model(tmp_path):
     with pytest.raises(ExportError, match="no config.json"):
         export_package(random_tiny(0), None, tmp_path / "pkg", vae_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_vae_must_decode_rgb(tmp_path):
+    from diffusers import AutoencoderKL
+
+    AutoencoderKL(block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",),
+                  up_block_types=("UpDecoderBlock2D",), latent_channels=4, layers_per_block=1, norm_num_groups=4,
+                  sample_size=16, out_channels=1).save_pretrained(str(tmp_path / "gray"))
+    with pytest.raises(ExportError, match="1-channel images; a package's decoder gives RGB"):
+        load_vae(tmp_path / "gray")

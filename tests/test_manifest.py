@@ -44,6 +44,7 @@ def test_defaults_are_the_writers():
     (lambda d: d["sizes"].update(max_tokens="many"), "sizes.max_tokens: expected int"),
     (lambda d: d["latent"].update(space="hsv"), "latent.space must be one of"),
     (lambda d: d["transformer"]["outputs"][0].update(name="out"), "do not follow the graph contract"),
+    (lambda d: d["vae_decoder"]["inputs"][0].update(name="z"), "do not follow the VAE decoder contract"),
     (lambda d: d["files"].pop("vae_decoder.onnx"), "vae_decoder.onnx is referenced but not listed"),
     (lambda d: d["files"].update({"../x": {"sha256": "0", "bytes": 1}}), "must be relative to the package"),
     (lambda d: d["model"].update(class_names=["one"]), "1 names for 8 classes"),
@@ -87,6 +88,30 @@ def test_graph_contract():
     with engines.load(DEFAULT, threads=1) as pipe:
         assert tuple(pipe.backend.inputs) == c.INPUT_NAMES
         assert pipe.backend.infer(feed)["v"].shape == (2, 3, c.out_token_dim)
+
+
+def test_vae_decoder_contract_is_what_the_package_ships():
+    manifest = load_manifest(DEFAULT)
+    vae = manifest.vae_graph
+    assert [s.to_dict() for s in vae.inputs] == raw()["vae_decoder"]["inputs"]
+    assert [s.to_dict() for s in vae.outputs] == raw()["vae_decoder"]["outputs"]
+    with engines.load(DEFAULT, threads=1) as pipe:
+        assert tuple(pipe.vae.inputs) == vae.INPUT_NAMES and tuple(pipe.vae.outputs) == vae.OUTPUT_NAMES
+        latent = np.zeros((1, manifest.model.latent_channels, 3, 5), np.float32)
+        assert pipe.vae.infer(vae.feed(latent=latent))["image"].shape == vae.image_shape(1, 3, 5)
+    doc = raw()
+    doc["vae_decoder"] = None
+    doc["files"].pop("vae_decoder.onnx")
+    assert Manifest.from_dict(doc).vae_graph is None
+
+
+def test_rope_section_gives_the_models_settings():
+    rope = load_manifest(DEFAULT).rope
+    settings = rope.settings()
+    assert (settings.head_dim, settings.theta, settings.method, settings.decouple, settings.ori_max_pe_len) == \
+        (rope.head_dim, rope.theta, rope.method, rope.decouple, rope.ori_max_pe_len)
+    with pytest.raises(ValueError, match="unknown RoPE method"):
+        dataclasses.replace(rope, method="spiral").settings()
 
 
 def test_runtime_hashes_only_the_files_it_opens(tmp_path, monkeypatch):

@@ -10,7 +10,8 @@ import engines  # noqa: E402
 from engines.errors import BackendError, PackageError
 from engines.backends import create_backend
 from engines.package import file_entries
-from engines.pipeline import EXTRAPOLATIONS, GenerationError, Request, patchify, unpatchify
+from engines.contract import patchify, unpatchify
+from engines.pipeline import EXTRAPOLATIONS, GenerationError, Request
 from engines.png import read_parameters, save_png
 from fit import flow  # noqa: E402
 from fit.sampling import sample  # noqa: E402

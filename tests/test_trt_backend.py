@@ -83,21 +83,11 @@ def simulated(monkeypatch):
 
 
 def graph_feed(package, grids, labels, seed=0):
-    from engines.rope import RopeSettings, rope_tables
-
     manifest = load_manifest(package, verify=False)
-    rope = manifest.rope
-    settings = RopeSettings(rope.head_dim, rope.theta, rope.method, rope.decouple, rope.ori_max_pe_len)
     rng = np.random.default_rng(seed)
-    n, b = max(h * w for h, w in grids), len(grids)
-    feed = {"x": rng.standard_normal((b, n, manifest.model.token_dim)).astype(np.float32),
-            "t": rng.uniform(0.1, 0.9, b).astype(np.float32), "y": np.asarray(labels, np.int64),
-            "rope_cos": np.zeros((b, n, rope.head_dim), np.float32), "mask": np.zeros((b, n), np.float32)}
-    feed["rope_sin"] = np.zeros_like(feed["rope_cos"])
-    for i, (h, w) in enumerate(grids):
-        feed["mask"][i, : h * w] = 1
-        feed["rope_cos"][i, : h * w], feed["rope_sin"][i, : h * w] = rope_tables(settings, h, w)
-    return {k: feed[k] for k in ("x", "t", "y", "rope_cos", "rope_sin", "mask")}
+    batch = manifest.graph.padded_batch(grids, manifest.rope.settings(), labels)
+    x = rng.standard_normal(batch.x.shape)
+    return batch.feed(rng.uniform(0.1, 0.9, len(grids)), x)
 
 
 def test_simulated_backend_pads_picks_profiles_and_slices(own_package, simulated):

@@ -13,7 +13,6 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(bool(MISSING), reason="TensorRT tests need " + "; ".join(MISSING))]
 
 from engines.backends import create_backend
-from engines.rope import rope_tables  # noqa: E402
 from engines.backends.tensorrt.store import EngineMismatchError  # noqa: E402
 from engines.backends.tensorrt.install import gpu_info, tensorrt_version  # noqa: E402
 from tests.runtime_helpers import copy_package, tiny_package  # noqa: E402
@@ -32,21 +31,8 @@ def built(tmp_path_factory):
 
 def feed_for(manifest, grids, labels):
     """A padded feed for (h, w) grids, as the sampler makes it."""
-    from engines.rope import RopeSettings
-
-    rope = manifest.rope
-    settings = RopeSettings(rope.head_dim, rope.theta, rope.method, rope.decouple, rope.ori_max_pe_len)
-    n, b, c = max(h * w for h, w in grids), len(grids), manifest.model.token_dim
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((b, n, c)).astype(np.float32)
-    mask = np.zeros((b, n), np.float32)
-    cos = np.zeros((b, n, rope.head_dim), np.float32)
-    sin = np.zeros_like(cos)
-    for i, (h, w) in enumerate(grids):
-        mask[i, : h * w] = 1
-        cos[i, : h * w], sin[i, : h * w] = rope_tables(settings, h, w)
-    return {"x": x, "t": np.full(b, 0.4, np.float32), "y": np.asarray(labels, np.int64), "rope_cos": cos,
-            "rope_sin": sin, "mask": mask}
+    batch = manifest.graph.padded_batch(grids, manifest.rope.settings(), labels)
+    return batch.feed(np.full(len(grids), 0.4), np.random.default_rng(0).standard_normal(batch.x.shape))
 
 
 def test_build_writes_engine_sidecar_and_timing_cache(built):

@@ -11,8 +11,10 @@ import engines  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from cli.export import main as export_cli  # noqa: E402
 from engines.backends import create_backend
+from engines.contract import GraphContract
 from engines.package import load_manifest, sha256_file
 from engines.metrics import cosine  # noqa: E402
+from engines.rope import RopeSettings  # noqa: E402
 from fit_export import tune  # noqa: E402
 from fit_export.onnx_export import check_graph  # noqa: E402
 from fit_export.tune import ORT_FILE, TuneError, fuse_attention, optimize_package  # noqa: E402
@@ -30,19 +32,13 @@ def optimized(tmp_path_factory):
 
 
 def padded_feed(seed=0):
-    """Batch 3 with 37, 20 and 9 real tokens (padding filled with large values), random RoPE angles laid out as
-    the runtime's tables (one angle per pair of channels)."""
+    """Batch 3 of grids 1x37, 4x5 and 3x3 padded to 37 tokens (padding filled with large values), with the
+    runtime's RoPE tables."""
     rng = np.random.default_rng(seed)
-    batch, seq = 3, 37
-    mask = np.zeros((batch, seq), np.float32)
-    for row, n in enumerate((37, 20, 9)):
-        mask[row, :n] = 1
-    angles = np.repeat(rng.uniform(0, 6.3, (batch, seq, 8)), 2, axis=-1).astype(np.float32)
-    x = rng.standard_normal((batch, seq, 16), dtype=np.float32)
-    x[mask == 0] = -3e4
-    return {"x": x, "t": np.array([0.1, 0.5, 0.9], np.float32), "y": np.array([1, 4, 10]),
-            "rope_cos": np.cos(angles) * mask[..., None], "rope_sin": np.sin(angles) * mask[..., None],
-            "mask": mask}
+    batch = GraphContract(16, 16, 16).padded_batch([(1, 37), (4, 5), (3, 3)], RopeSettings(16), [1, 4, 10])
+    feed = batch.feed([0.1, 0.5, 0.9], rng.standard_normal(batch.x.shape))
+    feed["x"][feed["mask"] == 0] = -3e4
+    return feed
 
 
 def test_copy_is_recorded_and_package_graph_untouched(optimized):

@@ -57,7 +57,7 @@ class OnnxRuntimeBackend(Backend):
     optimized_model_path: where ONNX Runtime saves the optimized graph (load it later as a plain ONNX file)
     memory: "arena" (keep the arena), "shrink" (arena per call, released after it), "off" (no arena)
     memory_pattern: ONNX Runtime's per-shape allocation planning (off: shapes change every request)
-    model_path: run this ONNX file instead of the package's graph
+    model_path: run this ONNX file instead of the package's graph (``package`` may then be None)
     precision: which transformer variant to run (docs/package-format.md, *Variants*): a variant name, a precision
         (``fp32``, ``int8``, ``fp16``) or None for the manifest's default variant
     ort_optimized: among the variants of that precision prefer the one tuned for ONNX Runtime (``fit-export
@@ -99,7 +99,7 @@ class OnnxRuntimeBackend(Backend):
                     standard = manifest.transformer.select(self.name, variant.precision, tuned=False)
                     if standard.runtime is None:
                         self.fallback_path = Path(package) / standard.file
-        self.package, self.verify = Path(package), verify
+        self.package, self.verify = None if package is None else Path(package), verify
         self.manifest = manifest if model_path is None else None       # files outside the package are not listed
         self.graph = graph
         self.device = device

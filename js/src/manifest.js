@@ -8,6 +8,8 @@ export const FORMAT_VERSION = 1;
 export const MANIFEST_NAME = 'manifest.json';
 export const INPUT_NAMES = ['x', 't', 'y', 'rope_cos', 'rope_sin', 'mask'];
 export const OUTPUT_NAMES = ['v'];
+export const VAE_INPUT_NAMES = ['latent'];
+export const VAE_OUTPUT_NAMES = ['image'];
 const PRECISIONS = ['fp32', 'fp16'];
 const LATENT_SPACES = ['sd-vae', 'pixel'];
 
@@ -74,6 +76,16 @@ export function validateManifest(doc, source = MANIFEST_NAME) {
   if (names.join() !== INPUT_NAMES.join() || outs.join() !== OUTPUT_NAMES.join()) {
     throw new PackageError(`${source}: transformer inputs/outputs (${names.map(pyRepr).join(', ')}) do not follow `
       + `the graph contract (${INPUT_NAMES.map(pyRepr).join(', ')}) -> (${OUTPUT_NAMES.map(pyRepr).join(', ')},)`);
+  }
+  const vae = doc.vae_decoder;
+  if (vae && (vae.inputs?.length || vae.outputs?.length)) {
+    const vaeIns = (vae.inputs || []).map((s) => s?.name);
+    const vaeOuts = (vae.outputs || []).map((s) => s?.name);
+    if (vaeIns.join() !== VAE_INPUT_NAMES.join() || vaeOuts.join() !== VAE_OUTPUT_NAMES.join()) {
+      throw new PackageError(`${source}: vae_decoder inputs/outputs (${vaeIns.map(pyRepr).join(', ')}) do not `
+        + `follow the VAE decoder contract (${VAE_INPUT_NAMES.map(pyRepr).join(', ')},) -> `
+        + `(${VAE_OUTPUT_NAMES.map(pyRepr).join(', ')},)`);
+    }
   }
   if (!LATENT_SPACES.includes(doc.latent.space)) {
     throw new PackageError(`${source}: latent.space must be one of ${LATENT_SPACES.join(', ')}`);

@@ -1,10 +1,12 @@
 /** The embedding API on its own: loading a directory or a URL, request checks and their messages. */
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { test } from 'node:test';
 
 import * as ort from 'onnxruntime-node';
 
-import { BackendError, FitPipeline, GenerationError, PackageError } from '../src/index.js';
+import { BackendError, FitPipeline, GenerationError, PackageError, validateManifest } from '../src/index.js';
 import { PACKAGE } from './helpers.mjs';
 
 test('a directory loads in Node and generates RGB pixels with parameters', async () => {
@@ -61,6 +63,14 @@ test('loading without a binding or a package fails with one line', async () => {
   await assert.rejects(FitPipeline.load(PACKAGE, {}), BackendError);
   await assert.rejects(FitPipeline.load('/no/such/package', { ort }),
     (err) => err instanceof PackageError && err.message === 'package /no/such/package does not exist or is not a directory');
+});
+
+test('a manifest whose decoder does not follow the VAE decoder contract is refused', async () => {
+  const doc = JSON.parse(await readFile(join(PACKAGE, 'manifest.json'), 'utf8'));
+  validateManifest(doc);
+  doc.vae_decoder.inputs[0].name = 'z';
+  assert.throws(() => validateManifest(doc), (err) => err instanceof PackageError
+    && err.message.includes('do not follow the VAE decoder contract'));
 });
 
 test('examples/embed_node.mjs serves PNGs and answers bad requests with 400', async () => {
