@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -67,6 +68,7 @@ class Pipeline:
                  threads: int = 0, **backend_options):
         self.directory = Path(directory)
         self.manifest = manifest
+        self._taps: list[Callable[[dict, dict], None]] = []
         self._read_manifest(manifest)
         self.backend_name = resolve_backend_name(backend)
         self.backend: Backend = create_backend(backend, self.directory, manifest=manifest, verify=verify,
@@ -86,6 +88,16 @@ class Pipeline:
         except BaseException:
             self.close()
             raise
+
+    @contextmanager
+    def tap(self, on_infer: Callable[[dict, dict], None]) -> Iterator[None]:
+        """Inside the block, ``on_infer(feed, outputs)`` sees every transformer call of sampling (calibration
+        records the feeds, validation runs a reference on them); it may raise to stop sampling."""
+        self._taps.append(on_infer)
+        try:
+            yield
+        finally:
+            self._taps.remove(on_infer)
 
     @property
     def variant(self) -> Optional[str]:
@@ -296,7 +308,11 @@ class Pipeline:
         out_name = self.contract.OUTPUT_NAMES[0]
 
         def velocity(x: np.ndarray, t: np.ndarray) -> np.ndarray:
-            out = self.backend.infer(batch.feed(t, x))[out_name].astype(F32, copy=False)
+            feed = batch.feed(t, x)
+            outputs = self.backend.infer(feed)
+            for on_infer in self._taps:
+                on_infer(feed, outputs)
+            out = outputs[out_name].astype(F32, copy=False)
             return guide(out, cfg, t, self.guided_channels, first.scale_pow) if use_cfg else out
 
         seeds = [int(r.seed) for r in requests]

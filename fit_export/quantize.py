@@ -36,7 +36,6 @@ import numpy as np
 from engines import manifest as mf
 from engines.atomic import recover_folder
 from engines.package import load_manifest, now_utc
-from engines.backends import Backend
 from fit_export.package_writer import new_package
 
 INT8_FILE = "transformer.int8.onnx"
@@ -65,26 +64,15 @@ def activation_products(model) -> list[str]:
 #                               Calibration                                     #
 #################################################################################
 
-class _Recorder(Backend):
-    """Passes every call to ``inner`` and keeps a copy of each feed; refuses non-finite feeds or outputs."""
-
-    def __init__(self, inner: Backend):
-        super().__init__()
-        self.inner, self.name = inner, inner.name
-        self.inputs, self.outputs = inner.inputs, inner.outputs
-        self.feeds: list[dict] = []
-        self.is_active = True
-
-    def _infer(self, feed):
-        out = self.inner.infer(feed)
-        bad = [name for name, value in list(feed.items()) + list(out.items())
-               if np.issubdtype(np.asarray(value).dtype, np.floating) and not np.isfinite(value).all()]
-        if bad:
-            t = float(np.asarray(feed["t"]).reshape(-1)[0])
-            raise QuantizeError(f"calibration produced NaN/Inf ({', '.join(bad)}) at t={t:.3f}; the fp32 network "
-                                f"is not finite on its own trajectories, refusing to calibrate on it")
-        self.feeds.append({name: np.array(value, copy=True) for name, value in feed.items()})
-        return out
+def _checked_copy(feed: dict, out: dict) -> dict:
+    """A copy of a calibration feed; QuantizeError when the feed or the network's output is not finite."""
+    bad = [name for name, value in list(feed.items()) + list(out.items())
+           if np.issubdtype(np.asarray(value).dtype, np.floating) and not np.isfinite(value).all()]
+    if bad:
+        t = float(np.asarray(feed["t"]).reshape(-1)[0])
+        raise QuantizeError(f"calibration produced NaN/Inf ({', '.join(bad)}) at t={t:.3f}; the fp32 network "
+                            f"is not finite on its own trajectories, refusing to calibrate on it")
+    return {name: np.array(value, copy=True) for name, value in feed.items()}
 
 
 def record_calibration(package, images: int, seed: int = 0, batch: int = 4, threads: int = 0) -> dict:
@@ -104,14 +92,11 @@ def record_calibration(package, images: int, seed: int = 0, batch: int = 4, thre
         jobs = [pipe.prepare(*sizes[i % len(sizes)], i % pipe.num_classes, seed + i, cfg=cfg)[0]
                 for i in range(images)]
         settings = jobs[0].settings
-        recorder, inner = _Recorder(pipe.backend), pipe.backend
-        pipe.backend = recorder
-        try:
+        feeds: list[dict] = []
+        with pipe.tap(lambda feed, out: feeds.append(_checked_copy(feed, out))):
             for start in range(0, len(jobs), batch):
                 pipe.sample_latents(jobs[start:start + batch])
-        finally:
-            pipe.backend = inner
-    return {"feeds": recorder.feeds, "sizes": [list(s) for s in dict.fromkeys(sizes)],
+    return {"feeds": feeds, "sizes": [list(s) for s in dict.fromkeys(sizes)],
             "steps": settings.sampler.steps, "sampler": settings.sampler.method, "cfg": settings.cfg}
 
 

@@ -43,8 +43,8 @@ from engines.manifest import Manifest
 from engines.package import load_manifest, verify_files
 from engines.metrics import cosine, psnr
 from engines.pipeline import Pipeline
+from engines.sampler import SamplerSettings
 from fit.config import FiTConfig
-from fit.flow import SamplerSettings as TorchSamplerSettings
 from fit.loading import CheckpointError, load_model, load_state_dict_strict, read_state_dict
 from fit.model import FiT
 from fit.sampling import sample
@@ -421,24 +421,6 @@ def _judge(name, provider, feed, out, ref, limits: dict) -> CaseResult:
                       ok and not notes, "; ".join(notes))
 
 
-class _Recording(Backend):
-    """Passes every call to ``inner`` and runs the PyTorch reference on the same feed (per-step comparison)."""
-
-    def __init__(self, inner: Backend, reference):
-        super().__init__()
-        self.inner, self.reference, self.name = inner, reference, inner.name
-        self.inputs, self.outputs = inner.inputs, inner.outputs
-        self.cosines: list[float] = []
-        self.is_active = True
-
-    def _infer(self, feed):
-        out = self.inner.infer(feed)
-        ref = self.reference.infer(feed)["v"]
-        real = feed["mask"] != 0
-        self.cosines.append(compare(np.asarray(out["v"], np.float32)[real], ref[real])["cosine"])
-        return out
-
-
 def end_to_end(model: Optional[FiT], pipe: Pipeline, provider: str, steps: int, limits: dict, seed: int = 0,
                reference_pipe: Optional[Pipeline] = None) -> EndToEndResult:
     """The pipeline (numpy sampler + backend + decoder) against ``fit.sampling.sample`` from the same noise, or
@@ -451,17 +433,19 @@ def end_to_end(model: Optional[FiT], pipe: Pipeline, provider: str, steps: int, 
     noise = [pipe.noise(r) for r in requests]
     settings = jobs[0].settings
     reference = torch_runner(model) if reference_pipe is None else backend_runner(reference_pipe.backend, "reference")
-    with reference:
-        recording = _Recording(pipe.backend, reference)
-        pipe.backend, inner = recording, pipe.backend
-        try:
-            latents = pipe.sample_latents(jobs, noise=noise)
-        finally:
-            pipe.backend = inner
+    cosines: list[float] = []
+
+    def compare_step(feed: dict, out: dict) -> None:            # the reference on the very same feed
+        real = feed["mask"] != 0
+        ref = reference.infer(feed)["v"]
+        cosines.append(compare(np.asarray(out["v"], np.float32)[real], ref[real])["cosine"])
+
+    with reference, pipe.tap(compare_step):
+        latents = pipe.sample_latents(jobs, noise=noise)
     d = pipe.downsample
     if reference_pipe is None:
         expected = [z.numpy() for z in sample(model, [(r.height // d, r.width // d, r.label) for r in requests],
-                                              sampler=TorchSamplerSettings("euler", steps), cfg_scale=settings.cfg,
+                                              sampler=SamplerSettings("euler", steps), cfg_scale=settings.cfg,
                                               scale_pow=settings.scale_pow,
                                               noise=[torch.from_numpy(n) for n in noise])]
     else:
@@ -469,10 +453,10 @@ def end_to_end(model: Optional[FiT], pipe: Pipeline, provider: str, steps: int, 
     images = np.concatenate([pipe.decode(z).ravel() for z in latents])
     ref_images = np.concatenate([pipe.decode(z).ravel() for z in expected])
     value = psnr(images, ref_images, 255.0)
-    worst = min(recording.cosines) if recording.cosines else 1.0
+    worst = min(cosines) if cosines else 1.0
     finite = all(np.isfinite(z).all() for z in latents)
     threshold = limits["min_psnr_db"]
     passed = finite and (value >= threshold if threshold is not None else True) and \
         worst >= limits.get("min_cosine", -1.0)
     return EndToEndResult(provider, steps, settings.cfg, [list(s) for s in sizes], "images", value, threshold,
-                          passed, worst, len(recording.cosines))
+                          passed, worst, len(cosines))

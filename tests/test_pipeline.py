@@ -307,3 +307,15 @@ def test_pytorch_reference_and_runtime_give_one_image_per_seed(tmp_path_factory,
     for got, want in zip(runtime, reference):
         assert got.shape == tuple(want.shape)
         np.testing.assert_allclose(got, want.numpy(), atol=2e-4)
+
+
+def test_a_tap_sees_every_transformer_call_of_sampling(pipe):
+    """Pipeline.tap: calibration and validation observe the real feeds without replacing the backend."""
+    seen = []
+    job = pipe.prepare(64, 32, 3, 0, sampler="heun", steps=2, cfg=2.0)
+    with pipe.tap(lambda feed, out: seen.append((feed["x"].shape, out["v"].shape))):
+        pipe.sample_latents(job)
+    calls = job[0].settings.sampler.evaluations()                              # heun: 2 per step
+    assert calls == 4 and len(seen) == calls and all(x == v == (2, 8, 16) for x, v in seen)     # guided: batch 2
+    pipe.sample_latents(job)
+    assert len(seen) == calls                                                   # the tap ends with its block
