@@ -1,8 +1,11 @@
-"""The manifest's field reference in docs/package-format.md, generated from the dataclasses of engines/manifest.py
-and engines/contract.py; a test keeps the two identical.
+"""The manifest's field reference in docs/package-format.md and its machine-readable schema for runtimes in other
+languages (js/src/manifest-schema.js), generated from the dataclasses of engines/manifest.py and engines/contract.py;
+tests keep both identical to the code.
 
     python -m engines.schema                                      # print the reference
     python -m engines.schema --update docs/package-format.md      # rewrite the generated block
+    python -m engines.schema --json                               # print the schema as JSON
+    python -m engines.schema --js js/src/manifest-schema.js       # rewrite the JavaScript schema module
 """
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from engines.contract import GraphContract, VaeDecoderContract
+import engines.manifest as mf
+from engines.contract import PRECISIONS, GraphContract, VaeDecoderContract
 from engines.manifest import (BucketSection, FileEntry, GuidanceSection, LatentSection, Manifest, ModelSection,
                               ReferenceSection, RopeSection, SamplerSection, SizesSection, TransformerSection,
                               VaeDecoderSection, VariantSection, _Section)
@@ -29,15 +33,19 @@ _SECTIONS = {"": Manifest, "model": ModelSection, "latent": LatentSection, "tran
              "sizes.buckets[]": BucketSection, "reference": ReferenceSection, "files.NAME": FileEntry}
 
 
+def _default(f):
+    """A field's default as a JSON value."""
+    return f.default.to_dict() if isinstance(f.default, _Section) else \
+        list(f.default) if isinstance(f.default, tuple) else f.default
+
+
 def field_reference() -> str:
     """Markdown tables of the graph contracts and of every manifest field, generated from the dataclasses."""
     lines = ["| field | type | default | meaning |", "|---|---|---|---|"]
     for prefix, section in _SECTIONS.items():
         for f in dataclasses.fields(section):
             has_default = f.default is not dataclasses.MISSING
-            default = "required" if not has_default else json.dumps(
-                f.default.to_dict() if isinstance(f.default, _Section) else
-                list(f.default) if isinstance(f.default, tuple) else f.default)
+            default = "required" if not has_default else json.dumps(_default(f))
             name = f"{prefix}.{f.name}" if prefix else f.name
             lines.append(f"| `{name}` | {_type_name(f)} | {default} | {f.metadata.get('doc', '')} |")
     transformer = _contract_table(GraphContract("token_dim", "out_token_dim", "head_dim"),
@@ -76,10 +84,100 @@ def update_doc(path) -> bool:
     return new != text
 
 
+# ------------------------------------------------------------------------------------------------------------
+# The schema for other languages
+# ------------------------------------------------------------------------------------------------------------
+
+def _members() -> dict:
+    """(section, field) -> ("items", class) for a list of sections, ("values", class) for a dict of them."""
+    members = {}
+    for cls in _SECTIONS.values():
+        for name, nested in cls.NESTED.items():
+            if isinstance(nested, tuple):
+                members[(cls, name)] = ("items", nested[0])
+    for key, cls in _SECTIONS.items():
+        owner, _, name = key.rpartition(".")
+        if name.endswith("[]"):
+            members[(_SECTIONS[owner], name[:-2])] = ("items", cls)
+        elif name == "NAME":
+            parent, _, field_name = owner.rpartition(".")
+            members[(_SECTIONS[parent], field_name)] = ("values", cls)
+    return members
+
+
+def json_schema() -> dict:
+    """The manifest as data, for a reader in another language that follows :meth:`Manifest.from_dict`.
+
+    ``constants``: the values the checks compare with. ``sections``: per section class (``root`` first), its fields
+    in order, each ``{name, type, nullable?, items? | values?, required: true | default}``: ``type`` is ``int``,
+    ``float``, ``str``, ``bool``, ``dict``, ``list`` or a section class; ``items`` names the class of a list's
+    entries (``TensorSpec``: a graph tensor, read by :meth:`TensorSpec.from_dict`), ``values`` that of a dict's.
+    """
+    members = _members()
+    sections = {}
+    for cls in _SECTIONS.values():
+        fields = []
+        for f in dataclasses.fields(cls):
+            annotation = str(f.type)
+            kind = annotation.replace("Optional[", "").rstrip("]")
+            entry = {"name": f.name, "type": "list" if kind == "tuple" else kind}
+            if annotation.startswith("Optional["):
+                entry["nullable"] = True
+            if (cls, f.name) in members:
+                role, member = members[(cls, f.name)]
+                entry[role] = member.__name__
+            if f.default is dataclasses.MISSING:
+                entry["required"] = True
+            else:
+                entry["default"] = _default(f)
+            fields.append(entry)
+        sections[cls.__name__] = fields
+    constants = {"FORMAT": mf.FORMAT, "FORMAT_VERSION": mf.FORMAT_VERSION, "MANIFEST_NAME": mf.MANIFEST_NAME,
+                 "VARIANT_PRECISIONS": list(mf.VARIANT_PRECISIONS), "ORT_VARIANT": mf.ORT_VARIANT,
+                 "LATENT_SPACES": list(mf.LATENT_SPACES), "PRECISIONS": list(PRECISIONS),
+                 "INPUT_NAMES": list(GraphContract.INPUT_NAMES), "OUTPUT_NAMES": list(GraphContract.OUTPUT_NAMES),
+                 "BATCH": GraphContract.BATCH, "SEQ": GraphContract.SEQ}
+    return {"constants": constants, "root": Manifest.__name__, "sections": sections}
+
+
+JS_MODULE = "js/src/manifest-schema.js"
+
+
+def js_module() -> str:
+    """The text of js/src/manifest-schema.js: :func:`json_schema` as an ES module (one field per line)."""
+    schema = json_schema()
+    constants = [f"    {json.dumps(k)}: {json.dumps(v)}," for k, v in schema["constants"].items()]
+    sections = []
+    for name, fields in schema["sections"].items():
+        sections += [f"    {json.dumps(name)}: [", *(f"      {json.dumps(f)}," for f in fields), "    ],"]
+    return "\n".join([
+        f"// Generated by `python -m engines.schema --js {JS_MODULE}` from engines/manifest.py and",
+        "// engines/contract.py (engines.schema.json_schema); a test keeps it identical. Do not edit.",
+        "/** The package manifest schema: constants and every section's fields. @module manifest-schema */",
+        "export const SCHEMA = {", '  "constants": {', *constants, "  },", f'  "root": {json.dumps(schema["root"])},',
+        '  "sections": {', *sections, "  },", "};", ""])
+
+
+def update_js(path) -> bool:
+    """Rewrite the JavaScript schema module at ``path`` with :func:`js_module`; True when it changed."""
+    from engines.atomic import atomic_write
+
+    path = Path(path)
+    new = js_module()
+    changed = not path.is_file() or path.read_text() != new
+    if changed:
+        atomic_write(path, new)
+    return changed
+
+
 if __name__ == "__main__":
     import sys
 
     if sys.argv[1:2] == ["--update"] and len(sys.argv) == 3:
         print(("updated " if update_doc(sys.argv[2]) else "up to date: ") + sys.argv[2])
+    elif sys.argv[1:2] == ["--js"] and len(sys.argv) == 3:
+        print(("updated " if update_js(sys.argv[2]) else "up to date: ") + sys.argv[2])
+    elif sys.argv[1:] == ["--json"]:
+        print(json.dumps(json_schema(), indent=2))
     else:
         print(field_reference())

@@ -13,7 +13,7 @@
 import { createServer } from 'node:http';
 import { deflateSync } from 'node:zlib';
 
-import { GenerationError, encodePng } from '../js/src/index.js';
+import { GenerationError, pngBytes } from '../js/src/index.js';
 import { loadPackage } from '../js/src/node.js';
 
 const INTEGER_FIELDS = ['width', 'height', 'steps'];
@@ -44,7 +44,7 @@ export async function serve(pipe, port, host = '127.0.0.1') {
     queue = queue.then(async () => {
       try {
         const image = await pipe.generate(parseQuery(url.searchParams));
-        const png = await encodePng(image.pixels, image.width, image.height, image.parameters, (d) => deflateSync(d));
+        const png = await pngBytes(image.pixels, image.width, image.height, image.parameters, (d) => deflateSync(d));
         response.writeHead(200, { 'Content-Type': 'image/png' }).end(png);
       } catch (err) {
         const status = err instanceof GenerationError ? 400 : 500;

@@ -1,6 +1,6 @@
 """The typed manifest (engines/manifest.py), the graph contract (engines/contract.py), the generated field reference
-(engines/schema.py) and reading packages (engines/package.py): round trip, one-line errors, hashing only the files a
-runtime opens."""
+and JavaScript schema (engines/schema.py) and reading packages (engines/package.py): round trip, one-line errors,
+hashing only the files a runtime opens."""
 import dataclasses
 import json
 import shutil
@@ -72,6 +72,33 @@ def test_package_format_doc_is_generated_from_the_code():
     for cls in (mf.ModelSection, mf.TransformerSection, mf.SizesSection):
         for field in dataclasses.fields(cls):
             assert f".{field.name}`" in block
+
+
+def test_javascript_schema_is_generated_from_the_code():
+    assert (ROOT / schema.JS_MODULE).read_text() == schema.js_module(), \
+        f"run: python -m engines.schema --js {schema.JS_MODULE}"
+
+
+def test_json_schema_follows_the_reader():
+    """A field the schema calls required is refused when left out; one with a default reads as that default."""
+    sections = schema.json_schema()["sections"]
+    latent = {f["name"]: f for f in sections["LatentSection"]}
+    assert all(latent[name].get("required") for name in ("downsample", "scaling_factor", "pixel_granularity"))
+    fields = {f["name"]: f for f in sections["Manifest"]}
+    assert fields["vae_decoder"] == {"name": "vae_decoder", "type": "VaeDecoderSection", "nullable": True,
+                                     "default": None}
+    assert fields["files"]["values"] == "FileEntry"
+    assert {f["name"]: f for f in sections["TransformerSection"]}["variants"]["items"] == "VariantSection"
+    for name, section in (("model", "ModelSection"), ("sampler", "SamplerSection"), ("rope", "RopeSection")):
+        for field in sections[section]:
+            doc = raw()
+            del doc[name][field["name"]]
+            if field.get("required"):
+                with pytest.raises(PackageError, match=f"manifest.{name} lacks {field['name']}"):
+                    Manifest.from_dict(doc)
+            else:
+                value = getattr(getattr(Manifest.from_dict(doc), name), field["name"])
+                assert value == (tuple(field["default"]) if isinstance(field["default"], list) else field["default"])
 
 
 def test_graph_contract():

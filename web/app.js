@@ -7,7 +7,7 @@
  * variant is fused at export; `all` may run a package without such a variant faster once loaded).
  */
 import * as ort from '/ort/ort.wasm.min.mjs';
-import { FitPipeline, SAMPLERS, encodePng } from '/js/src/index.js';
+import { FitPipeline, SAMPLERS, fetchIO, pngBytes } from '/js/src/index.js';
 
 const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
@@ -39,7 +39,7 @@ function fillControls() {
   const defaults = pipe.samplerSettings();
   $('steps').value = defaults.steps;
   options($('sampler'), SAMPLERS.map((s) => [s, s]), defaults.method);
-  $('cfg').value = pipe.cfgDefault;
+  $('cfg').value = pipe.manifest.guidance.default_scale;
   options($('extrapolation'), [['', 'package default'], ...pipe.extrapolations.map((e) => [e, e])], '');
 }
 
@@ -97,15 +97,15 @@ async function generate(event) {
 }
 
 /** PNG bytes of the last image with its parameters as text chunks. */
-async function pngBytes() {
+async function lastPng() {
   const deflate = async (data) => new Uint8Array(await new Response(
     new Blob([data]).stream().pipeThrough(new CompressionStream('deflate'))).arrayBuffer());
-  return encodePng(last.pixels, last.width, last.height, last.parameters, deflate);
+  return pngBytes(last.pixels, last.width, last.height, last.parameters, deflate);
 }
 
 async function save() {
   if (!last) return;
-  const bytes = await pngBytes();
+  const bytes = await lastPng();
   const link = document.createElement('a');
   link.href = URL.createObjectURL(new Blob([bytes], { type: 'image/png' }));
   link.download = `fit-${last.parameters.seed}.png`;
@@ -116,9 +116,9 @@ async function save() {
 async function start() {
   const started = performance.now();
   try {
-    pipe = await FitPipeline.load(query.get('package') ?? '/package/', { ort, backendName: 'onnxruntime-web',
-      executionProviders: ['wasm'], lazyDecoder: true, precision: query.get('precision') || null,
-      graphOptimizationLevel: query.get('optimization') ?? 'disabled' });
+    pipe = await FitPipeline.load(fetchIO(query.get('package') ?? '/package/'), { ort,
+      backendName: 'onnxruntime-web', executionProviders: ['wasm'], lazyDecoder: true,
+      precision: query.get('precision') || null, graphOptimizationLevel: query.get('optimization') ?? 'disabled' });
   } catch (err) {
     status(`Cannot open the model: ${err.message}`, true);
     document.body.dataset.state = 'failed';
@@ -136,5 +136,5 @@ async function start() {
 
 $('controls').addEventListener('submit', generate);
 $('save').addEventListener('click', save);
-globalThis.fitPage = { get pipeline() { return pipe; }, pngBytes };
+globalThis.fitPage = { get pipeline() { return pipe; }, pngBytes: lastPng };
 start();

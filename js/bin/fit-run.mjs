@@ -12,6 +12,7 @@ import { EXTRAPOLATIONS, MAX_CFG, MAX_STEPS, SAMPLERS, BackendError, GenerationE
 import { SEED_LIMIT } from '../src/noise.js';
 import { loadPackage, savePng } from '../src/node.js';
 import { asFloat } from '../src/params.js';
+import { tileImages } from '../src/png.js';
 
 const PROG = 'fit-run';
 const CHUNK = 8;                  // images sampled together in one step loop; each is written when its chunk ends
@@ -140,30 +141,6 @@ function progressBar(quiet, total, title) {
   };
 }
 
-/** Tile images row by row, 2 black pixels apart (engines.pipeline.image_grid). */
-function imageGrid(images, gap = 2) {
-  const columns = Math.ceil(Math.sqrt(images.length));
-  const rows = [];
-  for (let i = 0; i < images.length; i += columns) rows.push(images.slice(i, i + columns));
-  const rowHeights = rows.map((row) => Math.max(...row.map((im) => im.height)));
-  const colWidths = Array.from({ length: columns }, (_, c) => Math.max(...rows.filter((r) => c < r.length).map((r) => r[c].width)));
-  const width = colWidths.reduce((a, b) => a + b, 0) + gap * (columns - 1);
-  const height = rowHeights.reduce((a, b) => a + b, 0) + gap * (rows.length - 1);
-  const pixels = new Uint8Array(width * height * 3);
-  let top = 0;
-  rows.forEach((row, r) => {
-    let left = 0;
-    row.forEach((im, c) => {
-      for (let y = 0; y < im.height; y++) {
-        pixels.set(im.pixels.subarray(y * im.width * 3, (y + 1) * im.width * 3), ((top + y) * width + left) * 3);
-      }
-      left += colWidths[c] + gap;
-    });
-    top += rowHeights[r] + gap;
-  });
-  return { pixels, width, height };
-}
-
 /** Generate the images CHUNK at a time and save each as it is done; yields the paths written. */
 async function* run(a) {
   if (extname(a.out).toLowerCase() !== '.png') throw new GenerationError(`output ${a.out} must end in .png`);
@@ -216,7 +193,7 @@ async function* run(a) {
       bar.close();
     }
     if (gridImages.length) {
-      const grid = imageGrid(gridImages);
+      const grid = tileImages(gridImages);
       yield await savePng(a.out, grid.pixels, grid.width, grid.height, { grid: gridImages.map((im) => im.parameters) });
     }
   } finally {

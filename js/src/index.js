@@ -1,19 +1,24 @@
 /**
- * FiT runtime for JavaScript: one core for Node (onnxruntime-node) and the browser (onnxruntime-web).
+ * FiT runtime for JavaScript: one core for Node (onnxruntime-node) and the browser (onnxruntime-web); the entry
+ * point injects the ONNX Runtime module and chooses where the package's files come from.
  *
  *   import * as ort from 'onnxruntime-web';
  *   import { FitPipeline } from 'fit-runtime';
- *   const pipe = await FitPipeline.load('/package/', { ort });
+ *   const pipe = await FitPipeline.load('/package/', { ort });      // a URL: read with fetchIO
  *   const { pixels, width, height, parameters } = await pipe.generate({ width: 96, height: 64, label: 'star', seed: 1 });
  *
+ * In Node, fit-runtime/node (node.js) opens a directory: loadPackage(dir), or FitPipeline.load(directoryIO(dir), ...).
  * @module fit-runtime
  */
 
-export { FitPipeline, GenerationError, fetchIO, patchify, unpatchify } from './pipeline.js';
-export { PackageError, BackendError, validateManifest } from './manifest.js';
+export { FitPipeline, GenerationError, GenerationSettings, patchify, unpatchify } from './pipeline.js';
+export { PackageError, BackendError } from './errors.js';
+export { fetchIO, loadManifest } from './package.js';
+export { Manifest, select } from './manifest.js';
+export { GraphContract } from './contract.js';
 export { EXTRAPOLATIONS, EXTRAPOLATION_ALIASES, METHODS, ropeTables, axisFrequencies, attentionScale, resolveMethod,
   canonicalExtrapolation, extrapolationName } from './rope.js';
 export { SAMPLERS, MAX_STEPS, MAX_CFG, SettingError, checkSteps, checkCfg } from './sampler.js';
 export { normals, checkSeed } from './noise.js';
-export { encodePng, textEntries } from './png.js';
+export { pngBytes, textEntries, tileImages } from './png.js';
 export { pyJson, plain } from './params.js';

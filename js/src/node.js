@@ -1,5 +1,6 @@
 /**
- * Node helpers: package files from a directory (node:fs, node:crypto), onnxruntime-node, atomic PNG files.
+ * The Node entry point: package files from a directory (node:fs, node:crypto), onnxruntime-node, atomic PNG files.
+ * The core modules never import this one; it chooses their IO.
  * @module fit-runtime/node
  */
 
@@ -9,9 +10,10 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { deflateSync } from 'node:zlib';
 
-import { PackageError, MANIFEST_NAME } from './manifest.js';
+import { PackageError } from './errors.js';
+import { MANIFEST_NAME } from './manifest.js';
 import { FitPipeline } from './pipeline.js';
-import { encodePng } from './png.js';
+import { pngBytes } from './png.js';
 
 /** engines/default_model/ of the repository this package lives in. */
 export const DEFAULT_MODEL_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', 'engines', 'default_model');
@@ -19,7 +21,7 @@ export const DEFAULT_MODEL_DIR = resolve(dirname(fileURLToPath(import.meta.url))
 /**
  * Package files from a local directory.
  * @param {string} directory
- * @returns {import('./pipeline.js').PackageIO}
+ * @returns {import('./package.js').PackageIO}
  */
 export function directoryIO(directory) {
   const manifestPath = join(directory, MANIFEST_NAME);
@@ -60,11 +62,12 @@ export function directoryIO(directory) {
 export async function loadPackage(directory, options = {}) {
   const ort = options.ort ?? await import('onnxruntime-node');
   const dir = directory ?? DEFAULT_MODEL_DIR;
-  return FitPipeline.load(dir, { backendName: 'onnxruntime-node', io: directoryIO(dir), ...options, ort });
+  return FitPipeline.load(directoryIO(dir), { backendName: 'onnxruntime-node', ...options, ort });
 }
 
 /**
- * Write an RGB image as PNG with its parameters, atomically (temporary file in the target folder, fsync, rename).
+ * Write an RGB image as PNG with its parameters (png.js pngBytes), atomically (temporary file in the target folder,
+ * fsync, rename).
  * @param {string} path
  * @param {Uint8Array} pixels
  * @param {number} width
@@ -72,7 +75,7 @@ export async function loadPackage(directory, options = {}) {
  * @param {Record<string, any>|null} parameters
  */
 export async function savePng(path, pixels, width, height, parameters) {
-  const bytes = await encodePng(pixels, width, height, parameters, (data) => deflateSync(data));
+  const bytes = await pngBytes(pixels, width, height, parameters, (data) => deflateSync(data));
   const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${Date.now()}.tmp`);
   const fd = openSync(tmp, 'w', 0o666);
   try {

@@ -62,3 +62,23 @@ export function normals(seed, count, block = 0, out = new Float32Array(count)) {
   }
   return out;
 }
+
+/**
+ * draw(size) for the sde sampler of a padded batch (B, N, dim), flattened, whose row i holds `lengths[i]` tokens of
+ * a request seeded `seeds[i]`: call s (s = 0, 1, ...) gives row i block s + 1 of its seed's stream as
+ * (lengths[i], dim) row-major, zeros on padding (docs/runtime-spec.md §3).
+ * @param {(number|bigint)[]} seeds
+ * @param {number[]} lengths
+ * @param {number} dim
+ * @returns {(size: number) => Float32Array}
+ */
+export function sdeDraw(seeds, lengths, dim) {
+  let calls = 0;
+  return (size) => {
+    calls += 1;
+    const out = new Float32Array(size);
+    const row = size / seeds.length;
+    seeds.forEach((seed, i) => normals(seed, lengths[i] * dim, calls, out.subarray(i * row)));
+    return out;
+  };
+}

@@ -1,5 +1,6 @@
 /**
- * Generation parameters as PNG text (docs/runtime-spec.md §10): Python-compatible float text and JSON.
+ * Python-compatible text: generation parameters as PNG text (docs/runtime-spec.md §10) and the values quoted in
+ * messages, written as Python's repr, str, json.dumps and format(x, 'g') write them. The one place for this in js/.
  * @module params
  */
 
@@ -17,17 +18,34 @@ export function pyFloat(x) {
   return text.includes('.') ? text : `${text}.0`;
 }
 
+/** Python's `format(x, 'g')`: 6 significant digits, exponent form outside 1e-4 .. 1e6. */
+export function formatG(x) {
+  if (!Number.isFinite(x)) return Number.isNaN(x) ? 'nan' : x > 0 ? 'inf' : '-inf';
+  if (x === 0) return Object.is(x, -0) ? '-0' : '0';
+  const [mantissa, e] = x.toExponential(5).split('e');
+  const power = Number(e);
+  const digits = mantissa.replace(/\.?0+$/, '');
+  if (power < -4 || power >= 6) return `${digits}e${power < 0 ? '-' : '+'}${String(Math.abs(power)).padStart(2, '0')}`;
+  return String(Number(x.toPrecision(6)));
+}
+
 /** @typedef {{float: number}} PyFloat a number that is written as a Python float */
 
 /** Mark a number as a float for {@link pyJson}. */
 export const asFloat = (x) => ({ float: x });
+
+const isFloat = (value) => value !== null && typeof value === 'object' && !Array.isArray(value) && 'float' in value;
+
+function reprNumber(value) {
+  return Number.isInteger(value) ? String(value) : pyFloat(value);
+}
 
 function scalar(value) {
   if (value === null || value === undefined) return 'null';
   if (typeof value === 'bigint') return value.toString();
   if (typeof value === 'number') return String(value);
   if (typeof value === 'boolean') return value ? 'true' : 'false';
-  if (typeof value === 'object' && 'float' in value) return pyFloat(value.float);
+  if (isFloat(value)) return pyFloat(value.float);
   throw new TypeError(`cannot write ${typeof value}`);
 }
 
@@ -49,13 +67,13 @@ function jsonString(text) {
   return `${out}"`;
 }
 
-/** JSON as Python's json.dumps(value, sort_keys=True) writes it. */
-export function pyJson(value) {
+/** JSON as Python's json.dumps(value, sort_keys=sortKeys) writes it. */
+export function pyJson(value, sortKeys = true) {
   if (typeof value === 'string') return jsonString(value);
-  if (Array.isArray(value)) return `[${value.map(pyJson).join(', ')}]`;
-  if (value && typeof value === 'object' && !('float' in value)) {
-    const keys = Object.keys(value).sort();
-    return `{${keys.map((k) => `${jsonString(k)}: ${pyJson(value[k])}`).join(', ')}}`;
+  if (Array.isArray(value)) return `[${value.map((v) => pyJson(v, sortKeys)).join(', ')}]`;
+  if (value && typeof value === 'object' && !isFloat(value)) {
+    const keys = sortKeys ? Object.keys(value).sort() : Object.keys(value);
+    return `{${keys.map((k) => `${jsonString(k)}: ${pyJson(value[k], sortKeys)}`).join(', ')}}`;
   }
   return scalar(value);
 }
@@ -71,25 +89,45 @@ export function plain(value) {
   return value;
 }
 
-/** Python's repr of a value for messages: numbers as ints or floats ({float} always a float), strings quoted. */
+/** Python's repr of a string: single quotes unless it holds one and no double quote; backslashes escaped. */
+function reprString(text) {
+  const quote = text.includes("'") && !text.includes('"') ? '"' : "'";
+  const escapes = { '\\': '\\\\', '\n': '\\n', '\r': '\\r', '\t': '\\t', [quote]: `\\${quote}` };
+  return `${quote}${[...text].map((ch) => escapes[ch] ?? ch).join('')}${quote}`;
+}
+
+/**
+ * Python's repr of a value for messages: numbers as ints or floats ({float} always a float), strings quoted, lists
+ * and dicts as Python writes them.
+ */
 export function pyRepr(value) {
-  if (typeof value === 'number' && !Number.isInteger(value)) return pyFloat(value);
-  return pyReprValue(value);
-}
-
-/** Python's str() of a parameter value (nested lists and dicts as Python writes them). */
-export function pyStr(value) {
-  if (typeof value === 'string') return value;
-  return pyReprValue(value);
-}
-
-function pyReprValue(value) {
   if (value === null || value === undefined) return 'None';
   if (typeof value === 'boolean') return value ? 'True' : 'False';
-  if (typeof value === 'string') return value.includes("'") && !value.includes('"') ? `"${value}"` : `'${value.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`;
-  if (Array.isArray(value)) return `[${value.map(pyReprValue).join(', ')}]`;
-  if (typeof value === 'object' && !('float' in value)) {
-    return `{${Object.entries(value).map(([k, v]) => `'${k}': ${pyReprValue(v)}`).join(', ')}}`;
+  if (typeof value === 'string') return reprString(value);
+  if (typeof value === 'number') return reprNumber(value);
+  if (Array.isArray(value)) return `[${value.map(pyRepr).join(', ')}]`;
+  if (typeof value === 'object' && !isFloat(value)) {
+    return `{${Object.entries(value).map(([k, v]) => `${reprString(k)}: ${pyRepr(v)}`).join(', ')}}`;
   }
   return scalar(value);
+}
+
+/** Python's repr of a tuple of values: `('a', 'b')`, `('a',)`. */
+export function pyTuple(values) {
+  return `(${values.map(pyRepr).join(', ')}${values.length === 1 ? ',' : ''})`;
+}
+
+/** Python's str() of a value (strings as they are, everything else as {@link pyRepr}). */
+export function pyStr(value) {
+  return typeof value === 'string' ? value : pyRepr(value);
+}
+
+/** Python's type name of a JSON value (`dict`, `list`, `str`, `int`, `float`, `bool`, `NoneType`), for messages. */
+export function pyTypeName(value) {
+  if (value === null || value === undefined) return 'NoneType';
+  if (Array.isArray(value)) return 'list';
+  if (typeof value === 'string') return 'str';
+  if (typeof value === 'boolean') return 'bool';
+  if (typeof value === 'bigint' || Number.isInteger(value)) return 'int';
+  return typeof value === 'number' ? 'float' : 'dict';
 }

@@ -1,5 +1,6 @@
 /**
- * PNG encoding of 8-bit RGB images with text chunks; the zlib deflate is injected (node:zlib or CompressionStream).
+ * Images out (engines/png.py): 8-bit RGB images tiled into one, and PNG files whose text chunks carry the generation
+ * parameters; the zlib deflate is injected (node:zlib or CompressionStream). Writing files is in node.js (savePng).
  * @module png
  */
 
@@ -54,7 +55,47 @@ export function textEntries(parameters) {
 }
 
 /**
- * Encode RGB pixels (height x width x 3) as PNG bytes.
+ * @typedef {object} RgbImage
+ * @property {Uint8Array} pixels RGB, height x width x 3
+ * @property {number} width
+ * @property {number} height
+ */
+
+/**
+ * Tile images of any sizes into one, row by row, `gap` black pixels apart (`columns` per row, default the
+ * square root of their number rounded up).
+ * @param {RgbImage[]} images
+ * @param {number|null} [columns]
+ * @param {number} [gap]
+ * @returns {RgbImage}
+ */
+export function tileImages(images, columns = null, gap = 2) {
+  const cols = columns || Math.ceil(Math.sqrt(images.length));
+  const rows = [];
+  for (let i = 0; i < images.length; i += cols) rows.push(images.slice(i, i + cols));
+  const rowHeights = rows.map((row) => Math.max(...row.map((im) => im.height)));
+  const colWidths = Array.from({ length: cols },
+    (_, c) => Math.max(...rows.filter((r) => c < r.length).map((r) => r[c].width)));
+  const width = colWidths.reduce((a, b) => a + b, 0) + gap * (cols - 1);
+  const height = rowHeights.reduce((a, b) => a + b, 0) + gap * (rows.length - 1);
+  const pixels = new Uint8Array(width * height * 3);
+  let top = 0;
+  rows.forEach((row, r) => {
+    let left = 0;
+    row.forEach((im, c) => {
+      for (let y = 0; y < im.height; y++) {
+        pixels.set(im.pixels.subarray(y * im.width * 3, (y + 1) * im.width * 3), ((top + y) * width + left) * 3);
+      }
+      left += colWidths[c] + gap;
+    });
+    top += rowHeights[r] + gap;
+  });
+  return { pixels, width, height };
+}
+
+/**
+ * The PNG file of RGB pixels (height x width x 3), with `parameters` as text chunks: `parameters` (all of them as
+ * JSON) and one `fit:<name>` entry per parameter.
  * @param {Uint8Array} pixels
  * @param {number} width
  * @param {number} height
@@ -62,7 +103,7 @@ export function textEntries(parameters) {
  * @param {(data: Uint8Array) => Promise<Uint8Array>|Uint8Array} deflate zlib-format compression
  * @returns {Promise<Uint8Array>}
  */
-export async function encodePng(pixels, width, height, parameters, deflate) {
+export async function pngBytes(pixels, width, height, parameters, deflate) {
   const header = new Uint8Array(13);
   const view = new DataView(header.buffer);
   view.setUint32(0, width);

@@ -3,6 +3,8 @@
  * @module rope
  */
 
+import { pyRepr } from './params.js';
+
 const f32 = Math.fround;
 
 export const METHODS = ['normal', 'linear', 'ntk-aware', 'ntk-by-parts', 'yarn', 'ntk-aware-pro1', 'ntk-aware-pro2'];
@@ -34,9 +36,6 @@ export const EXTRAPOLATION_ALIASES = {
  * @property {number|null} oriMaxPeLen
  */
 
-/** Python's repr of a string (for messages). */
-const repr = (text) => (String(text).includes("'") && !String(text).includes('"') ? `"${text}"` : `'${text}'`);
-
 /**
  * The canonical extrapolation name of `name` (an alias or a canonical name in any case); RangeError otherwise.
  * @param {string} name
@@ -45,7 +44,7 @@ export function canonicalExtrapolation(name) {
   let key = String(name).trim().toLowerCase();
   key = EXTRAPOLATION_ALIASES[key] ?? key;
   if (!EXTRAPOLATIONS.includes(key)) {
-    throw new RangeError(`unknown RoPE method ${repr(name)}; choose one of ${EXTRAPOLATIONS.join(', ')}`);
+    throw new RangeError(`unknown RoPE method ${pyRepr(name)}; choose one of ${EXTRAPOLATIONS.join(', ')}`);
   }
   return key;
 }
@@ -129,7 +128,7 @@ export function axisFrequencies(settings, len) {
     } else if (method === 'yarn') {
       const beta = f32(1 - ramp(yarnRange[0], yarnRange[1], k));
       freq = f32(f32(linear * f32(1 - beta)) + f32(base * beta));
-    } else throw new RangeError(`unknown RoPE method '${method}'`);
+    } else throw new RangeError(`unknown RoPE method ${pyRepr(method)}`);
     out[k] = freq;
   }
   return out;

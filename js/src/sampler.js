@@ -44,6 +44,18 @@ export function checkCfg(cfg) {
 }
 
 /**
+ * How to integrate from noise to data (engines.sampler.SamplerSettings); the sde sampler's `diffusionNorm` and
+ * `lastStepSize` default to the official 1 and 0.04.
+ * @typedef {object} SamplerSettings
+ * @property {string} method euler | heun | dopri5 | sde
+ * @property {number} steps
+ * @property {number} atol dopri5 absolute tolerance
+ * @property {number} rtol dopri5 relative tolerance
+ * @property {number} [diffusionNorm]
+ * @property {number} [lastStepSize]
+ */
+
+/**
  * @callback Velocity
  * @param {Float32Array} x (B, N, C)
  * @param {number[]} t per-request float32 times
@@ -143,10 +155,11 @@ export async function heun(v, x, batch, steps, progress) {
 }
 
 /**
- * The official SDE sampler (diffusion norm 1, last step 0.04); draw(step) gives step `step`'s noise (B, N, C).
+ * The official SDE sampler on the linear path (official defaults: diffusion norm 1, last step 0.04); `draw(size)`
+ * gives each step's noise (B, N, C), once per step in order (noise.js sdeDraw).
  * @returns {Promise<Float32Array>}
  */
-export async function sde(v, x, batch, steps, draw, progress, lastStepSize = 0.04, diffusionNorm = 1) {
+export async function sde(v, x, batch, steps, diffusionNorm = 1, lastStepSize = 0.04, draw, progress) {
   const tEnd = 1 - lastStepSize;
   const spacing = steps > 1 ? tEnd / (steps - 1) : 0;
   const ts = [];
@@ -171,7 +184,7 @@ export async function sde(v, x, batch, steps, draw, progress, lastStepSize = 0.0
 
   for (let i = 0; i < steps - 1; i++) {
     const { d, w } = await drift(x, ts[i]);
-    const noise = draw(i);
+    const noise = draw(x.length);
     const amp = f32(Math.sqrt(f32(2 * w)));
     const next = new Float32Array(x.length);
     for (let j = 0; j < x.length; j++) {
@@ -257,7 +270,7 @@ async function initialStep(v, x, f0, batch, atol, rtol) {
 }
 
 /** Adaptive Dormand-Prince 5(4) from t = 0 to 1. @returns {Promise<Float32Array>} */
-export async function dopri5(v, x, batch, atol, rtol, progress, maxSteps = 10000) {
+export async function dopri5(v, x, batch, atol, rtol, maxSteps = MAX_STEPS, progress) {
   const f0 = await v(x, full(0, batch));
   let dt = await initialStep(v, x, f0, batch, atol, rtol);
   let t0 = 0;
@@ -331,4 +344,23 @@ function nextStep(dt, ratio, safety = 0.9, ifactor = 10, dfactor = 0.2, order = 
   if (ratio === 0) return dt * ifactor;
   if (ratio < 1) dfactor = 1;
   return dt * Math.min(ifactor, Math.max(safety / ratio ** (1 / order), dfactor));
+}
+
+// ------------------------------------------------------------------------------------------------------------
+
+/**
+ * Run the sampler `settings.method` from noise x (B, N, C) at t = 0 to data at t = 1.
+ * @param {Velocity} v
+ * @param {Float32Array} x
+ * @param {number} batch B
+ * @param {SamplerSettings} settings
+ * @param {((size: number) => Float32Array)|null} [draw] the sde sampler's noise
+ * @param {Progress|null} [progress]
+ * @returns {Promise<Float32Array>}
+ */
+export async function integrate(v, x, batch, settings, draw = null, progress = null) {
+  if (settings.method === 'euler') return euler(v, x, batch, settings.steps, progress);
+  if (settings.method === 'heun') return heun(v, x, batch, settings.steps, progress);
+  if (settings.method === 'dopri5') return dopri5(v, x, batch, settings.atol, settings.rtol, MAX_STEPS, progress);
+  return sde(v, x, batch, settings.steps, settings.diffusionNorm, settings.lastStepSize, draw, progress);
 }

@@ -1,16 +1,18 @@
-/** The embedding API on its own: loading a directory or a URL, request checks and their messages. */
+/** The embedding API on its own: loading with the IO the entry point chooses, request checks and their messages. */
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 
 import * as ort from 'onnxruntime-node';
 
-import { BackendError, FitPipeline, GenerationError, PackageError, validateManifest } from '../src/index.js';
+import { BackendError, FitPipeline, GenerationError, PackageError } from '../src/index.js';
+import { directoryIO, loadPackage } from '../src/node.js';
 import { PACKAGE } from './helpers.mjs';
 
 test('a directory loads in Node and generates RGB pixels with parameters', async () => {
-  const pipe = await FitPipeline.load(PACKAGE, { ort });
+  const pipe = await FitPipeline.load(directoryIO(PACKAGE), { ort });
   const image = await pipe.generate({ width: 64, height: 96, label: 'triangle', seed: 2n, steps: 2 });
   assert.equal(image.pixels.length, 64 * 96 * 3);
   assert.equal(image.parameters.class_name, 'triangle');
@@ -23,7 +25,7 @@ test('a directory loads in Node and generates RGB pixels with parameters', async
 });
 
 test('bad requests are GenerationErrors with one-line messages', async () => {
-  const pipe = await FitPipeline.load(PACKAGE, { ort, lazyDecoder: true });
+  const pipe = await loadPackage(PACKAGE, { lazyDecoder: true });
   const cases = [
     [{ width: 90, height: 64 }, "90x64 is not on the model's 16-pixel grid; nearest valid sizes: 96x64, 80x64 (or pass --snap)"],
     [{ width: 96.5, height: 64 }, 'width must be a whole number of pixels, got 96.5'],
@@ -48,7 +50,7 @@ test('bad requests are GenerationErrors with one-line messages', async () => {
 });
 
 test('non-finite latents are refused with the Python runtime\'s message', async () => {
-  const pipe = await FitPipeline.load(PACKAGE, { ort, lazyDecoder: true });
+  const pipe = await loadPackage(PACKAGE, { lazyDecoder: true });
   const request = pipe.checkRequest({ width: 96, height: 64, label: 'star', seed: 3 });
   const settings = pipe.settings({ steps: 2, cfg: 2.5 });
   const noise = pipe.noise(request);
@@ -60,22 +62,28 @@ test('non-finite latents are refused with the Python runtime\'s message', async 
 });
 
 test('loading without a binding or a package fails with one line', async () => {
-  await assert.rejects(FitPipeline.load(PACKAGE, {}), BackendError);
-  await assert.rejects(FitPipeline.load('/no/such/package', { ort }),
+  await assert.rejects(FitPipeline.load(directoryIO(PACKAGE), {}), BackendError);
+  await assert.rejects(loadPackage('/no/such/package'),
     (err) => err instanceof PackageError && err.message === 'package /no/such/package does not exist or is not a directory');
+  // The core never reads directories itself: without a PackageIO the source is a URL, and a path is not one.
+  await assert.rejects(FitPipeline.load('/no/such/package', { ort }),
+    (err) => err instanceof PackageError && !err.message.includes('\n')
+      && /^package \/no\/such\/package: cannot read manifest.json \(/.test(err.message));
 });
 
-test('a manifest whose decoder does not follow the VAE decoder contract is refused', async () => {
-  const doc = JSON.parse(await readFile(join(PACKAGE, 'manifest.json'), 'utf8'));
-  validateManifest(doc);
-  doc.vae_decoder.inputs[0].name = 'z';
-  assert.throws(() => validateManifest(doc), (err) => err instanceof PackageError
-    && err.message.includes('do not follow the VAE decoder contract'));
+test('a manifest naming a file it does not list is refused at load with Python\'s message', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'fit-js-variant-'));
+  const doc = JSON.parse(readFileSync(join(PACKAGE, 'manifest.json'), 'utf8'));
+  doc.transformer.variants.push({ name: 'extra', file: 'transformer.extra.onnx', precision: 'fp32' });
+  doc.transformer.default_variant = 'extra';
+  writeFileSync(join(dir, 'manifest.json'), JSON.stringify(doc));
+  await assert.rejects(loadPackage(dir), (err) => err instanceof PackageError
+    && err.message === `${join(dir, 'manifest.json')}: transformer.extra.onnx is referenced but not listed under files`);
 });
 
 test('examples/embed_node.mjs serves PNGs and answers bad requests with 400', async () => {
   const { serve } = await import('../../examples/embed_node.mjs');
-  const pipe = await FitPipeline.load(PACKAGE, { ort });
+  const pipe = await loadPackage(PACKAGE);
   const server = await serve(pipe, 0);
   const base = `http://127.0.0.1:${server.address().port}`;
   try {

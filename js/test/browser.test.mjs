@@ -34,6 +34,13 @@ describe('web page in headless Chromium', { skip: reason ?? false }, () => {
     server?.stop();
   });
 
+  test('the form starts at the package defaults', async () => {
+    const values = await page.evaluate(() => Object.fromEntries(['width', 'height', 'class', 'steps', 'sampler', 'cfg',
+      'extrapolation'].map((id) => [id, document.getElementById(id).value])));
+    assert.deepEqual(values, { width: '80', height: '80', class: '0', steps: '16', sampler: 'heun', cfg: '4',
+      extrapolation: '' });
+  });
+
   test('a bad request shows one message and the page stays usable', async () => {
     const result = await generateInPage(page, { steps: 0 });
     assert.deepEqual(result, { state: 'error', status: 'steps must be a whole number from 1 to 10,000, got 0' });
