@@ -60,8 +60,9 @@ def site_root() -> Path:
 
 
 def ort_version() -> str:
-    """The onnxruntime-web version the page is built and tested with (js/package.json)."""
-    return json.loads((site_root() / "js" / "package.json").read_text())["dependencies"][ORT_PACKAGE]
+    """The onnxruntime-web version the page is built and tested with (the exact pin of js/package.json's
+    devDependencies; consumers of the runtime get it as an optional peer dependency)."""
+    return json.loads((site_root() / "js" / "package.json").read_text())["devDependencies"][ORT_PACKAGE]
 
 
 def ort_cache_prefix() -> Path:

@@ -158,8 +158,6 @@ def step_ddp_nccl(out: Path, device: str = "cuda", quick: bool = False) -> dict:
 
 def step_sampling(out: Path, device: str = "cuda", quick: bool = False) -> dict:
     """fit.sampling.sample on ``device`` and on CPU from the same noise: the latents must agree."""
-    import torch
-
     from engines.metrics import cosine
     from fit.flow import SamplerSettings
     from fit.sampling import LatentRequest, request_noise, sample
@@ -212,17 +210,18 @@ def step_export_onnx(out: Path, device: str = "cuda", quick: bool = False) -> di
 
 
 def _xl_feed(cfg, batch: int, tokens: int, device: str):
+    """The model's inputs for ``batch`` square images of ``tokens`` tokens, built by the graph contract."""
     import numpy as np
     import torch
 
-    from engines.rope import rope_tables
+    from engines.contract import GraphContract
 
     side = int(math.isqrt(tokens))
-    cos, sin = (torch.from_numpy(np.array(a, np.float32)) for a in rope_tables(cfg.rope_settings(), side, side))
-    expand = lambda a: a.unsqueeze(0).expand(batch, -1, -1).contiguous().to(device)
-    return (torch.randn(batch, tokens, cfg.token_dim, device=device), torch.rand(batch, device=device),
-            torch.randint(0, cfg.num_classes, (batch,), device=device), expand(cos), expand(sin),
-            torch.ones(batch, tokens, device=device))
+    contract = GraphContract(cfg.token_dim, cfg.patch_size ** 2 * cfg.out_channels, cfg.head_dim)
+    rng = np.random.default_rng(0)
+    padded = contract.padded_batch([(side, side)] * batch, cfg.rope_settings(), rng.integers(0, cfg.num_classes, batch))
+    feed = padded.feed(rng.uniform(0, 1, batch), rng.standard_normal(padded.x.shape))
+    return tuple(torch.from_numpy(feed[name]).to(device) for name in contract.INPUT_NAMES)
 
 
 def step_latency(out: Path, device: str = "cuda", quick: bool = False, config: str = "fitv2-xl",
