@@ -24,8 +24,8 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import click
 
-from engines.errors import BackendError
 from engines.backends import backend_names, resolve_backend_name
+from engines.errors import BackendError
 
 HELP_OPTIONS = ("-h", "--help")
 ERROR_EXIT = 2

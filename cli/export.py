@@ -12,8 +12,8 @@ from cli.common import BACKEND, Group, Named, UserError, check_writable, user_er
 from cli.trt import build, trt_check
 from engines.buckets import BucketError, parse_sizes
 from engines.contract import PRECISIONS
-from engines.manifest import QUANTIZATION_MODES
 from engines.errors import PackageError
+from engines.manifest import QUANTIZATION_MODES
 from engines.rope import EXTRAPOLATIONS, canonical_extrapolation
 from engines.sampler import SAMPLERS
 

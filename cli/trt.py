@@ -10,11 +10,10 @@ import sys
 import click
 
 from cli.common import Command, user_errors
-from engines.errors import BackendError
-from engines.buckets import BucketError
-from engines.errors import PackageError
-from engines.package import load_manifest
 from engines.backends.tensorrt.store import PRECISIONS
+from engines.buckets import BucketError
+from engines.errors import BackendError, PackageError
+from engines.package import load_manifest
 
 USER_ERRORS = (PackageError, BucketError, BackendError, ValueError, OSError)
 

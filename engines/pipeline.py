@@ -24,8 +24,8 @@ from engines.contract import patchify
 from engines.errors import BackendError, PackageError
 from engines.manifest import Manifest
 from engines.package import load_manifest
-from engines.rope import EXTRAPOLATIONS, canonical_extrapolation, extrapolation_name
 from engines.request import ENGINE_LIMITS, GenerationError, GenerationSettings, Job, Jobs, Limits, Request
+from engines.rope import EXTRAPOLATIONS, canonical_extrapolation, extrapolation_name
 from engines.sampler import SAMPLERS, Callback, SamplerSettings, SettingError, check_cfg, check_steps, guide, integrate
 
 F32 = np.float32

@@ -15,10 +15,10 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from engines import manifest as mf
-from engines.package import now_utc, sha256_file
 from engines.buckets import Bucket, BucketError, smallest_bucket, tokens_for_size
-from engines.sampler import SamplerSettings
+from engines.package import now_utc, sha256_file
 from engines.rope import EXTRAPOLATIONS
+from engines.sampler import SamplerSettings
 from fit.config import ConfigError, FiTConfig
 from fit.loading import CheckpointError, load_model
 from fit.model import FiT

@@ -20,7 +20,6 @@ of the engines being replaced — an interrupted build never leaves a sidecar po
 """
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import time
@@ -34,12 +33,13 @@ import numpy as np
 from engines.atomic import atomic_file
 from engines.buckets import (BatchRange, Bucket, BucketProfile, parse_batch,
                              parse_profiles, plan_profiles)
-from engines.manifest import Manifest
-from engines.contract import TensorSpec
-from engines.package import load_manifest, sha256_file
-from engines.backends.tensorrt.store import ENGINE_DIR, ENGINE_SUFFIX, PRECISIONS, Sidecar, engine_stem, sidecar_path, write_sidecar
 from engines.backends.tensorrt.install import GpuInfo, gpu_info, require_tensorrt
+from engines.backends.tensorrt.store import ENGINE_DIR, ENGINE_SUFFIX, PRECISIONS, Sidecar, engine_stem, sidecar_path, write_sidecar
+from engines.cache import cache_dir
+from engines.contract import TensorSpec
 from engines.errors import BackendError
+from engines.manifest import Manifest
+from engines.package import load_manifest, sha256_file
 from fit_export.trt_ops import UnsupportedByTensorRT, assert_supported
 from fit_export.typed import TypedGraphError, typed_graph
 
@@ -147,8 +147,7 @@ def _shape(shape) -> str:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "fit-toolkit" / "tensorrt"
+    return cache_dir("tensorrt")
 
 
 def _manifest_buckets(manifest: Manifest) -> tuple[Bucket, ...]:

@@ -40,8 +40,8 @@ from engines.atomic import recover_folder
 from engines.backends import Backend
 from engines.buckets import BucketError, choose_profile
 from engines.manifest import Manifest
-from engines.package import load_manifest, verify_files
 from engines.metrics import cosine, psnr
+from engines.package import load_manifest, verify_files
 from engines.pipeline import Pipeline
 from engines.sampler import SamplerSettings
 from fit.config import FiTConfig

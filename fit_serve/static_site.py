@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import unquote, urlsplit
 
+from engines.cache import cache_dir
 from engines.manifest import MANIFEST_NAME
 from engines.package import load_manifest
 
@@ -67,8 +68,7 @@ def ort_version() -> str:
 
 def ort_cache_prefix() -> Path:
     """The npm prefix fit-web looks in for onnxruntime-web when neither a checkout nor the user provides one."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "fit-toolkit" / "web"
+    return cache_dir("web")
 
 
 def find_ort_dist(given: Optional[Path] = None) -> Path:

@@ -16,10 +16,10 @@ import torch
 from click.testing import CliRunner
 
 from cli.export import main as fit_export
-from engines.manifest import FORMAT_VERSION, Manifest
 from engines.errors import PackageError
-from engines.package import load_manifest
+from engines.manifest import FORMAT_VERSION, Manifest
 from engines.metrics import cosine
+from engines.package import load_manifest
 from fit.config import preset
 from fit.model import FiT
 from fit_export import ExportError, export_package, validate_package

@@ -14,8 +14,8 @@ import engines.manifest as mf
 import engines.package as package_io
 import engines.schema as schema
 from engines.contract import GraphContract
-from engines.manifest import Manifest
 from engines.errors import PackageError
+from engines.manifest import Manifest
 from engines.package import load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli.run import main as run_main
-from engines.errors import BackendError
 from engines.backends import create_backend
+from engines.errors import BackendError
 from engines.metrics import cosine, psnr
 from engines.pipeline import DEFAULT_MODEL_DIR
 from engines.png import read_parameters

@@ -7,10 +7,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import engines  # noqa: E402
-from engines.errors import BackendError, PackageError
 from engines.backends import create_backend
-from engines.package import file_entries
 from engines.contract import patchify, unpatchify
+from engines.errors import BackendError, PackageError
+from engines.package import file_entries
 from engines.pipeline import EXTRAPOLATIONS, GenerationError, Request
 from engines.png import read_parameters, save_png
 from fit import flow  # noqa: E402

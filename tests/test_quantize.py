@@ -11,8 +11,8 @@ import engines  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from cli.export import main as export_cli  # noqa: E402
 from engines.errors import PackageError
-from engines.package import load_manifest, sha256_file
 from engines.metrics import psnr  # noqa: E402
+from engines.package import load_manifest, sha256_file
 from fit_export.quantize import (INT8_FILE, QuantizeError, activation_products, quantize_package,  # noqa: E402
                                  record_calibration)
 from tests.runtime_helpers import copy_package, tiny_package  # noqa: E402

@@ -16,18 +16,7 @@ from engines.backends.tensorrt.store import EngineMismatchError, Sidecar, write_
 from engines.errors import BackendError
 from engines.package import load_manifest, sha256_file
 from fit_export.tensorrt import plan_build
-from tests.runtime_helpers import copy_package, tiny_package
-from tests.trt_helpers import H100, FakeCudart, fake_tensorrt
-
-
-@pytest.fixture(scope="module")
-def package(tmp_path_factory):
-    return tiny_package(tmp_path_factory)[0]
-
-
-@pytest.fixture
-def own_package(package, tmp_path):
-    return copy_package(package, tmp_path / "pkg")
+from tests.trt_helpers import H100, FakeCudart, fake_tensorrt, own_package, package  # noqa: F401 (fixtures)
 
 
 # ----------------------------------------------------------------------------------------------------------

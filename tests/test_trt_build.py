@@ -11,17 +11,7 @@ from cli.trt import build
 from engines.backends.tensorrt.install import tensorrt_status
 from engines.package import load_manifest
 from fit_export.tensorrt import BuildError, plan_build
-from tests.runtime_helpers import copy_package, tiny_package
-
-
-@pytest.fixture(scope="module")
-def package(tmp_path_factory):
-    return tiny_package(tmp_path_factory)[0]
-
-
-@pytest.fixture
-def own_package(package, tmp_path):
-    return copy_package(package, tmp_path / "pkg")
+from tests.trt_helpers import own_package, package  # noqa: F401 (fixtures)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(bool(MISSING), reason="TensorRT tests need " + "; ".join(MISSING))]
 
 from engines.backends import create_backend
-from engines.backends.tensorrt.store import EngineMismatchError  # noqa: E402
 from engines.backends.tensorrt.install import gpu_info, tensorrt_version  # noqa: E402
+from engines.backends.tensorrt.store import EngineMismatchError  # noqa: E402
 from tests.runtime_helpers import copy_package, tiny_package  # noqa: E402
 
 

@@ -14,18 +14,7 @@ from engines.backends.tensorrt.store import (EngineMismatchError, Sidecar, find_
                                  select_engines, sidecar_mismatches, verify_engine_file, write_sidecar)
 from engines.buckets import BucketProfile, parse_batch, parse_profiles, plan_profiles
 from engines.package import load_manifest, sha256_file
-from tests.runtime_helpers import copy_package, tiny_package
-from tests.trt_helpers import H100
-
-
-@pytest.fixture(scope="module")
-def package(tmp_path_factory):
-    return tiny_package(tmp_path_factory)[0]
-
-
-@pytest.fixture
-def own_package(package, tmp_path):
-    return copy_package(package, tmp_path / "pkg")
+from tests.trt_helpers import H100, own_package, package  # noqa: F401 (fixtures)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ from click.testing import CliRunner  # noqa: E402
 from cli.export import main as export_cli  # noqa: E402
 from engines.backends import create_backend
 from engines.contract import GraphContract
-from engines.package import load_manifest, sha256_file
 from engines.metrics import cosine  # noqa: E402
+from engines.package import load_manifest, sha256_file
 from engines.rope import RopeSettings  # noqa: E402
 from fit_export import tune  # noqa: E402
 from fit_export.onnx_export import check_graph  # noqa: E402

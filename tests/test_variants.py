@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli.run import main as run_main
-from engines.manifest import Manifest
 from engines.errors import PackageError
+from engines.manifest import Manifest
 from engines.package import load_manifest
 from engines.pipeline import DEFAULT_MODEL_DIR
 

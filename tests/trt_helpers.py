@@ -6,10 +6,24 @@ import json
 import types
 
 import numpy as np
+import pytest
 
 from engines.backends.tensorrt.install import GpuInfo
+from tests.runtime_helpers import copy_package, tiny_package
 
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", (9, 0))
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    """The tiny exported package (shared by a module's tests; copy it before changing it)."""
+    return tiny_package(tmp_path_factory)[0]
+
+
+@pytest.fixture
+def own_package(package, tmp_path):
+    """A test's own copy of the tiny package."""
+    return copy_package(package, tmp_path / "pkg")
 _NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
 
 

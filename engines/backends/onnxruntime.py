@@ -19,9 +19,8 @@ from typing import Optional
 import numpy as np
 
 from engines.backends import Backend, TensorInfo, graph_file
-from engines.errors import BackendError
+from engines.errors import BackendError, PackageError
 from engines.manifest import Manifest, graph_files
-from engines.errors import PackageError
 from engines.package import load_manifest, verify_files
 
 _DTYPES = {

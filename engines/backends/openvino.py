@@ -18,7 +18,6 @@ Compiled models are cached (OpenVINO's ``CACHE_DIR``; default ``$XDG_CACHE_HOME/
 """
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -26,9 +25,9 @@ from typing import Optional
 import numpy as np
 
 from engines.backends import Backend, TensorInfo, graph_file
-from engines.errors import BackendError
+from engines.cache import cache_dir
+from engines.errors import BackendError, PackageError
 from engines.manifest import Manifest, graph_files
-from engines.errors import PackageError
 from engines.package import load_manifest, verify_files
 
 #: what the session computes in -> OpenVINO's INFERENCE_PRECISION_HINT
@@ -46,8 +45,7 @@ def _openvino():
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "fit-toolkit" / "openvino"
+    return cache_dir("openvino")
 
 
 def bf16_support(core=None, device: str = "CPU") -> tuple[bool, str]:

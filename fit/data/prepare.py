@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from engines.atomic import atomic_write
 from fit.data import DataError
-from fit.data.latent_folder import MIN_TOKENS, META_FILE, folder_names, write_latent
+from fit.data.latent_folder import META_FILE, MIN_TOKENS, folder_names, write_latent
 from fit.flow import patchify
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}

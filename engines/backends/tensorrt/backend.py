@@ -21,11 +21,10 @@ from typing import Optional
 import numpy as np
 
 from engines.backends import Backend, TensorInfo, package_path
-from engines.errors import BackendError
-from engines.buckets import BucketError, Range, choose_profile
 from engines.backends.tensorrt.cuda import Cuda
+from engines.buckets import BucketError, Range, choose_profile
+from engines.errors import BackendError, PackageError
 from engines.manifest import Manifest
-from engines.errors import PackageError
 from engines.package import load_manifest
 from engines.backends.tensorrt.store import (PRECISIONS, EngineMismatchError, Sidecar, rebuild_command, select_engines,
                                  verify_engine_file)

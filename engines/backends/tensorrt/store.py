@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from engines.atomic import atomic_write
-from engines.errors import BackendError
-from engines.buckets import BucketProfile
-from engines.manifest import Manifest
-from engines.contract import TensorSpec
-from engines.package import sha256_file
 from engines.backends.tensorrt.install import GpuInfo
+from engines.buckets import BucketProfile
+from engines.contract import TensorSpec
+from engines.errors import BackendError
+from engines.manifest import Manifest
+from engines.package import sha256_file
 
 SIDECAR_FORMAT = "fit-tensorrt-engine"
 SIDECAR_VERSION = 1
