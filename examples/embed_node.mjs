@@ -15,19 +15,21 @@ import { deflateSync } from 'node:zlib';
 
 import { GenerationError, pngBytes } from '../js/src/index.js';
 import { loadPackage } from '../js/src/node.js';
+import { pyNumber, pyRepr } from '../js/src/params.js';
 
-const INTEGER_FIELDS = ['width', 'height', 'steps'];
+const INTEGER_FIELDS = ['width', 'height', 'seed', 'steps'];
 
-/** URL query -> generate() options (label stays a string: an id or a class name; seed a digit string). */
+/**
+ * URL query -> prepare() arguments, handed on as given: text that reads as a number as that number (label stays
+ * text: an id or a class name); prepare checks them all and words every mistake.
+ */
 export function parseQuery(params) {
   const args = {};
   for (const [key, value] of params) {
-    if (INTEGER_FIELDS.includes(key)) {
-      if (!/^\d+$/.test(value)) throw new GenerationError(`${key} must be a whole number, got '${value}'`);
-      args[key] = Number(value);
-    } else if (key === 'cfg') args.cfg = Number(value);
-    else if (['label', 'seed', 'sampler', 'extrapolation'].includes(key)) args[key] = value;
-    else throw new GenerationError(`unknown parameter '${key}'`);
+    if (INTEGER_FIELDS.includes(key)) args[key] = pyNumber(value, 'int');
+    else if (key === 'cfg') args.cfg = pyNumber(value);
+    else if (['label', 'sampler', 'extrapolation'].includes(key)) args[key] = value;
+    else throw new GenerationError(`unknown parameter ${pyRepr(key)}`);
   }
   return args;
 }
@@ -43,7 +45,7 @@ export async function serve(pipe, port, host = '127.0.0.1') {
     }
     queue = queue.then(async () => {
       try {
-        const image = await pipe.generate(parseQuery(url.searchParams));
+        const [image] = await pipe.generateMany(pipe.prepare(parseQuery(url.searchParams)));
         const png = await pngBytes(image.pixels, image.width, image.height, image.parameters, (d) => deflateSync(d));
         response.writeHead(200, { 'Content-Type': 'image/png' }).end(png);
       } catch (err) {

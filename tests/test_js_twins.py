@@ -18,6 +18,7 @@ TWINS = {
     "engines/noise.py": "js/src/noise.js",
     "engines/rope.py": "js/src/rope.js",
     "engines/sampler.py": "js/src/sampler.js",
+    "engines/request.py": "js/src/request.js",
     "engines/pipeline.py": "js/src/pipeline.js",
     "engines/png.py": "js/src/png.js",
 }
@@ -34,9 +35,14 @@ EXCEPTIONS = {
     "contract:TensorSpec.to_dict": (None, _WRITES),
     "contract:GraphContract.MEANINGS": (None, "descriptions for the field reference in docs/package-format.md"),
     "contract:GraphContract.dynamic_axes": (None, "an export setting (torch.onnx)"),
-    "contract:GraphContract.axes": (None, "torch.onnx's form of the dynamic axes, for the exporter"),
+    "contract:GraphContract.shapes": (None, "a JavaScript feed takes the dynamic axes' lengths by name "
+                                            "(feed(arrays, sizes)) and gives each input its shape from them"),
     "contract:GraphContract.example_feed": (None, "random feeds for tracing and smoke tests of the exporter"),
     "contract:GraphContract.polygraphy_metadata": (None, "Polygraphy is Python only"),
+    "contract:VaeDecoderContract.MEANINGS": (None, "descriptions for the field reference in docs/package-format.md"),
+    "contract:VaeDecoderContract.dynamic_axes": (None, "an export setting (torch.onnx)"),
+    "contract:VaeDecoderContract.image_shape": (None, "the exporter's check of a decoder's output "
+                                                      "(fit_export/package.py)"),
     "manifest:QUANTIZATION_MODES": (None, "written by fit-export quantize; no runtime reads it"),
     "manifest:OPENVINO_VARIANT": (None, "OpenVINO is Python only"),
     **{f"manifest:{name}": (None, _SECTION) for name in (
@@ -73,13 +79,15 @@ EXCEPTIONS = {
     "sampler:Callback": (None, "a type: JSDoc @callback Progress"),
     "sampler:F32": (None, "JavaScript rounds to float32 with Math.fround"),
     "sampler:SamplerSettings": (None, "a plain {method, steps, atol, rtol} object (JSDoc typedef SamplerSettings)"),
+    "request:Limits.to_dict": (None, "fit-serve lists its limits in GET /v1/model; no JavaScript front end does"),
     "pipeline:F32": (None, "JavaScript rounds to float32 with Math.fround"),
     "pipeline:DEFAULT_MODEL_DIR": ("node.js:DEFAULT_MODEL_DIR", "a directory: Node only"),
     "pipeline:SEED_LIMIT": ("noise.js:SEED_LIMIT", "engines.pipeline re-exports it; JavaScript takes it from noise.js"),
-    "pipeline:Request": (None, "a plain {width, height, label, seed} object (JSDoc typedef Request)"),
     "pipeline:load": ("FitPipeline.load", "the core opens a PackageIO or a URL; node.js loadPackage opens a directory "
                                           "(the default model when none is given)"),
     "pipeline:Pipeline": ("FitPipeline", "the name JavaScript programs import"),
+    "pipeline:Pipeline.tap": ("tap", "JavaScript has no with-statement: tap(onInfer, during) taps the calls while "
+                                     "the async function during runs and removes the tap when it settles"),
     "pipeline:Pipeline.close": ("release", "ONNX Runtime's JavaScript sessions are freed with release()"),
     "png:to_pil": (None, "PIL is Python only; JavaScript images are {pixels, width, height}"),
     "png:save_png": ("node.js:savePng", "writes a file: Node only"),

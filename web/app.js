@@ -78,7 +78,8 @@ async function generate(event) {
     const total = request.sampler === 'dopri5' ? null : request.steps;
     $('progress').value = 0;
     status('Generating…');
-    last = await pipe.generate({ ...request, onStep(done, _total, t) {
+    // The page has no snap control: a size off the grid is the engine's message as it is (its hint is not shown).
+    [last] = await pipe.generateMany(pipe.prepare(request), { onStep(done, _total, t) {
       $('progress').value = total ? done / total : t;
       status(total ? `Step ${done} of ${total}` : `Step ${done} (t = ${t.toFixed(3)})`);
     } });

@@ -7,11 +7,10 @@
 import { existsSync, statSync, accessSync, constants } from 'node:fs';
 import { basename, dirname, extname, join } from 'node:path';
 
-import { EXTRAPOLATIONS, MAX_CFG, MAX_STEPS, SAMPLERS, BackendError, GenerationError, PackageError,
-  canonicalExtrapolation } from '../src/index.js';
-import { SEED_LIMIT } from '../src/noise.js';
+import { EXTRAPOLATIONS, MAX_CFG, MAX_STEPS, SAMPLERS, BackendError, GenerationError, PackageError }
+  from '../src/index.js';
 import { loadPackage, savePng } from '../src/node.js';
-import { asFloat } from '../src/params.js';
+import { pyNumber, pyTypeName } from '../src/params.js';
 import { tileImages } from '../src/png.js';
 
 const PROG = 'fit-run';
@@ -20,23 +19,24 @@ const MAX_GRID_PIXELS = 89478485; // what Pillow opens without a decompression-b
 
 class UsageError extends Error {}
 
+// type "int"/"float": a request value handed to prepare as given, text that reads as a number as that number
+// (cli.common.Passed); "text": handed on as it is; "count": checked here (click's IntRange).
 const OPTIONS = [
   { name: 'width', short: 'W', type: 'int', help: "Image width in pixels (default: the model's)." },
   { name: 'height', short: 'H', type: 'int', help: "Image height in pixels (default: the model's)." },
-  { name: 'class', param: 'label', type: 'string', help: 'Class id or name, or a comma-separated list cycled over --num (default: unconditional).' },
-  { name: 'num', short: 'n', type: 'int', min: 1, default: 1,
-    help: 'Number of images; each is written as soon as it is done.' },
+  { name: 'class', param: 'label', type: 'text', help: 'Class id or name, or a comma-separated list cycled over --num (default: unconditional).' },
+  { name: 'num', short: 'n', type: 'int', default: 1, help: 'Number of images; each is written as soon as it is done.' },
   { name: 'steps', type: 'int',
     help: `Sampler steps, 1 to ${MAX_STEPS.toLocaleString('en-US')} (default: the package's).` },
-  { name: 'sampler', type: 'choice', choices: SAMPLERS, help: "Integrator (default: the package's)." },
+  { name: 'sampler', type: 'text', choices: SAMPLERS, help: "Integrator (default: the package's)." },
   { name: 'cfg', type: 'float', help: `Classifier-free guidance scale, 0 to ${MAX_CFG}; 1 = off.` },
-  { name: 'seed', type: 'bigint', default: 0n, help: 'Seed of image 1 (0 to 2**64 - 1); image i uses seed + i - 1.' },
-  { name: 'extrapolation', type: 'named', choices: EXTRAPOLATIONS, resolve: canonicalExtrapolation,
+  { name: 'seed', type: 'int', default: 0, help: 'Seed of image 1 (0 to 2**64 - 1); image i uses seed + i - 1.' },
+  { name: 'extrapolation', type: 'text', choices: EXTRAPOLATIONS,
     help: "RoPE extrapolation for sizes beyond training (default: the package's)." },
-  { name: 'precision', type: 'string', help: 'Transformer variant: a name the package lists or a precision '
+  { name: 'precision', type: 'text', help: 'Transformer variant: a name the package lists or a precision '
     + "(fp32, int8, fp16). Default: the package's default variant." },
-  { name: 'threads', type: 'int', min: 0, default: 0, help: 'ONNX Runtime intra-op threads (0 = auto).' },
-  { name: 'out', short: 'o', type: 'string', default: 'fit-run.png',
+  { name: 'threads', type: 'count', default: 0, help: 'ONNX Runtime intra-op threads (0 = auto).' },
+  { name: 'out', short: 'o', type: 'text', default: 'fit-run.png',
     help: 'Output PNG; several images become NAME-1.png, NAME-2.png, ... unless --grid.' },
   { name: 'grid', type: 'flag', help: 'Write several images as one grid PNG.' },
   { name: 'snap', type: 'flag', help: "Round a size off the model's pixel grid to the nearest valid one." },
@@ -57,37 +57,14 @@ function usage() {
 const label = (o) => `'--${o.name}'${o.short ? ` / '-${o.short}'` : ''}`;
 
 function convert(o, text) {
-  const invalid = (what) => new UsageError(`Invalid value for ${label(o)}: '${text}' is not a valid ${what}.`);
-  if (o.type === 'int') {
-    if (!/^\s*[-+]?\d+\s*$/.test(text)) throw invalid('integer');
+  if (o.type === 'int' || o.type === 'float') return pyNumber(text, o.type);
+  if (o.type === 'count') {
+    if (!/^\s*[-+]?\d+\s*$/.test(text)) {
+      throw new UsageError(`Invalid value for ${label(o)}: '${text}' is not a valid integer range.`);
+    }
     const value = Number(text);
-    if (o.min !== undefined && value < o.min) {
-      throw new UsageError(`Invalid value for ${label(o)}: ${value} is not in the range x>=${o.min}.`);
-    }
+    if (value < 0) throw new UsageError(`Invalid value for ${label(o)}: ${value} is not in the range x>=0.`);
     return value;
-  }
-  if (o.type === 'bigint') {
-    if (!/^\s*[-+]?\d+\s*$/.test(text)) throw invalid('integer');
-    return BigInt(text.trim());
-  }
-  if (o.type === 'float') {
-    const value = Number(text);
-    if (text.trim() === '' || Number.isNaN(value) && !/^\s*[-+]?nan\s*$/i.test(text)) throw invalid('float');
-    return value;
-  }
-  if (o.type === 'named') {
-    try {
-      return o.resolve(text);
-    } catch (err) {
-      throw new UsageError(`Invalid value for ${label(o)}: ${err.message}`);
-    }
-  }
-  if (o.type === 'choice') {
-    const found = o.choices.find((c) => (o.caseless ? c.toLowerCase() === text.toLowerCase() : c === text));
-    if (!found) {
-      throw new UsageError(`Invalid value for ${label(o)}: '${text}' is not one of ${o.choices.map((c) => `'${c}'`).join(', ')}.`);
-    }
-    return found;
   }
   return text;
 }
@@ -141,50 +118,45 @@ function progressBar(quiet, total, title) {
   };
 }
 
-/** Generate the images CHUNK at a time and save each as it is done; yields the paths written. */
+/**
+ * Check the request (prepare's arguments, as given), then generate its images CHUNK at a time and save each as it
+ * is done; yields the paths written.
+ */
 async function* run(a) {
   if (extname(a.out).toLowerCase() !== '.png') throw new GenerationError(`output ${a.out} must end in .png`);
-  checkWritable(outputPath(a.out, 0, a.num, a.grid));       // numbered files all go to this same folder
+  // numbered files all go to this same folder
+  checkWritable(outputPath(a.out, 0, pyTypeName(a.num) === 'int' ? a.num : 1, a.grid));
   const pipe = await loadPackage(a.package ?? undefined, { threads: a.threads, precision: a.precision,
     warn: (message) => process.stderr.write(`${PROG}: warning: ${message}\n`) });
   try {
-    const wanted = [a.width ?? pipe.defaultSize[0], a.height ?? pipe.defaultSize[1]];
-    const size = pipe.checkSize(wanted[0], wanted[1], a.snap);
-    if (size[0] !== wanted[0] || size[1] !== wanted[1]) {
-      process.stderr.write(`${PROG}: snapped ${wanted[0]}x${wanted[1]} to ${size[0]}x${size[1]}\n`);
+    const jobs = pipe.prepare({ width: a.width, height: a.height, label: a.class, seed: a.seed, num: a.num,
+      snap: a.snap, steps: a.steps, sampler: a.sampler, cfg: a.cfg, extrapolation: a.extrapolation });
+    const { width, height } = jobs.at(0).request;
+    const wanted = [a.width || pipe.defaultSize[0], a.height || pipe.defaultSize[1]];
+    if (width !== wanted[0] || height !== wanted[1]) {
+      process.stderr.write(`${PROG}: snapped ${wanted[0]}x${wanted[1]} to ${width}x${height}\n`);
     }
-    const classIds = a.class ? a.class.split(',').map((part) => pipe.resolveLabel(part)) : [pipe.resolveLabel(null)];
-    const settings = pipe.settings({ steps: a.steps, sampler: a.sampler, cfg: a.cfg === null ? null : asFloat(a.cfg),
-      extrapolation: a.extrapolation });
-    const request = (i) => pipe.checkRequest({ width: size[0], height: size[1], label: classIds[i % classIds.length],
-      seed: a.seed + BigInt(i) });
-    request(0);                                               // size, class and seed of image 1, before any work
-    const last = a.seed + BigInt(a.num - 1);
-    if (a.seed >= 0n && last >= SEED_LIMIT) {
-      throw new GenerationError(`--seed ${a.seed} with --num ${a.num} needs seeds up to ${last}; seeds must be below `
-        + '2**64');
-    }
-    const pixels = a.num * size[0] * size[1];
-    if (a.grid && a.num > 1 && pixels > MAX_GRID_PIXELS) {
-      throw new GenerationError(`a grid of ${a.num} images of ${size[0]}x${size[1]} would have about `
+    const num = jobs.length;
+    const pixels = num * width * height;
+    if (a.grid && num > 1 && pixels > MAX_GRID_PIXELS) {
+      throw new GenerationError(`a grid of ${num} images of ${width}x${height} would have about `
         + `${pixels.toLocaleString('en-US')} pixels, more than Pillow opens without a decompression-bomb warning `
         + `(${MAX_GRID_PIXELS.toLocaleString('en-US')}); drop --grid`);
     }
-    const method = settings.sampler.method;
-    const chunks = Math.ceil(a.num / CHUNK);
-    const bar = progressBar(a.quiet, method === 'dopri5' ? null : settings.sampler.steps * chunks, `${method} x${a.num}`);
+    const { method, steps } = jobs.settings.sampler;
+    const stepsPerChunk = method === 'dopri5' ? 0 : steps;
+    const bar = progressBar(a.quiet, stepsPerChunk * Math.ceil(num / CHUNK) || null, `${method} x${num}`);
     const gridImages = [];
     try {
-      for (let first = 0, chunk = 0; first < a.num; first += CHUNK, chunk++) {
-        const requests = [];
-        for (let i = first; i < Math.min(a.num, first + CHUNK); i++) requests.push(request(i));
-        const offset = chunk * (method === 'dopri5' ? 0 : settings.sampler.steps);
-        const images = await pipe.generateMany(requests, { settings, onStep: (done) => bar.update(offset + done) });
+      for (let first = 0, chunk = 0; first < num; first += CHUNK, chunk++) {
+        const offset = chunk * stepsPerChunk;
+        const images = await pipe.generateMany(jobs.slice(first, first + CHUNK),
+          { onStep: (done) => bar.update(offset + done) });
         for (let i = 0; i < images.length; i++) {
           const image = images[i];
-          if (a.grid && a.num > 1) gridImages.push(image);
+          if (a.grid && num > 1) gridImages.push(image);
           else {
-            yield await savePng(outputPath(a.out, first + i, a.num, a.grid), image.pixels, image.width, image.height,
+            yield await savePng(outputPath(a.out, first + i, num, a.grid), image.pixels, image.width, image.height,
               image.parameters);
           }
         }
@@ -201,12 +173,27 @@ async function* run(a) {
   }
 }
 
-/** The message with the API parameter at its start named by its flag (`cfg must ...` -> `--cfg must ...`). */
-function flagged(err) {
-  const message = String(err.message).trim().split('\n')[0] || err.name;
-  const option = err.parameter ? OPTIONS.find((o) => (o.param ?? o.name) === err.parameter) : null;
-  return option && message.startsWith(`${err.parameter} `) ? `--${option.name}${message.slice(err.parameter.length)}`
-    : message;
+/** The long flag of the option whose parameter name is `parameter` (cli.common.flag_of), or null. */
+function flagOf(parameter) {
+  const option = OPTIONS.find((o) => (o.param ?? o.name) === parameter);
+  return option ? `--${option.name}` : null;
+}
+
+/**
+ * The one-line message of a user error with API parameter names as flags (cli.common.render): the parameter at its
+ * start, the other parameters it mentions, and its hint as ` (or pass --FLAG)`.
+ */
+function render(err) {
+  let message = String(err.message).trim().split('\n')[0].trim() || err.name;
+  const flag = err.parameter ? flagOf(err.parameter) : null;
+  if (flag && message.startsWith(`${err.parameter} `)) message = flag + message.slice(err.parameter.length);
+  for (const name of err.mentions ?? []) {
+    const mentioned = flagOf(name);
+    if (mentioned) message = message.replace(new RegExp(`(?<![\\w-])${name}(?= )`), mentioned);
+  }
+  const hint = err.hint ? flagOf(err.hint) : null;
+  if (hint) message += ` (or pass ${hint})`;
+  return message;
 }
 
 const USER_ERRORS = [PackageError, BackendError, GenerationError, UsageError];
@@ -234,7 +221,7 @@ async function main(argv) {
     return 0;
   } catch (err) {
     if (USER_ERRORS.some((kind) => err instanceof kind) || err?.code) {
-      process.stderr.write(`${PROG}: error: ${flagged(err)}\n`);
+      process.stderr.write(`${PROG}: error: ${render(err)}\n`);
       return 2;
     }
     throw err;

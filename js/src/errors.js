@@ -1,6 +1,6 @@
 /**
  * The errors of the runtime that are not about one request (engines/errors.py): a package it cannot use, a backend
- * it cannot run. Request errors (GenerationError) are in pipeline.js.
+ * it cannot run. Request errors (GenerationError) are in request.js.
  * @module errors
  */
 

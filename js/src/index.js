@@ -6,16 +6,18 @@
  *   import { FitPipeline } from 'fit-runtime';
  *   const pipe = await FitPipeline.load('/package/', { ort });      // a URL: read with fetchIO
  *   const { pixels, width, height, parameters } = await pipe.generate({ width: 96, height: 64, label: 'star', seed: 1 });
+ *   const images = await pipe.generateMany(pipe.prepare({ width: 96, height: 64, label: 'star,ring', num: 2 }));
  *
  * In Node, fit-runtime/node (node.js) opens a directory: loadPackage(dir), or FitPipeline.load(directoryIO(dir), ...).
  * @module fit-runtime
  */
 
-export { FitPipeline, GenerationError, GenerationSettings, patchify, unpatchify } from './pipeline.js';
+export { FitPipeline } from './pipeline.js';
+export { GenerationError, Limits, ENGINE_LIMITS, Request, GenerationSettings, Job, Jobs } from './request.js';
 export { PackageError, BackendError } from './errors.js';
 export { fetchIO, loadManifest } from './package.js';
 export { Manifest, select } from './manifest.js';
-export { GraphContract } from './contract.js';
+export { GraphContract, PaddedBatch, VaeDecoderContract, patchify, unpatchify } from './contract.js';
 export { EXTRAPOLATIONS, EXTRAPOLATION_ALIASES, METHODS, ropeTables, axisFrequencies, attentionScale, resolveMethod,
   canonicalExtrapolation, extrapolationName } from './rope.js';
 export { SAMPLERS, MAX_STEPS, MAX_CFG, SettingError, checkSteps, checkCfg } from './sampler.js';

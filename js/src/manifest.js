@@ -5,7 +5,7 @@
  * @module manifest
  */
 
-import { GraphContract, PRECISIONS, TensorSpec } from './contract.js';
+import { GraphContract, PRECISIONS, TensorSpec, VaeDecoderContract } from './contract.js';
 import { PackageError } from './errors.js';
 import { SCHEMA } from './manifest-schema.js';
 import { pyFloat, pyJson, pyRepr, pyTypeName } from './params.js';
@@ -162,7 +162,7 @@ export function variant(transformer, name) {
 }
 
 /**
- * The variant `backend` runs for `precision`: a variant name, a precision (`fp32`, `int8`, ...), or null for the
+ * The variant `backend` runs for `precision`: a variant name, a precision (`fp32`, `fp16`, `int8`), or null for the
  * package default. Among the variants of a precision the backend prefers the one made for it (`runtime` equal to
  * its name: the ONNX Runtime-tuned copy) unless `tuned` is false; a variant made for another runtime is never
  * chosen (docs/package-format.md#variants). PackageError names what the package holds.
@@ -181,7 +181,7 @@ export function select(transformer, backend, precision = null, tuned = true) {
     if (chosen.runtime !== null && chosen.runtime !== backend && all[0].precision === chosen.precision) chosen = all[0];
     wanted = chosen.precision;
     if (chosen.runtime === backend && tuned) return chosen;
-  } else if (all.some((v) => v.name === wanted) && !VARIANT_PRECISIONS.includes(wanted)) {
+  } else if (!VARIANT_PRECISIONS.includes(wanted)) {       // a variant name (an unknown one is refused by name)
     const chosen = variant(transformer, wanted);
     if (chosen.runtime !== null && chosen.runtime !== backend) {
       throw new PackageError(`transformer variant ${pyRepr(wanted)} runs on ${chosen.runtime} only, not ${backend}`);
@@ -216,6 +216,10 @@ export class Manifest {
     this.files = files;
     GraphContract.checkNames(this.transformer.inputs.map((s) => s.name), this.transformer.outputs.map((s) => s.name),
       'transformer');
+    const vae = this.vae_decoder;
+    if (vae && (vae.inputs.length || vae.outputs.length)) {
+      VaeDecoderContract.checkNames(vae.inputs.map((s) => s.name), vae.outputs.map((s) => s.name), 'vae_decoder');
+    }
     for (const name of this.referencedFiles()) {
       if (!Object.hasOwn(files, name)) throw new PackageError(`${name} is referenced but not listed under files`);
     }
@@ -225,6 +229,11 @@ export class Manifest {
   get graph() {
     const m = this.model;
     return new GraphContract(m.token_dim, m.out_token_dim, m.head_dim, this.transformer.precision);
+  }
+
+  /** The VAE decoder's graph contract, or null for a package without one. */
+  get vaeGraph() {
+    return this.vae_decoder ? new VaeDecoderContract(this.model.latent_channels, this.latent.downsample) : null;
   }
 
   /** Every file a section names (graphs, their external data, stored weights). */

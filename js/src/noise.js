@@ -3,6 +3,8 @@
  * @module noise
  */
 
+import { pyRepr } from './params.js';
+
 const MASK = (1n << 64n) - 1n;
 const GAMMA = 0x9E3779B97F4A7C15n;
 const M1 = 0xBF58476D1CE4E5B9n;
@@ -21,8 +23,9 @@ export function checkSeed(seed) {
   if (typeof seed === 'bigint') value = seed;
   else if (typeof seed === 'number' && Number.isInteger(seed)) value = BigInt(seed);
   else if (typeof seed === 'string' && /^\s*[-+]?\d+\s*$/.test(seed)) value = BigInt(seed.trim());
-  else throw new RangeError(`seed must be a whole number from 0 to 2**64 - 1, got ${seed}`);
-  if (value < 0n || value >= SEED_LIMIT) throw new RangeError(`seed must be a whole number from 0 to 2**64 - 1, got ${value}`);
+  if (value === undefined || value < 0n || value >= SEED_LIMIT) {
+    throw new RangeError(`seed must be a whole number from 0 to 2**64 - 1, got ${value ?? pyRepr(seed)}`);
+  }
   return value;
 }
 

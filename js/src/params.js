@@ -1,6 +1,7 @@
 /**
  * Python-compatible text: generation parameters as PNG text (docs/runtime-spec.md §10) and the values quoted in
- * messages, written as Python's repr, str, json.dumps and format(x, 'g') write them. The one place for this in js/.
+ * messages, written as Python's repr, str, json.dumps and format(x, 'g') write them, and text read as a number as
+ * Python's int() and float() read it. The one place for this in js/.
  * @module params
  */
 
@@ -130,4 +131,29 @@ export function pyTypeName(value) {
   if (typeof value === 'boolean') return 'bool';
   if (typeof value === 'bigint' || Number.isInteger(value)) return 'int';
   return typeof value === 'number' ? 'float' : 'dict';
+}
+
+const DIGITS = String.raw`\d(?:_?\d)*`;
+const INT_TEXT = new RegExp(`^[-+]?${DIGITS}$`);
+const FLOAT_TEXT = new RegExp(`^[-+]?(?:${DIGITS}\\.?(?:${DIGITS})?|\\.${DIGITS})(?:[eE][-+]?${DIGITS})?$`);
+const SPECIAL_FLOAT = /^([-+]?)(inf|infinity|nan)$/i;
+
+/**
+ * A request value given as text (a flag, a query field) the way Python front ends hand it on: text that Python's
+ * int() reads is that whole number when `kind` is "int" (a BigInt beyond 2**53), text that float() reads a
+ * {float}, anything else the text itself; the engine's checks then word every mistake.
+ * @param {string} text
+ * @param {'int'|'float'} [kind]
+ * @returns {number|bigint|PyFloat|string}
+ */
+export function pyNumber(text, kind = 'float') {
+  const t = text.trim();
+  if (kind === 'int' && INT_TEXT.test(t)) {
+    const value = BigInt(t.replaceAll('_', ''));
+    return Number.isSafeInteger(Number(value)) ? Number(value) : value;
+  }
+  if (FLOAT_TEXT.test(t)) return asFloat(Number(t.replaceAll('_', '')));
+  const special = SPECIAL_FLOAT.exec(t);
+  if (special) return asFloat(special[2].toLowerCase() === 'nan' ? NaN : special[1] === '-' ? -Infinity : Infinity);
+  return text;
 }

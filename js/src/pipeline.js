@@ -1,17 +1,18 @@
 /**
- * Image generation from a model package (engines/pipeline.py): sizes, labels, noise, padded batches, sampling,
- * decoding, on an injected ONNX Runtime binding (onnxruntime-node or onnxruntime-web). The steps follow
+ * Image generation from a model package (engines/pipeline.py): the request check (prepare), noise, sampling one
+ * padded batch, decoding, on an injected ONNX Runtime binding (onnxruntime-node or onnxruntime-web). The steps follow
  * docs/runtime-spec.md.
  * @module pipeline
  */
 
-import { GraphContract } from './contract.js';
+import { GraphContract, VaeDecoderContract, patchify } from './contract.js';
 import { BackendError, PackageError } from './errors.js';
 import { MANIFEST_NAME } from './manifest.js';
-import { checkSeed, normals, sdeDraw } from './noise.js';
+import { SEED_LIMIT, checkSeed, normals, sdeDraw } from './noise.js';
 import { fetchIO, loadManifest } from './package.js';
-import { asFloat, formatG, pyRepr } from './params.js';
-import { EXTRAPOLATIONS, METHODS, canonicalExtrapolation, extrapolationName, ropeTables, withMethod } from './rope.js';
+import { asFloat, formatG, pyRepr, pyTypeName } from './params.js';
+import { ENGINE_LIMITS, GenerationError, GenerationSettings, Jobs } from './request.js';
+import { EXTRAPOLATIONS, METHODS, canonicalExtrapolation, extrapolationName, withMethod } from './rope.js';
 import { SAMPLERS, SettingError, checkCfg, checkSteps, guide, integrate } from './sampler.js';
 import { OnnxRuntimeBackend } from './session.js';
 
@@ -31,55 +32,6 @@ function ropeProblem(rope) {
     return `RoPE method ${pyRepr(rope.method)} needs ori_max_pe_len (the training grid side in patches)`;
   }
   return null;
-}
-
-/**
- * A request the package cannot serve (size off the grid or too large, unknown class, bad settings).
- * `parameter`: the request parameter at fault (`width`, `cfg`, ...) when one is; the message then starts with its
- * name, which a command line replaces with its flag.
- */
-export class GenerationError extends Error {
-  constructor(message, parameter = null) { super(message); this.name = 'GenerationError'; this.parameter = parameter; }
-}
-
-/**
- * One image: pixel size, class id (null = unconditional) and the seed of its initial noise.
- * @typedef {object} Request
- * @property {number} width
- * @property {number} height
- * @property {number|string|null} [label] class id, id string or class name; null = unconditional
- * @property {number|bigint|string} [seed]
- */
-
-/**
- * Everything besides the request that decides an image, resolved once from the request and the package defaults
- * ({@link FitPipeline#settings}); it drives the sampler and is what the PNG metadata records.
- */
-export class GenerationSettings {
-  /**
-   * @param {import('./sampler.js').SamplerSettings} sampler
-   * @param {number} cfg
-   * @param {string} extrapolation canonical name of the RoPE method used
-   * @param {import('./rope.js').RopeSettings} rope
-   * @param {number} [scalePow]
-   */
-  constructor(sampler, cfg, extrapolation, rope, scalePow = 0) {
-    Object.assign(this, { sampler, cfg, extrapolation, rope, scalePow });
-  }
-
-  /** Whether the network runs cond and uncond halves (classifier-free guidance on). */
-  get guided() {
-    return this.cfg !== 1;
-  }
-
-  /**
-   * Requests whose settings share this key can share one step loop (and so one padded batch): same integrator,
-   * steps and tolerances, guidance on or off. Scale and extrapolation may differ per row.
-   */
-  loopKey() {
-    const s = this.sampler;
-    return [s.method, s.steps, s.atol, s.rtol, this.guided, this.scalePow].join();
-  }
 }
 
 /**
@@ -130,6 +82,7 @@ export class FitPipeline {
   }
 
   #label;
+  #taps = [];
 
   /** @private Use {@link FitPipeline.load}. */
   constructor(io, manifest, options) {
@@ -145,6 +98,25 @@ export class FitPipeline {
     /** The VAE decoder's backend, when the package has one. */
     this.vae = manifest.vae_decoder
       ? new OnnxRuntimeBackend(this.ort, io, manifest, { ...shared, graph: 'vae_decoder' }) : null;
+  }
+
+  /**
+   * Run `during()` with `onInfer(feed, outputs)` seeing every transformer call of sampling (a calibration records
+   * the feeds, a validation runs a reference on them; it may be async, and it may throw to stop sampling); the tap
+   * is removed when `during` settles. Resolves to what `during` resolves to.
+   * @template T
+   * @param {(feed: Record<string, {dtype: string, data: any, dims: number[]}>, outputs: Record<string, Float32Array>)
+   *   => (void|Promise<void>)} onInfer
+   * @param {() => Promise<T>} during
+   * @returns {Promise<T>}
+   */
+  async tap(onInfer, during) {
+    this.#taps.push(onInfer);
+    try {
+      return await during();
+    } finally {
+      this.#taps.splice(this.#taps.indexOf(onInfer), 1);
+    }
   }
 
   /** The transformer variant that runs ({name, file, precision, runtime, weights_from, ...}). */
@@ -201,14 +173,14 @@ export class FitPipeline {
   /** The package name (manifest "name"). */
   get name() { return this.manifest.name; }
 
-  // -- request checks -----------------------------------------------------------------------------------------
+  // -- request checks (docs/runtime-spec.md §2) ---------------------------------------------------------------
   /** Token count of a W x H pixel image. */
   tokens(width, height) {
     const g = this.granularity;
     return Math.floor(width / g) * Math.floor(height / g);
   }
 
-  /** Valid [width, height] sizes around a requested one, nearest first. */
+  /** Valid [width, height] sizes around a requested one, nearest first (at most 4). */
   nearestSizes(width, height) {
     const g = this.granularity;
     const options = new Map();
@@ -222,21 +194,25 @@ export class FitPipeline {
     return [...options.values()].sort((a, b) => dist(a) - dist(b) || a[0] - b[0] || a[1] - b[1]);
   }
 
-  /** [width, height] if the package can generate it; with `snap` the nearest valid size instead. */
+  /**
+   * [width, height] if the package can generate it; with `snap` the nearest valid size instead. GenerationError
+   * naming the nearest valid sizes for sizes off the pixel grid (hint: `snap`) or too large.
+   */
   checkSize(width, height, snap = false) {
     for (const [name, value] of [['width', width], ['height', height]]) {
-      if (typeof value !== 'number' || !Number.isInteger(value)) {
+      if (pyTypeName(value) !== 'int') {
         throw new GenerationError(`${name} must be a whole number of pixels, got ${pyRepr(value)}`, name);
       }
       if (value <= 0) throw new GenerationError(`${name} must be positive, got ${value}`, name);
     }
+    [width, height] = [Number(width), Number(height)];
     const g = this.granularity;
     if (width % g || height % g) {
       const nearest = this.nearestSizes(width, height);
       if (snap && nearest.length) return nearest[0];
       const names = nearest.map(([w, h]) => `${w}x${h}`).join(', ') || 'none within the size limit';
       throw new GenerationError(`${width}x${height} is not on the model's ${g}-pixel grid; nearest valid sizes: `
-        + `${names} (or pass --snap)`);
+        + `${names}`, null, { hint: nearest.length ? 'snap' : null });
     }
     const tokens = this.tokens(width, height);
     if (tokens > this.maxTokens) {
@@ -249,12 +225,12 @@ export class FitPipeline {
     return [width, height];
   }
 
-  /** Class id from an id (number or digit string) or a class name; null/undefined stay null (unconditional). */
+  /** Class id from an id (number, BigInt or digit string) or a class name; null/undefined stay null (unconditional). */
   resolveLabel(label) {
     if (label === null || label === undefined) return null;
     if (typeof label === 'string') {
       const text = label.trim();
-      if (/^-?\d+$/.test(text)) label = Number(text);
+      if (/^-?\d+$/.test(text)) label = BigInt(text);
       else {
         const lowered = this.classNames.map((n) => n.toLowerCase());
         const index = lowered.indexOf(text.toLowerCase());
@@ -264,13 +240,11 @@ export class FitPipeline {
         throw new GenerationError(`unknown class ${pyRepr(label)}${hint} (ids 0..${this.numClasses - 1})`);
       }
     }
-    if (typeof label !== 'number' || !Number.isInteger(label)) {
-      throw new GenerationError(`class must be an id or a name, got ${pyRepr(label)}`);
-    }
+    if (pyTypeName(label) !== 'int') throw new GenerationError(`class must be an id or a name, got ${pyRepr(label)}`);
     if (label < 0 || label >= this.numClasses) {
       throw new GenerationError(`class id ${label} is outside 0..${this.numClasses - 1}`);
     }
-    return label;
+    return Number(label);
   }
 
   /** RoPE settings of the package, or with the extrapolation `name` (canonical or alias). */
@@ -284,21 +258,24 @@ export class FitPipeline {
   }
 
   /**
-   * A request's settings resolved once against the package defaults (engines.pipeline.Pipeline.settings). `cfg` may
-   * be a number or {float}. Throws GenerationError naming the parameter.
+   * A request's settings resolved once against the package defaults; throws GenerationError naming the parameter.
+   * `cfg` may be a number or {float}; `limits`: the largest steps and guidance scale allowed (a server's policy; the
+   * engine's own by default).
+   * @param {{steps?: any, sampler?: any, cfg?: any, extrapolation?: any,
+   *   limits?: import('./request.js').Limits}} [options]
    * @returns {GenerationSettings}
    */
-  settings({ steps, sampler, cfg, extrapolation } = {}) {
+  settings({ steps, sampler, cfg, extrapolation, limits = ENGINE_LIMITS } = {}) {
     const defaults = this.manifest.sampler;
     const method = sampler ?? defaults.method;
-    const count = steps ?? defaults.steps;
-    if (!SAMPLERS.includes(method)) {
+    let count = steps ?? defaults.steps;
+    if (typeof method !== 'string' || !SAMPLERS.includes(method)) {
       throw new GenerationError(`unknown sampler ${pyRepr(method)}; choose one of ${SAMPLERS.join(', ')}`, 'sampler');
     }
     let scale;
     try {
-      checkSteps(count);
-      scale = checkCfg(cfg ?? this.manifest.guidance.default_scale);
+      count = checkSteps(count, limits.maxSteps);
+      scale = checkCfg(cfg ?? this.manifest.guidance.default_scale, limits.maxCfg);
     } catch (err) {
       if (err instanceof SettingError) throw new GenerationError(err.message, err.parameter);
       throw err;
@@ -307,9 +284,10 @@ export class FitPipeline {
     let name = extrapolationName(this.rope);
     if (extrapolation !== null && extrapolation !== undefined) {
       try {
+        if (typeof extrapolation !== 'string') throw new TypeError(String(extrapolation));
         name = canonicalExtrapolation(extrapolation);
       } catch {
-        throw new GenerationError(`unknown extrapolation ${pyRepr(String(extrapolation))}; choose one of `
+        throw new GenerationError(`unknown extrapolation ${pyRepr(extrapolation)}; choose one of `
           + `${this.extrapolations.join(', ')}`, 'extrapolation');
       }
       if (!this.extrapolations.includes(name)) {
@@ -322,47 +300,93 @@ export class FitPipeline {
     return new GenerationSettings(samplerSettings, scale, name, rope, this.manifest.guidance.scale_pow);
   }
 
+  /**
+   * Check a request once and return the jobs of its `num` images (a sequence made on access); throws
+   * GenerationError.
+   *
+   * width, height: pixels (absent: the package default size); with `snap` a size off the pixel grid becomes the
+   * nearest valid one. label: a class id, a class name, null (unconditional), or several (an array, or names and
+   * ids separated by commas) cycled over the images. Image `i` (0-based) has seed `seed + i` (a number, BigInt or
+   * digit string). steps, sampler, cfg, extrapolation: absent for the package's. Checks, in order: num, size,
+   * classes, seeds, settings (docs/runtime-spec.md §2).
+   * @param {{width?: any, height?: any, label?: any, seed?: any, num?: any, snap?: boolean, steps?: any,
+   *   sampler?: any, cfg?: any, extrapolation?: any, limits?: import('./request.js').Limits}} [request]
+   * @returns {Jobs}
+   */
+  prepare({ width, height, label = null, seed = 0, num = 1, snap = false, steps, sampler, cfg, extrapolation,
+    limits = ENGINE_LIMITS } = {}) {
+    if (pyTypeName(num) !== 'int' || num < 1) {
+      throw new GenerationError(`num must be a whole number of at least 1, got ${pyRepr(num)}`, 'num');
+    }
+    const [w, h] = this.checkSize(width ?? this.defaultSize[0], height ?? this.defaultSize[1], snap);
+    const parts = typeof label === 'string' ? label.split(',') : Array.isArray(label) ? label : [label];
+    const labels = parts.length ? parts.map((part) => this.resolveLabel(part)) : [null];
+    let first;
+    try {
+      first = checkSeed(seed);
+    } catch (err) {
+      throw new GenerationError(err.message, 'seed');
+    }
+    const last = first + BigInt(num) - 1n;
+    if (last >= SEED_LIMIT) {
+      throw new GenerationError(`seed ${first} with num ${num} needs seeds up to ${last}; seeds must be below 2**64`,
+        'seed', { mentions: ['num'] });
+    }
+    const settings = this.settings({ steps, sampler, cfg, extrapolation, limits });
+    return new Jobs(w, h, labels, first, Number(num), settings);
+  }
+
   // -- generation ---------------------------------------------------------------------------------------------
-  /** Initial latent noise (C, H/d, W/d) of a request: block 0 of its seed's stream. */
+  /**
+   * Initial latent noise (C, H/d, W/d) of a request: block 0 of its seed's portable stream, so an image depends
+   * only on its own seed, never on what shares its batch.
+   */
   noise(request) {
     const d = this.downsample;
     return normals(request.seed, this.channels * (request.height / d) * (request.width / d), 0);
   }
 
   /**
-   * Latents (C, H/d, W/d) of `requests` (checked) sampled together as one padded batch. `settings`: one
-   * {@link GenerationSettings} for all requests, or one per request; per-request settings must share
-   * {@link GenerationSettings#loopKey} (their guidance scale and extrapolation may differ).
-   * @param {Request[]} requests
-   * @param {GenerationSettings|GenerationSettings[]} settings
+   * Latents (C, H/d, W/d) of `jobs` (from {@link FitPipeline#prepare}) sampled together as one padded batch. The
+   * jobs' settings must share {@link GenerationSettings#loopKey} (their guidance scale and extrapolation may
+   * differ). noise: the initial noise of each job instead of its seed's (validation).
+   * @param {Iterable<import('./request.js').Job>} jobs
    * @param {((done: number, total: number|null, t: number) => void)|null} [onStep]
-   * @param {Float32Array[]|null} [noise] initial noise per request (default {@link FitPipeline#noise})
+   * @param {Float32Array[]|null} [noise]
    * @returns {Promise<Float32Array[]>}
    */
-  async sampleLatents(requests, settings, onStep = null, noise = null) {
-    const perRow = Array.isArray(settings) ? settings : requests.map(() => settings);
-    if (perRow.length !== requests.length || new Set(perRow.map((s) => s.loopKey())).size !== 1) {
-      throw new GenerationError('requests sampled together need one sampler, step count and guidance on/off');
+  async sampleLatents(jobs, onStep = null, noise = null) {
+    const list = [...jobs];
+    if (!list.length) throw new GenerationError('no jobs to generate');
+    const requests = list.map((job) => job.request);
+    const perRow = list.map((job) => job.settings);
+    if (new Set(perRow.map((s) => s.loopKey())).size !== 1) {
+      throw new GenerationError('jobs sampled together need one sampler, step count and guidance on/off');
     }
     const first = perRow[0];
-    const batch = new PaddedBatch(requests, this, perRow.map((s) => s.rope),
-      noise ?? requests.map((r) => this.noise(r)));
     const useCfg = first.guided && requests.some((r) => r.label !== null);
+    const p = this.patchSize;
+    const d = this.downsample;
+    const initial = noise ?? requests.map((r) => this.noise(r));
+    const batch = this.contract.paddedBatch(requests.map((r) => [r.height / (d * p), r.width / (d * p)]),
+      perRow.map((s) => s.rope), requests.map((r) => (r.label === null ? this.nullClass : r.label)),
+      requests.map((r, i) => patchify(initial[i], this.channels, r.height / d, r.width / d, p)),
+      useCfg ? this.nullClass : null);
     const cfg = perRow.map((s) => s.cfg);
-    const constant = batch.feed(this.nullClass, useCfg);
     const outName = GraphContract.OUTPUT_NAMES[0];
     const B = requests.length;
-    const rows = useCfg ? 2 * B : B;
+    const dim = this.contract.tokenDim;
 
     const velocity = async (x, t) => {
-      const feed = this.contract.feed({ ...constant, x: useCfg ? twice(x) : x,
-        t: Float32Array.from(useCfg ? [...t, ...t] : t) }, rows, batch.seq);
-      const v = (await this.backend.infer(feed))[outName];
-      return useCfg ? guide(v, B, batch.dim, cfg, t, this.guidedChannels, first.scalePow) : v;
+      const feed = batch.feed(t, x);
+      const outputs = await this.backend.infer(feed);
+      for (const onInfer of this.#taps) await onInfer(feed, outputs);
+      const out = outputs[outName];
+      return useCfg ? guide(out, B, dim, cfg, t, this.guidedChannels, first.scalePow) : out;
     };
 
-    const draw = sdeDraw(requests.map((r) => r.seed), batch.lengths, batch.dim);
-    const latents = batch.unpack(await integrate(velocity, batch.x, B, first.sampler, draw, onStep));
+    const draw = sdeDraw(requests.map((r) => r.seed), batch.lengths, dim);
+    const latents = batch.unpack(await integrate(velocity, batch.x, B, first.sampler, draw, onStep), p);
     requests.forEach((request, i) => {
       if (!latents[i].every(Number.isFinite)) {
         throw new GenerationError(`sampling seed ${request.seed} gave non-finite latents (float32 overflow), so no `
@@ -391,9 +415,11 @@ export class FitPipeline {
       rgb = C === 1 ? new Float32Array([...z, ...z, ...z]) : z;
     } else if (this.vae) {
       await this.vae.activate();
+      const contract = this.manifest.vaeGraph;
+      const { BATCH, HEIGHT, WIDTH, OUTPUT_NAMES } = VaeDecoderContract;
       const input = this.manifest.vae_decoder.input_is_scaled ? latent : unscaled();
-      const feed = { [this.vae.inputs[0]]: { dtype: 'float32', data: input, dims: [1, C, lh, lw] } };
-      rgb = Object.values(await this.vae.infer(feed))[0];
+      const feed = contract.feed({ latent: input }, { [BATCH]: 1, [HEIGHT]: lh, [WIDTH]: lw });
+      rgb = (await this.vae.infer(feed))[OUTPUT_NAMES[0]];
     } else {
       rgb = preview(unscaled(), factor, lh, lw, this.downsample);
     }
@@ -412,44 +438,28 @@ export class FitPipeline {
     return pixels;
   }
 
-  /** The request with its label resolved and its seed a BigInt; GenerationError for what the package cannot serve. */
-  checkRequest(request) {
-    const [width, height] = this.checkSize(request.width, request.height);
-    let seed;
-    try {
-      seed = checkSeed(request.seed ?? 0);
-    } catch (err) {
-      throw new GenerationError(err.message, 'seed');
-    }
-    return { width, height, label: this.resolveLabel(request.label ?? null), seed };
-  }
-
   /**
-   * Several images of any sizes sampled in one padded batch; each depends only on its own seed.
-   * @param {Request[]} requests
-   * @param {{steps?: number, sampler?: string, cfg?: number, extrapolation?: string, settings?: GenerationSettings,
-   *   onStep?: (done: number, total: number|null, t: number) => void}} [options] `settings` (from
-   *   {@link FitPipeline#settings}) instead of steps/sampler/cfg/extrapolation
+   * Images of `jobs` (from {@link FitPipeline#prepare}), all sampled in one padded batch, each with its parameters.
+   * @param {Iterable<import('./request.js').Job>} jobs
+   * @param {{onStep?: (done: number, total: number|null, t: number) => void}} [options]
    * @returns {Promise<Image[]>}
    */
-  async generateMany(requests, { steps, sampler, cfg, extrapolation, settings, onStep } = {}) {
-    if (!requests?.length) throw new GenerationError('no requests to generate');
-    const used = settings ?? this.settings({ steps, sampler, cfg, extrapolation });
-    const resolved = requests.map((r) => this.checkRequest(r));
-    const latents = await this.sampleLatents(resolved, used, onStep);
+  async generateMany(jobs, { onStep = null } = {}) {
+    const list = [...jobs];
+    const latents = await this.sampleLatents(list, onStep);
     const images = [];
-    for (let i = 0; i < resolved.length; i++) {
-      const r = resolved[i];
-      images.push({ pixels: await this.decode(latents[i], r.height, r.width), width: r.width, height: r.height,
-        parameters: this.parameters(r, used) });
+    for (let i = 0; i < list.length; i++) {
+      const { width, height } = list[i].request;
+      images.push({ pixels: await this.decode(latents[i], height, width), width, height,
+        parameters: this.parameters(list[i]) });
     }
     return images;
   }
 
   /** The parameters of one image as stored in its PNG text chunks (cfg as {float}): what was actually used. */
-  parameters(request, settings) {
-    const label = request.label ?? null;
-    const seed = BigInt(request.seed ?? 0);
+  parameters(job) {
+    const { request, settings } = job;
+    const { label, seed } = request;
     return {
       model: this.name, width: request.width, height: request.height, class: label,
       class_name: label !== null && label < this.classNames.length ? this.classNames[label] : null,
@@ -460,124 +470,17 @@ export class FitPipeline {
   }
 
   /**
-   * One image of `width` x `height` pixels (the package default size when omitted).
-   * @param {Request & {steps?: number, sampler?: string, cfg?: number, extrapolation?: string, snap?: boolean,
-   *   onStep?: (done: number, total: number|null, t: number) => void}} request
+   * One image of `width` x `height` pixels (the package default size when omitted): {@link FitPipeline#prepare}
+   * then {@link FitPipeline#generateMany}.
+   * @param {{width?: any, height?: any, label?: any, seed?: any, steps?: any, sampler?: any, cfg?: any,
+   *   extrapolation?: any, snap?: boolean, onStep?: (done: number, total: number|null, t: number) => void}} [request]
    * @returns {Promise<Image>}
    */
-  async generate({ width, height, label = null, seed = 0, steps, sampler, cfg, extrapolation, snap = false,
-    onStep } = {}) {
-    const [w, h] = this.checkSize(width ?? this.defaultSize[0], height ?? this.defaultSize[1], snap);
-    const request = this.checkRequest({ width: w, height: h, label, seed });
-    const settings = this.settings({ steps, sampler, cfg, extrapolation });
-    const [image] = await this.generateMany([request], { settings, onStep });
+  async generate({ width, height, label, seed, steps, sampler, cfg, extrapolation, snap, onStep } = {}) {
+    const job = this.prepare({ width, height, label, seed, snap, steps, sampler, cfg, extrapolation }).at(0);
+    const [image] = await this.generateMany([job], { onStep });
     return image;
   }
-}
-
-/** Requests of different sizes as one (B, N_max) token batch: tokens, mask, labels and RoPE tables. */
-export class PaddedBatch {
-  /**
-   * @param {Request[]} requests checked requests
-   * @param {FitPipeline} pipe
-   * @param {import('./rope.js').RopeSettings[]} rope per request
-   * @param {Float32Array[]} noise initial latent noise (C, H/d, W/d) per request
-   */
-  constructor(requests, pipe, rope, noise) {
-    const p = pipe.patchSize;
-    const d = pipe.downsample;
-    this.p = p;
-    this.channels = pipe.channels;
-    this.grids = requests.map((r) => [r.height / (d * p), r.width / (d * p)]);
-    this.lengths = this.grids.map(([h, w]) => h * w);
-    const b = requests.length;
-    const n = Math.max(...this.lengths);
-    const dim = pipe.channels * p * p;
-    const D = pipe.rope.headDim;
-    /** N_max, the padded sequence length, and C*p*p, the token width. */
-    this.seq = n;
-    this.dim = dim;
-    this.x = new Float32Array(b * n * dim);
-    this.mask = new Float32Array(b * n);
-    this.cos = new Float32Array(b * n * D);
-    this.sin = new Float32Array(b * n * D);
-    this.grids.forEach(([h, w], i) => {
-      this.x.set(patchify(noise[i], pipe.channels, h * p, w * p, p), i * n * dim);
-      this.mask.fill(1, i * n, i * n + this.lengths[i]);
-      const tables = ropeTables(rope[i], h, w);
-      this.cos.set(tables.cos, i * n * D);
-      this.sin.set(tables.sin, i * n * D);
-    });
-    this.y = BigInt64Array.from(requests, (r) => BigInt(r.label === null ? pipe.nullClass : r.label));
-  }
-
-  /** The per-call constant inputs, doubled into [cond; uncond] halves for CFG. */
-  feed(nullClass, cfg) {
-    if (!cfg) return { y: this.y, rope_cos: this.cos, rope_sin: this.sin, mask: this.mask };
-    const y = BigInt64Array.from([...this.y, ...this.y.map(() => BigInt(nullClass))]);
-    return { y, rope_cos: twice(this.cos), rope_sin: twice(this.sin), mask: twice(this.mask) };
-  }
-
-  /** The batch's tokens (B, N_max, C*p*p) -> each request's latent (C, h*p, w*p). */
-  unpack(x) {
-    const { seq, dim } = this;
-    return this.grids.map(([h, w], i) => unpatchify(x.subarray(i * seq * dim, (i * seq + this.lengths[i]) * dim), h, w,
-      this.p, this.channels));
-  }
-}
-
-/** A typed array followed by itself (the cond and uncond halves of a guided call). */
-function twice(a) {
-  const out = new a.constructor(a.length * 2);
-  out.set(a);
-  out.set(a, a.length);
-  return out;
-}
-
-// ------------------------------------------------------------------------------------------------------------
-// Tokens <-> latents
-// ------------------------------------------------------------------------------------------------------------
-
-/** (C, H, W) -> (H/p * W/p, C*p*p) tokens, channel order (c, p1, p2). */
-export function patchify(latent, channels, height, width, p) {
-  const h = height / p;
-  const w = width / p;
-  const dim = channels * p * p;
-  const out = new Float32Array(h * w * dim);
-  for (let r = 0; r < h; r++) {
-    for (let c = 0; c < w; c++) {
-      const token = (r * w + c) * dim;
-      for (let ch = 0; ch < channels; ch++) {
-        for (let i = 0; i < p; i++) {
-          for (let j = 0; j < p; j++) {
-            out[token + ch * p * p + i * p + j] = latent[(ch * height + r * p + i) * width + c * p + j];
-          }
-        }
-      }
-    }
-  }
-  return out;
-}
-
-/** (h*w, C*p*p) tokens -> (C, h*p, w*p). */
-export function unpatchify(tokens, h, w, p, channels) {
-  const height = h * p;
-  const width = w * p;
-  const dim = channels * p * p;
-  const out = new Float32Array(channels * height * width);
-  for (let r = 0; r < h; r++) {
-    for (let c = 0; c < w; c++) {
-      const token = (r * w + c) * dim;
-      for (let ch = 0; ch < channels; ch++) {
-        for (let i = 0; i < p; i++) {
-          for (let j = 0; j < p; j++) {
-            out[(ch * height + r * p + i) * width + c * p + j] = tokens[token + ch * p * p + i * p + j];
-          }
-        }
-      }
-    }
-  }
-  return out;
 }
 
 /** Approximate RGB (3, H, W) in [-1, 1] of a (scaled) SD-VAE latent, upsampled, when no decoder is shipped. */

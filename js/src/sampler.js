@@ -4,7 +4,7 @@
  * @module sampler
  */
 
-import { pyRepr } from './params.js';
+import { formatG, pyRepr, pyTypeName } from './params.js';
 
 const f32 = Math.fround;
 
@@ -19,26 +19,28 @@ export class SettingError extends RangeError {
 }
 
 /**
- * `steps` if it is a whole number from 1 to MAX_STEPS; SettingError otherwise.
+ * `steps` as a number if it is a whole number from 1 to `maximum` (at most MAX_STEPS); SettingError otherwise.
  * @param {any} steps
+ * @param {number} [maximum]
  */
-export function checkSteps(steps) {
-  if (typeof steps !== 'number' || !Number.isInteger(steps) || steps < 1 || steps > MAX_STEPS) {
-    throw new SettingError(`steps must be a whole number from 1 to ${MAX_STEPS.toLocaleString('en-US')}, got `
+export function checkSteps(steps, maximum = MAX_STEPS) {
+  if (pyTypeName(steps) !== 'int' || !(steps >= 1 && steps <= maximum)) {
+    throw new SettingError(`steps must be a whole number from 1 to ${maximum.toLocaleString('en-US')}, got `
       + `${pyRepr(steps)}`, 'steps');
   }
-  return steps;
+  return Number(steps);
 }
 
 /**
  * `cfg` (a number, or {float} for a value that is a float in Python's sense) as a number if it is a guidance scale
- * from 0 to MAX_CFG; SettingError otherwise (NaN too).
+ * from 0 to `maximum` (at most MAX_CFG); SettingError otherwise (NaN too).
  * @param {any} cfg
+ * @param {number} [maximum]
  */
-export function checkCfg(cfg) {
+export function checkCfg(cfg, maximum = MAX_CFG) {
   const value = cfg !== null && typeof cfg === 'object' && 'float' in cfg ? cfg.float : cfg;
-  if (typeof value !== 'number' || !(value >= 0 && value <= MAX_CFG)) {
-    throw new SettingError(`cfg must be a number from 0 to ${MAX_CFG}, got ${pyRepr(cfg)}`, 'cfg');
+  if (typeof value !== 'number' || !(value >= 0 && value <= maximum)) {
+    throw new SettingError(`cfg must be a number from 0 to ${formatG(maximum)}, got ${pyRepr(cfg)}`, 'cfg');
   }
   return value;
 }

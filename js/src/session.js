@@ -8,6 +8,7 @@
 import { BackendError, PackageError, firstLine } from './errors.js';
 import { graphFiles, select } from './manifest.js';
 import { verifyFiles } from './package.js';
+import { pyRepr } from './params.js';
 
 /**
  * Runs one graph of a package (`graph` "transformer" or "vae_decoder") in an InferenceSession.
@@ -113,14 +114,20 @@ export class OnnxRuntimeBackend {
   }
 
   /**
-   * Run the graph. feed: input name -> {dtype, data, dims} (float16 inputs given as float32 values); returns output
-   * name -> Float32Array.
+   * Run the graph. feed: input name -> {dtype, data, dims} (every graph input; float16 inputs given as float32
+   * values); returns output name -> Float32Array.
    * @param {Record<string, {dtype: string, data: any, dims: number[]}>} feed
    * @returns {Promise<Record<string, Float32Array>>}
    */
   async infer(feed) {
     if (!this.session) {
       throw new BackendError(`${this.name} backend is not active; call activate()`);
+    }
+    const missing = this.inputs.filter((name) => !Object.hasOwn(feed, name));
+    const unexpected = Object.keys(feed).filter((name) => !this.inputs.includes(name));
+    if (missing.length || unexpected.length) {
+      throw new BackendError(`${this.name} feed does not match the graph: missing ${pyRepr(missing)}, unexpected `
+        + `${pyRepr(unexpected)}`);
     }
     let out;
     try {

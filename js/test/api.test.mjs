@@ -1,4 +1,7 @@
-/** The embedding API on its own: loading with the IO the entry point chooses, request checks and their messages. */
+/**
+ * The embedding API on its own: loading with the IO the entry point chooses, the one request check (prepare), its
+ * jobs and messages, taps on the transformer calls.
+ */
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -7,7 +10,7 @@ import { test } from 'node:test';
 
 import * as ort from 'onnxruntime-node';
 
-import { BackendError, FitPipeline, GenerationError, PackageError } from '../src/index.js';
+import { BackendError, FitPipeline, GenerationError, Job, Limits, PackageError, Request } from '../src/index.js';
 import { directoryIO, loadPackage } from '../src/node.js';
 import { PACKAGE } from './helpers.mjs';
 
@@ -27,7 +30,7 @@ test('a directory loads in Node and generates RGB pixels with parameters', async
 test('bad requests are GenerationErrors with one-line messages', async () => {
   const pipe = await loadPackage(PACKAGE, { lazyDecoder: true });
   const cases = [
-    [{ width: 90, height: 64 }, "90x64 is not on the model's 16-pixel grid; nearest valid sizes: 96x64, 80x64 (or pass --snap)"],
+    [{ width: 90, height: 64 }, "90x64 is not on the model's 16-pixel grid; nearest valid sizes: 96x64, 80x64"],
     [{ width: 96.5, height: 64 }, 'width must be a whole number of pixels, got 96.5'],
     [{ width: 96, height: -16 }, 'height must be positive, got -16'],
     [{ width: 96, height: 64, label: 'zebra' }, "unknown class 'zebra' (ids 0..7)"],
@@ -49,13 +52,83 @@ test('bad requests are GenerationErrors with one-line messages', async () => {
   await pipe.release();
 });
 
+test('prepare checks a request once into its jobs: classes cycled, seeds consecutive, made on access', async () => {
+  const pipe = await loadPackage(PACKAGE, { lazyDecoder: true });
+  const jobs = pipe.prepare({ width: 96, height: 64, label: 'star,1', seed: 7, num: 5, steps: 3 });
+  assert.equal(jobs.length, 5);
+  assert.deepEqual([...jobs].map((j) => j.request), [[7, 7n], [1, 8n], [7, 9n], [1, 10n], [7, 11n]]
+    .map(([label, seed]) => new Request(96, 64, label, seed)));
+  assert.ok([...jobs].every((j) => j.settings === jobs.settings && j.settings.sampler.steps === 3));
+  assert.deepEqual(jobs.at(-1), jobs.at(4));
+  assert.deepEqual(jobs.slice(1, 3), [jobs.at(1), jobs.at(2)]);
+  assert.throws(() => jobs.at(5), RangeError);
+  assert.deepEqual([...pipe.prepare({ width: 96, height: 64, label: [null, 'circle'], num: 3 })]
+    .map((j) => j.request.label), [null, 0, null]);
+  assert.deepEqual(pipe.prepare().at(0), new Job(new Request(...pipe.defaultSize, null, 0n), pipe.settings()));
+  const many = pipe.prepare({ width: 32, height: 32, num: 10 ** 12 });
+  assert.equal(many.at(10 ** 12 - 1).request.seed, BigInt(10 ** 12 - 1));
+  await pipe.release();
+});
+
+test('prepare names the parameter at fault, the others it mentions and the option that fixes it', async () => {
+  const pipe = await loadPackage(PACKAGE, { lazyDecoder: true });
+  const cases = [
+    [{ num: 0 }, 'num', 'num must be a whole number of at least 1, got 0'],
+    [{ num: { float: 2 } }, 'num', 'num must be a whole number of at least 1, got 2.0'],
+    [{ width: '96' }, 'width', "width must be a whole number of pixels, got '96'"],
+    [{ seed: 2n ** 64n - 1n, num: 2 }, 'seed', 'seed 18446744073709551615 with num 2 needs seeds up to '
+      + '18446744073709551616; seeds must be below 2**64'],
+    [{ seed: { float: 1.5 } }, 'seed', 'seed must be a whole number from 0 to 2**64 - 1, got 1.5'],
+    [{ steps: { float: 2 } }, 'steps', 'steps must be a whole number from 1 to 10,000, got 2.0'],
+    [{ sampler: 3 }, 'sampler', 'unknown sampler 3; choose one of euler, heun, dopri5, sde'],
+    [{ extrapolation: 5 }, 'extrapolation', 'unknown extrapolation 5; choose one of normal, linear, ntk-aware, '
+      + 'ntk-by-parts, yarn, ntk-aware-pro1, ntk-aware-pro2, vision-ntk, vision-yarn'],
+    [{ label: 'star,bogus' }, null, "unknown class 'bogus' (ids 0..7)"],
+    [{ steps: 1001, limits: new Limits(1000, 20) }, 'steps', 'steps must be a whole number from 1 to 1,000, got 1001'],
+    [{ cfg: 21, limits: new Limits(1000, 20.5) }, 'cfg', 'cfg must be a number from 0 to 20.5, got 21'],
+  ];
+  for (const [request, parameter, message] of cases) {
+    assert.throws(() => pipe.prepare({ width: 32, height: 32, ...request }),
+      (err) => err instanceof GenerationError && err.message === message && err.parameter === parameter, message);
+  }
+  assert.throws(() => pipe.prepare({ width: 32, height: 32, seed: 2n ** 64n - 1n, num: 2 }),
+    (err) => err.hint === null && err.mentions.join() === 'num');
+  assert.throws(() => pipe.prepare({ width: 90, height: 64 }), (err) => err.hint === 'snap' && err.parameter === null);
+  assert.equal(pipe.prepare({ width: 90, height: 64, snap: true }).at(0).request.width, 96);
+  assert.throws(() => new Limits(10001), /^RangeError: max_steps must be a whole number from 1 to 10,000, got 10001$/);
+  await pipe.release();
+});
+
+test('tap sees every transformer call of sampling while it lasts', async () => {
+  const pipe = await loadPackage(PACKAGE, { lazyDecoder: true });
+  const jobs = pipe.prepare({ width: 96, height: 64, label: 'star', steps: 3, sampler: 'heun', cfg: 2 });
+  const calls = [];
+  const images = await pipe.tap(async (feed, outputs) => {
+    calls.push([feed.x.dims, feed.y.data.length, outputs.v.length]);
+  }, () => pipe.generateMany(jobs));
+  assert.equal(images.length, 1);
+  assert.deepEqual(calls, Array(6).fill([[2, 24, 16], 2, 2 * 24 * 16]));       // heun: 2 calls a step; guided: 2 rows
+  await pipe.generateMany(jobs);
+  assert.equal(calls.length, 6);
+  await assert.rejects(pipe.tap(() => { throw new Error('stop'); }, () => pipe.generateMany(jobs)), /stop/);
+  await pipe.generateMany(jobs);
+  await pipe.release();
+});
+
+test('a feed that does not follow the graph is one BackendError line, as in Python', async () => {
+  const pipe = await loadPackage(PACKAGE);
+  const z = { dtype: 'float32', data: new Float32Array(4), dims: [1, 4, 1, 1] };
+  await assert.rejects(pipe.vae.infer({ z }), (err) => err instanceof BackendError
+    && err.message === "onnxruntime feed does not match the graph: missing ['latent'], unexpected ['z']");
+  await pipe.release();
+});
+
 test('non-finite latents are refused with the Python runtime\'s message', async () => {
   const pipe = await loadPackage(PACKAGE, { lazyDecoder: true });
-  const request = pipe.checkRequest({ width: 96, height: 64, label: 'star', seed: 3 });
-  const settings = pipe.settings({ steps: 2, cfg: 2.5 });
-  const noise = pipe.noise(request);
+  const jobs = pipe.prepare({ width: 96, height: 64, label: 'star', seed: 3, steps: 2, cfg: 2.5 });
+  const noise = pipe.noise(jobs.at(0).request);
   noise[0] = NaN;
-  await assert.rejects(pipe.sampleLatents([request], settings, null, [noise]),
+  await assert.rejects(pipe.sampleLatents(jobs, null, [noise]),
     (err) => err instanceof GenerationError && err.message === 'sampling seed 3 gave non-finite latents (float32 '
       + 'overflow), so no image is made; lower the guidance scale (cfg 2.5) or check the package with fit-export validate');
   await pipe.release();
@@ -94,7 +167,10 @@ test('examples/embed_node.mjs serves PNGs and answers bad requests with 400', as
     assert.ok(Buffer.from(png).includes('fit:class_name\0star'));
     const bad = await fetch(`${base}/generate?width=90&height=64`);
     assert.equal(bad.status, 400);
-    assert.match(await bad.text(), /^90x64 is not on the model's 16-pixel grid/);
+    assert.equal(await bad.text(), "90x64 is not on the model's 16-pixel grid; nearest valid sizes: 96x64, 80x64\n");
+    const text = await fetch(`${base}/generate?width=abc&height=64`);
+    assert.equal(text.status, 400);
+    assert.equal(await text.text(), "width must be a whole number of pixels, got 'abc'\n");
     assert.equal((await fetch(`${base}/other`)).status, 404);
   } finally {
     server.close();

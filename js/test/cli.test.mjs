@@ -85,6 +85,12 @@ describe('node fit-run', { skip: missing ?? false }, () => {
       ['--num', '0'], ['--width', 'abc'], ['--seed', '-1'], ['--out', join(dir, 'x.jpg')], ['--steps', '10001'],
       ['--cfg', 'nan'], ['--cfg', '1000.5'], ['--seed', '18446744073709551615', '--num', '2'], ['--precision', 'fp16'],
       ['--precision', 'bogus'], ['--extrapolation', 'ntk-fancy'],
+      // request values go to the engine as given (a number when they read as one) and are worded there
+      ['-W', '1.5'], ['-W', '-16'], ['-H', '1e3'], ['--num', '2.5'], ['--num', '100000000', '--grid'],
+      ['--steps', '2.0'], ['--steps', '100000000000000000000'], ['--cfg', 'abc'], ['--cfg', '1e39'], ['--cfg', '-inf'],
+      ['--seed', '1.5'], ['--seed', 'abc'], ['--seed', '18446744073709551616'], ['--class', ''], ['--class', '99'],
+      ['--class', 'star,zebra'], ['--sampler', 'rk4'], ['--extrapolation', 'warp'], ['--extrapolation', ' Vision-NTK2'],
+      ['-W', '4096', '-H', '4096'], ['--threads', '-1'], ['--threads', 'abc'],
       ['--out', join(dir, 'nowhere', 'x.png')], [join(dir, 'missing')], [badJson], [badHash], [truncated], [notOnnx],
     ];
     for (const args of cases) {

@@ -63,6 +63,8 @@ const CASES = [
   ['vae_decoder null', (d) => { d.vae_decoder = null; delete d.files['vae_decoder.onnx']; }],
   ['vae_decoder type', (d) => { d.vae_decoder = 'vae.onnx'; }],
   ['decoder file not listed', (d) => { delete d.files['vae_decoder.onnx']; }],
+  ['decoder input name', (d) => { d.vae_decoder.inputs[0].name = 'z'; }],
+  ['decoder without names', (d) => { d.vae_decoder.inputs = []; d.vae_decoder.outputs = []; }],
   ['reference weights not listed', (d) => { d.reference.weights = 'weights.safetensors'; }],
   ['file outside the package', (d) => { d.files['../x'] = { sha256: '0', bytes: 1 }; }],
   ['file entry lacks bytes', (d) => { delete d.files['transformer.onnx'].bytes; }],
@@ -72,7 +74,7 @@ const CASES = [
 
 /** The cases both readers accept; every other one is refused. */
 const ACCEPTED = ['nothing', 'default_variant int8', 'no variants', 'legacy ort_optimized', 'sampler.atol null',
-  'rope.ori_max_pe_len null', 'vae_decoder null'];
+  'rope.ori_max_pe_len null', 'vae_decoder null', 'decoder without names'];
 
 /** What js/src/manifest.js makes of a manifest object, in the shape of reference.py's read_manifest. */
 function readManifest(doc) {

@@ -108,20 +108,19 @@ describe('parity with the Python runtime', { skip: missing ?? false }, () => {
   test('a padded batch gives each image what it gives alone', async () => {
     const requests = [{ width: 96, height: 64, label: 1, seed: 4 }, { width: 128, height: 128, label: 2, seed: 9 },
       { width: 64, height: 64, label: null, seed: 1 }];
-    const options = { steps: 3, sampler: 'sde', cfg: 3 };
-    const batch = await pipe.generateMany(requests, options);
-    for (let i = 0; i < requests.length; i++) {
-      const [alone] = await pipe.generateMany([requests[i]], options);
+    const jobs = requests.map((r) => pipe.prepare({ ...r, steps: 3, sampler: 'sde', cfg: 3 }).at(0));
+    const batch = await pipe.generateMany(jobs);
+    for (let i = 0; i < jobs.length; i++) {
+      const [alone] = await pipe.generateMany([jobs[i]]);
       assert.ok(psnr(alone.pixels, batch[i].pixels) >= 60, `request ${i}`);
     }
     // Per-request guidance scale and extrapolation inside one step loop (engines.pipeline.sample_latents).
     const own = [{ cfg: 2, extrapolation: 'normal' }, { cfg: 5, extrapolation: 'vision-ntk' }, { cfg: 3, extrapolation: 'yarn' }];
-    const used = own.map((o) => pipe.settings({ steps: 3, sampler: 'heun', ...o }));
-    const checked = requests.map((r) => pipe.checkRequest(r));
-    const latents = await pipe.sampleLatents(checked, used);
-    for (let i = 0; i < requests.length; i++) {
-      const [alone] = await pipe.generateMany([requests[i]], { settings: used[i] });
-      const pixels = await pipe.decode(latents[i], checked[i].height, checked[i].width);
+    const mixed = requests.map((r, i) => pipe.prepare({ ...r, steps: 3, sampler: 'heun', ...own[i] }).at(0));
+    const latents = await pipe.sampleLatents(mixed);
+    for (let i = 0; i < mixed.length; i++) {
+      const [alone] = await pipe.generateMany([mixed[i]]);
+      const pixels = await pipe.decode(latents[i], mixed[i].request.height, mixed[i].request.width);
       assert.ok(psnr(alone.pixels, pixels) >= 60, `request ${i} with its own settings`);
     }
   });
