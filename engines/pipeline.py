@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional, Sequence, Union
@@ -201,7 +202,7 @@ class Pipeline:
             return None
         if isinstance(label, str):
             text = label.strip()
-            if text.lstrip("-").isdigit():
+            if re.fullmatch(r"-?[0-9]+", text):            # an id (ASCII digits, as in every runtime)
                 label = int(text)
             else:
                 lowered = [name.lower() for name in self.class_names]

@@ -75,6 +75,8 @@ BAD = [
     (["-W", 50, "-H", 32], "nearest valid sizes: 48x32, 64x32"),
     (["-W", 4096, "-H", 4096], "maximum"),
     (["--class", "zebra"], "unknown class"),
+    (["--class=--5"], "unknown class '--5'"),
+    (["--class", "²"], "unknown class '²'"),
     (["--class", 99], "outside"),
     (["--steps", 0], "--steps must be a whole number from 1 to 10,000, got 0"),
     (["--steps", 10 ** 9], "--steps must be a whole number from 1 to 10,000"),
