@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Mapping, Optional
@@ -309,15 +310,19 @@ class GuidanceSection(_Section):
 
 @dataclass(frozen=True)
 class SamplerSection(_Section):
-    method: str = _doc("default sampler: euler, heun, dopri5 or sde")
-    steps: int = _doc("default step count (euler, heun, sde)")
+    method: str = _doc("default sampler: euler, heun, ab2, unipc, dopri5 or sde")
+    steps: int = _doc("default step count (every sampler but dopri5)")
     atol: float = _doc("dopri5 absolute tolerance", default=1e-6)
     rtol: float = _doc("dopri5 relative tolerance", default=1e-3)
+    time_shift: float = _doc("default time shift S of the fixed-grid samplers (euler, heun, ab2, unipc): step i of N "
+                             "ends at t = u / (u + S (1 - u)), u = i/N; 1 = even steps", default=1.0)
     time_shifting: float = _doc("training-time timestep shift (informational)", default=1.0)
 
     def __post_init__(self):
         if self.steps < 1:
             raise PackageError(f"sampler.steps must be >= 1, got {self.steps}")
+        if not (math.isfinite(self.time_shift) and self.time_shift > 0):
+            raise PackageError(f"sampler.time_shift must be a finite number above 0, got {self.time_shift}")
 
 
 @dataclass(frozen=True)

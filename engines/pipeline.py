@@ -27,7 +27,8 @@ from engines.manifest import Manifest
 from engines.package import load_manifest
 from engines.request import ENGINE_LIMITS, GenerationError, GenerationSettings, Job, Jobs, Limits, Request
 from engines.rope import EXTRAPOLATIONS, canonical_extrapolation, extrapolation_name
-from engines.sampler import SAMPLERS, Callback, SamplerSettings, SettingError, check_cfg, check_steps, guide, integrate
+from engines.sampler import (SAMPLERS, SHIFTED, Callback, SamplerSettings, SettingError, check_cfg, check_steps,
+                             check_time_shift, guide, integrate)
 
 F32 = np.float32
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
@@ -218,7 +219,8 @@ class Pipeline:
         return int(label)
 
     def settings(self, *, steps: Optional[int] = None, sampler: Optional[str] = None, cfg: Optional[float] = None,
-                 extrapolation: Optional[str] = None, limits: Limits = ENGINE_LIMITS) -> GenerationSettings:
+                 extrapolation: Optional[str] = None, time_shift: Optional[float] = None,
+                 limits: Limits = ENGINE_LIMITS) -> GenerationSettings:
         """Resolve a request's settings against the package defaults, once; raises GenerationError. ``limits``: the
         largest steps and guidance scale allowed (a server's policy; the engine's own by default)."""
         defaults = self.manifest.sampler
@@ -229,6 +231,11 @@ class Pipeline:
         try:
             steps = check_steps(steps, limits.max_steps)
             cfg = check_cfg(self.manifest.guidance.default_scale if cfg is None else cfg, limits.max_cfg)
+            if time_shift is None:                   # the package's, for the samplers it applies to
+                time_shift = defaults.time_shift if method in SHIFTED else 1.0
+            elif check_time_shift(time_shift) != 1.0 and method not in SHIFTED:
+                raise SettingError(f"time_shift applies to {', '.join(SHIFTED)}, not {method}, which keeps its own "
+                                   f"schedule", "time_shift")
         except SettingError as err:
             raise GenerationError(str(err), err.parameter) from None
         if extrapolation is None:
@@ -245,11 +252,12 @@ class Pipeline:
                 raise GenerationError(f"this package does not offer extrapolation {name!r}; choose one of "
                                       f"{', '.join(self.extrapolations)}", "extrapolation")
             rope = self.rope.with_method(name, self.train_side)
-        sampler_settings = SamplerSettings(method, int(steps), defaults.atol, defaults.rtol)
+        sampler_settings = SamplerSettings(method, int(steps), defaults.atol, defaults.rtol,
+                                           time_shift=float(time_shift))
         return GenerationSettings(sampler_settings, float(cfg), name, rope, self.manifest.guidance.scale_pow)
 
     def prepare(self, width=None, height=None, label=None, seed=0, *, num=1, snap: bool = False, steps=None,
-                sampler=None, cfg=None, extrapolation=None, limits: Limits = ENGINE_LIMITS) -> Jobs:
+                sampler=None, cfg=None, extrapolation=None, time_shift=None, limits: Limits = ENGINE_LIMITS) -> Jobs:
         """Check a request once and return the jobs of its ``num`` images (a sequence made on access); raises
         GenerationError.
 
@@ -274,7 +282,8 @@ class Pipeline:
         if seed + num - 1 >= SEED_LIMIT:
             raise GenerationError(f"seed {seed} with num {num} needs seeds up to {seed + num - 1}; seeds must be "
                                   f"below 2**64", "seed", mentions=("num",))
-        settings = self.settings(steps=steps, sampler=sampler, cfg=cfg, extrapolation=extrapolation, limits=limits)
+        settings = self.settings(steps=steps, sampler=sampler, cfg=cfg, extrapolation=extrapolation,
+                                 time_shift=time_shift, limits=limits)
         return Jobs(width, height, labels, seed, int(num), settings)
 
     # -- generation -------------------------------------------------------------------------------------------
@@ -365,14 +374,15 @@ class Pipeline:
             "class": label if label is None else int(label),
             "class_name": self.class_names[label] if label is not None and label < len(self.class_names) else None,
             "seed": int(request.seed), "sampler": settings.sampler.method, "steps": settings.sampler.steps,
+            "time_shift": settings.sampler.time_shift,
             "cfg": settings.cfg, "extrapolation": settings.extrapolation, "backend": self.backend_name,
             "variant": self.variant,
         }
 
     def generate(self, width: Optional[int] = None, height: Optional[int] = None, label=None, seed: int = 0, *,
                  steps: Optional[int] = None, sampler: Optional[str] = None, cfg: Optional[float] = None,
-                 extrapolation: Optional[str] = None, snap: bool = False, output: str = "pil",
-                 callback: Optional[Callback] = None):
+                 extrapolation: Optional[str] = None, time_shift: Optional[float] = None, snap: bool = False,
+                 output: str = "pil", callback: Optional[Callback] = None):
         """One image of ``width`` x ``height`` pixels (the package default size when omitted).
 
         label: class id, class name, or None (unconditional). Returns a PIL image whose ``info["parameters"]``
@@ -381,7 +391,7 @@ class Pipeline:
         if output not in ("pil", "array"):
             raise GenerationError(f"output must be 'pil' or 'array', got {output!r}", "output")
         job = self.prepare(width, height, label, seed, snap=snap, steps=steps, sampler=sampler, cfg=cfg,
-                           extrapolation=extrapolation)[0]
+                           extrapolation=extrapolation, time_shift=time_shift)[0]
         image = self.generate_many([job], callback=callback)[0]
         if output == "array":
             return image

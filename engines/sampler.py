@@ -20,7 +20,10 @@ Draw = Callable[[tuple], np.ndarray]                             # draw(shape) -
 Callback = Callable[[int, Optional[int], float], None]           # (steps done, total steps or None, t reached)
 
 F32 = np.float32
-SAMPLERS = ("euler", "heun", "dopri5", "sde")
+SAMPLERS = ("euler", "heun", "dopri5", "sde", "ab2", "unipc")
+# The samplers that step along a fixed time grid, which the time shift bends; dopri5 chooses its own steps and sde
+# keeps the official schedule.
+SHIFTED = ("euler", "heun", "ab2", "unipc")
 # Limits of a request (docs/runtime.md, "Limits and interruptions"). Steps: Euler's error falls as 1/steps and
 # Heun's as 1/steps^2, so a few hundred steps (the official SDE sampler uses 250) already give the 8-bit image
 # they converge to; 10,000 is far beyond that and is also dopri5's step limit. Guidance: a scale s multiplies
@@ -48,6 +51,14 @@ def check_steps(steps, maximum: int = MAX_STEPS) -> int:
     return int(steps)
 
 
+def check_time_shift(shift) -> float:
+    """``shift`` as a float if it is a finite number > 0; SettingError otherwise."""
+    if isinstance(shift, bool) or not isinstance(shift, (int, float, np.integer, np.floating)) \
+            or not (math.isfinite(shift) and shift > 0):
+        raise SettingError(f"time_shift must be a finite number above 0, got {shift!r}", "time_shift")
+    return float(shift)
+
+
 def check_cfg(cfg, maximum: float = MAX_CFG) -> float:
     """``cfg`` as a float if it is a guidance scale from 0 to ``maximum`` (at most :data:`MAX_CFG`); SettingError
     otherwise (nan too)."""
@@ -59,7 +70,8 @@ def check_cfg(cfg, maximum: float = MAX_CFG) -> float:
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """How to integrate from noise to data. ``method``: euler | heun | dopri5 | sde (official SDE defaults)."""
+    """How to integrate from noise to data. ``method``: euler | heun | ab2 | unipc (on a time grid bent by
+    ``time_shift``, 1 = even steps) | dopri5 | sde (official SDE defaults)."""
 
     method: str = "euler"
     steps: int = 50
@@ -67,6 +79,7 @@ class SamplerSettings:
     rtol: float = 1e-3
     diffusion_norm: float = 1.0
     last_step_size: float = 0.04
+    time_shift: float = 1.0
 
     def __post_init__(self):
         if self.method not in SAMPLERS:
@@ -75,17 +88,21 @@ class SamplerSettings:
         check_steps(int(self.steps) if integral else self.steps)
         if self.atol <= 0 or self.rtol <= 0:
             raise ValueError("dopri5 tolerances atol and rtol must be positive")
+        check_time_shift(self.time_shift)
+        if self.time_shift != 1.0 and self.method not in SHIFTED:
+            raise SettingError(f"time_shift applies to {', '.join(SHIFTED)}; {self.method} keeps its own schedule",
+                               "time_shift")
 
     @property
     def rows_independent(self) -> bool:
         """Whether a row sampled in a shared batch comes out as it would alone. Fixed-step euler and heun: yes.
         dopri5 adapts its step size to the error norm of the whole batch, and sde draws its noise from one
         stream for the whole batch, so their rows depend on the batch they share."""
-        return self.method in ("euler", "heun")
+        return self.method in SHIFTED
 
     def evaluations(self) -> Optional[int]:
         """Network evaluations the sampler makes (None for dopri5: adaptive)."""
-        return {"euler": self.steps, "heun": 2 * self.steps, "sde": self.steps, "dopri5": None}[self.method]
+        return None if self.method == "dopri5" else 2 * self.steps if self.method == "heun" else self.steps
 
 
 def _full(t: float, x: np.ndarray) -> np.ndarray:
@@ -133,29 +150,106 @@ def guide(out: np.ndarray, cfg_scale: float, t: np.ndarray, guided: int, scale_p
 # Fixed-step samplers
 # ----------------------------------------------------------------------------------------------------------
 
-def time_grid(steps: int) -> Iterator[tuple[float, float]]:
-    """The (t0, t1) of each of ``steps`` equal steps from 0 to 1, computed as they are needed (nothing is built
-    up front): t_i = i * (1 / steps) in float64 and t_steps = 1, the values of ``numpy.linspace(0, 1, steps + 1)``."""
+def shift_time(u: float, shift: float) -> float:
+    """u / (u + shift (1 - u)) in float64: the time at fraction u of the steps (u itself when shift is 1). With
+    shift > 1 the steps are shorter near noise (t = 0), as in SD3 and Flux; u = 0 and 1 stay 0 and 1."""
+    return u if shift == 1.0 else u / (u + shift * (1.0 - u))
+
+
+def time_grid(steps: int, shift: float = 1.0) -> Iterator[tuple[float, float]]:
+    """The (t0, t1) of each of ``steps`` steps from 0 to 1, computed as they are needed (nothing is built up
+    front): u_i = i * (1 / steps) in float64, u_steps = 1 (the values of ``numpy.linspace(0, 1, steps + 1)``),
+    and t_i = shift_time(u_i, shift)."""
     h = 1.0 / steps
     for i in range(steps):
-        yield i * h, (1.0 if i + 1 == steps else (i + 1) * h)
+        yield shift_time(i * h, shift), shift_time(1.0 if i + 1 == steps else (i + 1) * h, shift)
 
 
-def euler(v: Velocity, x: np.ndarray, steps: int, callback: Optional[Callback] = None) -> np.ndarray:
-    """x <- x + (t1 - t0) v(x, t0) on an even grid; one evaluation per step."""
-    for i, (t0, t1) in enumerate(time_grid(steps)):
+def euler(v: Velocity, x: np.ndarray, steps: int, callback: Optional[Callback] = None,
+          shift: float = 1.0) -> np.ndarray:
+    """x <- x + (t1 - t0) v(x, t0); one evaluation per step."""
+    for i, (t0, t1) in enumerate(time_grid(steps, shift)):
         x = x + F32(t1 - t0) * v(x, _full(t0, x))
         _notify(callback, i + 1, steps, t1)
     return x
 
 
-def heun(v: Velocity, x: np.ndarray, steps: int, callback: Optional[Callback] = None) -> np.ndarray:
+def heun(v: Velocity, x: np.ndarray, steps: int, callback: Optional[Callback] = None,
+         shift: float = 1.0) -> np.ndarray:
     """Explicit trapezoidal rule (second order), two evaluations per step."""
-    for i, (t0, t1) in enumerate(time_grid(steps)):
+    for i, (t0, t1) in enumerate(time_grid(steps, shift)):
         h = t1 - t0
         k1 = v(x, _full(t0, x))
         k2 = v(x + F32(h) * k1, _full(t1, x))
         x = x + F32(0.5 * h) * (k1 + k2)
+        _notify(callback, i + 1, steps, t1)
+    return x
+
+
+def ab2(v: Velocity, x: np.ndarray, steps: int, callback: Optional[Callback] = None,
+        shift: float = 1.0) -> np.ndarray:
+    """Two-step Adams-Bashforth for uneven steps (second order), one evaluation per step: with h = t1 - t0 and
+    r = h / (t0 - t_prev), x <- x + h (1 + r/2) v(x, t0) - h (r/2) v_prev; the first step is Euler's."""
+    previous = None                                    # (h, k) of the step before
+    for i, (t0, t1) in enumerate(time_grid(steps, shift)):
+        h = t1 - t0
+        k = v(x, _full(t0, x))
+        if previous is None:
+            x = x + F32(h) * k
+        else:
+            r = h / previous[0]
+            x = (x + F32(h * (1.0 + 0.5 * r)) * k) - F32(0.5 * h * r) * previous[1]
+        previous = (h, k)
+        _notify(callback, i + 1, steps, t1)
+    return x
+
+
+def _log_snr(t: float) -> float:
+    """lambda(t) = log(t / (1 - t)) of the linear path (alpha = t, sigma = 1 - t); -inf at 0, inf at 1."""
+    return -math.inf if t <= 0.0 else math.inf if t >= 1.0 else math.log(t) - math.log1p(-t)
+
+
+def _unipc_update(x_s: np.ndarray, s: float, t: float, m_s: np.ndarray, before: Optional[tuple],
+                  m_t: Optional[np.ndarray]) -> np.ndarray:
+    """One UniPC step s -> t in data prediction (B(h) = e^h - 1): the predictor UniP-2 when ``m_t`` is None,
+    else the corrector UniC with the data prediction ``m_t`` at t. ``before``: (lambda, data prediction) of the
+    point before s, or None; it raises the order when lambda there and h are finite."""
+    h = _log_snr(t) - _log_snr(s)
+    phi = math.expm1(-h) if math.isfinite(h) else -1.0             # e^-h - 1
+    base = F32((1.0 - t) / (1.0 - s)) * x_s - F32(t * phi) * m_s
+    second = before is not None and math.isfinite(before[0]) and math.isfinite(h)
+    if second:
+        r = (before[0] - _log_snr(s)) / h
+        d1 = (before[1] - m_s) / F32(r)
+    if m_t is None:
+        return base - F32(t * phi * 0.5) * d1 if second else base
+    if not second:
+        return base - F32(t * phi * 0.5) * (m_t - m_s)
+    hh = -h
+    b1 = (phi / hh - 1.0) / phi
+    b2 = ((phi / hh - 1.0) / hh - 0.5) * 2.0 / phi
+    rho1 = (b1 - b2) / (1.0 - r)
+    rho2 = b1 - rho1
+    return base - F32(t * phi) * (F32(rho1) * d1 + F32(rho2) * (m_t - m_s))
+
+
+def unipc(v: Velocity, x: np.ndarray, steps: int, callback: Optional[Callback] = None,
+          shift: float = 1.0) -> np.ndarray:
+    """UniPC (Zhao et al. 2023), second order, for velocity models: each evaluation v(x, t_i) gives the data
+    prediction m_i = x + (1 - t_i) v; it first corrects the step that led to t_i (UniC, using m_i: no extra
+    evaluation), then predicts the next point (UniP-2). One evaluation per step; the last step is first order
+    (it lands on the data prediction)."""
+    previous = None                                    # (x_s, s, m_s, before) of the step that led here
+    before = None
+    for i, (t0, t1) in enumerate(time_grid(steps, shift)):
+        k = v(x, _full(t0, x))
+        m = x + F32(1.0 - t0) * k
+        if previous is not None:
+            x_s, s, m_s, before_s = previous
+            x = _unipc_update(x_s, s, t0, m_s, before_s, m)
+            before = (_log_snr(s), m_s)
+        previous = (x, t0, m, before)
+        x = _unipc_update(x, t0, t1, m, before, None)
         _notify(callback, i + 1, steps, t1)
     return x
 
@@ -309,10 +403,9 @@ def integrate(v: Velocity, x: np.ndarray, settings: SamplerSettings, draw: Optio
               callback: Optional[Callback] = None) -> np.ndarray:
     """Run the sampler ``settings.method`` from noise x (B, N, C) float32 at t = 0 to data at t = 1."""
     x = np.asarray(x, dtype=F32)
-    if settings.method == "euler":
-        return euler(v, x, settings.steps, callback)
-    if settings.method == "heun":
-        return heun(v, x, settings.steps, callback)
+    if settings.method in SHIFTED:
+        fixed = {"euler": euler, "heun": heun, "ab2": ab2, "unipc": unipc}[settings.method]
+        return fixed(v, x, settings.steps, callback, settings.time_shift)
     if settings.method == "dopri5":
         return dopri5(v, x, settings.atol, settings.rtol, callback=callback)
     return sde(v, x, settings.steps, settings.diffusion_norm, settings.last_step_size, draw, callback)

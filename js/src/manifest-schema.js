@@ -103,6 +103,7 @@ export const SCHEMA = {
       {"name": "steps", "type": "int", "required": true},
       {"name": "atol", "type": "float", "default": 1e-06},
       {"name": "rtol", "type": "float", "default": 0.001},
+      {"name": "time_shift", "type": "float", "default": 1.0},
       {"name": "time_shifting", "type": "float", "default": 1.0},
     ],
     "RopeSection": [
