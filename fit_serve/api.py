@@ -18,7 +18,7 @@ from engines.sampler import SAMPLERS
 MAX_BODY_BYTES = 16 * 1024
 # field -> the Pipeline.prepare argument it sets
 FIELDS = {"width": "width", "height": "height", "class": "label", "seed": "seed", "steps": "steps",
-          "sampler": "sampler", "cfg": "cfg", "extrapolation": "extrapolation"}
+          "sampler": "sampler", "cfg": "cfg", "extrapolation": "extrapolation", "time_shift": "time_shift"}
 
 
 class BadRequest(ValueError):
@@ -73,6 +73,7 @@ def model_info(pipe: Pipeline, limits: Limits) -> dict:
         "samplers": list(SAMPLERS),
         "extrapolations": list(pipe.extrapolations),
         "defaults": {"sampler": manifest.sampler.method, "steps": manifest.sampler.steps,
+                     "time_shift": manifest.sampler.time_shift,
                      "cfg": manifest.guidance.default_scale, "extrapolation": pipe.settings().extrapolation},
         "backend": pipe.backend_name,
         "variant": pipe.variant,

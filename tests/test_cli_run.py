@@ -88,7 +88,11 @@ BAD = [
     (["--seed", 2 ** 64], "--seed must be a whole number from 0 to 2**64 - 1"),
     (["--seed", 2 ** 64 - 1, "--num", 2], "needs seeds up to 18446744073709551616"),
     (["--num", 10 ** 8, "--grid"], "drop --grid"),
-    (["--sampler", "rk4"], "unknown sampler 'rk4'; choose one of euler, heun, dopri5, sde"),
+    (["--sampler", "rk4"], "unknown sampler 'rk4'; choose one of euler, heun, dopri5, sde, ab2, unipc"),
+    (["--time-shift", 0], "--time-shift must be a finite number above 0, got 0.0"),
+    (["--time-shift", "nan"], "--time-shift must be a finite number above 0, got nan"),
+    (["--time-shift", "abc"], "--time-shift must be a finite number above 0, got 'abc'"),
+    (["--time-shift", 2, "--sampler", "sde"], "--time-shift applies to euler, heun, ab2, unipc, not sde"),
     (["--extrapolation", "warp"], "unknown extrapolation 'warp'; choose one of"),
     (["--backend", "magic"], "magic"),
 ]
