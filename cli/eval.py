@@ -12,7 +12,7 @@ from cli.common import Command, UserError, check_writable, user_errors
 from engines.atomic import atomic_write
 from engines.buckets import parse_sizes
 from engines.rope import EXTRAPOLATIONS, canonical_extrapolation
-from engines.sampler import SAMPLERS
+from engines.sampler import SAMPLERS, SHIFTED, SamplerSettings
 
 
 def _config_next_to(checkpoint: str):
@@ -57,6 +57,9 @@ def _outputs(out: str) -> tuple[Path, Path]:
                    f"III's: every one but ntk-by-parts).")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default="heun", show_default=True)
 @click.option("--steps", type=int, default=16, show_default=True, help="Sampler steps.")
+@click.option("--time-shift", type=float, default=1.0, show_default=True,
+              help=f"Bends the time grid of {', '.join(SHIFTED)}: above 1, shorter steps near noise (the SD3/Flux "
+                   f"shift t = u / (u + s (1 - u))); 1 = even steps.")
 @click.option("--cfg", type=float, default=4.0, show_default=True, help="Classifier-free guidance scale.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--vae", type=click.Path(file_okay=False),
@@ -65,12 +68,13 @@ def _outputs(out: str) -> tuple[Path, Path]:
 @click.option("--threads", type=int, help="torch CPU threads.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the table (Markdown) here; rows as JSON "
               "next to it (.json).")
-def main(checkpoint, config_spec, num_per_class, sizes, methods, sampler, steps, cfg, seed, vae, classifier,
-         threads, out):
+def main(checkpoint, config_spec, num_per_class, sizes, methods, sampler, steps, time_shift, cfg, seed, vae,
+         classifier, threads, out):
     """Generate NUM samples per class at each size with each RoPE extrapolation method; report the shape
     classifier's accuracy and the Fréchet distance on its features (a table shaped like FiTv2's Table III)."""
     outputs = _outputs(out) if out else None
-    with user_errors(ValueError):                        # BucketError: a bad --sizes
+    with user_errors(ValueError):                        # BucketError: a bad --sizes; SettingError
+        sampler_settings = SamplerSettings(sampler, steps=steps, time_shift=time_shift)
         size_list = [(h, w) for w, h in parse_sizes(sizes)] if sizes is not None else None    # (height, width)
         method_list = None if methods.strip().lower() == "all" else [canonical_extrapolation(m)
                                                                      for m in _csv(methods)]
@@ -82,7 +86,6 @@ def main(checkpoint, config_spec, num_per_class, sizes, methods, sampler, steps,
 
     from fit.eval.classifier import load_classifier
     from fit.eval.evaluate import METHODS, EvalSettings, LatentDecoder, default_sizes, evaluate, format_table
-    from fit.flow import SamplerSettings
     from fit.loading import load_model
 
     if threads:
@@ -96,10 +99,10 @@ def main(checkpoint, config_spec, num_per_class, sizes, methods, sampler, steps,
         if size_list is None:
             size_list = default_sizes(model.config.context_size,
                                       model.patch_size * (decoder.downsample if decoder else 1))
-        settings = EvalSettings(num_per_class, SamplerSettings(sampler, steps=steps), cfg, seed)
+        settings = EvalSettings(num_per_class, sampler_settings, cfg, seed)
         rows = evaluate(model, clf, size_list, method_list or list(METHODS),
                         progress=lambda m: click.echo(m, err=True), settings=settings, decoder=decoder)
-    table = format_table(rows, budget=model.config.context_size)
+    table = format_table(rows, budget=model.config.context_size, settings=settings)
     click.echo(table)
     if outputs:
         with user_errors(OSError):

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 import torch
 
-from engines.sampler import SamplerSettings  # one definition for the torch and numpy samplers
+from engines.sampler import SHIFTED, SamplerSettings, _log_snr, time_grid  # one definition for torch and numpy
 
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]   # v(x, t) with t of shape (B,)
 
@@ -85,21 +85,80 @@ def _full(t: float, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
 
 
-def euler(v: Velocity, x: torch.Tensor, steps: int) -> torch.Tensor:
-    ts = torch.linspace(0, 1, steps + 1, dtype=torch.float64).tolist()
-    for t0, t1 in zip(ts[:-1], ts[1:]):
+def euler(v: Velocity, x: torch.Tensor, steps: int, shift: float = 1.0) -> torch.Tensor:
+    """x <- x + (t1 - t0) v(x, t0) on ``time_grid(steps, shift)``, one evaluation per step (twin of
+    :func:`engines.sampler.euler`)."""
+    for t0, t1 in time_grid(steps, shift):
         x = x + (t1 - t0) * v(x, _full(t0, x))
     return x
 
 
-def heun(v: Velocity, x: torch.Tensor, steps: int) -> torch.Tensor:
-    """Explicit trapezoidal rule (second order), 2 evaluations per step."""
-    ts = torch.linspace(0, 1, steps + 1, dtype=torch.float64).tolist()
-    for t0, t1 in zip(ts[:-1], ts[1:]):
+def heun(v: Velocity, x: torch.Tensor, steps: int, shift: float = 1.0) -> torch.Tensor:
+    """Explicit trapezoidal rule (second order), 2 evaluations per step (twin of :func:`engines.sampler.heun`)."""
+    for t0, t1 in time_grid(steps, shift):
         h = t1 - t0
         k1 = v(x, _full(t0, x))
         k2 = v(x + h * k1, _full(t1, x))
         x = x + 0.5 * h * (k1 + k2)
+    return x
+
+
+def ab2(v: Velocity, x: torch.Tensor, steps: int, shift: float = 1.0) -> torch.Tensor:
+    """Two-step Adams-Bashforth for uneven steps (second order), one evaluation per step (twin of
+    :func:`engines.sampler.ab2`): with h = t1 - t0 and r = h / (t0 - t_prev),
+    x <- x + h (1 + r/2) v(x, t0) - h (r/2) v_prev; the first step is Euler's."""
+    previous = None                                    # (h, k) of the step before
+    for t0, t1 in time_grid(steps, shift):
+        h = t1 - t0
+        k = v(x, _full(t0, x))
+        if previous is None:
+            x = x + h * k
+        else:
+            r = h / previous[0]
+            x = (x + h * (1.0 + 0.5 * r) * k) - 0.5 * h * r * previous[1]
+        previous = (h, k)
+    return x
+
+
+def _unipc_update(x_s: torch.Tensor, s: float, t: float, m_s: torch.Tensor, before: Optional[tuple],
+                  m_t: Optional[torch.Tensor]) -> torch.Tensor:
+    """One UniPC step s -> t in data prediction (twin of :func:`engines.sampler._unipc_update`): the predictor
+    UniP-2 when ``m_t`` is None, else the corrector UniC with the data prediction ``m_t`` at t. ``before``:
+    (lambda, data prediction) of the point before s, or None."""
+    h = _log_snr(t) - _log_snr(s)
+    phi = math.expm1(-h) if math.isfinite(h) else -1.0             # e^-h - 1
+    base = (1.0 - t) / (1.0 - s) * x_s - t * phi * m_s
+    second = before is not None and math.isfinite(before[0]) and math.isfinite(h)
+    if second:
+        r = (before[0] - _log_snr(s)) / h
+        d1 = (before[1] - m_s) / r
+    if m_t is None:
+        return base - t * phi * 0.5 * d1 if second else base
+    if not second:
+        return base - t * phi * 0.5 * (m_t - m_s)
+    hh = -h
+    b1 = (phi / hh - 1.0) / phi
+    b2 = ((phi / hh - 1.0) / hh - 0.5) * 2.0 / phi
+    rho1 = (b1 - b2) / (1.0 - r)
+    rho2 = b1 - rho1
+    return base - t * phi * (rho1 * d1 + rho2 * (m_t - m_s))
+
+
+def unipc(v: Velocity, x: torch.Tensor, steps: int, shift: float = 1.0) -> torch.Tensor:
+    """UniPC-2 in data prediction, one evaluation per step (twin of :func:`engines.sampler.unipc`): each
+    evaluation v(x, t_i) gives m_i = x + (1 - t_i) v, first corrects the step that led to t_i (UniC), then
+    predicts the next point (UniP-2); the last step lands on the data prediction."""
+    previous = None                                    # (x_s, s, m_s, before) of the step that led here
+    before = None
+    for t0, t1 in time_grid(steps, shift):
+        k = v(x, _full(t0, x))
+        m = x + (1.0 - t0) * k
+        if previous is not None:
+            x_s, s, m_s, before_s = previous
+            x = _unipc_update(x_s, s, t0, m_s, before_s, m)
+            before = (_log_snr(s), m_s)
+        previous = (x, t0, m, before)
+        x = _unipc_update(x, t0, t1, m, before, None)
     return x
 
 
@@ -147,10 +206,11 @@ def sde(v: Velocity, x: torch.Tensor, steps: int, diffusion_norm: float = 1.0, l
 def integrate(v: Velocity, x: torch.Tensor, settings: SamplerSettings,
               generator: Optional[torch.Generator] = None,
               draw: Optional[Callable[[tuple], torch.Tensor]] = None) -> torch.Tensor:
-    if settings.method == "euler":
-        return euler(v, x, settings.steps)
-    if settings.method == "heun":
-        return heun(v, x, settings.steps)
+    """Run the sampler ``settings.method`` from noise x (B, N, C) at t = 0 to data at t = 1 (twin of
+    :func:`engines.sampler.integrate`); ``draw`` or ``generator`` gives the sde sampler's noise."""
+    if settings.method in SHIFTED:
+        fixed = {"euler": euler, "heun": heun, "ab2": ab2, "unipc": unipc}[settings.method]
+        return fixed(v, x, settings.steps, settings.time_shift)
     if settings.method == "dopri5":
         return dopri5(v, x, settings.atol, settings.rtol)
     return sde(v, x, settings.steps, settings.diffusion_norm, settings.last_step_size, generator, draw)

@@ -74,8 +74,9 @@ def sample(model: FiT, requests: Sequence, *, sampler: SamplerSettings | None = 
     """Generate latents (C, H, W) for ``requests``: :class:`LatentRequest` or (height, width, label) tuples, in
     latent pixels.
 
-    FiTv2 models integrate the rectified-flow ODE/SDE given by ``sampler``; FiT v1 models (learned sigma) run
-    the respaced DDPM sampler with ``sampler.steps`` steps. ``rope_method`` picks an extrapolation method
+    FiTv2 models integrate the rectified-flow ODE/SDE given by ``sampler`` (method, steps, time shift: the
+    torch twins of the runtime's samplers, :func:`fit.flow.integrate`); FiT v1 models (learned sigma) run the
+    respaced DDPM sampler with ``sampler.steps`` steps. ``rope_method`` picks an extrapolation method
     (default: the model's own), computed for each request's own grid. Request i starts from
     ``noise[i]`` or from the portable noise of seed ``seed + i`` (the runtimes' generator, so the same seed gives
     the same image as fit-run up to float32 rounding); the sde sampler draws its steps' noise from that seed too.

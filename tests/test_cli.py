@@ -273,6 +273,23 @@ def test_eval_refuses_an_unwritable_out_before_any_work(out, message, tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--time-shift", "0"], "--time-shift must be a finite number above 0, got 0.0"),
+    (["--sampler", "dopri5", "--time-shift", "3"], "--time-shift applies to euler, heun, ab2, unipc; dopri5 keeps"),
+    (["--steps", "0"], "--steps must be a whole number from 1 to 10,000, got 0")])
+def test_eval_refuses_bad_sampler_settings_before_any_work(args, message, monkeypatch):
+    import fit.loading
+    from cli.eval import main as eval_main
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(fit.loading, "load_model", must_not_run)
+    result = CliRunner().invoke(eval_main, ["--checkpoint", "x.safetensors", "--config", "fitv2-tiny", *args])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"fit-eval: error: {message}")
+
+
 def test_eval_writes_its_files_atomically(tmp_path, monkeypatch):
     import os
 

@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from cli.eval import main as eval_main
 from fit.config import FiTConfig
 from fit.eval.classifier import DEFAULT_WEIGHTS, ShapeClassifier, accuracy_on_procedural, load_classifier
-from fit.eval.evaluate import EvalError, EvalSettings, LatentDecoder, default_sizes, evaluate, format_table
+from fit.eval.evaluate import (EvalError, EvalSettings, LatentDecoder, default_sizes, describe, evaluate,
+                               format_table)
 from fit.eval.metrics import class_accuracy, feature_statistics, frechet_distance, frechet_distance_of
 from fit.flow import SamplerSettings
 from fit.model import FiT
@@ -102,6 +103,19 @@ def test_table_rows_and_reuse_of_identical_methods():
         assert 0 <= r.accuracy <= 1 and np.isfinite(r.fd) and r.fd >= 0
     table = format_table(rows, budget=16)
     assert table.count("\n") == 1 + len(rows) and "24 (beyond budget)" in table and "(= none)" in table
+    headed = format_table(rows, budget=16, settings=settings)
+    assert headed == ("Sampler euler (2 steps, time shift 1), guidance 1, 2 samples per class, seed 0; FD against "
+                      "16 procedural images.\n\n" + table)
+
+
+def test_the_time_shift_reaches_the_sampler():
+    model, clf = tiny_pixel_model(), load_classifier()
+    fds = [evaluate(model, clf, [(32, 32)], ["normal"],
+                    EvalSettings(num_per_class=2, sampler=SamplerSettings("ab2", steps=2, time_shift=shift),
+                                 cfg_scale=1.0, reference_count=16))[0].fd for shift in (1.0, 3.0)]
+    assert fds[0] != fds[1]
+    dopri5 = EvalSettings(sampler=SamplerSettings("dopri5"))
+    assert describe(dopri5).startswith("Sampler dopri5 (atol 1e-06, rtol 0.001), guidance 4, 16 samples per class")
 
 
 def test_evaluate_refuses_what_it_cannot_judge():
@@ -136,7 +150,20 @@ def test_cli_writes_the_table(tmp_path):
     assert "| 32x32 | 16 | none |" in result.output
     rows = json.loads((tmp_path / "table.json").read_text())
     assert [r["method"] for r in rows] == ["normal", "yarn"] and rows[1]["same_as"] == "normal"
-    assert out.read_text().startswith("| size (WxH)")
+    assert out.read_text().startswith("Sampler euler (1 step, time shift 1), guidance 1, 2 samples per class, "
+                                      "seed 0;")
+    assert "\n\n| size (WxH)" in out.read_text()
+
+
+@pytest.mark.parametrize("sampler", ["ab2", "unipc"])
+def test_cli_takes_the_new_samplers_and_a_time_shift(tmp_path, sampler):
+    ckpt = _save_tiny(tmp_path)
+    result = CliRunner().invoke(eval_main, ["--checkpoint", str(ckpt), "--num", "2", "--sizes", "32x32",
+                                            "--methods", "normal", "--steps", "2", "--sampler", sampler,
+                                            "--time-shift", "3", "--cfg", "1"])
+    assert result.exit_code == 0, result.output
+    assert f"Sampler {sampler} (2 steps, time shift 3), guidance 1," in result.output
+    assert "| 32x32 | 16 | none |" in result.output
 
 
 @pytest.mark.parametrize("args, message", [
@@ -147,6 +174,15 @@ def test_cli_writes_the_table(tmp_path):
     (["--cfg", "nan"], "--cfg must be a number from 0 to 1000, got nan"),
     (["--cfg", "1e39"], "--cfg must be a number from 0 to 1000"),
     (["--steps", "0"], "--steps must be a whole number from 1 to 10,000"),
+    (["--time-shift", "0"], "--time-shift must be a finite number above 0, got 0.0"),
+    (["--time-shift", "-2"], "--time-shift must be a finite number above 0, got -2.0"),
+    (["--time-shift", "nan"], "--time-shift must be a finite number above 0, got nan"),
+    (["--time-shift", "inf"], "--time-shift must be a finite number above 0, got inf"),
+    (["--time-shift", "two"], "'two' is not a valid float"),
+    (["--sampler", "dopri5", "--time-shift", "2"], "--time-shift applies to euler, heun, ab2, unipc; dopri5 keeps "
+                                                   "its own schedule"),
+    (["--sampler", "sde", "--time-shift", "2"], "--time-shift applies to euler, heun, ab2, unipc; sde keeps its "
+                                                "own schedule"),
     (["--sizes", "1600x1600"], "size 1600x1600 has 40000 tokens, more than 4x the model's training budget of 16 "
                                "(64); the largest size with this aspect ratio is about 64x64"),
 ])

@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from fit import LatentRequest, SamplerSettings, load_model, sample
 from fit.ddpm import RespacedDiffusion, ddpm_sample, linear_betas, respaced_timesteps
-from fit.flow import dopri5, euler, guidance_scale, heun, integrate, interpolate, masked_velocity_loss, sde
+from fit.flow import (ab2, dopri5, euler, guidance_scale, heun, integrate, interpolate, masked_velocity_loss, sde,
+                      unipc)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -36,9 +37,9 @@ def _x0():
     return torch.linspace(-2, 2, 12, dtype=torch.float64).reshape(3, 4)
 
 
-def _error(sampler, steps):
+def _error(sampler, steps, shift=1.0):
     x0 = _x0()
-    return (sampler(linear_field, x0.clone(), steps) - linear_field_solution(x0)).abs().max().item()
+    return (sampler(linear_field, x0.clone(), steps, shift) - linear_field_solution(x0)).abs().max().item()
 
 
 def test_euler_is_first_order():
@@ -52,6 +53,22 @@ def test_heun_is_second_order():
     assert 3.6 < e20 / e40 < 4.4 and 3.6 < e40 / e80 < 4.4
     assert e80 < 1e-4
     assert _error(heun, 20) < _error(euler, 20) / 20
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+@pytest.mark.parametrize("sampler", [ab2, unipc])
+def test_multistep_samplers_are_second_order(sampler, shift):
+    """The error falls 4x when the steps double. Both start and end with a first-order step and unipc's steps in
+    log-SNR stay long near t = 0 and 1 whatever the count, so the ratio settles only after a few hundred steps."""
+    e320, e640, e1280 = (_error(sampler, n, shift) for n in (320, 640, 1280))
+    assert 3.5 < e320 / e640 < 4.5 and 3.5 < e640 / e1280 < 4.5
+    assert e1280 < 1e-5
+
+
+@pytest.mark.parametrize("sampler, order", [(euler, 1), (heun, 2)])
+def test_one_step_samplers_keep_their_order_on_the_shifted_grid(sampler, order):
+    e20, e40, e80 = (_error(sampler, n, 3.0) for n in (20, 40, 80))
+    assert 0.9 * 2 ** order < e20 / e40 < 1.1 * 2 ** order and 0.9 * 2 ** order < e40 / e80 < 1.1 * 2 ** order
 
 
 def test_dopri5_meets_its_tolerance():

@@ -34,18 +34,19 @@ def latent_noise(requests, seed=0):
     return [rng.standard_normal((4, r.height // 8, r.width // 8), dtype=np.float32) for r in requests]
 
 
-@pytest.mark.parametrize("method,cfg,extrapolation", [("euler", 1.0, None), ("euler", 3.0, "ntk-pro1"),
-                                                      ("heun", 2.0, "vision-yarn"), ("dopri5", 1.0, None)])
-def test_runtime_matches_torch_sampling(pipe, package, method, cfg, extrapolation):
+@pytest.mark.parametrize("method,cfg,extrapolation,shift", [
+    ("euler", 1.0, None, 1.0), ("euler", 3.0, "ntk-pro1", 1.0), ("heun", 2.0, "vision-yarn", 1.0),
+    ("dopri5", 1.0, None, 1.0), ("ab2", 2.0, None, 3.0), ("unipc", 3.0, "ntk-pro1", 2.0), ("unipc", 1.0, None, 1.0)])
+def test_runtime_matches_torch_sampling(pipe, package, method, cfg, extrapolation, shift):
     """ONNX Runtime + numpy sampler vs fit.sampling.sample with the same noise, mixed sizes in one batch."""
     model = package[1]
     requests = [Request(64, 32, 3, 0), Request(32, 48, 7, 1), Request(48, 48, None, 2)]
     noise = latent_noise(requests)
-    ours = pipe.sample_latents(jobs(pipe, requests, sampler=method, steps=4, cfg=cfg, extrapolation=extrapolation),
-                               noise=noise)
+    ours = pipe.sample_latents(jobs(pipe, requests, sampler=method, steps=4, cfg=cfg, extrapolation=extrapolation,
+                                    time_shift=shift), noise=noise)
     ref = sample(model, [(r.height // 8, r.width // 8, model.num_classes if r.label is None else r.label)
                          for r in requests],
-                 sampler=flow.SamplerSettings(method, steps=4), cfg_scale=cfg,
+                 sampler=flow.SamplerSettings(method, steps=4, time_shift=shift), cfg_scale=cfg,
                  rope_method=extrapolation,
                  noise=[torch.from_numpy(n) for n in noise])
     for a, b in zip(ours, ref):

@@ -39,6 +39,30 @@ def test_matches_torch_on_an_analytic_field(method, steps):
     assert vn.calls == vt.calls                      # same steps (dopri5: same accepted/rejected sequence)
 
 
+@pytest.mark.parametrize("shift", [1.0, 2.0, 3.0])
+@pytest.mark.parametrize("steps", [1, 2, 3, 7])
+@pytest.mark.parametrize("method", ["euler", "heun", "ab2", "unipc"])
+def test_shifted_grid_samplers_match_torch(method, steps, shift):
+    vt, vn = counted(field_torch), counted(field_numpy)
+    settings = dict(method=method, steps=steps, time_shift=shift)
+    ref = flow.integrate(vt, torch.from_numpy(X0), flow.SamplerSettings(**settings)).numpy()
+    out = ns.integrate(vn, X0, ns.SamplerSettings(**settings))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, ref, atol=2e-5, rtol=0)
+    assert vn.calls == vt.calls == ns.SamplerSettings(**settings).evaluations()
+
+
+def test_time_shift_bends_the_grid_towards_noise():
+    """t = u / (u + s (1 - u)): shift 1 is the even grid, shift 3 takes shorter steps near t = 0, both end at 1."""
+    even = list(ns.time_grid(4))
+    assert even == [(0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0)]
+    bent = list(ns.time_grid(4, 3.0))
+    assert bent[0] == (0.0, 0.25 / (0.25 + 3 * 0.75)) and bent[-1][1] == 1.0
+    sizes = [t1 - t0 for t0, t1 in bent]
+    assert sizes == sorted(sizes) and sizes[0] < 0.25 < sizes[-1]
+    assert all(a[1] == b[0] for a, b in zip(bent, bent[1:]))
+
+
 def test_sde_matches_torch_with_the_same_noise():
     g = torch.Generator().manual_seed(5)
     ref = flow.integrate(field_torch, torch.from_numpy(X0), flow.SamplerSettings("sde", steps=7), g).numpy()
@@ -94,16 +118,17 @@ def test_callback_reports_every_step():
 
 
 def test_time_grid_is_not_built_up_front():
-    """euler/heun compute each step's times as they go: a huge step count allocates nothing before step 1."""
+    """The fixed-grid samplers compute each step's times as they go: a huge step count allocates nothing before
+    step 1."""
     class FirstCall(Exception):
         pass
 
     def v(x, t):
         raise FirstCall
 
-    for sampler in (ns.euler, ns.heun):
+    for sampler in (ns.euler, ns.heun, ns.ab2, ns.unipc):
         with pytest.raises(FirstCall):
-            sampler(v, X0, 10 ** 12)
+            sampler(v, X0, 10 ** 12, shift=3.0)
 
 
 @pytest.mark.parametrize("kwargs", [dict(method="rk4"), dict(steps=0), dict(steps=2.5), dict(atol=0),
@@ -111,3 +136,28 @@ def test_time_grid_is_not_built_up_front():
 def test_settings_reject_bad_values(kwargs):
     with pytest.raises(ValueError):
         ns.SamplerSettings(**kwargs)
+
+
+@pytest.mark.parametrize("shift", [0, 0.0, -1.0, math.nan, math.inf, -math.inf, "2", None, True, [2.0]])
+def test_settings_refuse_a_time_shift_that_is_not_a_positive_number(shift):
+    with pytest.raises(ns.SettingError) as caught:
+        ns.SamplerSettings("euler", time_shift=shift)
+    message = str(caught.value)
+    assert message == f"time_shift must be a finite number above 0, got {shift!r}" and "\n" not in message
+    assert caught.value.parameter == "time_shift"
+
+
+@pytest.mark.parametrize("method", ["dopri5", "sde"])
+def test_settings_refuse_a_time_shift_for_samplers_with_their_own_schedule(method):
+    with pytest.raises(ns.SettingError) as caught:
+        ns.SamplerSettings(method, time_shift=2.0)
+    message = str(caught.value)
+    assert message.startswith("time_shift applies to euler, heun, ab2, unipc;") and method in message
+    assert "\n" not in message and caught.value.parameter == "time_shift"
+    assert ns.SamplerSettings(method, time_shift=1).time_shift == 1.0      # the neutral shift is accepted
+
+
+@pytest.mark.parametrize("method", ns.SHIFTED)
+def test_settings_keep_a_positive_time_shift(method):
+    assert ns.SamplerSettings(method, time_shift=0.5).time_shift == 0.5
+    assert ns.SamplerSettings(method, time_shift=np.float32(3)).time_shift == 3.0

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from engines.rope import rope_tables
-from engines.sampler import check_cfg
+from engines.sampler import SHIFTED, check_cfg
 from fit.data.procedural import SHAPES, draw
 from fit.eval.classifier import ShapeClassifier
 from fit.eval.metrics import class_accuracy, frechet_distance_of
@@ -195,9 +195,21 @@ def evaluate(model: FiT, classifier: ShapeClassifier, sizes: Sequence[tuple[int,
     return rows
 
 
-def format_table(rows: Sequence[Row], budget: Optional[int] = None) -> str:
-    """Markdown table: one line per size (WIDTHxHEIGHT) and method, accuracy (%) and FD (lower is better)."""
-    lines = ["| size (WxH) | tokens | method | accuracy % | FD |", "|---|---:|---|---:|---:|"]
+def describe(settings: EvalSettings) -> str:
+    """One line naming how the numbers were made: sampler, its steps (dopri5: tolerances) and time shift,
+    guidance, samples per class, seed and the reference images of the FD."""
+    s = settings.sampler
+    steps = f"atol {s.atol:g}, rtol {s.rtol:g}" if s.method == "dopri5" else f"{s.steps} step{'s' * (s.steps != 1)}"
+    shift = f", time shift {s.time_shift:g}" if s.method in SHIFTED else ""
+    return (f"Sampler {s.method} ({steps}{shift}), guidance {settings.cfg_scale:g}, {settings.num_per_class} "
+            f"samples per class, seed {settings.seed}; FD against {settings.reference_count} procedural images.")
+
+
+def format_table(rows: Sequence[Row], budget: Optional[int] = None, settings: Optional[EvalSettings] = None) -> str:
+    """Markdown table: one line per size (WIDTHxHEIGHT) and method, accuracy (%) and FD (lower is better); with
+    ``settings``, headed by the line that :func:`describe` gives and a blank line."""
+    lines = [describe(settings), ""] if settings else []
+    lines += ["| size (WxH) | tokens | method | accuracy % | FD |", "|---|---:|---|---:|---:|"]
     for r in rows:
         tokens = f"{r.tokens}" + (" (beyond budget)" if budget and r.tokens > budget else "")
         note = f" (= {METHOD_TITLES.get(r.same_as, r.same_as)})" if r.same_as else ""
