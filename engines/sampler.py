@@ -90,8 +90,8 @@ class SamplerSettings:
             raise ValueError("dopri5 tolerances atol and rtol must be positive")
         check_time_shift(self.time_shift)
         if self.time_shift != 1.0 and self.method not in SHIFTED:
-            raise SettingError(f"time_shift applies to {', '.join(SHIFTED)}; {self.method} keeps its own schedule",
-                               "time_shift")
+            raise SettingError(f"time_shift applies to {', '.join(SHIFTED)}, not {self.method}, which keeps its own "
+                               f"schedule", "time_shift")
 
     @property
     def rows_independent(self) -> bool:

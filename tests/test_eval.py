@@ -179,10 +179,10 @@ def test_cli_takes_the_new_samplers_and_a_time_shift(tmp_path, sampler):
     (["--time-shift", "nan"], "--time-shift must be a finite number above 0, got nan"),
     (["--time-shift", "inf"], "--time-shift must be a finite number above 0, got inf"),
     (["--time-shift", "two"], "'two' is not a valid float"),
-    (["--sampler", "dopri5", "--time-shift", "2"], "--time-shift applies to euler, heun, ab2, unipc; dopri5 keeps "
-                                                   "its own schedule"),
-    (["--sampler", "sde", "--time-shift", "2"], "--time-shift applies to euler, heun, ab2, unipc; sde keeps its "
-                                                "own schedule"),
+    (["--sampler", "dopri5", "--time-shift", "2"], "--time-shift applies to euler, heun, ab2, unipc, not dopri5, "
+                                                   "which keeps its own schedule"),
+    (["--sampler", "sde", "--time-shift", "2"], "--time-shift applies to euler, heun, ab2, unipc, not sde, which "
+                                                "keeps its own schedule"),
     (["--sizes", "1600x1600"], "size 1600x1600 has 40000 tokens, more than 4x the model's training budget of 16 "
                                "(64); the largest size with this aspect ratio is about 64x64"),
 ])
