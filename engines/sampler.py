@@ -204,22 +204,50 @@ def ab2(v: Velocity, x: np.ndarray, steps: int, callback: Optional[Callback] = N
     return x
 
 
-def _log_snr(t: float) -> float:
-    """lambda(t) = log(t / (1 - t)) of the linear path (alpha = t, sigma = 1 - t); -inf at 0, inf at 1."""
-    return -math.inf if t <= 0.0 else math.inf if t >= 1.0 else math.log(t) - math.log1p(-t)
+# UniPC's scalars come from log(1 + x) computed with +, -, * and / alone, so that every runtime, in any language and
+# on any platform, computes the same bits (the C library's log and expm1 and JavaScript's differ in the last bit
+# for some inputs, and a coefficient rounded to float32 the other way changes the image).
+_LN2 = 0.6931471805599453                              # float64 nearest log 2
+_SQRT2 = 1.4142135623730951                            # float64 nearest sqrt 2
+_ATANH = tuple(1.0 / n for n in range(23, 0, -2))      # 1/23, 1/21, ..., 1/3, 1
+
+
+def _log1p(x: float) -> float:
+    """log(1 + x) for x >= 0 (a few ulp): 1 + x = m 2^k with m in [sqrt(1/2), sqrt(2)) and log m = 2 atanh(f),
+    f = (m - 1) / (m + 1), |f| < 0.172, summed to f^23; below sqrt(2) - 1, m - 1 is x itself (no rounding of 1 + x)."""
+    k, d = 0, x                                        # d = m - 1
+    if x >= _SQRT2 - 1.0:
+        m = 1.0 + x
+        while m >= _SQRT2:
+            m *= 0.5                                   # exact
+            k += 1
+        d = m - 1.0                                    # exact: m is within a factor of 2 of 1
+    f = d / (2.0 + d)
+    f2 = f * f
+    total = 0.0
+    for c in _ATANH:
+        total = total * f2 + c
+    return k * _LN2 + 2.0 * f * total
+
+
+def _log_snr_step(s: float, t: float) -> float:
+    """lambda(t) - lambda(s) for 0 <= s < t <= 1, lambda(t) = log(t / (1 - t)) the log signal-to-noise ratio of the
+    linear path (alpha = t, sigma = 1 - t): log1p((t - s) / (s (1 - t))), which keeps its precision for close s and
+    t; inf when s = 0 or t = 1."""
+    return math.inf if s <= 0.0 or t >= 1.0 else _log1p((t - s) / (s * (1.0 - t)))
 
 
 def _unipc_update(x_s: np.ndarray, s: float, t: float, m_s: np.ndarray, before: Optional[tuple],
                   m_t: Optional[np.ndarray]) -> np.ndarray:
     """One UniPC step s -> t in data prediction (B(h) = e^h - 1): the predictor UniP-2 when ``m_t`` is None,
-    else the corrector UniC with the data prediction ``m_t`` at t. ``before``: (lambda, data prediction) of the
-    point before s, or None; it raises the order when lambda there and h are finite."""
-    h = _log_snr(t) - _log_snr(s)
-    phi = math.expm1(-h) if math.isfinite(h) else -1.0             # e^-h - 1
+    else the corrector UniC with the data prediction ``m_t`` at t. ``before``: (time, data prediction) of the
+    point before s, or None; it raises the order when the step from there to s and h are finite."""
+    h = _log_snr_step(s, t)
+    phi = (s - t) / (t * (1.0 - s))                                 # e^-h - 1 (-1 when h is inf)
     base = F32((1.0 - t) / (1.0 - s)) * x_s - F32(t * phi) * m_s
-    second = before is not None and math.isfinite(before[0]) and math.isfinite(h)
+    second = before is not None and before[0] > 0.0 and math.isfinite(h)
     if second:
-        r = (before[0] - _log_snr(s)) / h
+        r = -_log_snr_step(before[0], s) / h
         d1 = (before[1] - m_s) / F32(r)
     if m_t is None:
         return base - F32(t * phi * 0.5) * d1 if second else base
@@ -247,7 +275,7 @@ def unipc(v: Velocity, x: np.ndarray, steps: int, callback: Optional[Callback] =
         if previous is not None:
             x_s, s, m_s, before_s = previous
             x = _unipc_update(x_s, s, t0, m_s, before_s, m)
-            before = (_log_snr(s), m_s)
+            before = (s, m_s)
         previous = (x, t0, m, before)
         x = _unipc_update(x, t0, t1, m, before, None)
         _notify(callback, i + 1, steps, t1)

@@ -8,6 +8,7 @@
  */
 import * as ort from '/ort/ort.wasm.min.mjs';
 import { FitPipeline, SAMPLERS, fetchIO, pngBytes } from '/js/src/index.js';
+import { pyNumber } from '/js/src/params.js';
 
 const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
@@ -45,10 +46,13 @@ function fillControls() {
 
 function readRequest() {
   const number = (id) => ($(id).value.trim() === '' ? NaN : Number($(id).value));
+  const shift = $('time-shift').value;
   return {
     width: number('width'), height: number('height'), label: $('class').value === '' ? null : Number($('class').value),
     seed: $('seed').value.trim(), steps: number('steps'), sampler: $('sampler').value, cfg: number('cfg'),
     extrapolation: $('extrapolation').value || null,
+    // empty: the package's; text that reads as a number is that number, other text goes to the engine's check as is
+    timeShift: shift.trim() === '' ? null : pyNumber(shift),
   };
 }
 

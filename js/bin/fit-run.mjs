@@ -7,7 +7,7 @@
 import { existsSync, statSync, accessSync, constants } from 'node:fs';
 import { basename, dirname, extname, join } from 'node:path';
 
-import { EXTRAPOLATIONS, MAX_CFG, MAX_STEPS, SAMPLERS, BackendError, GenerationError, PackageError }
+import { EXTRAPOLATIONS, MAX_CFG, MAX_STEPS, SAMPLERS, SHIFTED, BackendError, GenerationError, PackageError }
   from '../src/index.js';
 import { loadPackage, savePng } from '../src/node.js';
 import { pyNumber, pyTypeName } from '../src/params.js';
@@ -29,6 +29,8 @@ const OPTIONS = [
   { name: 'steps', type: 'int',
     help: `Sampler steps, 1 to ${MAX_STEPS.toLocaleString('en-US')} (default: the package's).` },
   { name: 'sampler', type: 'text', choices: SAMPLERS, help: "Integrator (default: the package's)." },
+  { name: 'time-shift', param: 'time_shift', type: 'float', help: `Time shift S of the fixed-grid samplers `
+    + `(${SHIFTED.join(', ')}): shorter steps near noise for S > 1 (default: the package's).` },
   { name: 'cfg', type: 'float', help: `Classifier-free guidance scale, 0 to ${MAX_CFG}; 1 = off.` },
   { name: 'seed', type: 'int', default: 0, help: 'Seed of image 1 (0 to 2**64 - 1); image i uses seed + i - 1.' },
   { name: 'extrapolation', type: 'text', choices: EXTRAPOLATIONS,
@@ -130,7 +132,8 @@ async function* run(a) {
     warn: (message) => process.stderr.write(`${PROG}: warning: ${message}\n`) });
   try {
     const jobs = pipe.prepare({ width: a.width, height: a.height, label: a.class, seed: a.seed, num: a.num,
-      snap: a.snap, steps: a.steps, sampler: a.sampler, cfg: a.cfg, extrapolation: a.extrapolation });
+      snap: a.snap, steps: a.steps, sampler: a.sampler, cfg: a.cfg, extrapolation: a.extrapolation,
+      timeShift: a['time-shift'] });
     const { width, height } = jobs.at(0).request;
     const wanted = [a.width || pipe.defaultSize[0], a.height || pipe.defaultSize[1]];
     if (width !== wanted[0] || height !== wanted[1]) {

@@ -20,7 +20,8 @@ export { Manifest, select } from './manifest.js';
 export { GraphContract, PaddedBatch, VaeDecoderContract, patchify, unpatchify } from './contract.js';
 export { EXTRAPOLATIONS, EXTRAPOLATION_ALIASES, METHODS, ropeTables, axisFrequencies, attentionScale, resolveMethod,
   canonicalExtrapolation, extrapolationName } from './rope.js';
-export { SAMPLERS, MAX_STEPS, MAX_CFG, SettingError, checkSteps, checkCfg } from './sampler.js';
+export { SAMPLERS, SHIFTED, MAX_STEPS, MAX_CFG, SettingError, checkSteps, checkTimeShift, checkCfg }
+  from './sampler.js';
 export { normals, checkSeed } from './noise.js';
 export { pngBytes, textEntries, tileImages } from './png.js';
 export { pyJson, plain } from './params.js';

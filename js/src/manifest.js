@@ -129,6 +129,9 @@ const CHECKS = {
   },
   SamplerSection(s) {
     if (s.steps < 1) throw new PackageError(`sampler.steps must be >= 1, got ${s.steps}`);
+    if (!(Number.isFinite(s.time_shift) && s.time_shift > 0)) {
+      throw new PackageError(`sampler.time_shift must be a finite number above 0, got ${pyFloat(s.time_shift)}`);
+    }
   },
   SizesSection(s, source) {
     if (s.default.length !== 2 || !s.default.every((v) => Number.isInteger(v) && v > 0)) {

@@ -8,12 +8,20 @@ import { formatG, pyRepr, pyTypeName } from './params.js';
 
 const f32 = Math.fround;
 
-export const SAMPLERS = ['euler', 'heun', 'dopri5', 'sde'];
+export const SAMPLERS = ['euler', 'heun', 'dopri5', 'sde', 'ab2', 'unipc'];
+/**
+ * The samplers that step along a fixed time grid, which the time shift bends; dopri5 chooses its own steps and sde
+ * keeps the official schedule.
+ */
+export const SHIFTED = ['euler', 'heun', 'ab2', 'unipc'];
 /** Limits of a request (docs/runtime-spec.md §9): sampler steps and guidance scale. */
 export const MAX_STEPS = 10000;
 export const MAX_CFG = 1000;
 
-/** A sampler or guidance setting out of range; `parameter` names it (`steps`, `cfg`), and the message starts with it. */
+/**
+ * A sampler or guidance setting out of range; `parameter` names it (`steps`, `cfg`, `time_shift`), and the message
+ * starts with it.
+ */
 export class SettingError extends RangeError {
   constructor(message, parameter = null) { super(message); this.name = 'SettingError'; this.parameter = parameter; }
 }
@@ -29,6 +37,19 @@ export function checkSteps(steps, maximum = MAX_STEPS) {
       + `${pyRepr(steps)}`, 'steps');
   }
   return Number(steps);
+}
+
+/**
+ * `shift` (a number, or {float} for a value that is a float in Python's sense) as a number if it is a finite number
+ * above 0; SettingError otherwise.
+ * @param {any} shift
+ */
+export function checkTimeShift(shift) {
+  const value = shift !== null && typeof shift === 'object' && 'float' in shift ? shift.float : shift;
+  if (typeof value !== 'number' || !(Number.isFinite(value) && value > 0)) {
+    throw new SettingError(`time_shift must be a finite number above 0, got ${pyRepr(shift)}`, 'time_shift');
+  }
+  return value;
 }
 
 /**
@@ -49,10 +70,11 @@ export function checkCfg(cfg, maximum = MAX_CFG) {
  * How to integrate from noise to data (engines.sampler.SamplerSettings); the sde sampler's `diffusionNorm` and
  * `lastStepSize` default to the official 1 and 0.04.
  * @typedef {object} SamplerSettings
- * @property {string} method euler | heun | dopri5 | sde
+ * @property {string} method euler | heun | ab2 | unipc (on a time grid bent by `timeShift`) | dopri5 | sde
  * @property {number} steps
  * @property {number} atol dopri5 absolute tolerance
  * @property {number} rtol dopri5 relative tolerance
+ * @property {number} [timeShift] the time shift of the fixed-grid samplers (SHIFTED); 1 (the default) = even steps
  * @property {number} [diffusionNorm]
  * @property {number} [lastStepSize]
  */
@@ -114,44 +136,194 @@ export function guide(out, batch, channels, cfg, t, guided, scalePow) {
 
 const full = (t, batch) => new Array(batch).fill(f32(t));
 
-/** steps + 1 times from 0 to 1: k * (1/steps), the last exactly 1. */
-export function timeGrid(steps) {
-  const step = 1 / steps;
-  const ts = [];
-  for (let k = 0; k < steps; k++) ts.push(k * step);
-  ts.push(1);
-  return ts;
+const map = (n, fn) => {
+  const out = new Float32Array(n);
+  for (let j = 0; j < n; j++) out[j] = fn(j);
+  return out;
+};
+
+// ------------------------------------------------------------------------------------------------------------
+// Fixed-step samplers
+// ------------------------------------------------------------------------------------------------------------
+
+/**
+ * u / (u + shift (1 - u)) in float64: the time at fraction u of the steps (u itself when shift is 1). With shift > 1
+ * the steps are shorter near noise (t = 0), as in SD3 and Flux; u = 0 and 1 stay 0 and 1.
+ */
+export function shiftTime(u, shift) {
+  return shift === 1 ? u : u / (u + shift * (1 - u));
 }
 
-/** @returns {Promise<Float32Array>} */
-export async function euler(v, x, batch, steps, progress) {
-  const ts = timeGrid(steps);
-  for (let i = 0; i < steps; i++) {
-    const h = f32(ts[i + 1] - ts[i]);
-    const vel = await v(x, full(ts[i], batch));
-    const next = new Float32Array(x.length);
-    for (let j = 0; j < x.length; j++) next[j] = x[j] + f32(h * vel[j]);
-    x = next;
-    progress?.(i + 1, steps, ts[i + 1]);
+/**
+ * The [t0, t1] of each of `steps` steps from 0 to 1, computed as they are needed: u_i = i * (1 / steps) in float64,
+ * u_steps = 1, and t_i = shiftTime(u_i, shift).
+ * @returns {Generator<[number, number]>}
+ */
+export function* timeGrid(steps, shift = 1) {
+  const h = 1 / steps;
+  for (let i = 0; i < steps; i++) yield [shiftTime(i * h, shift), shiftTime(i + 1 === steps ? 1 : (i + 1) * h, shift)];
+}
+
+/** x <- x + (t1 - t0) v(x, t0); one evaluation per step. @returns {Promise<Float32Array>} */
+export async function euler(v, x, batch, steps, progress, shift = 1) {
+  let i = 0;
+  for (const [t0, t1] of timeGrid(steps, shift)) {
+    const h = f32(t1 - t0);
+    const vel = await v(x, full(t0, batch));
+    const y = x;
+    x = map(y.length, (j) => y[j] + f32(h * vel[j]));
+    progress?.(++i, steps, t1);
   }
   return x;
 }
 
-/** @returns {Promise<Float32Array>} */
-export async function heun(v, x, batch, steps, progress) {
-  const ts = timeGrid(steps);
-  for (let i = 0; i < steps; i++) {
-    const h = ts[i + 1] - ts[i];
+/** Explicit trapezoidal rule (second order), two evaluations per step. @returns {Promise<Float32Array>} */
+export async function heun(v, x, batch, steps, progress, shift = 1) {
+  let i = 0;
+  for (const [t0, t1] of timeGrid(steps, shift)) {
+    const h = t1 - t0;
     const h32 = f32(h);
     const half = f32(0.5 * h);
-    const k1 = await v(x, full(ts[i], batch));
-    const mid = new Float32Array(x.length);
-    for (let j = 0; j < x.length; j++) mid[j] = x[j] + f32(h32 * k1[j]);
-    const k2 = await v(mid, full(ts[i + 1], batch));
-    const next = new Float32Array(x.length);
-    for (let j = 0; j < x.length; j++) next[j] = x[j] + f32(half * f32(k1[j] + k2[j]));
-    x = next;
-    progress?.(i + 1, steps, ts[i + 1]);
+    const y = x;
+    const k1 = await v(y, full(t0, batch));
+    const k2 = await v(map(y.length, (j) => y[j] + f32(h32 * k1[j])), full(t1, batch));
+    x = map(y.length, (j) => y[j] + f32(half * f32(k1[j] + k2[j])));
+    progress?.(++i, steps, t1);
+  }
+  return x;
+}
+
+/**
+ * Two-step Adams-Bashforth for uneven steps (second order), one evaluation per step: with h = t1 - t0 and
+ * r = h / (t0 - t_prev), x <- x + h (1 + r/2) v(x, t0) - h (r/2) v_prev; the first step is Euler's.
+ * @returns {Promise<Float32Array>}
+ */
+export async function ab2(v, x, batch, steps, progress, shift = 1) {
+  let previous = null;                                 // [h, k] of the step before
+  let i = 0;
+  for (const [t0, t1] of timeGrid(steps, shift)) {
+    const h = t1 - t0;
+    const k = await v(x, full(t0, batch));
+    const y = x;
+    if (previous === null) {
+      const h32 = f32(h);
+      x = map(y.length, (j) => y[j] + f32(h32 * k[j]));
+    } else {
+      const [hPrevious, kPrevious] = previous;
+      const r = h / hPrevious;
+      const a = f32(h * (1 + 0.5 * r));
+      const b = f32(0.5 * h * r);
+      x = map(y.length, (j) => f32(y[j] + f32(a * k[j])) - f32(b * kPrevious[j]));
+    }
+    previous = [h, k];
+    progress?.(++i, steps, t1);
+  }
+  return x;
+}
+
+// UniPC's scalars come from log(1 + x) computed with +, -, * and / alone, so that every runtime, in any language and
+// on any platform, computes the same bits (the C library's log and expm1 and JavaScript's differ in the last bit
+// for some inputs, and a coefficient rounded to float32 the other way changes the image).
+const LN2 = 0.6931471805599453;                        // float64 nearest log 2
+const SQRT2 = 1.4142135623730951;                      // float64 nearest sqrt 2
+const ATANH = [23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1].map((n) => 1 / n);   // 1/23, 1/21, ..., 1/3, 1
+
+/**
+ * log(1 + x) for x >= 0 (a few ulp): 1 + x = m 2^k with m in [sqrt(1/2), sqrt(2)) and log m = 2 atanh(f),
+ * f = (m - 1) / (m + 1), |f| < 0.172, summed to f^23; below sqrt(2) - 1, m - 1 is x itself (no rounding of 1 + x).
+ */
+function log1p(x) {
+  let k = 0;
+  let d = x;                                           // m - 1
+  if (x >= SQRT2 - 1) {
+    let m = 1 + x;
+    while (m >= SQRT2) {
+      m *= 0.5;                                        // exact
+      k += 1;
+    }
+    d = m - 1;                                         // exact: m is within a factor of 2 of 1
+  }
+  const f = d / (2 + d);
+  const f2 = f * f;
+  let total = 0;
+  for (const c of ATANH) total = total * f2 + c;
+  return k * LN2 + 2 * f * total;
+}
+
+/**
+ * lambda(t) - lambda(s) for 0 <= s < t <= 1, lambda(t) = log(t / (1 - t)) the log signal-to-noise ratio of the
+ * linear path (alpha = t, sigma = 1 - t): log1p((t - s) / (s (1 - t))); Infinity when s = 0 or t = 1.
+ */
+function logSnrStep(s, t) {
+  return s <= 0 || t >= 1 ? Infinity : log1p((t - s) / (s * (1 - t)));
+}
+
+/**
+ * One UniPC step s -> t in data prediction (B(h) = e^h - 1): the predictor UniP-2 when `mT` is null, else the
+ * corrector UniC with the data prediction `mT` at t. `before`: [time, data prediction] of the point before s, or
+ * null; it raises the order when the step from there to s and h are finite.
+ * @returns {Float32Array}
+ */
+function unipcUpdate(xS, s, t, mS, before, mT) {
+  const n = xS.length;
+  const h = logSnrStep(s, t);
+  const phi = (s - t) / (t * (1 - s));                 // e^-h - 1 (-1 when h is Infinity)
+  const a = f32((1 - t) / (1 - s));
+  const b = f32(t * phi);
+  const base = map(n, (j) => f32(a * xS[j]) - f32(b * mS[j]));
+  const second = before !== null && before[0] > 0 && Number.isFinite(h);
+  let r;
+  let d1;
+  if (second) {
+    r = -logSnrStep(before[0], s) / h;
+    const r32 = f32(r);
+    const mBefore = before[1];
+    d1 = map(n, (j) => f32(mBefore[j] - mS[j]) / r32);
+  }
+  if (mT === null) {
+    if (!second) return base;
+    const c = f32(t * phi * 0.5);
+    return map(n, (j) => base[j] - f32(c * d1[j]));
+  }
+  if (!second) {
+    const c = f32(t * phi * 0.5);
+    return map(n, (j) => base[j] - f32(c * f32(mT[j] - mS[j])));
+  }
+  const hh = -h;
+  const b1 = (phi / hh - 1) / phi;
+  const b2 = ((phi / hh - 1) / hh - 0.5) * 2 / phi;
+  const rho1 = (b1 - b2) / (1 - r);
+  const rho2 = b1 - rho1;
+  const c = f32(t * phi);
+  const c1 = f32(rho1);
+  const c2 = f32(rho2);
+  return map(n, (j) => base[j] - f32(c * f32(f32(c1 * d1[j]) + f32(c2 * f32(mT[j] - mS[j])))));
+}
+
+/**
+ * UniPC (Zhao et al. 2023), second order, for velocity models: each evaluation v(x, t_i) gives the data prediction
+ * m_i = x + (1 - t_i) v; it first corrects the step that led to t_i (UniC, using m_i: no extra evaluation), then
+ * predicts the next point (UniP-2). One evaluation per step; the last step is first order (it lands on the data
+ * prediction).
+ * @returns {Promise<Float32Array>}
+ */
+export async function unipc(v, x, batch, steps, progress, shift = 1) {
+  let previous = null;                                 // [xS, s, mS, before] of the step that led here
+  let before = null;
+  let i = 0;
+  for (const [t0, t1] of timeGrid(steps, shift)) {
+    const k = await v(x, full(t0, batch));
+    const a = f32(1 - t0);
+    const y = x;
+    const m = map(y.length, (j) => y[j] + f32(a * k[j]));
+    if (previous !== null) {
+      const [xS, s, mS, beforeS] = previous;
+      x = unipcUpdate(xS, s, t0, mS, beforeS, m);
+      before = [s, mS];
+    }
+    previous = [x, t0, m, before];
+    x = unipcUpdate(x, t0, t1, m, before, null);
+    progress?.(++i, steps, t1);
   }
   return x;
 }
@@ -250,12 +422,6 @@ function below(value) {
   new Uint32Array(buffer.buffer)[0] -= 1;
   return buffer[0];
 }
-
-const map = (n, fn) => {
-  const out = new Float32Array(n);
-  for (let j = 0; j < n; j++) out[j] = fn(j);
-  return out;
-};
 
 async function initialStep(v, x, f0, batch, atol, rtol) {
   const at = f32(atol);
@@ -361,8 +527,10 @@ function nextStep(dt, ratio, safety = 0.9, ifactor = 10, dfactor = 0.2, order = 
  * @returns {Promise<Float32Array>}
  */
 export async function integrate(v, x, batch, settings, draw = null, progress = null) {
-  if (settings.method === 'euler') return euler(v, x, batch, settings.steps, progress);
-  if (settings.method === 'heun') return heun(v, x, batch, settings.steps, progress);
+  if (SHIFTED.includes(settings.method)) {
+    const fixed = { euler, heun, ab2, unipc }[settings.method];
+    return fixed(v, x, batch, settings.steps, progress, settings.timeShift);
+  }
   if (settings.method === 'dopri5') return dopri5(v, x, batch, settings.atol, settings.rtol, MAX_STEPS, progress);
   return sde(v, x, batch, settings.steps, settings.diffusionNorm, settings.lastStepSize, draw, progress);
 }

@@ -43,7 +43,8 @@ test('bad requests are GenerationErrors with one-line messages', async () => {
     [{ width: 96, height: 64, cfg: NaN }, 'cfg must be a number from 0 to 1000, got nan'],
     [{ width: 96, height: 64, extrapolation: 'ntk-fancy' }, "unknown extrapolation 'ntk-fancy'; choose one of normal, "
       + 'linear, ntk-aware, ntk-by-parts, yarn, ntk-aware-pro1, ntk-aware-pro2, vision-ntk, vision-yarn'],
-    [{ width: 96, height: 64, sampler: 'rk4' }, "unknown sampler 'rk4'; choose one of euler, heun, dopri5, sde"],
+    [{ width: 96, height: 64, sampler: 'rk4' }, "unknown sampler 'rk4'; choose one of euler, heun, dopri5, sde, ab2, "
+      + 'unipc'],
   ];
   for (const [request, message] of cases) {
     await assert.rejects(pipe.generate(request), (err) => err instanceof GenerationError && err.message === message);
@@ -80,7 +81,14 @@ test('prepare names the parameter at fault, the others it mentions and the optio
       + '18446744073709551616; seeds must be below 2**64'],
     [{ seed: { float: 1.5 } }, 'seed', 'seed must be a whole number from 0 to 2**64 - 1, got 1.5'],
     [{ steps: { float: 2 } }, 'steps', 'steps must be a whole number from 1 to 10,000, got 2.0'],
-    [{ sampler: 3 }, 'sampler', 'unknown sampler 3; choose one of euler, heun, dopri5, sde'],
+    [{ sampler: 3 }, 'sampler', 'unknown sampler 3; choose one of euler, heun, dopri5, sde, ab2, unipc'],
+    [{ timeShift: 0 }, 'time_shift', 'time_shift must be a finite number above 0, got 0'],
+    [{ timeShift: { float: -1 } }, 'time_shift', 'time_shift must be a finite number above 0, got -1.0'],
+    [{ timeShift: Infinity }, 'time_shift', 'time_shift must be a finite number above 0, got inf'],
+    [{ timeShift: '2' }, 'time_shift', "time_shift must be a finite number above 0, got '2'"],
+    [{ timeShift: true }, 'time_shift', 'time_shift must be a finite number above 0, got True'],
+    [{ timeShift: 2, sampler: 'dopri5' }, 'time_shift', 'time_shift applies to euler, heun, ab2, unipc, not dopri5, '
+      + 'which keeps its own schedule'],
     [{ extrapolation: 5 }, 'extrapolation', 'unknown extrapolation 5; choose one of normal, linear, ntk-aware, '
       + 'ntk-by-parts, yarn, ntk-aware-pro1, ntk-aware-pro2, vision-ntk, vision-yarn'],
     [{ label: 'star,bogus' }, null, "unknown class 'bogus' (ids 0..7)"],
@@ -96,6 +104,27 @@ test('prepare names the parameter at fault, the others it mentions and the optio
   assert.throws(() => pipe.prepare({ width: 90, height: 64 }), (err) => err.hint === 'snap' && err.parameter === null);
   assert.equal(pipe.prepare({ width: 90, height: 64, snap: true }).at(0).request.width, 96);
   assert.throws(() => new Limits(10001), /^RangeError: max_steps must be a whole number from 1 to 10,000, got 10001$/);
+  await pipe.release();
+});
+
+test('the time shift: the package\'s for the fixed-grid samplers, 1 for the others, part of the loop key', async () => {
+  // the default model's manifest with sampler.time_shift 3
+  const io = directoryIO(PACKAGE);
+  const doc = JSON.parse(await io.readManifest());
+  doc.sampler.time_shift = 3;
+  const pipe = await FitPipeline.load({ ...io, readManifest: async () => JSON.stringify(doc) },
+    { ort, lazyDecoder: true });
+  const shift = (request) => pipe.settings(request).sampler.timeShift;
+  assert.deepEqual(['euler', 'heun', 'ab2', 'unipc', 'dopri5', 'sde'].map((sampler) => shift({ sampler })),
+    [3, 3, 3, 3, 1, 1]);
+  assert.equal(shift({ sampler: 'unipc', timeShift: { float: 2.5 } }), 2.5);
+  assert.equal(shift({ sampler: 'sde', timeShift: 1 }), 1);
+  const key = (timeShift) => pipe.settings({ sampler: 'ab2', timeShift }).loopKey();
+  assert.notEqual(key(2), key(3));
+  await assert.rejects(pipe.sampleLatents([pipe.prepare({ width: 32, height: 32, sampler: 'ab2', timeShift: 2 }).at(0),
+    pipe.prepare({ width: 32, height: 32, sampler: 'ab2' }).at(0)]), /^GenerationError: jobs sampled together need/);
+  const [image] = await pipe.generateMany(pipe.prepare({ width: 32, height: 32, sampler: 'unipc', steps: 2 }));
+  assert.deepEqual(image.parameters.time_shift, { float: 3 });
   await pipe.release();
 });
 

@@ -1,17 +1,18 @@
 /**
  * The web page in headless Chromium (Debian's chromium driven by puppeteer-core): fit-web serves the page and the
  * default model, the page generates 96x64 and 128x128 (vision-ntk) images, and the canvas pixels must match the
- * Python fit-run for the same seed (>= 50 dB). A bad request shows one message and the page stays usable.
+ * Python fit-run for the same seed (>= 50 dB), and a unipc image with a time shift the Python runtime's. A bad
+ * request shows one message and the page stays usable.
  * FIT_WEB_SCREENSHOT=path saves a screenshot of the page.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import { CHROMIUM, canvasPixels, generateInPage, launchChromium, loadPuppeteer, startFitWeb } from './browser-helpers.mjs';
-import { PYTHON, REPO, psnr, pythonMissing, readPng, runCli } from './helpers.mjs';
+import { PACKAGE, PYTHON, REPO, psnr, pythonMissing, pythonReference, readPng, runCli } from './helpers.mjs';
 
 const reason = pythonMissing()
   ?? (CHROMIUM ? null : 'no chromium (apt-get install -y chromium, or set CHROMIUM)')
@@ -35,10 +36,12 @@ describe('web page in headless Chromium', { skip: reason ?? false }, () => {
   });
 
   test('the form starts at the package defaults', async () => {
-    const values = await page.evaluate(() => Object.fromEntries(['width', 'height', 'class', 'steps', 'sampler', 'cfg',
-      'extrapolation'].map((id) => [id, document.getElementById(id).value])));
-    assert.deepEqual(values, { width: '80', height: '80', class: '0', steps: '16', sampler: 'heun', cfg: '4',
-      extrapolation: '' });
+    const values = await page.evaluate(() => Object.fromEntries(['width', 'height', 'class', 'steps', 'sampler',
+      'time-shift', 'cfg', 'extrapolation'].map((id) => [id, document.getElementById(id).value])));
+    assert.deepEqual(values, { width: '80', height: '80', class: '0', steps: '16', sampler: 'heun', 'time-shift': '',
+      cfg: '4', extrapolation: '' });
+    const samplers = await page.$$eval('#sampler option', (options) => options.map((o) => o.value));
+    assert.deepEqual(samplers, ['euler', 'heun', 'dopri5', 'sde', 'ab2', 'unipc']);
   });
 
   test('a bad request shows one message and the page stays usable', async () => {
@@ -47,6 +50,12 @@ describe('web page in headless Chromium', { skip: reason ?? false }, () => {
     const tooBig = await generateInPage(page, { steps: 2, width: 256, height: 256 });
     assert.equal(tooBig.state, 'error');
     assert.match(tooBig.status, /^256x256 needs 256 tokens, more than this model's maximum of 64/);
+    assert.deepEqual(await generateInPage(page, { width: 96, height: 64, 'time-shift': 'abc' }),
+      { state: 'error', status: "time_shift must be a finite number above 0, got 'abc'" });
+    assert.deepEqual(await generateInPage(page, { 'time-shift': '0' }),
+      { state: 'error', status: 'time_shift must be a finite number above 0, got 0.0' });
+    assert.deepEqual(await generateInPage(page, { sampler: 'sde', 'time-shift': '2' }), { state: 'error',
+      status: 'time_shift applies to euler, heun, ab2, unipc, not sde, which keeps its own schedule' });
   });
 
   test('?precision= picks a transformer variant; an unknown one is one message', async () => {
@@ -76,7 +85,7 @@ describe('web page in headless Chromium', { skip: reason ?? false }, () => {
     test(`${width}x${height} ${extrapolation || 'package default'} matches fit-run`, async () => {
       const dir = mkdtempSync(join(tmpdir(), 'fit-web-'));
       const result = await generateInPage(page, { width, height, class: 7, seed: 5, steps: 8, sampler: 'heun', cfg: 4,
-        extrapolation });
+        extrapolation, 'time-shift': '' });
       assert.equal(result.state, 'done', result.status);
       const args = ['-W', width, '-H', height, '--class', 7, '--seed', 5, '--steps', 8, '--sampler', 'heun', '--cfg', 4,
         '-q', '-o', join(dir, 'py.png'), ...(extrapolation ? ['--extrapolation', extrapolation] : [])].map(String);
@@ -97,4 +106,20 @@ describe('web page in headless Chromium', { skip: reason ?? false }, () => {
       rmSync(dir, { recursive: true, force: true });
     });
   }
+
+  test('unipc with time shift 2.5 matches the Python runtime and the PNG records the shift', async () => {
+    const ref = pythonReference({ package: PACKAGE,
+      images: [{ width: 96, height: 64, label: 7, seed: 5, steps: 8, sampler: 'unipc', cfg: 4, timeShift: 2.5 }] });
+    const result = await generateInPage(page, { width: 96, height: 64, class: 7, seed: 5, steps: 8, sampler: 'unipc',
+      cfg: 4, extrapolation: '', 'time-shift': '2.5' });
+    assert.equal(result.state, 'done', result.status);
+    const db = psnr(await canvasPixels(page), new Uint8Array(readFileSync(join(ref.dir, ref.index.images[0].file))));
+    console.log(`# page vs Python runtime, unipc time shift 2.5: ${db === Infinity ? 'identical' : `${db.toFixed(1)} dB`}`);
+    assert.ok(db >= 50, `${db} dB`);
+    const saved = join(ref.dir, 'page.png');
+    writeFileSync(saved, Uint8Array.from(await page.evaluate(async () => Array.from(await globalThis.fitPage.pngBytes()))));
+    const { text } = readPng(saved);
+    assert.equal(text['fit:time_shift'], '2.5');
+    assert.deepEqual({ ...JSON.parse(text.parameters), backend: null }, { ...ref.index.images[0].parameters, backend: null });
+  });
 });

@@ -57,6 +57,35 @@ describe('node fit-run', { skip: missing ?? false }, () => {
     assert.deepEqual(strip(b.text), strip(a.text));
   });
 
+  test('--time-shift goes to the engine as a float; its mistakes read as fit-run words them', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fit-js-shift-'));
+    const out = ['-W', '96', '-H', '64', '--steps', '3', '-q', '-o', join(dir, 'out.png')];
+    const refused = [
+      [['--time-shift', '0'], '--time-shift must be a finite number above 0, got 0.0'],
+      [['--time-shift', '-1'], '--time-shift must be a finite number above 0, got -1.0'],
+      [['--time-shift', 'nan'], '--time-shift must be a finite number above 0, got nan'],
+      [['--time-shift', 'inf'], '--time-shift must be a finite number above 0, got inf'],
+      [['--time-shift', 'abc'], "--time-shift must be a finite number above 0, got 'abc'"],
+      [['--time-shift', '2', '--sampler', 'sde'],
+        '--time-shift applies to euler, heun, ab2, unipc, not sde, which keeps its own schedule'],
+    ];
+    for (const [args, message] of refused) {
+      const js = fitRunJs([...out, ...args]);
+      assert.equal(js.status, 2, `${args.join(' ')}: ${js.stderr}`);
+      assert.equal(js.stderr, `fit-run: error: ${message}\n`);
+      assert.equal(existsSync(join(dir, 'out.png')), false);
+    }
+    for (const [args, sampler, shift] of [[['--sampler', 'unipc', '--time-shift', '2.5'], 'unipc', '2.5'],
+      [['--sampler', 'sde', '--time-shift', '1'], 'sde', '1.0'], [['--sampler', 'ab2'], 'ab2', '1.0']]) {
+      const js = fitRunJs([...out, ...args]);
+      assert.equal(js.status, 0, js.stderr);
+      const { text } = readPng(join(dir, 'out.png'));
+      assert.equal(text['fit:sampler'], sampler);
+      assert.equal(text['fit:time_shift'], shift);
+      assert.ok(text.parameters.includes(`"time_shift": ${shift}, `), text.parameters);
+    }
+  });
+
   test('rejects every user mistake like fit-run: one line, exit 2, no file', () => {
     const dir = mkdtempSync(join(tmpdir(), 'fit-js-err-'));
     const corrupt = (name, change) => {

@@ -1,7 +1,8 @@
 /**
  * Same seed -> same image: the JavaScript runtime against the Python runtime (engines, behind fit-run) on the
- * default model, for sizes on and off the training budget, every sampler, every extrapolation method and guidance
- * on/off; RoPE tables of every method name and the portable noise against engines.rope / engines.noise.
+ * default model, for sizes on and off the training budget, every sampler, time shifts, every extrapolation method
+ * and guidance on/off; RoPE tables of every method name, the portable noise and the fixed-grid samplers on a
+ * synthetic velocity field against engines.rope / engines.noise / engines.sampler.
  */
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -10,13 +11,13 @@ import { before, describe, test } from 'node:test';
 
 import { EXTRAPOLATIONS, EXTRAPOLATION_ALIASES, normals, ropeTables } from '../src/index.js';
 import { withMethod } from '../src/rope.js';
-import { guidanceScale } from '../src/sampler.js';
+import { SHIFTED, guidanceScale, integrate } from '../src/sampler.js';
 import { loadPackage } from '../src/node.js';
 import { plain } from '../src/params.js';
 import { PACKAGE, psnr, pythonMissing, pythonReference, readFloat32 } from './helpers.mjs';
 
 const SIZES = [[96, 64], [80, 80], [128, 128], [64, 128]];
-const SAMPLERS = ['euler', 'heun', 'dopri5', 'sde'];
+const SAMPLERS = ['euler', 'heun', 'dopri5', 'sde', 'ab2', 'unipc'];
 const CANONICAL = ['normal', 'linear', 'ntk-aware', 'ntk-by-parts', 'yarn', 'ntk-aware-pro1', 'ntk-aware-pro2',
   'vision-ntk', 'vision-yarn'];
 
@@ -38,6 +39,26 @@ function imageCases() {
   return cases;
 }
 
+/** The new samplers on shifted grids: pixel-identical (the host arithmetic is the same, operation by operation). */
+function shiftedCases() {
+  const cases = [];
+  for (const sampler of ['ab2', 'unipc']) {
+    for (const timeShift of [1, 2, 3]) {
+      for (const cfg of [1, 4]) {
+        cases.push({ width: 96, height: 64, label: 'ring', seed: 6, sampler, steps: 6, timeShift, cfg });
+        cases.push({ width: 128, height: 128, label: 'star', seed: 7, sampler, steps: 6, timeShift, cfg,
+          extrapolation: 'vision-ntk' });
+      }
+    }
+  }
+  return cases;
+}
+
+// Every fixed-grid sampler, steps 1 to 40, on the grids of these time shifts (engines.sampler's UniPC scalars
+// come from its own log1p, which any language computes to the same bits).
+const SYNTHETIC = SHIFTED.flatMap((method) => [1, 2, 3, 2.5, 4, 6].flatMap((shift) =>
+  Array.from({ length: 40 }, (_, i) => ({ method, steps: i + 1, shift }))));
+
 const TABLE_SIZES = [[5, 5], [8, 8], [4, 8], [8, 4], [3, 11], [1, 1]];
 // Every accepted name on a package whose own RoPE is decoupled: an official name must couple the axes again.
 const tableCases = () => [...EXTRAPOLATIONS, ...Object.keys(EXTRAPOLATION_ALIASES)].flatMap((method) =>
@@ -54,8 +75,10 @@ describe('parity with the Python runtime', { skip: missing ?? false }, () => {
   let ref;
   let pipe;
   const cases = imageCases();
+  const shifted = shiftedCases();
   before(async () => {
-    ref = pythonReference({ package: PACKAGE, images: cases, tables: tableCases(), noise: NOISE, guidance: GUIDANCE });
+    ref = pythonReference({ package: PACKAGE, images: [...cases, ...shifted], tables: tableCases(), noise: NOISE,
+      guidance: GUIDANCE, samplers: SYNTHETIC });
     pipe = await loadPackage(PACKAGE);
   });
 
@@ -87,6 +110,25 @@ describe('parity with the Python runtime', { skip: missing ?? false }, () => {
     });
   });
 
+  test('fixed-grid samplers on shifted grids are bit-identical to engines.sampler', async () => {
+    const x0 = normals(1n, 64, 0);
+    const d = normals(2n, 64, 0);
+    const velocity = async (x, t) => Float32Array.from(x, (value, j) => Math.fround(d[j] - value)
+      * Math.fround(1 + t[Math.floor(j / 32)]));
+    for (let i = 0; i < SYNTHETIC.length; i++) {
+      const { method, steps, shift } = SYNTHETIC[i];
+      const times = [];
+      const settings = { method, steps, atol: 1e-6, rtol: 1e-3, timeShift: shift };
+      const got = await integrate(velocity, x0, 2, settings, null, (_done, _total, t) => times.push(t));
+      const expected = readFloat32(join(ref.dir, ref.index.samplers[i].file));
+      const name = `${method} steps ${steps} shift ${shift}`;
+      assert.deepEqual(times, ref.index.samplers[i].times, `${name}: times`);
+      let differ = 0;
+      for (let j = 0; j < got.length; j++) differ += !Object.is(got[j], expected[j]);
+      assert.equal(differ, 0, `${name}: ${differ} of ${got.length} values differ`);
+    }
+  });
+
   test('images match fit-run\'s runtime (>= 50 dB) with the same parameters', async () => {
     const report = [];
     for (let i = 0; i < cases.length; i++) {
@@ -103,6 +145,18 @@ describe('parity with the Python runtime', { skip: missing ?? false }, () => {
     }
     const identical = report.filter((line) => line.endsWith('identical')).length;
     console.log(`# ${identical} of ${cases.length} cases pixel-identical\n# ${report.join('\n# ')}`);
+  });
+
+  test('ab2 and unipc with time shifts 1, 2, 3 give fit-run\'s runtime\'s pixels and parameters', async () => {
+    for (let i = 0; i < shifted.length; i++) {
+      const c = shifted[i];
+      const { file, parameters } = ref.index.images[cases.length + i];
+      const image = await pipe.generate(c);
+      const db = psnr(image.pixels, new Uint8Array(readFileSync(join(ref.dir, file))));
+      assert.equal(db, Infinity, `case ${JSON.stringify(c)}: ${db.toFixed(1)} dB`);
+      assert.deepEqual({ ...plain(image.parameters), backend: null }, { ...parameters, backend: null });
+      assert.equal(parameters.time_shift, c.timeShift);
+    }
   });
 
   test('a padded batch gives each image what it gives alone', async () => {
