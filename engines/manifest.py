@@ -321,8 +321,8 @@ class SamplerSection(_Section):
     def __post_init__(self):
         if self.steps < 1:
             raise PackageError(f"sampler.steps must be >= 1, got {self.steps}")
-        if not (math.isfinite(self.time_shift) and self.time_shift > 0):
-            raise PackageError(f"sampler.time_shift must be a finite number above 0, got {self.time_shift}")
+        if not 0.01 <= self.time_shift <= 100.0:          # engines.sampler.MIN_TIME_SHIFT, MAX_TIME_SHIFT
+            raise PackageError(f"sampler.time_shift must be a number from 0.01 to 100, got {self.time_shift}")
 
 
 @dataclass(frozen=True)

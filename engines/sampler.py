@@ -32,6 +32,10 @@ SHIFTED = ("euler", "heun", "ab2", "unipc")
 # check on the sampled latents instead).
 MAX_STEPS = 10_000
 MAX_CFG = 1000.0
+# Time shift: the useful range is about 0.5 to 6 (SD3 uses 3; benchmarks/sampler_quality.py); far outside it the
+# grid collapses onto t = 0 or t = 1 and steps of zero length would divide by zero.
+MIN_TIME_SHIFT = 0.01
+MAX_TIME_SHIFT = 100.0
 
 
 class SettingError(ValueError):
@@ -52,10 +56,12 @@ def check_steps(steps, maximum: int = MAX_STEPS) -> int:
 
 
 def check_time_shift(shift) -> float:
-    """``shift`` as a float if it is a finite number > 0; SettingError otherwise."""
+    """``shift`` as a float if it is a number from :data:`MIN_TIME_SHIFT` to :data:`MAX_TIME_SHIFT`; SettingError
+    otherwise (nan too)."""
     if isinstance(shift, bool) or not isinstance(shift, (int, float, np.integer, np.floating)) \
-            or not (math.isfinite(shift) and shift > 0):
-        raise SettingError(f"time_shift must be a finite number above 0, got {shift!r}", "time_shift")
+            or not MIN_TIME_SHIFT <= shift <= MAX_TIME_SHIFT:
+        raise SettingError(f"time_shift must be a number from {MIN_TIME_SHIFT:g} to {MAX_TIME_SHIFT:g}, got "
+                           f"{shift!r}", "time_shift")
     return float(shift)
 
 
@@ -237,28 +243,36 @@ def _log_snr_step(s: float, t: float) -> float:
     return math.inf if s <= 0.0 or t >= 1.0 else _log1p((t - s) / (s * (1.0 - t)))
 
 
-def _unipc_update(x_s: np.ndarray, s: float, t: float, m_s: np.ndarray, before: Optional[tuple],
-                  m_t: Optional[np.ndarray]) -> np.ndarray:
-    """One UniPC step s -> t in data prediction (B(h) = e^h - 1): the predictor UniP-2 when ``m_t`` is None,
-    else the corrector UniC with the data prediction ``m_t`` at t. ``before``: (time, data prediction) of the
-    point before s, or None; it raises the order when the step from there to s and h are finite."""
+def _unipc_scalars(s: float, t: float, before: Optional[float]) -> tuple:
+    """The float64 coefficients of one UniPC step s -> t (B(h) = e^h - 1), shared by the numpy and torch twins:
+    (a, b, r, rho1, rho2) with base = a x_s - b m_s; r, rho1, rho2 are None at first order, which is when there is
+    no earlier point ``before`` (its time), it is t = 0, or h is infinite (s = 0 or t = 1)."""
     h = _log_snr_step(s, t)
     phi = (s - t) / (t * (1.0 - s))                                 # e^-h - 1 (-1 when h is inf)
-    base = F32((1.0 - t) / (1.0 - s)) * x_s - F32(t * phi) * m_s
-    second = before is not None and before[0] > 0.0 and math.isfinite(h)
-    if second:
-        r = -_log_snr_step(before[0], s) / h
-        d1 = (before[1] - m_s) / F32(r)
-    if m_t is None:
-        return base - F32(t * phi * 0.5) * d1 if second else base
-    if not second:
-        return base - F32(t * phi * 0.5) * (m_t - m_s)
+    a, b = (1.0 - t) / (1.0 - s), t * phi
+    if before is None or not before > 0.0 or not math.isfinite(h):
+        return a, b, None, None, None
+    r = -_log_snr_step(before, s) / h
     hh = -h
     b1 = (phi / hh - 1.0) / phi
     b2 = ((phi / hh - 1.0) / hh - 0.5) * 2.0 / phi
     rho1 = (b1 - b2) / (1.0 - r)
-    rho2 = b1 - rho1
-    return base - F32(t * phi) * (F32(rho1) * d1 + F32(rho2) * (m_t - m_s))
+    return a, b, r, rho1, b1 - rho1
+
+
+def _unipc_update(x_s: np.ndarray, s: float, t: float, m_s: np.ndarray, before: Optional[tuple],
+                  m_t: Optional[np.ndarray]) -> np.ndarray:
+    """One UniPC step s -> t in data prediction: the predictor UniP-2 when ``m_t`` is None, else the corrector UniC
+    with the data prediction ``m_t`` at t. ``before``: (time, data prediction) of the point before s, or None."""
+    a, b, r, rho1, rho2 = _unipc_scalars(s, t, None if before is None else before[0])
+    base = F32(a) * x_s - F32(b) * m_s
+    if r is not None:
+        d1 = (before[1] - m_s) / F32(r)
+    if m_t is None:
+        return base - F32(b * 0.5) * d1 if r is not None else base
+    if r is None:
+        return base - F32(b * 0.5) * (m_t - m_s)
+    return base - F32(b) * (F32(rho1) * d1 + F32(rho2) * (m_t - m_s))
 
 
 def unipc(v: Velocity, x: np.ndarray, steps: int, callback: Optional[Callback] = None,

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 import torch
 
-from engines.sampler import SHIFTED, SamplerSettings, _log_snr, time_grid  # one definition for torch and numpy
+from engines.sampler import SHIFTED, SamplerSettings, _unipc_scalars, time_grid  # one definition for torch and numpy
 
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]   # v(x, t) with t of shape (B,)
 
@@ -122,26 +122,18 @@ def ab2(v: Velocity, x: torch.Tensor, steps: int, shift: float = 1.0) -> torch.T
 
 def _unipc_update(x_s: torch.Tensor, s: float, t: float, m_s: torch.Tensor, before: Optional[tuple],
                   m_t: Optional[torch.Tensor]) -> torch.Tensor:
-    """One UniPC step s -> t in data prediction (twin of :func:`engines.sampler._unipc_update`): the predictor
-    UniP-2 when ``m_t`` is None, else the corrector UniC with the data prediction ``m_t`` at t. ``before``:
-    (lambda, data prediction) of the point before s, or None."""
-    h = _log_snr(t) - _log_snr(s)
-    phi = math.expm1(-h) if math.isfinite(h) else -1.0             # e^-h - 1
-    base = (1.0 - t) / (1.0 - s) * x_s - t * phi * m_s
-    second = before is not None and math.isfinite(before[0]) and math.isfinite(h)
-    if second:
-        r = (before[0] - _log_snr(s)) / h
+    """One UniPC step s -> t in data prediction (twin of :func:`engines.sampler._unipc_update`, with its
+    coefficients): the predictor UniP-2 when ``m_t`` is None, else the corrector UniC with the data prediction
+    ``m_t`` at t. ``before``: (time, data prediction) of the point before s, or None."""
+    a, b, r, rho1, rho2 = _unipc_scalars(s, t, None if before is None else before[0])
+    base = a * x_s - b * m_s
+    if r is not None:
         d1 = (before[1] - m_s) / r
     if m_t is None:
-        return base - t * phi * 0.5 * d1 if second else base
-    if not second:
-        return base - t * phi * 0.5 * (m_t - m_s)
-    hh = -h
-    b1 = (phi / hh - 1.0) / phi
-    b2 = ((phi / hh - 1.0) / hh - 0.5) * 2.0 / phi
-    rho1 = (b1 - b2) / (1.0 - r)
-    rho2 = b1 - rho1
-    return base - t * phi * (rho1 * d1 + rho2 * (m_t - m_s))
+        return base - b * 0.5 * d1 if r is not None else base
+    if r is None:
+        return base - b * 0.5 * (m_t - m_s)
+    return base - b * (rho1 * d1 + rho2 * (m_t - m_s))
 
 
 def unipc(v: Velocity, x: torch.Tensor, steps: int, shift: float = 1.0) -> torch.Tensor:
@@ -156,7 +148,7 @@ def unipc(v: Velocity, x: torch.Tensor, steps: int, shift: float = 1.0) -> torch
         if previous is not None:
             x_s, s, m_s, before_s = previous
             x = _unipc_update(x_s, s, t0, m_s, before_s, m)
-            before = (_log_snr(s), m_s)
+            before = (s, m_s)
         previous = (x, t0, m, before)
         x = _unipc_update(x, t0, t1, m, before, None)
     return x

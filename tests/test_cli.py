@@ -274,7 +274,7 @@ def test_eval_refuses_an_unwritable_out_before_any_work(out, message, tmp_path, 
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--time-shift", "0"], "--time-shift must be a finite number above 0, got 0.0"),
+    (["--time-shift", "0"], "--time-shift must be a number from 0.01 to 100, got 0.0"),
     (["--sampler", "dopri5", "--time-shift", "3"], "--time-shift applies to euler, heun, ab2, unipc, not dopri5, which keeps"),
     (["--steps", "0"], "--steps must be a whole number from 1 to 10,000, got 0")])
 def test_eval_refuses_bad_sampler_settings_before_any_work(args, message, monkeypatch):

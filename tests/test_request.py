@@ -44,7 +44,7 @@ def test_jobs_are_made_on_access_so_any_num_starts_at_once(pipe):
     (dict(width=1.5), "width", "width must be a whole number of pixels, got 1.5"),
     (dict(seed=2 ** 64 - 1, num=2), "seed", "seed 18446744073709551615 with num 2 needs seeds up to"),
     (dict(sampler=3), "sampler", "unknown sampler 3; choose one of euler, heun, dopri5, sde, ab2, unipc"),
-    (dict(time_shift=0), "time_shift", "time_shift must be a finite number above 0, got 0"),
+    (dict(time_shift=0), "time_shift", "time_shift must be a number from 0.01 to 100, got 0"),
     (dict(time_shift=2.0, sampler="sde"), "time_shift", "time_shift applies to euler, heun, ab2, unipc, not sde"),
     (dict(extrapolation=5), "extrapolation", "unknown extrapolation 5; choose one of"),
     (dict(label="star,bogus"), None, "unknown class 'bogus'"),

@@ -129,8 +129,8 @@ const CHECKS = {
   },
   SamplerSection(s) {
     if (s.steps < 1) throw new PackageError(`sampler.steps must be >= 1, got ${s.steps}`);
-    if (!(Number.isFinite(s.time_shift) && s.time_shift > 0)) {
-      throw new PackageError(`sampler.time_shift must be a finite number above 0, got ${pyFloat(s.time_shift)}`);
+    if (!(s.time_shift >= 0.01 && s.time_shift <= 100)) { // sampler.js MIN_TIME_SHIFT, MAX_TIME_SHIFT
+      throw new PackageError(`sampler.time_shift must be a number from 0.01 to 100, got ${pyFloat(s.time_shift)}`);
     }
   },
   SizesSection(s, source) {

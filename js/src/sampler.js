@@ -17,6 +17,8 @@ export const SHIFTED = ['euler', 'heun', 'ab2', 'unipc'];
 /** Limits of a request (docs/runtime-spec.md §9): sampler steps and guidance scale. */
 export const MAX_STEPS = 10000;
 export const MAX_CFG = 1000;
+export const MIN_TIME_SHIFT = 0.01;
+export const MAX_TIME_SHIFT = 100;
 
 /**
  * A sampler or guidance setting out of range; `parameter` names it (`steps`, `cfg`, `time_shift`), and the message
@@ -46,8 +48,9 @@ export function checkSteps(steps, maximum = MAX_STEPS) {
  */
 export function checkTimeShift(shift) {
   const value = shift !== null && typeof shift === 'object' && 'float' in shift ? shift.float : shift;
-  if (typeof value !== 'number' || !(Number.isFinite(value) && value > 0)) {
-    throw new SettingError(`time_shift must be a finite number above 0, got ${pyRepr(shift)}`, 'time_shift');
+  if (typeof value !== 'number' || !(value >= MIN_TIME_SHIFT && value <= MAX_TIME_SHIFT)) {
+    throw new SettingError(`time_shift must be a number from ${formatG(MIN_TIME_SHIFT)} to ${formatG(MAX_TIME_SHIFT)}, `
+      + `got ${pyRepr(shift)}`, 'time_shift');
   }
   return value;
 }

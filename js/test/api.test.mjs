@@ -82,11 +82,11 @@ test('prepare names the parameter at fault, the others it mentions and the optio
     [{ seed: { float: 1.5 } }, 'seed', 'seed must be a whole number from 0 to 2**64 - 1, got 1.5'],
     [{ steps: { float: 2 } }, 'steps', 'steps must be a whole number from 1 to 10,000, got 2.0'],
     [{ sampler: 3 }, 'sampler', 'unknown sampler 3; choose one of euler, heun, dopri5, sde, ab2, unipc'],
-    [{ timeShift: 0 }, 'time_shift', 'time_shift must be a finite number above 0, got 0'],
-    [{ timeShift: { float: -1 } }, 'time_shift', 'time_shift must be a finite number above 0, got -1.0'],
-    [{ timeShift: Infinity }, 'time_shift', 'time_shift must be a finite number above 0, got inf'],
-    [{ timeShift: '2' }, 'time_shift', "time_shift must be a finite number above 0, got '2'"],
-    [{ timeShift: true }, 'time_shift', 'time_shift must be a finite number above 0, got True'],
+    [{ timeShift: 0 }, 'time_shift', 'time_shift must be a number from 0.01 to 100, got 0'],
+    [{ timeShift: { float: -1 } }, 'time_shift', 'time_shift must be a number from 0.01 to 100, got -1.0'],
+    [{ timeShift: Infinity }, 'time_shift', 'time_shift must be a number from 0.01 to 100, got inf'],
+    [{ timeShift: '2' }, 'time_shift', "time_shift must be a number from 0.01 to 100, got '2'"],
+    [{ timeShift: true }, 'time_shift', 'time_shift must be a number from 0.01 to 100, got True'],
     [{ timeShift: 2, sampler: 'dopri5' }, 'time_shift', 'time_shift applies to euler, heun, ab2, unipc, not dopri5, '
       + 'which keeps its own schedule'],
     [{ extrapolation: 5 }, 'extrapolation', 'unknown extrapolation 5; choose one of normal, linear, ntk-aware, '

@@ -51,9 +51,9 @@ describe('web page in headless Chromium', { skip: reason ?? false }, () => {
     assert.equal(tooBig.state, 'error');
     assert.match(tooBig.status, /^256x256 needs 256 tokens, more than this model's maximum of 64/);
     assert.deepEqual(await generateInPage(page, { width: 96, height: 64, 'time-shift': 'abc' }),
-      { state: 'error', status: "time_shift must be a finite number above 0, got 'abc'" });
+      { state: 'error', status: "time_shift must be a number from 0.01 to 100, got 'abc'" });
     assert.deepEqual(await generateInPage(page, { 'time-shift': '0' }),
-      { state: 'error', status: 'time_shift must be a finite number above 0, got 0.0' });
+      { state: 'error', status: 'time_shift must be a number from 0.01 to 100, got 0.0' });
     assert.deepEqual(await generateInPage(page, { sampler: 'sde', 'time-shift': '2' }), { state: 'error',
       status: 'time_shift applies to euler, heun, ab2, unipc, not sde, which keeps its own schedule' });
   });

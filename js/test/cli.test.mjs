@@ -61,11 +61,11 @@ describe('node fit-run', { skip: missing ?? false }, () => {
     const dir = mkdtempSync(join(tmpdir(), 'fit-js-shift-'));
     const out = ['-W', '96', '-H', '64', '--steps', '3', '-q', '-o', join(dir, 'out.png')];
     const refused = [
-      [['--time-shift', '0'], '--time-shift must be a finite number above 0, got 0.0'],
-      [['--time-shift', '-1'], '--time-shift must be a finite number above 0, got -1.0'],
-      [['--time-shift', 'nan'], '--time-shift must be a finite number above 0, got nan'],
-      [['--time-shift', 'inf'], '--time-shift must be a finite number above 0, got inf'],
-      [['--time-shift', 'abc'], "--time-shift must be a finite number above 0, got 'abc'"],
+      [['--time-shift', '0'], '--time-shift must be a number from 0.01 to 100, got 0.0'],
+      [['--time-shift', '-1'], '--time-shift must be a number from 0.01 to 100, got -1.0'],
+      [['--time-shift', 'nan'], '--time-shift must be a number from 0.01 to 100, got nan'],
+      [['--time-shift', 'inf'], '--time-shift must be a number from 0.01 to 100, got inf'],
+      [['--time-shift', 'abc'], "--time-shift must be a number from 0.01 to 100, got 'abc'"],
       [['--time-shift', '2', '--sampler', 'sde'],
         '--time-shift applies to euler, heun, ab2, unipc, not sde, which keeps its own schedule'],
     ];
