@@ -4,7 +4,7 @@
  *
  *   node benchmarks/js_runtime.mjs [--repeat 5] [--page-runs 3] [--page-only] [--optimization disabled,all] [--cpu]
  *
- * Same settings everywhere: 96x64, class star, seed 0, the package's sampler (heun, 16 steps) and guidance (4).
+ * Same settings everywhere: 96x64, class star, seed 0, the package's sampler and guidance.
  * Rows: whole process (`fit-run` vs `node js/bin/fit-run.mjs`), warm call (one more image from a loaded
  * pipeline), and the page served by fit-web (open to ready, open to first image, warm image) with 1 and 2 WASM
  * threads. Prints markdown tables: median (min–max) of --repeat runs; the page's load and first image: median (min–max) of
@@ -148,7 +148,7 @@ console.log(`${new Date().toISOString().slice(0, 10)}, ${cpus().length} CPU core
   + `onnxruntime ${versions} (Python), median (min–max) of ${repeat}; 1-minute load average ${loadBefore.toFixed(1)} before, `
   + `${loadavg()[0].toFixed(1)} after (other work on the machine inflates every number)\n`);
 if (!pageOnly) {
-  console.log('| default model, heun 16 steps, cfg 4 | Python runtime | Node runtime | Node / Python |');
+  console.log('| default model, the package\'s sampler, cfg 4 | Python runtime | Node runtime | Node / Python |');
   console.log('|---|---:|---:|---:|');
   for (const row of rows) console.log(`| ${row.join(' | ')} |`);
 }

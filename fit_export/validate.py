@@ -43,7 +43,6 @@ from engines.manifest import Manifest
 from engines.metrics import cosine, psnr
 from engines.package import load_manifest, verify_files
 from engines.pipeline import Pipeline
-from engines.sampler import SamplerSettings
 from fit.config import FiTConfig
 from fit.loading import CheckpointError, load_model, load_state_dict_strict, read_state_dict
 from fit.model import FiT
@@ -427,8 +426,9 @@ def end_to_end(model: Optional[FiT], pipe: Pipeline, provider: str, steps: int, 
     against ``reference_pipe`` (another variant of the package) when given; ``limits`` from :func:`tolerances`."""
     m = pipe.manifest
     sizes = [tuple(m.sizes.default), tuple(m.sizes.buckets[0].sizes[-1])]
-    jobs = [pipe.prepare(w, h, label, seed + i, sampler="euler", steps=steps)[0] for i, ((w, h), label) in
-            enumerate(zip(sizes, (1 % pipe.num_classes, 2 % pipe.num_classes)))]
+    labels = (1 % pipe.num_classes, 2 % pipe.num_classes)
+    jobs = [pipe.prepare(w, h, label, seed + i, sampler="euler", steps=steps, time_shift=1.0)[0]       # even steps
+            for i, ((w, h), label) in enumerate(zip(sizes, labels))]
     requests = [job.request for job in jobs]
     noise = [pipe.noise(r) for r in requests]
     settings = jobs[0].settings
@@ -445,7 +445,7 @@ def end_to_end(model: Optional[FiT], pipe: Pipeline, provider: str, steps: int, 
     d = pipe.downsample
     if reference_pipe is None:
         expected = [z.numpy() for z in sample(model, [(r.height // d, r.width // d, r.label) for r in requests],
-                                              sampler=SamplerSettings("euler", steps), cfg_scale=settings.cfg,
+                                              sampler=settings.sampler, cfg_scale=settings.cfg,
                                               scale_pow=settings.scale_pow,
                                               noise=[torch.from_numpy(n) for n in noise])]
     else:

@@ -72,7 +72,8 @@ def test_json_answer_has_png_parameters_and_timing(base):
     assert answer.status == 200
     data = answer.json()
     assert base64.b64decode(data["image_png_base64"]).startswith(b"\x89PNG")
-    assert data["parameters"]["width"] == 64 and data["parameters"]["sampler"] == "heun"
+    assert data["parameters"]["width"] == 64 and data["parameters"]["sampler"] == "ab2"           # the package's
+    assert data["parameters"]["time_shift"] == 2.0
     assert data["timing"]["batch_requests"] == 1 and data["timing"]["total_s"] > 0
 
 
@@ -85,7 +86,7 @@ def test_image_same_alone_and_in_a_mixed_batch(base):
     together = burst(base, mix, accept_json=True)
     assert [a.status for a in together] == [200] * 4
     shared = together[1].json()["timing"]["batch_requests"]
-    assert shared == 3, "the three heun requests (one bucket) should have shared one engine call"
+    assert shared == 3, "the three requests of the package's sampler (one bucket) should have shared one engine call"
     assert together[3].json()["timing"]["batch_requests"] == 1          # sde: a loop of its own
     for fields, mixed in zip(mix[1:4:2], together[1:4:2]):
         alone = generate(base, fields, accept_json=True).json()

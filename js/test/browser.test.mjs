@@ -38,8 +38,9 @@ describe('web page in headless Chromium', { skip: reason ?? false }, () => {
   test('the form starts at the package defaults', async () => {
     const values = await page.evaluate(() => Object.fromEntries(['width', 'height', 'class', 'steps', 'sampler',
       'time-shift', 'cfg', 'extrapolation'].map((id) => [id, document.getElementById(id).value])));
-    assert.deepEqual(values, { width: '80', height: '80', class: '0', steps: '16', sampler: 'heun', 'time-shift': '',
-      cfg: '4', extrapolation: '' });
+    const { sampler } = JSON.parse(readFileSync(join(PACKAGE, 'manifest.json'), 'utf8'));
+    assert.deepEqual(values, { width: '80', height: '80', class: '0', steps: String(sampler.steps),
+      sampler: sampler.method, 'time-shift': '', cfg: '4', extrapolation: '' });
     const samplers = await page.$$eval('#sampler option', (options) => options.map((o) => o.value));
     assert.deepEqual(samplers, ['euler', 'heun', 'dopri5', 'sde', 'ab2', 'unipc']);
   });

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 
+import { pyFloat } from '../src/params.js';
 import { FIT_RUN_JS, PACKAGE, PYTHON, psnr, pythonMissing, readPng, runCli } from './helpers.mjs';
 
 const missing = pythonMissing();
@@ -75,8 +76,10 @@ describe('node fit-run', { skip: missing ?? false }, () => {
       assert.equal(js.stderr, `fit-run: error: ${message}\n`);
       assert.equal(existsSync(join(dir, 'out.png')), false);
     }
+    const packageShift = JSON.parse(readFileSync(join(PACKAGE, 'manifest.json'), 'utf8')).sampler.time_shift;
     for (const [args, sampler, shift] of [[['--sampler', 'unipc', '--time-shift', '2.5'], 'unipc', '2.5'],
-      [['--sampler', 'sde', '--time-shift', '1'], 'sde', '1.0'], [['--sampler', 'ab2'], 'ab2', '1.0']]) {
+      [['--sampler', 'sde', '--time-shift', '1'], 'sde', '1.0'],
+      [['--sampler', 'ab2'], 'ab2', pyFloat(packageShift)]]) {           // the package's shift
       const js = fitRunJs([...out, ...args]);
       assert.equal(js.status, 0, js.stderr);
       const { text } = readPng(join(dir, 'out.png'));
