@@ -28,6 +28,7 @@ export function parseQuery(params) {
   for (const [key, value] of params) {
     if (INTEGER_FIELDS.includes(key)) args[key] = pyNumber(value, 'int');
     else if (key === 'cfg') args.cfg = pyNumber(value);
+    else if (key === 'time_shift') args.timeShift = pyNumber(value);
     else if (['label', 'sampler', 'extrapolation'].includes(key)) args[key] = value;
     else throw new GenerationError(`unknown parameter ${pyRepr(key)}`);
   }

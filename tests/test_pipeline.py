@@ -253,9 +253,10 @@ def test_example_app_serves_png(package):
         thread.start()
         base = f"http://127.0.0.1:{server.server_port}/generate"
         try:
-            with urllib.request.urlopen(f"{base}?width=32&height=48&label=2&seed=1&steps=2") as response:
+            with urllib.request.urlopen(f"{base}?width=32&height=48&label=2&seed=1&steps=2&time_shift=3") as response:
                 assert response.headers["Content-Type"] == "image/png"
-                assert json.loads(response.headers["X-Generation-Parameters"])["seed"] == 1
+                parameters = json.loads(response.headers["X-Generation-Parameters"])
+                assert parameters["seed"] == 1 and parameters["time_shift"] == 3.0
                 assert response.read()[:8] == b"\x89PNG\r\n\x1a\n"
             with pytest.raises(urllib.error.HTTPError) as err:
                 urllib.request.urlopen(f"{base}?width=33&height=48")

@@ -189,11 +189,12 @@ test('examples/embed_node.mjs serves PNGs and answers bad requests with 400', as
   const server = await serve(pipe, 0);
   const base = `http://127.0.0.1:${server.address().port}`;
   try {
-    const ok = await fetch(`${base}/generate?width=96&height=64&label=star&seed=3&steps=2`);
+    const ok = await fetch(`${base}/generate?width=96&height=64&label=star&seed=3&steps=2&time_shift=3`);
     assert.equal(ok.status, 200);
     const png = new Uint8Array(await ok.arrayBuffer());
     assert.deepEqual([...png.subarray(1, 4)], [80, 78, 71]);
     assert.ok(Buffer.from(png).includes('fit:class_name\0star'));
+    assert.ok(Buffer.from(png).includes('fit:time_shift\x003.0'));
     const bad = await fetch(`${base}/generate?width=90&height=64`);
     assert.equal(bad.status, 400);
     assert.equal(await bad.text(), "90x64 is not on the model's 16-pixel grid; nearest valid sizes: 96x64, 80x64\n");
