@@ -27,8 +27,8 @@ from engines.manifest import Manifest
 from engines.package import load_manifest
 from engines.request import ENGINE_LIMITS, GenerationError, GenerationSettings, Job, Jobs, Limits, Request
 from engines.rope import EXTRAPOLATIONS, canonical_extrapolation, extrapolation_name
-from engines.sampler import (SAMPLERS, SHIFTED, Callback, SamplerSettings, SettingError, check_cfg, check_steps,
-                             check_time_shift, guide, integrate)
+from engines.sampler import (SAMPLERS, SHIFTED, Callback, SamplerSettings, SettingError, check_cfg, check_steps, guide,
+                             integrate)
 
 F32 = np.float32
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
@@ -228,14 +228,12 @@ class Pipeline:
         steps = defaults.steps if steps is None else steps
         if not isinstance(method, str) or method not in SAMPLERS:
             raise GenerationError(f"unknown sampler {method!r}; choose one of {', '.join(SAMPLERS)}", "sampler")
+        if time_shift is None:                       # the package's, for the samplers it applies to
+            time_shift = defaults.time_shift if method in SHIFTED else 1.0
         try:
             steps = check_steps(steps, limits.max_steps)
             cfg = check_cfg(self.manifest.guidance.default_scale if cfg is None else cfg, limits.max_cfg)
-            if time_shift is None:                   # the package's, for the samplers it applies to
-                time_shift = defaults.time_shift if method in SHIFTED else 1.0
-            elif check_time_shift(time_shift) != 1.0 and method not in SHIFTED:
-                raise SettingError(f"time_shift applies to {', '.join(SHIFTED)}, not {method}, which keeps its own "
-                                   f"schedule", "time_shift")
+            sampler_settings = SamplerSettings(method, int(steps), defaults.atol, defaults.rtol, time_shift=time_shift)
         except SettingError as err:
             raise GenerationError(str(err), err.parameter) from None
         if extrapolation is None:
@@ -252,8 +250,6 @@ class Pipeline:
                 raise GenerationError(f"this package does not offer extrapolation {name!r}; choose one of "
                                       f"{', '.join(self.extrapolations)}", "extrapolation")
             rope = self.rope.with_method(name, self.train_side)
-        sampler_settings = SamplerSettings(method, int(steps), defaults.atol, defaults.rtol,
-                                           time_shift=float(time_shift))
         return GenerationSettings(sampler_settings, float(cfg), name, rope, self.manifest.guidance.scale_pow)
 
     def prepare(self, width=None, height=None, label=None, seed=0, *, num=1, snap: bool = False, steps=None,

@@ -94,7 +94,7 @@ class SamplerSettings:
         check_steps(int(self.steps) if integral else self.steps)
         if self.atol <= 0 or self.rtol <= 0:
             raise ValueError("dopri5 tolerances atol and rtol must be positive")
-        check_time_shift(self.time_shift)
+        object.__setattr__(self, "time_shift", check_time_shift(self.time_shift))     # a float, as recorded
         if self.time_shift != 1.0 and self.method not in SHIFTED:
             raise SettingError(f"time_shift applies to {', '.join(SHIFTED)}, not {self.method}, which keeps its own "
                                f"schedule", "time_shift")
