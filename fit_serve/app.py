@@ -1,127 +1,63 @@
-"""The Ray Serve application of ``fit-serve``: one deployment with a FastAPI ingress (OpenAPI at ``/docs``).
+"""The Ray Serve application of ``fit-serve``: an HTTP ingress deployment in front of the model deployment
+(fit_serve.model) and the job store (fit_serve.jobs), which it calls through deployment handles.
 
-    POST /v1/generate   JSON request -> image/png (or JSON with base64 PNG, parameters, timing)
-    GET  /v1/model      package name, classes, sizes, samplers, extrapolations, defaults, limits
-    GET  /healthz       200 when the replica can serve
+    POST /v1/generate            JSON request -> image/png (or JSON with base64 PNG, parameters, timing)
+    POST /v1/images/generations  OpenAI-style: prompt (class), size "WxH", n -> {"created", "data": [{"b64_json"}]}
+    POST /v1/jobs                a /v1/generate body -> 202 {"id", "state", "progress"}
+    GET  /v1/jobs/{id}           state, progress, and the image when done
+    GET  /v1/model               package name, classes, sizes, samplers, extrapolations, defaults, limits
+    GET  /healthz                200 while model replicas run (answered here, never queued); no key needed
+    GET  /openapi.json, /docs    the API description and its page (offline)
 
-Ray Serve collects the requests that arrive within ``batch_wait_ms`` (``@serve.batch``); fit_serve.batching
-packs them into padded engine calls; engines.pipeline does the work; the PNG bytes are engines.png.png_bytes,
-the same bytes fit-run writes. Overload is Ray Serve's own back-pressure: ``max_queued_requests`` (= max_queue)
-waiting requests per proxy, beyond that 503 with ``Retry-After``. Build the application with :func:`build`
-(also the ``import_path`` of the Serve config that ``fit-serve --emit-config`` writes).
+The ingress does what must not wait behind engine work: it reads request bodies (with a timeout), checks API keys,
+admits at most ``admission_limit`` images at once (beyond that a JSON 503 with Retry-After, at once), answers
+health and the model description, and retries a generation whose model replica died (fit_serve.retry). A client
+that disconnects cancels its handler here, and Ray Serve passes the cancellation on to the model replica. Build the
+application with :func:`build` (also the ``import_path`` of the Serve config that ``fit-serve --emit-config``
+writes).
 """
 import asyncio
 import base64
-import dataclasses
-import os
-import resource
+import hmac
+import math
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import contextmanager
 from typing import Optional
 
 from fastapi import FastAPI
 from fastapi import Request as HttpRequest
-from fastapi.responses import JSONResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from ray import serve
-from ray.serve.config import BackpressureConfig
-from ray.serve.metrics import Counter, Gauge, Histogram
+from ray.serve.handle import DeploymentHandle
+from ray.serve.metrics import Counter, Histogram
 from starlette.exceptions import HTTPException
 
-from engines.backends import resolve_backend_name
-from engines.pipeline import Job, Limits, load
-from engines.png import png_bytes
-from fit_serve.api import MAX_BODY_BYTES, BadRequest, model_info, parse_body, resolve
-from fit_serve.batching import Item, bucket_budget, group_key, padded_tokens, plan_calls
+from fit_serve import openapi
+from fit_serve.api import MAX_BODY_BYTES, BadRequest, parse_body, parse_openai
+from fit_serve.config import ServeConfig, load_api_keys
+from fit_serve.jobs import FitJobs
+from fit_serve.model import MODEL_NAME, FitModel, Outcome
+from fit_serve.retry import RETRIED, ATTEMPTS, call_with_retry
 
 APP_NAME = "fit"
-DEPLOYMENT_NAME = "FitServer"
+INGRESS_NAME = "FitIngress"
 IMPORT_PATH = "fit_serve.app:build"
+INGRESS_SLOTS = 4096        # requests one ingress replica holds (bodies being read, admitted, health, 503s)
+STATUS_CACHE_S = 1.0        # how long /healthz reuses Ray Serve's replica count
+
+__all__ = ["APP_NAME", "IMPORT_PATH", "ServeConfig", "build", "serve_config"]
+
+api = FastAPI(title="fit-serve", docs_url=None, redoc_url=None, openapi_url=None)
 
 
-@dataclass(frozen=True)
-class ServeConfig:
-    """Everything ``fit-serve`` passes to the application (the ``args`` of the Serve config YAML)."""
-
-    package: Optional[str] = None           # None: the default model installed with fit-toolkit on each node
-    backend: str = "onnxruntime"
-    precision: Optional[str] = None         # transformer variant or precision (None: the package's default variant)
-    threads: int = 0                        # CPU threads per replica (engines.load; 0 = auto)
-    replicas: int = 1
-    max_batch_size: int = 8                 # requests per engine call (and per @serve.batch collection)
-    batch_wait_ms: float = 10.0             # how long a replica waits to fill a batch
-    max_queue: int = 64                     # waiting requests per proxy before 503
-    max_batch_tokens: Optional[int] = None  # padded tokens per engine call (None: max_batch_size x max tokens)
-    retry_after_s: float = 1.0              # Retry-After of a 503
-    replica_cpus: float = 1.0               # Ray CPUs each replica reserves
-    # Server policy, below the engine's own limits (engines.request.Limits): one request's cost grows with its
-    # steps (and guidance only changes numbers, but a cap keeps float32 far from overflow); a shared server caps
-    # steps where the image has long converged.
-    max_steps: int = 1000
-    max_cfg: float = 1000.0
-
-    def __post_init__(self):
-        whole = {"replicas": 1, "max_batch_size": 1, "max_queue": 1, "max_batch_tokens": 1, "threads": 0}
-        for name, least in whole.items():
-            value = getattr(self, name)
-            if name == "max_batch_tokens" and value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
-        for name in ("batch_wait_ms", "retry_after_s", "replica_cpus"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        object.__setattr__(self, "backend", resolve_backend_name(self.backend))
-        if self.precision is not None and (not isinstance(self.precision, str) or not self.precision):
-            raise ValueError(f"precision must be a variant name or precision, got {self.precision!r}")
-        Limits(self.max_steps, self.max_cfg)            # raises ValueError when out of range
-
-    @property
-    def limits(self) -> Limits:
-        """The server's policy limits of a request, as engines.prepare takes them."""
-        return Limits(self.max_steps, self.max_cfg)
-
-    @classmethod
-    def from_dict(cls, data: Optional[dict]) -> "ServeConfig":
-        data = dict(data or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown fit-serve setting {unknown[0]!r}; settings: {', '.join(sorted(known))}")
-        return cls(**data)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @property
-    def max_ongoing_requests(self) -> int:
-        """Requests a replica holds at once: one batch computing and one filling."""
-        return 2 * self.max_batch_size
-
-
-@dataclass(frozen=True)
-class Queued:
-    """A checked job waiting for its engine call."""
-
-    job: Job
-    arrived: float
-
-
-@dataclass
-class Outcome:
-    """What an engine call gives one request: the PNG and its parameters, or a server-side error line."""
-
-    png: bytes = b""
-    parameters: Optional[dict] = None
-    timing: Optional[dict] = None
-    error: Optional[str] = None
-
-
-api = FastAPI(title="fit-serve", description="FiT image generation (docs/serving.md)")
-
-
-def error_response(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
+def error_response(status: int, message: str, headers: Optional[dict] = None, openai: bool = False) -> JSONResponse:
+    """``{"error": message}``; with ``openai`` OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``,
+    which OpenAI's clients show."""
+    if openai:
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}},
+                            status_code=status, headers=headers)
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
@@ -130,150 +66,235 @@ async def _http_error(_request, err: HTTPException) -> JSONResponse:
     return error_response(err.status_code, str(err.detail), getattr(err, "headers", None))
 
 
-@serve.deployment(name=DEPLOYMENT_NAME)
-@serve.ingress(api)
-class FitServer:
-    """One replica: a loaded pipeline and a single worker thread that runs the engine calls one after another."""
+@api.exception_handler(RequestValidationError)
+async def _invalid(_request, err: RequestValidationError) -> JSONResponse:
+    first = (err.errors() or [{}])[0]
+    return error_response(422, f"{'.'.join(map(str, first.get('loc', ())))}: {first.get('msg', 'invalid')}")
 
-    def __init__(self, config: dict):
+
+@serve.deployment(name=INGRESS_NAME)
+@serve.ingress(api)
+class FitIngress:
+    """One ingress replica: no model, only HTTP, keys, admission, retries."""
+
+    def __init__(self, model: DeploymentHandle, jobs: DeploymentHandle, config: dict):
         self.config = ServeConfig.from_dict(config)
-        self.pipe = load(self.config.package, backend=self.config.backend, precision=self.config.precision,
-                         threads=self.config.threads)
-        self.limits = self.config.limits
-        self.max_batch_tokens = self.config.max_batch_tokens or self.config.max_batch_size * self.pipe.max_tokens
-        if self.max_batch_tokens < self.pipe.max_tokens:
-            raise ValueError(f"max_batch_tokens {self.max_batch_tokens} is below the package's "
-                             f"{self.pipe.max_tokens} tokens per request")
-        self.buckets = [b.tokens for b in self.pipe.manifest.sizes.buckets]
-        self.worker = ThreadPoolExecutor(1, thread_name_prefix="fit-engine")
-        self._generate_batch.set_max_batch_size(self.config.max_batch_size)
-        self._generate_batch.set_batch_wait_timeout_s(self.config.batch_wait_ms / 1000)
-        self.waiting: set[int] = set()
+        self.model, self.jobs = model, jobs
+        self.keys = [key.encode() for key in load_api_keys(self.config)]
+        self.in_flight = 0
+        self.info: Optional[dict] = None
+        self.replica_states: tuple[float, dict] = (-math.inf, {})
+        self.retry_after = str(math.ceil(self.config.retry_after_s))
         self.requests = Counter("fit_serve_requests", "requests answered, by HTTP status", tag_keys=("status",))
-        self.queue_length = Gauge("fit_serve_queue_length", "requests in this replica waiting for an engine call")
-        self.batch_requests = Histogram("fit_serve_batch_requests", "requests per engine call",
-                                        boundaries=[1, 2, 4, 8, 16, 32, 64])
-        self.batch_tokens = Histogram("fit_serve_batch_tokens", "padded tokens per engine call",
-                                      boundaries=[16, 32, 64, 128, 256, 512, 1024, 4096, 16384])
+        self.retries = Counter("fit_serve_retries", "model calls tried again because their replica died")
         self.latency = Histogram("fit_serve_request_latency_s", "seconds from arrival to answer",
                                  boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60])
 
-    # -- HTTP ---------------------------------------------------------------------------------------------------
-    @api.post("/v1/generate", responses={200: {"content": {"image/png": {}, "application/json": {}}}})
+    # -- routes -------------------------------------------------------------------------------------------------
+    @api.post("/v1/generate")
     async def generate(self, http: HttpRequest) -> Response:
-        """Generate one image. JSON body: width, height, class (id or name), seed, steps, sampler, cfg,
-        extrapolation; all optional. Answers image/png, or JSON when the request accepts application/json."""
-        arrived = time.perf_counter()
-        try:
-            queued = Queued(resolve(self.pipe, parse_body(await self._body(http)), self.limits), arrived)
-        except BadRequest as err:
-            return self._answer(error_response(err.status, str(err)), arrived)
-        self._waiting(add=[queued])
-        try:
-            outcome = await self._generate_batch(queued)
-        finally:
-            self._waiting(remove=[queued])              # also when the client went away before its batch
-        if outcome.error is not None:
-            return self._answer(error_response(500, outcome.error), arrived)
-        outcome.timing["total_s"] = round(time.perf_counter() - arrived, 4)
-        if "application/json" in http.headers.get("accept", ""):
-            return self._answer(JSONResponse({"image_png_base64": base64.b64encode(outcome.png).decode("ascii"),
-                                              "parameters": outcome.parameters, "timing": outcome.timing}), arrived)
-        return self._answer(Response(outcome.png, media_type="image/png"), arrived)
+        return await self._answer(http, self._generate)
+
+    @api.post("/v1/images/generations")
+    async def images(self, http: HttpRequest) -> Response:
+        return await self._answer(http, self._images, openai=True)
+
+    @api.post("/v1/jobs")
+    async def submit_job(self, http: HttpRequest) -> Response:
+        return await self._answer(http, self._submit_job)
+
+    @api.get("/v1/jobs/{job_id}")
+    async def job(self, http: HttpRequest, job_id: str) -> Response:
+        return await self._answer(http, self._job, job_id)
 
     @api.get("/v1/model")
-    async def model(self) -> dict:
-        """The package: name, classes, default size, pixel granularity, max tokens, buckets, samplers,
-        extrapolation methods, defaults and the server's limits."""
-        return {**model_info(self.pipe, self.limits), "max_batch_size": self.config.max_batch_size,
-                "max_batch_tokens": self.max_batch_tokens}
+    async def model_description(self, http: HttpRequest) -> Response:
+        return await self._answer(http, self._model)
 
     @api.get("/healthz")
-    async def healthz(self) -> dict:
-        """200 when the replica that answers has its pipeline loaded and can serve; its process id and peak
-        resident memory."""
-        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return {"status": "ok", "model": self.pipe.name, "pid": os.getpid(), "max_rss_mb": round(peak_kib / 1024, 1)}
+    async def healthz(self) -> Response:
+        """200 while at least one model replica runs; the replicas up, and the images this ingress holds."""
+        states = await self._replica_states()
+        running = states.get("RUNNING", 0)
+        body = {"status": "ok" if running else "unavailable", "replicas": {"running": running,
+                                                                             "target": self.config.replicas},
+                "in_flight": self.in_flight, "admission_limit": self.config.admission_limit}
+        if self.info is not None:
+            body["model"] = self.info["name"]
+        return JSONResponse(body, status_code=200 if running else 503)
 
-    async def _body(self, http: HttpRequest) -> bytes:
-        """The request body, refused (413) past MAX_BODY_BYTES without reading the rest."""
-        declared = http.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            raise BadRequest(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
-        body = bytearray()
-        async for chunk in http.stream():
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                raise BadRequest(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
-        return bytes(body)
+    @api.get("/openapi.json")
+    async def openapi_json(self, http: HttpRequest) -> Response:
+        return await self._answer(http, self._openapi, keyed=False)
 
-    def _answer(self, response: Response, arrived: float) -> Response:
+    @api.get("/docs")
+    async def docs(self) -> Response:
+        return HTMLResponse(openapi.DOCS_PAGE if openapi.assets_dir() else openapi.PLAIN_DOCS_PAGE)
+
+    @api.get("/docs/{asset}")
+    async def docs_asset(self, asset: str) -> Response:
+        folder = openapi.assets_dir()
+        if folder is None or asset not in openapi.ASSETS:
+            return error_response(404, "Not Found")
+        return FileResponse(folder / asset)
+
+    # -- handlers -----------------------------------------------------------------------------------------------
+    async def _generate(self, http: HttpRequest) -> Response:
+        fields = parse_body(await self._body(http))
+        arrived = time.perf_counter()
+        with self._admitted(1):
+            outcome = await self._call_model(fields)
+        outcome.timing["total_s"] = round(time.perf_counter() - arrived, 4)
+        if "application/json" in http.headers.get("accept", ""):
+            return JSONResponse({"image_png_base64": base64.b64encode(outcome.png).decode("ascii"),
+                                 "parameters": outcome.parameters, "timing": outcome.timing})
+        return Response(outcome.png, media_type="image/png")
+
+    async def _images(self, http: HttpRequest) -> Response:
+        images = parse_openai(await self._body(http), self.config.max_images)
+        with self._admitted(len(images)):
+            outcomes = await asyncio.gather(*(self._call_model(fields) for fields in images))
+        return JSONResponse({"created": int(time.time()), "data": [
+            {"b64_json": base64.b64encode(o.png).decode("ascii"), "revised_prompt": o.parameters["class_name"] or "",
+             "seed": o.parameters["seed"]} for o in outcomes]})
+
+    async def _submit_job(self, http: HttpRequest) -> Response:
+        fields = parse_body(await self._body(http))
+        answer = await self._call(self.jobs.submit, fields)
+        if "error" in answer:
+            raise BadRequest(answer["status"], answer["error"])
+        return JSONResponse(answer, status_code=202, headers={"Location": f"jobs/{answer['id']}"})
+
+    async def _job(self, _http: HttpRequest, job_id: str) -> Response:
+        answer = await self._call(self.jobs.get, job_id)
+        if answer is None:
+            raise BadRequest(404, f"no job {job_id[:64]!r} (unknown, or expired after {self.config.job_ttl_s:g} s)")
+        return JSONResponse(answer)
+
+    async def _model(self, _http: HttpRequest) -> Response:
+        info = await self._model_info()
+        limits = {**info["limits"], "max_images": self.config.max_images, "max_jobs": self.config.max_jobs,
+                  "job_ttl_s": self.config.job_ttl_s, "body_timeout_s": self.config.body_timeout_s,
+                  "admission_limit": self.config.admission_limit}
+        return JSONResponse({**info, "limits": limits, "api_key_required": bool(self.keys)})
+
+    async def _openapi(self, _http: HttpRequest) -> Response:
+        return JSONResponse(openapi.document(await self._model_info(), self.config.max_images, bool(self.keys)))
+
+    # -- the parts ----------------------------------------------------------------------------------------------
+    async def _answer(self, http: HttpRequest, handler, *args, keyed: bool = True, openai: bool = False) -> Response:
+        """The handler's response, or a one-line JSON error for a BadRequest (with Retry-After for 503 and
+        WWW-Authenticate for 401; OpenAI's error shape with ``openai``); counted in the metrics."""
+        arrived = time.perf_counter()
+        try:
+            if keyed:
+                self._authorize(http)
+            response = await handler(http, *args)
+        except BadRequest as err:
+            headers = {503: {"Retry-After": self.retry_after}, 401: {"WWW-Authenticate": "Bearer"}}.get(err.status)
+            response = error_response(err.status, str(err), headers, openai)
         self.requests.inc(tags={"status": str(response.status_code)})
         self.latency.observe(time.perf_counter() - arrived)
         return response
 
-    def _waiting(self, add=(), remove=()) -> None:
-        """Track the requests that wait for an engine call (the queue-length gauge)."""
-        self.waiting.update(id(queued) for queued in add)
-        self.waiting.difference_update(id(queued) for queued in remove)
-        self.queue_length.set(len(self.waiting))
+    def _authorize(self, http: HttpRequest) -> None:
+        """BadRequest(401) unless the request carries one of the keys (compared in constant time, every key)."""
+        if not self.keys:
+            return
+        scheme, _, given = http.headers.get("authorization", "").partition(" ")
+        presented = given.strip().encode() if scheme.lower() == "bearer" else b""
+        matches = [hmac.compare_digest(presented, key) for key in self.keys]
+        if not any(matches):
+            raise BadRequest(401, "missing or wrong API key; send Authorization: Bearer KEY")
 
-    # -- batching -----------------------------------------------------------------------------------------------
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _generate_batch(self, batch: list[Queued]) -> list[Outcome]:
-        """Ray Serve's batch of requests (sizes set from the config in __init__) -> one outcome each."""
-        self._waiting(remove=batch)
-        return await asyncio.get_running_loop().run_in_executor(self.worker, self._run, batch)
+    async def _body(self, http: HttpRequest) -> bytes:
+        """The request body, refused past MAX_BODY_BYTES (413) without reading the rest, and when it has not
+        arrived within body_timeout_s (408)."""
+        declared = http.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise BadRequest(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
 
-    def _run(self, batch: list[Queued]) -> list[Outcome]:
-        """The engine calls of one batch (fit_serve.batching.plan_calls), one after another."""
-        jobs = [queued.job for queued in batch]
-        items = []
-        for i, job in enumerate(jobs):
-            tokens = self.pipe.tokens(job.request.width, job.request.height)
-            bucket = bucket_budget(self.buckets, self.pipe.max_tokens, tokens)
-            items.append(Item(group_key(job.settings, job.request.label is not None, bucket, i), tokens))
-        outcomes = [Outcome() for _ in jobs]
-        for call in plan_calls(items, self.config.max_batch_size, self.max_batch_tokens):
-            call_start = time.perf_counter()
-            tokens = padded_tokens(items, call)
-            self.batch_requests.observe(len(call))
-            self.batch_tokens.observe(tokens)
+        async def read() -> bytes:
+            body = bytearray()
+            async for chunk in http.stream():
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    raise BadRequest(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
+            return bytes(body)
+
+        try:
+            return await asyncio.wait_for(read(), self.config.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise BadRequest(408, f"the request body did not arrive within {self.config.body_timeout_s:g} s") \
+                from None
+
+    @contextmanager
+    def _admitted(self, images: int):
+        """Hold ``images`` of the admission limit, or BadRequest(503) at once when they do not fit."""
+        if self.in_flight + images > self.config.admission_limit:
+            raise BadRequest(503, f"the server is busy ({self.in_flight} images in flight, limit "
+                                  f"{self.config.admission_limit}); retry after {self.retry_after} s")
+        self.in_flight += images
+        try:
+            yield
+        finally:
+            self.in_flight -= images
+
+    async def _call_model(self, fields: dict) -> Outcome:
+        """One image from the model deployment; BadRequest with the model's refusal or failure."""
+        outcome = await self._call(self.model.generate, fields)
+        if outcome.status != 200:
+            raise BadRequest(outcome.status, outcome.error)
+        return outcome
+
+    async def _call(self, method, *args):
+        """A deployment handle call, tried again when its replica died (fit_serve.retry); 503 after the last."""
+        try:
+            return await call_with_retry(method, *args, on_retry=lambda: self.retries.inc())
+        except RETRIED as err:
+            raise BadRequest(503, f"the replica serving this request stopped {ATTEMPTS} times "
+                                  f"({type(err).__name__}); retry") from None
+
+    async def _model_info(self) -> dict:
+        if self.info is None:
+            self.info = await self._call(self.model.info)
+        return self.info
+
+    async def _replica_states(self) -> dict:
+        """Ray Serve's count of model replicas by state (RUNNING, STARTING, ...), at most STATUS_CACHE_S old."""
+        checked, states = self.replica_states
+        if time.monotonic() - checked > STATUS_CACHE_S:
+            app = serve.get_replica_context().app_name
             try:
-                latents = self.pipe.sample_latents([jobs[i] for i in call])
-                for i, latent in zip(call, latents):
-                    outcomes[i].parameters = self.pipe.parameters(jobs[i])
-                    outcomes[i].png = png_bytes(self.pipe.decode(latent), outcomes[i].parameters)
-            except Exception as err:   # a backend failure: every request of this call gets the one line
-                message = (str(err).strip().splitlines() or [type(err).__name__])[0]
-                for i in call:
-                    outcomes[i].error = f"generation failed: {message}"
-            compute = time.perf_counter() - call_start
-            for i in call:
-                outcomes[i].timing = {"queue_s": round(call_start - batch[i].arrived, 4), "compute_s": round(compute, 4),
-                                      "batch_requests": len(call), "batch_tokens": tokens}
-        return outcomes
-
-    def __del__(self):
-        worker = getattr(self, "worker", None)
-        if worker is not None:
-            worker.shutdown(wait=True, cancel_futures=True)
-        pipe = getattr(self, "pipe", None)
-        if pipe is not None:
-            pipe.close()
+                status = await asyncio.to_thread(serve.status)
+                replicas = status.applications[app].deployments[MODEL_NAME].replica_states
+                states = {getattr(state, "value", str(state)): count for state, count in replicas.items()}
+            except (KeyError, RuntimeError, AttributeError):
+                states = {}
+            self.replica_states = (time.monotonic(), states)
+        return states
 
 
 def build(args: Optional[dict] = None):
     """The Serve application for ``args`` (ServeConfig fields): the application builder that ``serve run`` /
     ``serve deploy`` call through the config's ``import_path``."""
     config = ServeConfig.from_dict(args)
-    return FitServer.options(
+    shutdown = {"graceful_shutdown_timeout_s": config.drain_s}
+    model = FitModel.options(
         num_replicas=config.replicas,
         max_ongoing_requests=config.max_ongoing_requests,
-        max_queued_requests=config.max_queue,
-        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=config.retry_after_s),
+        max_queued_requests=-1,                     # the ingress admits at most admission_limit images
         ray_actor_options={"num_cpus": config.replica_cpus},
+        **shutdown,
     ).bind(config.to_dict())
+    jobs = FitJobs.options(num_replicas=1, max_ongoing_requests=INGRESS_SLOTS, ray_actor_options={"num_cpus": 0},
+                           **shutdown).bind(model, config.to_dict())
+    return FitIngress.options(
+        num_replicas=config.ingress_replicas,
+        max_ongoing_requests=INGRESS_SLOTS,
+        ray_actor_options={"num_cpus": 0},
+        **shutdown,
+    ).bind(model, jobs, config.to_dict())
 
 
 def serve_config(config: ServeConfig, host: str, port: int) -> dict:

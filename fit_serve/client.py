@@ -49,10 +49,11 @@ def call(url: str, method: str = "GET", body: Union[bytes, dict, None] = None, h
         conn.close()
 
 
-def generate(base: str, fields: dict, accept_json: bool = False, timeout: float = 60) -> Answer:
+def generate(base: str, fields: dict, accept_json: bool = False, timeout: float = 60,
+             headers: Optional[dict] = None) -> Answer:
     """POST /v1/generate with ``fields``: a PNG, or with ``accept_json`` the JSON answer (base64 PNG, parameters,
-    timing)."""
-    headers = {"Content-Type": "application/json"}
+    timing). ``headers``: more request headers (e.g. Authorization)."""
+    headers = {"Content-Type": "application/json", **(headers or {})}
     if accept_json:
         headers["Accept"] = "application/json"
     return call(base + "/v1/generate", "POST", fields, headers, timeout)
