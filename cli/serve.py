@@ -7,6 +7,7 @@ then the local Ray shuts down with all its processes.
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import click
 from cli.common import Command, check_writable, runtime_options, user_errors
 from engines.errors import BackendError, PackageError
 from engines.sampler import MAX_CFG, MAX_STEPS
+from fit_serve.config import API_KEY_ENV
 
 
 @click.command(cls=Command, prog="fit-serve", extra="serve")
@@ -31,7 +33,8 @@ from engines.sampler import MAX_CFG, MAX_STEPS
               help="Padded tokens per engine call (requests x longest sequence); default: max batch size x the "
                    "package's max tokens.")
 @click.option("--max-queue", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Waiting requests per HTTP proxy; past it requests get 503 with Retry-After.")
+              help="Images waiting per ingress replica beyond the model replicas' slots; past it requests get a "
+                   "JSON 503 with Retry-After.")
 @click.option("--retry-after", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Seconds a 503 tells the client to wait (Retry-After).")
 @runtime_options
@@ -47,20 +50,43 @@ from engines.sampler import MAX_CFG, MAX_STEPS
                    "RAY_ADDRESS works too.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
               help="Port of the local Ray's Prometheus metrics (GET /metrics); default: Ray picks one.")
+@click.option("--api-key", envvar=API_KEY_ENV, default=None, show_envvar=True,
+              help="Every /v1 request must send Authorization: Bearer KEY. Prefer the environment variable: a "
+                   "command line is visible to other users of the machine.")
+@click.option("--api-keys-file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="A file of API keys, one per line (# comments); on a cluster, at the same path on every node.")
+@click.option("--ingress-replicas", type=click.IntRange(min=1), default=1, show_default=True,
+              help="HTTP ingress replicas (they read bodies, check keys, admit and route; no model).")
+@click.option("--body-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Seconds a request body may take to arrive; then 408.")
+@click.option("--max-images", type=click.IntRange(min=1), default=4, show_default=True,
+              help="The largest n of POST /v1/images/generations.")
+@click.option("--max-jobs", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Jobs held (running and finished) by POST /v1/jobs.")
+@click.option("--job-ttl", type=click.FloatRange(min=0), default=600.0, show_default=True,
+              help="Seconds a finished job's result is kept.")
 @click.option("--emit-config", type=click.Path(path_type=Path, allow_dash=True), default=None,
               help="Write the Serve config YAML (for serve deploy / serve run) to this file, - for stdout, and exit.")
 def main(package, host, port, replicas, max_batch_size, batch_wait_ms, max_batch_tokens, max_queue, retry_after,
-         backend, precision, threads, max_steps, max_cfg, replica_cpus, address, metrics_port, emit_config):
+         backend, precision, threads, max_steps, max_cfg, replica_cpus, address, metrics_port, api_key,
+         api_keys_file, ingress_replicas, body_timeout, max_images, max_jobs, job_ttl, emit_config):
     """Serve a FiT model PACKAGE (default: the model shipped with fit-toolkit) over HTTP."""
     from fit_serve.app import ServeConfig, serve_config
+    from fit_serve.config import load_api_keys
     from fit_serve.launch import LaunchError, check_package, running
 
     with user_errors(PackageError, BackendError, LaunchError, ValueError, OSError):
+        if api_key is not None:     # the replicas read it from the environment (a local Ray's inherit this one's)
+            os.environ[API_KEY_ENV] = api_key
         config = ServeConfig(package=None if package is None else str(package.resolve()), backend=backend,
                              precision=precision, threads=threads, replicas=replicas, max_batch_size=max_batch_size,
                              batch_wait_ms=batch_wait_ms, max_queue=max_queue, max_batch_tokens=max_batch_tokens,
                              retry_after_s=retry_after, replica_cpus=replica_cpus, max_steps=max_steps,
-                             max_cfg=max_cfg)
+                             max_cfg=max_cfg, ingress_replicas=ingress_replicas, body_timeout_s=body_timeout,
+                             max_images=max_images, max_jobs=max_jobs, job_ttl_s=job_ttl,
+                             api_key_env=None if api_key is None else API_KEY_ENV,
+                             api_keys_file=None if api_keys_file is None else str(api_keys_file.resolve()))
+        load_api_keys(config)                           # an empty key or keys file: one line now
         manifest = check_package(config, verify=emit_config is None)
         if emit_config is not None:
             write_config(serve_config(config, host, port), emit_config)

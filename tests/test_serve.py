@@ -404,3 +404,37 @@ def test_precision_picks_the_variant_every_replica_runs(base):
         assert read_parameters(io.BytesIO(answer.body))["variant"] == "int8"
     finally:
         serve.delete("int8")
+
+
+def test_schema_fuzzing_finds_no_server_error_and_no_disagreement(base):
+    """Schemathesis drives every operation of /openapi.json with schema-valid and schema-invalid requests (a
+    bounded number each), on an application whose limits keep every generation small: no 5xx, every status,
+    content type and body as the document says, and every schema-invalid request refused with a 4xx."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import checks
+
+    serve.run(build({**CONFIG, "max_steps": 3, "max_cfg": 5.0, "max_jobs": 4}), name="fuzz", route_prefix="/fuzz")
+    fuzz = base + "/fuzz"
+    try:
+        schema = schemathesis.openapi.from_dict(call(fuzz + "/openapi.json").json())
+        selected = [checks.not_a_server_error, checks.status_code_conformance, checks.content_type_conformance,
+                    checks.response_schema_conformance, checks.negative_data_rejection]
+        cases = []
+        for result in schema.get_all_operations():
+            operation = result.ok()
+            modes = [schemathesis.GenerationMode.POSITIVE]
+            if "requestBody" in operation.definition.raw:       # only bodies can be schema-invalid here
+                modes.append(schemathesis.GenerationMode.NEGATIVE)
+            for mode in modes:
+                @given(case=operation.as_strategy(generation_mode=mode))
+                @settings(max_examples=15, deadline=None, database=None, derandomize=True,
+                          suppress_health_check=list(HealthCheck))
+                def drive(case):
+                    cases.append(case.call_and_validate(base_url=fuzz, checks=selected).status_code)
+
+                drive()
+        assert len(cases) >= 6 * 5 and all(status < 500 for status in cases)
+        print(f"schema fuzzing: {len(cases)} requests, statuses {sorted(set(cases))}")
+    finally:
+        serve.delete("fuzz")

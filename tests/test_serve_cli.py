@@ -86,8 +86,32 @@ def test_emit_config_is_a_serve_config(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["serve.yaml"]
 
 
+def test_emit_config_names_where_the_api_key_is_never_the_key(tmp_path, monkeypatch):
+    monkeypatch.delenv("FIT_SERVE_API_KEY", raising=False)
+    keys = tmp_path / "keys.txt"
+    keys.write_text("key-from-file-5c2e\n")
+    result = fit_serve("--emit-config", "-", "--api-key", "secret-key-91ab", "--api-keys-file", str(keys))
+    assert result.exit_code == 0, result.output
+    assert "secret-key-91ab" not in result.output and "key-from-file-5c2e" not in result.output
+    args = yaml.safe_load(result.stdout)["applications"][0]["args"]
+    assert args["api_key_env"] == "FIT_SERVE_API_KEY" and args["api_keys_file"] == str(keys.resolve())
+    monkeypatch.setenv("FIT_SERVE_API_KEY", "from-env-77")         # the environment variable works as the option
+    args = yaml.safe_load(fit_serve("--emit-config", "-").stdout)["applications"][0]["args"]
+    assert args["api_key_env"] == "FIT_SERVE_API_KEY" and "from-env-77" not in str(args)
+
+
+def test_a_keys_file_without_keys_is_one_line(tmp_path):
+    empty = tmp_path / "keys.txt"
+    empty.write_text("# no key yet\n\n")
+    result = fit_serve("--api-keys-file", str(empty), "--port", "1")
+    assert result.exit_code == 2 and result.stderr.strip().endswith(f"API keys file {empty} holds no key")
+    assert result.stderr.count("\n") == 1
+
+
 @pytest.mark.parametrize("args", [{"replicas": 0}, {"max_batch_tokens": 0}, {"threads": 1.5}, {"max_queue": True},
-                                  {"batch_wait_ms": -1}, {"backend": "nope"}, {"max_batch": 4}, {"precision": 8}])
+                                  {"batch_wait_ms": -1}, {"backend": "nope"}, {"max_batch": 4}, {"precision": 8},
+                                  {"max_images": 0}, {"body_timeout_s": -1}, {"api_key_env": ""},
+                                  {"ingress_replicas": 0}])
 def test_serve_config_refuses_bad_args(args):
     """The ``args`` of a Serve config file that someone edited by hand are checked too (one line)."""
     from engines.errors import BackendError
