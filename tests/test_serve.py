@@ -45,6 +45,44 @@ def base():
         del os.environ[KEY_ENV]
 
 
+class FlakyMethod:
+    """A deployment handle method whose first ``failures`` calls fail with ``error``."""
+
+    def __init__(self, failures: int, error: Exception):
+        self.failures, self.error, self.calls = failures, error, 0
+
+    def remote(self, *args):
+        self.calls += 1
+
+        async def answer():
+            if self.calls <= self.failures:
+                raise self.error
+            return args
+        return answer()
+
+
+def test_a_call_whose_replica_died_is_tried_again_up_to_three_times_and_nothing_else_is():
+    import asyncio
+
+    from ray.exceptions import ActorDiedError
+    from ray.serve.exceptions import ReplicaUnavailableError
+
+    from fit_serve.retry import call_with_retry
+
+    retried = []
+    twice = FlakyMethod(2, ActorDiedError())
+    assert asyncio.run(call_with_retry(twice, 7, on_retry=lambda: retried.append(1))) == (7,)
+    assert twice.calls == 3 and len(retried) == 2
+    gone = FlakyMethod(3, ReplicaUnavailableError("gone"))
+    with pytest.raises(ReplicaUnavailableError):
+        asyncio.run(call_with_retry(gone))
+    assert gone.calls == 3
+    broken = FlakyMethod(1, ValueError("a bug, not a dead replica"))
+    with pytest.raises(ValueError):
+        asyncio.run(call_with_retry(broken))
+    assert broken.calls == 1
+
+
 def test_model_health_and_openapi(base):
     model = call(base + "/v1/model").json()
     assert model["name"] == "fitv2-shapes" and model["classes"][7] == "star"
