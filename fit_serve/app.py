@@ -153,7 +153,12 @@ class FitIngress:
     async def _images(self, http: HttpRequest) -> Response:
         images = parse_openai(await self._body(http), self.config.max_images)
         with self._admitted(len(images)):
-            outcomes = await asyncio.gather(*(self._call_model(fields) for fields in images))
+            calls = [asyncio.ensure_future(self._call_model(fields)) for fields in images]
+            try:
+                outcomes = await asyncio.gather(*calls)
+            finally:                                    # one refused or failed: the others stop costing too
+                for pending in calls:
+                    pending.cancel()
         return JSONResponse({"created": int(time.time()), "data": [
             {"b64_json": base64.b64encode(o.png).decode("ascii"), "revised_prompt": o.parameters["class_name"] or "",
              "seed": o.parameters["seed"]} for o in outcomes]})
