@@ -186,6 +186,22 @@ def test_bad_requests_answer_4xx_with_one_json_line(base, method, path, body, st
     assert "\n" not in message and "Traceback" not in message and answer.body.count(b"\n") == 0
 
 
+def test_docs_page_renders_every_operation_in_a_browser_without_network(base):
+    """Headless Chromium that can resolve no host but 127.0.0.1 renders /docs with every route of the API."""
+    import re
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("needs Chromium")
+    page = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000",
+                           "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--dump-dom",
+                           base + "/docs"], capture_output=True, text=True, timeout=120).stdout
+    assert set(re.findall(r'data-path="([^"]+)"', page)) == {
+        "/v1/generate", "/v1/images/generations", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/model", "/healthz"}
+
+
 def test_openai_endpoint_with_the_official_client_and_plain_http(base):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
