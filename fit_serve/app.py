@@ -37,6 +37,7 @@ from fit_serve.batching import Item, bucket_budget, group_key, padded_tokens, pl
 APP_NAME = "fit"
 DEPLOYMENT_NAME = "FitServer"
 IMPORT_PATH = "fit_serve.app:build"
+DRAIN_CHECK_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class ServeConfig:
     max_batch_tokens: Optional[int] = None  # padded tokens per engine call (None: max_batch_size x max tokens)
     retry_after_s: float = 1.0              # Retry-After of a 503
     replica_cpus: float = 1.0               # Ray CPUs each replica reserves
+    drain_s: float = 30.0                   # on shutdown, how long a replica may take to finish its requests
     # Server policy, below the engine's own limits (engines.request.Limits): one request's cost grows with its
     # steps (and guidance only changes numbers, but a cap keeps float32 far from overflow); a shared server caps
     # steps where the image has long converged.
@@ -68,7 +70,7 @@ class ServeConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
-        for name in ("batch_wait_ms", "retry_after_s", "replica_cpus"):
+        for name in ("batch_wait_ms", "retry_after_s", "replica_cpus", "drain_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
@@ -93,6 +95,13 @@ class ServeConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def drain_options(self) -> dict:
+        """Ray Serve's shutdown settings of a deployment: a replica being stopped waits until it holds no request,
+        checking every DRAIN_CHECK_S, at most drain_s."""
+        return {"graceful_shutdown_timeout_s": self.drain_s,
+                "graceful_shutdown_wait_loop_s": min(DRAIN_CHECK_S, self.drain_s)}
 
     @property
     def max_ongoing_requests(self) -> int:
@@ -273,6 +282,7 @@ def build(args: Optional[dict] = None):
         max_queued_requests=config.max_queue,
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=config.retry_after_s),
         ray_actor_options={"num_cpus": config.replica_cpus},
+        **config.drain_options,
     ).bind(config.to_dict())
 
 
