@@ -25,7 +25,7 @@ from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.config import BackpressureConfig
-from ray.serve.metrics import Counter, Gauge, Histogram
+from ray.serve.metrics import Counter, Gauge
 from starlette.exceptions import HTTPException
 
 from engines.backends import resolve_backend_name
@@ -33,6 +33,7 @@ from engines.pipeline import Job, Limits, load
 from engines.png import png_bytes
 from fit_serve.api import MAX_BODY_BYTES, BadRequest, model_info, parse_body, resolve
 from fit_serve.batching import Item, bucket_budget, group_key, padded_tokens, plan_calls
+from fit_serve.metrics import Histogram
 
 APP_NAME = "fit"
 DEPLOYMENT_NAME = "FitServer"

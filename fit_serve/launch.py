@@ -78,14 +78,14 @@ def use_token_if_given() -> None:
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
-def metrics_node_ip(host: str, metrics_host: Optional[str]) -> Optional[str]:
-    """The node IP a local Ray gets so that its metrics endpoint listens where ``metrics_host`` says (default: the
-    HTTP ``host``). Ray's exporter listens on 127.0.0.1 when the node IP is a loopback address and on every
-    interface otherwise, so: a loopback host -> "127.0.0.1"; 0.0.0.0 or :: -> None (Ray's choice, every
-    interface); another single address -> 127.0.0.1 by default, refused when asked for explicitly."""
+def metrics_on_loopback(host: str, metrics_host: Optional[str]) -> bool:
+    """Whether a local Ray must keep its metrics endpoint on 127.0.0.1, where ``metrics_host`` (default: the HTTP
+    ``host``) asks for it. Ray's exporter listens on 127.0.0.1 when the node's IP is a loopback address and on
+    every interface otherwise, so: a loopback host -> True; 0.0.0.0 or :: -> False (every interface); another
+    single address -> True by default, refused when asked for explicitly (Ray cannot listen there alone)."""
     chosen = host if metrics_host is None else metrics_host
     if chosen in ("0.0.0.0", "::"):
-        return None
+        return False
     try:
         loopback = chosen == "localhost" or ipaddress.ip_address(chosen).is_loopback
     except ValueError:
@@ -93,7 +93,31 @@ def metrics_node_ip(host: str, metrics_host: Optional[str]) -> Optional[str]:
     if not loopback and metrics_host is not None:
         raise LaunchError(f"metrics_host {metrics_host}: Ray's metrics endpoint listens either on 127.0.0.1 or on "
                           f"every interface (0.0.0.0)", parameter="metrics_host")
-    return "127.0.0.1"
+    return True
+
+
+@contextmanager
+def loopback_node(enabled: bool) -> Iterator[None]:
+    """Inside the block (when ``enabled``) a Ray started here takes 127.0.0.1 as its node IP, so that its ports,
+    the metrics endpoint among them, listen on the loopback interface only. Ray does this on macOS and Windows;
+    on Linux ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` asks for it (read by this process's ray_constants and by the
+    Ray processes it starts)."""
+    if not enabled:
+        yield
+        return
+    from ray._private import ray_constants
+
+    before = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if before[0] is None:
+            os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
+        else:
+            os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = before[0]
+        ray_constants.ENABLE_RAY_CLUSTER = before[1]
 
 
 @contextmanager
@@ -101,25 +125,33 @@ def running(config: ServeConfig, host: str, port: int, address: Optional[str] = 
             metrics_port: Optional[int] = None, metrics_host: Optional[str] = None) -> Iterator[None]:
     """Inside the block the application serves http://host:port: on a local Ray started here (its own, whatever
     other cluster runs on the machine; enough CPUs for the replicas; Prometheus metrics on ``metrics_port`` at
-    ``metrics_host``, see :func:`metrics_node_ip`), or on the cluster at ``address`` / RAY_ADDRESS (with the Ray
+    ``metrics_host``, see :func:`metrics_on_loopback`), or on the cluster at ``address`` / RAY_ADDRESS (with the Ray
     token at hand, :func:`use_token_if_given`). SIGTERM raises :class:`Terminated` inside the block, Ctrl-C
     KeyboardInterrupt. On leaving, the application is deleted first: its replicas finish the requests they hold
     (at most ``config.drain_s``) while the proxies deliver the answers; then a local Ray shuts down with all its
     processes; a cluster only loses the application. Raises LaunchError when it cannot start."""
     joined = address is not None or bool(os.environ.get("RAY_ADDRESS"))
-    if joined:
-        if metrics_port is not None or metrics_host is not None:
-            raise LaunchError("metrics_port applies to a local Ray; a cluster's ports are set by ray start",
-                              parameter="metrics_port" if metrics_port is not None else "metrics_host")
-        use_token_if_given()
-        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
-    else:
-        check_port(host, port)
-        node_ip = metrics_node_ip(host, metrics_host)
-        cpus = max(os.cpu_count() or 1, int(-(-config.replicas * config.replica_cpus // 1)))
-        # "local": a Ray of its own, also when another cluster runs here or a stopped one left its address file
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, namespace=NAMESPACE, log_to_driver=False,
-                 _metrics_export_port=metrics_port, _node_ip_address=node_ip)
+    if joined and (metrics_port is not None or metrics_host is not None):
+        raise LaunchError("metrics_port applies to a local Ray; a cluster's ports are set by ray start",
+                          parameter="metrics_port" if metrics_port is not None else "metrics_host")
+    with loopback_node(not joined and metrics_on_loopback(host, metrics_host)):
+        if joined:
+            use_token_if_given()
+            ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+        else:
+            check_port(host, port)
+            cpus = max(os.cpu_count() or 1, int(-(-config.replicas * config.replica_cpus // 1)))
+            # "local": a Ray of its own, also when another cluster runs here or a stopped one left its address file
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False, namespace=NAMESPACE,
+                     log_to_driver=False, _metrics_export_port=metrics_port)
+        with serving(config, host, port, joined):
+            yield
+
+
+@contextmanager
+def serving(config: ServeConfig, host: str, port: int, joined: bool) -> Iterator[None]:
+    """The application deployed on the Ray this process is connected to, inside the block; on leaving, drained and
+    deleted (``joined``: Serve itself stays up), then Ray disconnected (a local Ray shuts down)."""
 
     def stop(_signum, _frame):
         raise Terminated
