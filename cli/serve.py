@@ -40,6 +40,9 @@ from engines.sampler import MAX_CFG, MAX_STEPS
                    f"{MAX_STEPS:,}).")
 @click.option("--max-cfg", type=click.FloatRange(0, MAX_CFG), default=MAX_CFG, show_default=True,
               help="Server policy: the largest guidance scale a request may ask for.")
+@click.option("--max-cost", type=click.IntRange(min=1), default=None,
+              help="Server policy: the most one image may cost, in network evaluations x tokens (x 2 with guidance; "
+                   "dopri5 at its worst case); default: no limit.")
 @click.option("--replica-cpus", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Ray CPUs each replica reserves.")
 @click.option("--address", default=None,
@@ -55,7 +58,7 @@ from engines.sampler import MAX_CFG, MAX_STEPS
 @click.option("--emit-config", type=click.Path(path_type=Path, allow_dash=True), default=None,
               help="Write the Serve config YAML (for serve deploy / serve run) to this file, - for stdout, and exit.")
 def main(package, host, port, replicas, max_batch_size, batch_wait_ms, max_batch_tokens, max_queue, retry_after,
-         backend, precision, threads, max_steps, max_cfg, replica_cpus, address, metrics_port, metrics_host, drain_s,
+         backend, precision, threads, max_steps, max_cfg, max_cost, replica_cpus, address, metrics_port, metrics_host, drain_s,
          emit_config):
     """Serve a FiT model PACKAGE (default: the model shipped with fit-toolkit) over HTTP."""
     from fit_serve.app import ServeConfig, serve_config
@@ -66,7 +69,7 @@ def main(package, host, port, replicas, max_batch_size, batch_wait_ms, max_batch
                              precision=precision, threads=threads, replicas=replicas, max_batch_size=max_batch_size,
                              batch_wait_ms=batch_wait_ms, max_queue=max_queue, max_batch_tokens=max_batch_tokens,
                              retry_after_s=retry_after, replica_cpus=replica_cpus, max_steps=max_steps,
-                             max_cfg=max_cfg, drain_s=drain_s)
+                             max_cfg=max_cfg, max_cost=max_cost, drain_s=drain_s)
         manifest = check_package(config, verify=emit_config is None)
         if emit_config is not None:
             write_config(serve_config(config, host, port), emit_config)

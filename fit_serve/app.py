@@ -62,6 +62,7 @@ class ServeConfig:
     # steps where the image has long converged.
     max_steps: int = 1000
     max_cfg: float = 1000.0
+    max_cost: Optional[int] = None          # network evaluations x tokens (x 2 with guidance) of one image (None: no limit)
 
     def __post_init__(self):
         whole = {"replicas": 1, "max_batch_size": 1, "max_queue": 1, "max_batch_tokens": 1, "threads": 0}
@@ -78,12 +79,12 @@ class ServeConfig:
         object.__setattr__(self, "backend", resolve_backend_name(self.backend))
         if self.precision is not None and (not isinstance(self.precision, str) or not self.precision):
             raise ValueError(f"precision must be a variant name or precision, got {self.precision!r}")
-        Limits(self.max_steps, self.max_cfg)            # raises ValueError when out of range
+        self.limits                                     # raises ValueError when out of range
 
     @property
     def limits(self) -> Limits:
         """The server's policy limits of a request, as engines.prepare takes them."""
-        return Limits(self.max_steps, self.max_cfg)
+        return Limits(self.max_steps, self.max_cfg, self.max_cost)
 
     @classmethod
     def from_dict(cls, data: Optional[dict]) -> "ServeConfig":

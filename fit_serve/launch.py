@@ -132,8 +132,8 @@ def running(config: ServeConfig, host: str, port: int, address: Optional[str] = 
     processes; a cluster only loses the application. Raises LaunchError when it cannot start."""
     joined = address is not None or bool(os.environ.get("RAY_ADDRESS"))
     if joined and (metrics_port is not None or metrics_host is not None):
-        raise LaunchError("metrics_port applies to a local Ray; a cluster's ports are set by ray start",
-                          parameter="metrics_port" if metrics_port is not None else "metrics_host")
+        name = "metrics_port" if metrics_port is not None else "metrics_host"
+        raise LaunchError(f"{name} applies to a local Ray; a cluster's ports are set by ray start", parameter=name)
     with loopback_node(not joined and metrics_on_loopback(host, metrics_host)):
         if joined:
             use_token_if_given()

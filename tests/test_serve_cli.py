@@ -38,6 +38,11 @@ def fit_serve(*args):
     (["--backend", "openvino", "--precision", "ort"], "transformer variant 'ort' runs on onnxruntime only"),
     (["--emit-config", "/nonexistent/folder/serve.yaml"], "does not exist"),
     (["--address", "auto", "--metrics-port", "9100"], "--metrics-port applies to a local Ray"),
+    (["--address", "auto", "--metrics-host", "127.0.0.1"], "--metrics-host applies to a local Ray"),
+    (["--metrics-host", "10.1.2.3"], "--metrics-host 10.1.2.3: Ray's metrics endpoint listens either on 127.0.0.1 "
+                                     "or on every interface (0.0.0.0)"),
+    (["--max-cost", "0"], "--max-cost"),
+    (["--drain-s", "-1"], "--drain-s"),
 ])
 def test_mistakes_end_in_one_line(args, message):
     result = fit_serve(*args)

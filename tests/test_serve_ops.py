@@ -1,7 +1,8 @@
 """Operating fit-serve (docs/serving.md, "Operations"): a local run starts its own Ray whatever else runs on the
 machine (a stale address file, another cluster), it joins a token-authenticated cluster with the token alone, the
-metrics endpoint listens on the host it is given and its histogram sums are the observed values, and SIGTERM with
-requests in flight answers every one of them before it exits 143.
+metrics endpoint listens on the host it is given and its histogram sums are the observed values, a request above
+the cost limit is refused before any work, and SIGTERM with requests in flight answers every one of them before it
+exits 143.
 
 Each test keeps Ray's files in a temporary folder of its own (HOME and RAY_TMPDIR), so nothing here reads or
 writes the machine's /tmp/ray or ~/.ray; a cluster started here is stopped by the ids of its processes."""
@@ -87,9 +88,13 @@ def test_local_run_beside_a_stale_address_file_with_exact_metrics_and_a_drain_on
     (folder / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")    # nothing listens there
     metrics_port = free_port()
     server, base = start_fit_serve(env, "--max-batch-size", "4", "--metrics-port", str(metrics_port),
-                                   "--drain-s", "120")      # the replica holds 2 x 4 requests: all 5 in flight
+                                   "--drain-s", "120",      # the replica holds 2 x 4 requests: all 5 in flight
+                                   "--max-cost", "100000")
     try:
         ray_processes = descendants(server.pid)
+        assert call(base + "/v1/model").json()["limits"]["max_cost"] == 100000
+        refused = generate(base, {"sampler": "dopri5"})             # 60,002 evaluations at most x 25 tokens
+        assert refused.status == 422 and refused.json()["error"].startswith("this request costs 1,500,050 (")
         answer = generate(base, {"steps": 2, "seed": 1}, accept_json=True)      # 80x80: 25 tokens, alone
         assert answer.status == 200 and answer.json()["timing"]["batch_tokens"] == 25
         text, deadline = "", time.monotonic() + 60
@@ -98,7 +103,7 @@ def test_local_run_beside_a_stale_address_file_with_exact_metrics_and_a_drain_on
             text = call(f"http://127.0.0.1:{metrics_port}/metrics").body.decode()
         assert metric_values(text, "ray_fit_serve_batch_tokens_sum") == [25.0]     # Ray's Histogram: 24
         assert metric_values(text, "ray_fit_serve_batch_requests_sum") == [1.0]    # Ray's Histogram: 0.5
-        assert metric_values(text, "ray_fit_serve_batch_tokens_count") == [1.0]
+        assert metric_values(text, "ray_fit_serve_batch_tokens_count") == [1.0]    # the refused one: no call
         assert 'ray_fit_serve_batch_tokens_bucket{' in text and metric_values(text, "ray_fit_serve_batch_tokens_bucket")
         [latency] = metric_values(text, "ray_fit_serve_request_latency_s_sum")
         assert answer.json()["timing"]["total_s"] <= latency <= answer.seconds
