@@ -58,8 +58,8 @@ from engines.sampler import MAX_CFG, MAX_STEPS
 @click.option("--emit-config", type=click.Path(path_type=Path, allow_dash=True), default=None,
               help="Write the Serve config YAML (for serve deploy / serve run) to this file, - for stdout, and exit.")
 def main(package, host, port, replicas, max_batch_size, batch_wait_ms, max_batch_tokens, max_queue, retry_after,
-         backend, precision, threads, max_steps, max_cfg, max_cost, replica_cpus, address, metrics_port, metrics_host, drain_s,
-         emit_config):
+         backend, precision, threads, max_steps, max_cfg, max_cost, replica_cpus, address, metrics_port, metrics_host,
+         drain_s, emit_config):
     """Serve a FiT model PACKAGE (default: the model shipped with fit-toolkit) over HTTP."""
     from fit_serve.app import ServeConfig, serve_config
     from fit_serve.launch import LaunchError, Terminated, check_package, running

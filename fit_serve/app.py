@@ -62,7 +62,7 @@ class ServeConfig:
     # steps where the image has long converged.
     max_steps: int = 1000
     max_cfg: float = 1000.0
-    max_cost: Optional[int] = None          # network evaluations x tokens (x 2 with guidance) of one image (None: no limit)
+    max_cost: Optional[int] = None          # one image's evaluations x tokens (engines.request.image_cost)
 
     def __post_init__(self):
         whole = {"replicas": 1, "max_batch_size": 1, "max_queue": 1, "max_batch_tokens": 1, "threads": 0}

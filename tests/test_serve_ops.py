@@ -155,9 +155,10 @@ def token_cluster(ray_home):
     token = (folder / ".ray" / "auth_token").read_text().strip()
     port = free_port()
     started = subprocess.run([*RAY, "start", "--head", "--port", str(port), "--num-cpus", "2",
-                              "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", str(folder / "ray"),
-                              "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port",
-                              str(free_port()), "--metrics-export-port", str(free_port())],
+                              "--include-dashboard", "false", "--disable-usage-stats",
+                              "--temp-dir", str(folder / "ray"), "--ray-client-server-port", str(free_port()),
+                              "--dashboard-agent-listen-port", str(free_port()),
+                              "--metrics-export-port", str(free_port())],
                              env=env, capture_output=True, text=True, timeout=120)
     try:
         assert started.returncode == 0, started.stderr[-2000:]
@@ -179,7 +180,8 @@ def test_local_run_beside_another_cluster_and_joining_it_with_its_token(token_cl
     """Beside a running cluster (its address file current) a local fit-serve starts a Ray of its own and leaves the
     cluster running; then fit-serve --address joins the cluster with RAY_AUTH_TOKEN alone (no RAY_AUTH_MODE)."""
     address, token, env = token_cluster
-    gcs = [p for p in cluster_processes(Path(env["HOME"])) if b"gcs_server" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    home = Path(env["HOME"])
+    gcs = [p for p in cluster_processes(home) if b"gcs_server" in Path(f"/proc/{p}/cmdline").read_bytes()]
     assert gcs
     server, base = start_fit_serve(env)
     try:
