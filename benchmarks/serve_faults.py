@@ -294,5 +294,6 @@ def markdown(results: dict) -> list[str]:
         r = results["sigterm"]
         lines += ["", f"SIGTERM with {r['in_flight']} requests in flight:", "",
                   "| statuses | exit code | seconds to exit | Ray failure line |", "|---|---:|---:|---|",
-                  f"| {r['statuses']} | {r['exit_code']} | {r['exit_s']} | {'yes' if r['ray_failure_line'] else 'no'} |"]
+                  f"| {r['statuses']} | {r['exit_code']} | {r['exit_s']} | "
+                  f"{'yes' if r['ray_failure_line'] else 'no'} |"]
     return lines
