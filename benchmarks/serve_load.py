@@ -1,7 +1,14 @@
-"""Load on fit-serve: C concurrent clients sending mixed-size requests, batching off vs on, in one run.
+"""Load on fit-serve: C concurrent clients sending mixed-size requests, batching off vs on, in one run; then the fault
+and overload phases (benchmarks/serve_faults.py: a replica killed, a burst past --max-queue, stalled uploads,
+SIGTERM with requests in flight).
 
     python benchmarks/serve_load.py [PACKAGE] [--clients 1,4,8,16] [--requests-per-client 8] [--max-seconds 40]
                                     [--max-batch-size 8] [--threads 0] [--out benchmarks/results/serve_load]
+                                    [--phases load,kill,burst,stalled,sigterm] [--quick]
+                                    [--serve-args "--api-key K"] [--api-key K]
+
+Only a full run (every phase, not --quick) writes benchmarks/results/serve_load.{json,md} by default; a partial or
+quick run writes /tmp/serve_load_quick.{json,md} unless --out says otherwise.
 
 Starts a local Ray (localhost only) and deploys the application twice, side by side, one replica each:
 ``--max-batch-size 1`` (one request per engine call: batching off) and ``--max-batch-size B`` (on). Only one of
@@ -28,6 +35,8 @@ from pathlib import Path
 from common import ROOT, cpu_name
 from fit_serve.batching import Item, bucket_budget, group_key, plan_calls  # after common: the repository's path
 from fit_serve.client import generate
+from serve_faults import FAULT_PHASES, run_faults
+from serve_faults import markdown as fault_markdown
 
 SIZES = [(64, 64), (96, 64), (80, 80), (64, 96), (112, 48), (48, 112), (96, 96), (128, 64), (64, 128), (80, 64)]
 
@@ -144,9 +153,11 @@ def run(package, clients: list[int], per_client: int, max_seconds: float, max_ba
 def markdown(results: dict, engine: list[dict], meta: dict) -> str:
     load = ", ".join(f"{x:g}" for x in meta["load_average_after"])
     lines = [f"{meta['date']}, {meta['machine']} (load average {load} after the run); {meta['package']}, "
-             f"{meta['settings']}.", "",
-             "| clients | batching | images/s | p50 s | p95 s | p99 s | requests / call | tokens / call | speed-up |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"{meta['settings']}."]
+    if not results["off"]:                                  # the load phase did not run
+        return "\n".join(lines) + "\n"
+    lines += ["", "| clients | batching | images/s | p50 s | p95 s | p99 s | requests / call | tokens / call | "
+                  "speed-up |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for off, on in zip(results["off"], results["on"]):
         for label, row in (("off", off), ("on", on)):
             gain = f"{row['images_per_s'] / off['images_per_s']:.2f}x" if label == "on" else ""
@@ -169,13 +180,34 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--batch-wait-ms", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads of the replica (0 = auto)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_load"))
+    parser.add_argument("--out", default=None, help="OUT.json and OUT.md (default: benchmarks/results/serve_load for "
+                                                    "a full run, /tmp/serve_load_quick otherwise)")
+    parser.add_argument("--phases", default=",".join(("load",) + FAULT_PHASES))
+    parser.add_argument("--quick", action="store_true", help="short fault phases and small counts (a check)")
+    parser.add_argument("--fault-clients", type=int, default=4, help="looping clients while a replica is killed")
+    parser.add_argument("--fault-steps", type=int, default=8, help="steps of the fault phases' requests")
+    parser.add_argument("--burst", type=int, default=60, help="requests sent at once in the burst phase")
+    parser.add_argument("--max-queue", type=int, default=4, help="fit-serve --max-queue of the burst phase")
+    parser.add_argument("--stalled", type=int, default=16, help="stalled uploads")
+    parser.add_argument("--in-flight", type=int, default=6, help="requests in flight at SIGTERM")
+    parser.add_argument("--serve-args", default="", help="more fit-serve options for the fault phases")
+    parser.add_argument("--api-key", default="", help="sent as Authorization: Bearer KEY in the fault phases")
     args = parser.parse_args()
+    phases = args.phases.split(",")
+    unknown = sorted(set(phases) - {"load", *FAULT_PHASES})
+    if unknown:
+        parser.error(f"unknown phase {unknown[0]}; phases: load, {', '.join(FAULT_PHASES)}")
+    full = not args.quick and set(phases) == {"load", *FAULT_PHASES}
+    args.out = args.out or str(ROOT / "benchmarks" / "results" / "serve_load" if full else "/tmp/serve_load_quick")
     clients = [int(c) for c in args.clients.split(",")]
     package = None if args.package is None else str(Path(args.package).resolve())
-    engine = engine_only(package, args.threads, [4, 8])
-    results = run(package, clients, args.requests_per_client, args.max_seconds, args.max_batch_size, args.threads,
-                  args.batch_wait_ms)
+    args.common = [] if package is None else [package]
+    engine, results = [], {"off": [], "on": []}
+    if "load" in phases:
+        engine = engine_only(package, args.threads, [4, 8])
+        results = run(package, clients, args.requests_per_client, args.max_seconds, args.max_batch_size,
+                      args.threads, args.batch_wait_ms)
+    faults = run_faults(args, [p for p in FAULT_PHASES if p in phases], args.quick)
     from engines.package import load_manifest
     from engines.pipeline import DEFAULT_MODEL_DIR
 
@@ -192,10 +224,11 @@ def main() -> None:
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
     }
-    table = markdown(results, engine, meta)
+    table = markdown(results, engine, meta) + "".join(line + "\n" for line in fault_markdown(faults))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    report = {**meta, "results": results, "engine_only": engine}
+    report = {**meta, "phases": phases, "quick": args.quick, "results": results, "engine_only": engine,
+              "faults": faults}
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     out.with_suffix(".md").write_text(table)
     print(table)

@@ -30,6 +30,7 @@ from engines.errors import BackendError
 HELP_OPTIONS = ("-h", "--help")
 ERROR_EXIT = 2
 INTERRUPT_EXIT = 130
+TERMINATED_EXIT = 143                               # 128 + SIGTERM, as a shell reports a process it terminated
 
 
 class UserError(click.ClickException):
@@ -39,10 +40,12 @@ class UserError(click.ClickException):
 
 
 class Interrupted(Exception):
-    """Ctrl-C; the message is what the user reads after ``PROG:`` (default ``interrupted``)."""
+    """Ctrl-C (or SIGTERM, with ``exit_code`` TERMINATED_EXIT); the message is what the user reads after ``PROG:``
+    (default ``interrupted``)."""
 
-    def __init__(self, message: str = "interrupted"):
+    def __init__(self, message: str = "interrupted", exit_code: int = INTERRUPT_EXIT):
         super().__init__(message)
+        self.exit_code = exit_code
 
 
 def one_line(err: BaseException) -> str:
@@ -154,7 +157,7 @@ class _Conventions:
                 result = super().main(args, self.prog, complete_var, standalone_mode=False, **extra)
         except Interrupted as err:
             click.echo(f"{self.prog}: {err}", err=True)
-            sys.exit(INTERRUPT_EXIT)
+            sys.exit(err.exit_code)
         except click.Abort:                             # Ctrl-C while click itself was running
             click.echo(f"{self.prog}: interrupted", err=True)
             sys.exit(INTERRUPT_EXIT)

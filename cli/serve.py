@@ -2,8 +2,8 @@
 
 Starts a local Ray by default; ``--address`` (or RAY_ADDRESS) joins a running Ray cluster instead.
 ``--emit-config FILE`` writes the Serve config YAML for ``serve deploy`` / ``serve run`` and exits. Ctrl-C (or
-SIGTERM) stops the application: Ray Serve lets in-flight requests finish (up to its graceful shutdown timeout),
-then the local Ray shuts down with all its processes.
+SIGTERM) stops the application: the replicas finish the requests they hold (at most ``--drain-s``), then the local
+Ray shuts down with all its processes; exit 130 (Ctrl-C) or 143 (SIGTERM).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import Command, check_writable, runtime_options, user_errors
+from cli.common import TERMINATED_EXIT, Command, Interrupted, check_writable, runtime_options, user_errors
 from engines.errors import BackendError, PackageError
 from engines.sampler import MAX_CFG, MAX_STEPS
 from fit_serve.config import API_KEY_ENV
@@ -43,6 +43,9 @@ from fit_serve.config import API_KEY_ENV
                    f"{MAX_STEPS:,}).")
 @click.option("--max-cfg", type=click.FloatRange(0, MAX_CFG), default=MAX_CFG, show_default=True,
               help="Server policy: the largest guidance scale a request may ask for.")
+@click.option("--max-cost", type=click.IntRange(min=1), default=None,
+              help="Server policy: the most one image may cost, in network evaluations x tokens (x 2 with guidance; "
+                   "dopri5 at its worst case); default: no limit.")
 @click.option("--replica-cpus", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Ray CPUs each replica reserves.")
 @click.option("--address", default=None,
@@ -50,6 +53,11 @@ from fit_serve.config import API_KEY_ENV
                    "RAY_ADDRESS works too.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
               help="Port of the local Ray's Prometheus metrics (GET /metrics); default: Ray picks one.")
+@click.option("--metrics-host", default=None,
+              help="Where the local Ray's metrics endpoint listens: 127.0.0.1 or 0.0.0.0; default: --host (127.0.0.1 "
+                   "when --host is one other address).")
+@click.option("--drain-s", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="On Ctrl-C or SIGTERM, how long the replicas may take to finish the requests they hold.")
 @click.option("--api-key", envvar=API_KEY_ENV, default=None, show_envvar=True,
               help="Every /v1 request must send Authorization: Bearer KEY. Prefer the environment variable: a "
                    "command line is visible to other users of the machine.")
@@ -68,12 +76,12 @@ from fit_serve.config import API_KEY_ENV
 @click.option("--emit-config", type=click.Path(path_type=Path, allow_dash=True), default=None,
               help="Write the Serve config YAML (for serve deploy / serve run) to this file, - for stdout, and exit.")
 def main(package, host, port, replicas, max_batch_size, batch_wait_ms, max_batch_tokens, max_queue, retry_after,
-         backend, precision, threads, max_steps, max_cfg, replica_cpus, address, metrics_port, api_key,
-         api_keys_file, ingress_replicas, body_timeout, max_images, max_jobs, job_ttl, emit_config):
+         backend, precision, threads, max_steps, max_cfg, max_cost, replica_cpus, address, metrics_port, metrics_host,
+         drain_s, api_key, api_keys_file, ingress_replicas, body_timeout, max_images, max_jobs, job_ttl, emit_config):
     """Serve a FiT model PACKAGE (default: the model shipped with fit-toolkit) over HTTP."""
     from fit_serve.app import ServeConfig, serve_config
     from fit_serve.config import load_api_keys
-    from fit_serve.launch import LaunchError, check_package, running
+    from fit_serve.launch import LaunchError, Terminated, check_package, running
 
     with user_errors(PackageError, BackendError, LaunchError, ValueError, OSError):
         if api_key is not None:     # the replicas read it from the environment (a local Ray's inherit this one's)
@@ -82,8 +90,8 @@ def main(package, host, port, replicas, max_batch_size, batch_wait_ms, max_batch
                              precision=precision, threads=threads, replicas=replicas, max_batch_size=max_batch_size,
                              batch_wait_ms=batch_wait_ms, max_queue=max_queue, max_batch_tokens=max_batch_tokens,
                              retry_after_s=retry_after, replica_cpus=replica_cpus, max_steps=max_steps,
-                             max_cfg=max_cfg, ingress_replicas=ingress_replicas, body_timeout_s=body_timeout,
-                             max_images=max_images, max_jobs=max_jobs, job_ttl_s=job_ttl,
+                             max_cfg=max_cfg, max_cost=max_cost, drain_s=drain_s, ingress_replicas=ingress_replicas,
+                             body_timeout_s=body_timeout, max_images=max_images, max_jobs=max_jobs, job_ttl_s=job_ttl,
                              api_key_env=None if api_key is None else API_KEY_ENV,
                              api_keys_file=None if api_keys_file is None else str(api_keys_file.resolve()))
         load_api_keys(config)                           # an empty key or keys file: one line now
@@ -91,13 +99,16 @@ def main(package, host, port, replicas, max_batch_size, batch_wait_ms, max_batch
         if emit_config is not None:
             write_config(serve_config(config, host, port), emit_config)
             return
-        with running(config, host, port, address=address, metrics_port=metrics_port):
-            click.echo(f"fit-serve: serving {manifest.name} at http://{host}:{port} ({config.replicas} replica(s), "
-                       f"batches of up to {config.max_batch_size}); Ctrl-C stops", err=True)
-            if metrics_port is not None:
-                click.echo(f"fit-serve: metrics at http://127.0.0.1:{metrics_port}/metrics", err=True)
-            while True:
-                time.sleep(3600)
+        try:
+            with running(config, host, port, address=address, metrics_port=metrics_port, metrics_host=metrics_host):
+                click.echo(f"fit-serve: serving {manifest.name} at http://{host}:{port} ({config.replicas} replica(s), "
+                           f"batches of up to {config.max_batch_size}); Ctrl-C stops", err=True)
+                if metrics_port is not None:
+                    click.echo(f"fit-serve: metrics at http://{metrics_host or host}:{metrics_port}/metrics", err=True)
+                while True:
+                    time.sleep(3600)
+        except Terminated:
+            raise Interrupted("terminated", exit_code=TERMINATED_EXIT) from None
 
 
 def write_config(data: dict, path: Path) -> None:

@@ -25,7 +25,8 @@ from engines.contract import patchify
 from engines.errors import BackendError, PackageError
 from engines.manifest import Manifest
 from engines.package import load_manifest
-from engines.request import ENGINE_LIMITS, GenerationError, GenerationSettings, Job, Jobs, Limits, Request
+from engines.request import (ENGINE_LIMITS, GenerationError, GenerationSettings, Job, Jobs, Limits, Request,
+                             check_cost)
 from engines.rope import EXTRAPOLATIONS, canonical_extrapolation, extrapolation_name
 from engines.sampler import (SAMPLERS, SHIFTED, Callback, SamplerSettings, SettingError, check_cfg, check_steps, guide,
                              integrate)
@@ -261,7 +262,7 @@ class Pipeline:
         nearest valid one. label: a class id, a class name, None (unconditional), or several (a sequence, or names
         and ids separated by commas) cycled over the images. Image ``i`` (0-based) has seed ``seed + i``. steps,
         sampler, cfg, extrapolation: None for the package's. Checks, in order: num, size, classes, seeds, settings
-        (docs/runtime-spec.md §2).
+        (docs/runtime-spec.md §2), then the cost of an image against ``limits.max_cost``.
         """
         if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
             raise GenerationError(f"num must be a whole number of at least 1, got {num!r}", "num")
@@ -280,6 +281,7 @@ class Pipeline:
                                   f"below 2**64", "seed", mentions=("num",))
         settings = self.settings(steps=steps, sampler=sampler, cfg=cfg, extrapolation=extrapolation,
                                  time_shift=time_shift, limits=limits)
+        check_cost(self.tokens(width, height), settings, any(label is not None for label in labels), limits)
         return Jobs(width, height, labels, seed, int(num), settings)
 
     # -- generation -------------------------------------------------------------------------------------------

@@ -33,12 +33,14 @@ class GenerationError(SettingError):
 
 @dataclass(frozen=True)
 class Limits:
-    """The largest step count and guidance scale a request may ask for. The engine's own limits are the defaults
-    (:data:`engines.sampler.MAX_STEPS`, :data:`engines.sampler.MAX_CFG`, where the reasons are given); a server may
-    set lower ones as its policy, and its refusals then read exactly as the engine's, with its numbers."""
+    """The largest step count and guidance scale a request may ask for, and the largest cost of one of its images
+    (:func:`image_cost`; None: no limit). The engine's own limits are the defaults (:data:`engines.sampler.MAX_STEPS`,
+    :data:`engines.sampler.MAX_CFG`, where the reasons are given; no cost limit); a server may set lower ones as its
+    policy, and its refusals then read exactly as the engine's, with its numbers."""
 
     max_steps: int = MAX_STEPS
     max_cfg: float = MAX_CFG
+    max_cost: Optional[int] = None
 
     def __post_init__(self):
         if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) \
@@ -47,9 +49,12 @@ class Limits:
         if isinstance(self.max_cfg, bool) or not isinstance(self.max_cfg, (int, float)) \
                 or not 0 <= self.max_cfg <= MAX_CFG:
             raise ValueError(f"max_cfg must be a number from 0 to {MAX_CFG:g}, got {self.max_cfg!r}")
+        if self.max_cost is not None and (isinstance(self.max_cost, bool) or not isinstance(self.max_cost, int)
+                                          or self.max_cost < 1):
+            raise ValueError(f"max_cost must be a whole number of at least 1 or None, got {self.max_cost!r}")
 
     def to_dict(self) -> dict:
-        return {"max_steps": self.max_steps, "max_cfg": float(self.max_cfg)}
+        return {"max_steps": self.max_steps, "max_cfg": float(self.max_cfg), "max_cost": self.max_cost}
 
 
 ENGINE_LIMITS = Limits()
@@ -120,4 +125,34 @@ class Jobs(Sequence):
         return Job(request, self.settings)
 
 
-__all__ = ["GenerationError", "Limits", "ENGINE_LIMITS", "Request", "GenerationSettings", "Job", "Jobs"]
+def max_evaluations(sampler: SamplerSettings) -> int:
+    """Network evaluations of one sampling loop, at most: the fixed-step samplers' own count (euler, ab2, unipc,
+    sde: steps; heun: 2 x steps); dopri5's worst case under the step limit it runs with (:data:`MAX_STEPS`,
+    ``engines.sampler.dopri5``): 2 (the first velocity and the initial step size), then 6 per attempted step,
+    accepted or rejected."""
+    return 2 + 6 * MAX_STEPS if sampler.method == "dopri5" else sampler.evaluations()
+
+
+def image_cost(tokens: int, settings: GenerationSettings, conditional: bool) -> int:
+    """The network work of one image, in token evaluations: :func:`max_evaluations` x its tokens (``tokens``:
+    (W/g) x (H/g) for the pixel granularity g), x 2 when the network runs the cond and uncond halves (guidance on
+    and ``conditional``: a class given). Batching and padding are left out: the cost of a request is its own."""
+    return max_evaluations(settings.sampler) * tokens * (2 if settings.guided and conditional else 1)
+
+
+def check_cost(tokens: int, settings: GenerationSettings, conditional: bool, limits: Limits) -> None:
+    """GenerationError when an image costs more than ``limits.max_cost`` (:func:`image_cost`)."""
+    if limits.max_cost is None:
+        return
+    cost = image_cost(tokens, settings, conditional)
+    if cost > limits.max_cost:
+        evaluations = max_evaluations(settings.sampler)
+        bound = " at most (dopri5)" if settings.sampler.method == "dopri5" else ""
+        halves = " x 2 (guidance)" if settings.guided and conditional else ""
+        raise GenerationError(f"this request costs {cost:,} ({evaluations:,} network evaluations{bound} x {tokens} "
+                              f"tokens{halves}), more than the limit of {limits.max_cost:,}; ask for fewer steps, "
+                              f"a smaller size or another sampler")
+
+
+__all__ = ["GenerationError", "Limits", "ENGINE_LIMITS", "Request", "GenerationSettings", "Job", "Jobs",
+           "max_evaluations", "image_cost", "check_cost"]

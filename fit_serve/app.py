@@ -30,13 +30,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
-from ray.serve.metrics import Counter, Histogram
+from ray.serve.metrics import Counter
 from starlette.exceptions import HTTPException
 
 from fit_serve import openapi
 from fit_serve.api import MAX_BODY_BYTES, BadRequest, parse_body, parse_openai
 from fit_serve.config import ServeConfig, load_api_keys
 from fit_serve.jobs import FitJobs
+from fit_serve.metrics import Histogram
 from fit_serve.model import MODEL_NAME, FitModel, Outcome
 from fit_serve.retry import RETRIED, ATTEMPTS, call_with_retry
 
@@ -284,7 +285,7 @@ def build(args: Optional[dict] = None):
     """The Serve application for ``args`` (ServeConfig fields): the application builder that ``serve run`` /
     ``serve deploy`` call through the config's ``import_path``."""
     config = ServeConfig.from_dict(args)
-    shutdown = {"graceful_shutdown_timeout_s": config.drain_s}
+    shutdown = config.drain_options
     model = FitModel.options(
         num_replicas=config.replicas,
         max_ongoing_requests=config.max_ongoing_requests,

@@ -14,6 +14,7 @@ from engines.backends import resolve_backend_name
 from engines.pipeline import Limits
 
 API_KEY_ENV = "FIT_SERVE_API_KEY"
+DRAIN_CHECK_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,13 @@ class ServeConfig:
     # steps where the image has long converged.
     max_steps: int = 1000
     max_cfg: float = 1000.0
+    max_cost: Optional[int] = None          # one image's evaluations x tokens (engines.request.image_cost)
     ingress_replicas: int = 1               # HTTP ingress replicas (they read bodies, check keys, route, retry)
     body_timeout_s: float = 10.0            # a request body not received within this is refused (408)
     max_images: int = 4                     # n of POST /v1/images/generations
     max_jobs: int = 64                      # jobs stored (running and finished) before POST /v1/jobs answers 503
     job_ttl_s: float = 600.0                # how long a finished job's result is kept
-    drain_s: float = 20.0                   # on shutdown, how long replicas may finish the requests they hold
+    drain_s: float = 30.0                   # on shutdown, how long replicas may finish the requests they hold
     api_key_env: Optional[str] = None       # environment variable holding an API key (never the key itself)
     api_keys_file: Optional[str] = None     # file of API keys, one per line (# comments)
 
@@ -65,12 +67,12 @@ class ServeConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise ValueError(f"{name} must be a non-empty string, got {value!r}")
-        Limits(self.max_steps, self.max_cfg)            # raises ValueError when out of range
+        self.limits                                     # raises ValueError when out of range
 
     @property
     def limits(self) -> Limits:
         """The server's policy limits of a request, as engines.prepare takes them."""
-        return Limits(self.max_steps, self.max_cfg)
+        return Limits(self.max_steps, self.max_cfg, self.max_cost)
 
     @classmethod
     def from_dict(cls, data: Optional[dict]) -> "ServeConfig":
@@ -83,6 +85,13 @@ class ServeConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def drain_options(self) -> dict:
+        """Ray Serve's shutdown settings of a deployment: a replica being stopped waits until it holds no request,
+        checking every DRAIN_CHECK_S, at most drain_s."""
+        return {"graceful_shutdown_timeout_s": self.drain_s,
+                "graceful_shutdown_wait_loop_s": min(DRAIN_CHECK_S, self.drain_s)}
 
     @property
     def max_ongoing_requests(self) -> int:

@@ -1,14 +1,15 @@
 """Run the fit-serve application on Ray: check the package before Ray starts, start a local Ray (or join a cluster),
-deploy, serve until Ctrl-C or SIGTERM, then shut down what was started (docs/serving.md).
+deploy, serve until Ctrl-C or SIGTERM, then drain and shut down what was started (docs/serving.md).
 
     manifest = check_package(config)
     with running(config, "127.0.0.1", 8000):        # Ray up, application deployed
-        ...                                         # Ctrl-C or SIGTERM: KeyboardInterrupt here, then shutdown
+        ...                                         # Ctrl-C or SIGTERM: KeyboardInterrupt here, then drain
 
 Imports Ray (the ``serve`` extra); never torch.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
@@ -37,6 +38,11 @@ class LaunchError(Exception):
         self.parameter = parameter
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: a KeyboardInterrupt, so that whatever stops on Ctrl-C stops on it too; the command line
+    exits 143 instead of 130."""
+
+
 def check_package(config: ServeConfig, verify: bool = True) -> Manifest:
     """The package and transformer variant every replica will open, checked here so that a damaged package or a
     wrong precision is one error now, not a replica failing in Ray. ``verify``: also check the sha256 of the files
@@ -62,28 +68,93 @@ def check_port(host: str, port: int) -> None:
         raise LaunchError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
 
 
+def use_token_if_given() -> None:
+    """Join a token-authenticated cluster with the token at hand. Ray 2.60 sends its token (``RAY_AUTH_TOKEN``,
+    the file ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``) only in token mode, which it turns on by itself for a
+    cluster it starts or finds on this machine, but not for an address given; so turn it on here, unless
+    ``RAY_AUTH_MODE`` says otherwise."""
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def metrics_on_loopback(host: str, metrics_host: Optional[str]) -> bool:
+    """Whether a local Ray must keep its metrics endpoint on 127.0.0.1, where ``metrics_host`` (default: the HTTP
+    ``host``) asks for it. Ray's exporter listens on 127.0.0.1 when the node's IP is a loopback address and on
+    every interface otherwise, so: a loopback host -> True; 0.0.0.0 or :: -> False (every interface); another
+    single address -> True by default, refused when asked for explicitly (Ray cannot listen there alone)."""
+    chosen = host if metrics_host is None else metrics_host
+    if chosen in ("0.0.0.0", "::"):
+        return False
+    try:
+        loopback = chosen == "localhost" or ipaddress.ip_address(chosen).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and metrics_host is not None:
+        raise LaunchError(f"metrics_host {metrics_host}: Ray's metrics endpoint listens either on 127.0.0.1 or on "
+                          f"every interface (0.0.0.0)", parameter="metrics_host")
+    return True
+
+
+@contextmanager
+def loopback_node(enabled: bool) -> Iterator[None]:
+    """Inside the block (when ``enabled``) a Ray started here takes 127.0.0.1 as its node IP, so that its ports,
+    the metrics endpoint among them, listen on the loopback interface only. Ray does this on macOS and Windows;
+    on Linux ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` asks for it (read by this process's ray_constants and by the
+    Ray processes it starts)."""
+    if not enabled:
+        yield
+        return
+    from ray._private import ray_constants
+
+    before = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if before[0] is None:
+            os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
+        else:
+            os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = before[0]
+        ray_constants.ENABLE_RAY_CLUSTER = before[1]
+
+
 @contextmanager
 def running(config: ServeConfig, host: str, port: int, address: Optional[str] = None,
-            metrics_port: Optional[int] = None) -> Iterator[None]:
-    """Inside the block the application serves http://host:port: on a local Ray started here (enough CPUs for the
-    replicas; Prometheus metrics on ``metrics_port``), or on the cluster at ``address`` / RAY_ADDRESS. SIGTERM
-    raises KeyboardInterrupt inside the block, as Ctrl-C does. On leaving, Ray Serve lets in-flight requests finish
-    (up to its graceful shutdown timeout), then a local Ray shuts down with all its processes; a cluster only loses
-    the application. Raises LaunchError when it cannot start."""
+            metrics_port: Optional[int] = None, metrics_host: Optional[str] = None) -> Iterator[None]:
+    """Inside the block the application serves http://host:port: on a local Ray started here (its own, whatever
+    other cluster runs on the machine; enough CPUs for the replicas; Prometheus metrics on ``metrics_port`` at
+    ``metrics_host``, see :func:`metrics_on_loopback`), or on the cluster at ``address`` / RAY_ADDRESS (with the Ray
+    token at hand, :func:`use_token_if_given`). SIGTERM raises :class:`Terminated` inside the block, Ctrl-C
+    KeyboardInterrupt. On leaving, the application is deleted first: its replicas finish the requests they hold
+    (at most ``config.drain_s``) while the proxies deliver the answers; then a local Ray shuts down with all its
+    processes; a cluster only loses the application. Raises LaunchError when it cannot start."""
     joined = address is not None or bool(os.environ.get("RAY_ADDRESS"))
-    if joined:
-        if metrics_port is not None:
-            raise LaunchError("metrics_port applies to a local Ray; a cluster's ports are set by ray start",
-                              parameter="metrics_port")
-        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
-    else:
-        check_port(host, port)
-        cpus = max(os.cpu_count() or 1, int(-(-config.replicas * config.replica_cpus // 1)))
-        ray.init(num_cpus=cpus, include_dashboard=False, namespace=NAMESPACE, log_to_driver=False,
-                 _metrics_export_port=metrics_port)
+    if joined and (metrics_port is not None or metrics_host is not None):
+        name = "metrics_port" if metrics_port is not None else "metrics_host"
+        raise LaunchError(f"{name} applies to a local Ray; a cluster's ports are set by ray start", parameter=name)
+    with loopback_node(not joined and metrics_on_loopback(host, metrics_host)):
+        if joined:
+            use_token_if_given()
+            ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+        else:
+            check_port(host, port)
+            cpus = max(os.cpu_count() or 1, int(-(-config.replicas * config.replica_cpus // 1)))
+            # "local": a Ray of its own, also when another cluster runs here or a stopped one left its address file
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False, namespace=NAMESPACE,
+                     log_to_driver=False, _metrics_export_port=metrics_port)
+        with serving(config, host, port, joined):
+            yield
+
+
+@contextmanager
+def serving(config: ServeConfig, host: str, port: int, joined: bool) -> Iterator[None]:
+    """The application deployed on the Ray this process is connected to, inside the block; on leaving, drained and
+    deleted (``joined``: Serve itself stays up), then Ray disconnected (a local Ray shuts down)."""
 
     def stop(_signum, _frame):
-        raise KeyboardInterrupt
+        raise Terminated
 
     signal.signal(signal.SIGTERM, stop)             # after ray.init, which installs its own handler
     try:
@@ -97,12 +168,13 @@ def running(config: ServeConfig, host: str, port: int, address: Optional[str] = 
                               + (text.splitlines()[0] if text else type(cause).__name__)) from None
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)    # a second Ctrl-C must not cut the shutdown short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)   # a second signal must not cut the drain short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            if joined:
-                serve.delete(APP_NAME)
-            else:
+            # Deleting the application first drains it: its replicas finish the requests they hold (at most
+            # drain_s), the proxies stay up to deliver the answers; only then does Serve itself stop.
+            serve.delete(APP_NAME)
+            if not joined:
                 serve.shutdown()
         finally:
             ray.shutdown()

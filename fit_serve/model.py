@@ -20,13 +20,14 @@ from dataclasses import asdict, dataclass
 from typing import AsyncIterator, Callable, Optional
 
 from ray import serve
-from ray.serve.metrics import Gauge, Histogram
+from ray.serve.metrics import Gauge
 
 from engines.pipeline import Job, load
 from engines.png import png_bytes
 from fit_serve.api import BadRequest, model_info, resolve
 from fit_serve.batching import Item, bucket_budget, group_key, padded_tokens, plan_calls
 from fit_serve.config import ServeConfig
+from fit_serve.metrics import Histogram
 
 MODEL_NAME = "FitModel"
 

@@ -9,7 +9,8 @@ import engines
 from cli.common import render
 from engines.backends import create_backend
 from engines.pipeline import GenerationError, Job, Limits, Request
-from engines.sampler import MAX_STEPS
+from engines.request import image_cost, max_evaluations
+from engines.sampler import MAX_STEPS, SAMPLERS
 from fit_serve.api import BadRequest, model_info, parse_body, resolve
 
 
@@ -100,9 +101,60 @@ def test_server_policy_limits_read_as_the_engines_own(pipe):
     assert resolve(pipe, parse_body(b'{"steps": 1001}'), Limits()).settings.sampler.steps == 1001
     with pytest.raises(GenerationError, match=f"from 1 to {MAX_STEPS:,}"):
         pipe.prepare(32, 32, steps=MAX_STEPS + 1)
-    assert model_info(pipe, policy)["limits"] == {"max_steps": 1000, "max_cfg": 20.0, "max_body_bytes": 16384}
+    assert model_info(pipe, policy)["limits"] == {"max_steps": 1000, "max_cfg": 20.0, "max_cost": None,
+                                                  "max_body_bytes": 16384}
     with pytest.raises(ValueError, match="max_steps"):
         Limits(max_steps=MAX_STEPS + 1)
+
+
+@pytest.mark.parametrize("method", SAMPLERS)
+def test_max_evaluations_counts_the_network_calls_of_each_sampler(method):
+    """The fixed-step samplers call the network exactly max_evaluations times; dopri5 at most 2 + 6 per attempted
+    step: run with a step limit of 3 and a tolerance no step meets, it makes exactly 2 + 6 x 3 calls."""
+    import numpy as np
+
+    from engines import sampler as samplers
+
+    calls = []
+
+    def velocity(x, t):
+        calls.append(t)
+        return -x
+
+    x = np.ones((1, 4, 2), dtype=np.float32)
+    if method == "dopri5":
+        with pytest.raises(RuntimeError, match="did not reach t = 1 in 3 steps"):
+            samplers.dopri5(velocity, x, atol=1e-30, rtol=1e-30, max_steps=3)
+        assert len(calls) == 2 + 6 * 3
+        assert max_evaluations(samplers.SamplerSettings("dopri5")) == 2 + 6 * MAX_STEPS   # the limit integrate uses
+    else:
+        settings = samplers.SamplerSettings(method, steps=5)
+        samplers.integrate(velocity, x, settings, draw=lambda shape: np.zeros(shape, dtype=np.float32))
+        assert len(calls) == max_evaluations(settings) == (10 if method == "heun" else 5)
+
+
+def test_cost_limit_is_refused_by_the_engine_before_any_work(pipe):
+    """Cost of an image = evaluations x tokens, x 2 when guidance runs the cond/uncond halves (a class given)."""
+    default = pipe.settings()                                     # ab2 16 steps, guidance 4
+    assert image_cost(25, default, conditional=False) == 16 * 25 and image_cost(25, default, True) == 16 * 25 * 2
+    policy = Limits(max_cost=800)
+    assert len(pipe.prepare(80, 80, "star", limits=policy)) == 1                       # exactly at the limit
+    assert pipe.prepare(80, 80, "star", steps=32, cfg=1, limits=policy)                 # guidance off: no halves
+    assert pipe.prepare(80, 80, None, steps=32, limits=policy)                          # unconditional: no halves
+    with pytest.raises(BadRequest) as err:
+        resolve(pipe, parse_body(b'{"class": "star", "steps": 17}'), policy)
+    assert err.value.status == 422 and str(err.value) == (
+        "this request costs 850 (17 network evaluations x 25 tokens x 2 (guidance)), more than the limit of 800; "
+        "ask for fewer steps, a smaller size or another sampler")
+    with pytest.raises(GenerationError, match=r"^this request costs 1,500,050 \(60,002 network evaluations at most "
+                                              r"\(dopri5\) x 25 tokens\), more than the limit of 1,500,049;"):
+        pipe.prepare(80, 80, sampler="dopri5", limits=Limits(max_cost=1_500_049))
+    assert pipe.prepare(80, 80, sampler="dopri5", limits=Limits(max_cost=1_500_050))
+    assert pipe.prepare(128, 128, 1, sampler="dopri5", cfg=1000)                         # the engine: no cost limit
+    assert model_info(pipe, policy)["limits"]["max_cost"] == 800
+    for bad in (0, 2.5, True, "800"):
+        with pytest.raises(ValueError, match="max_cost"):
+            Limits(max_cost=bad)
 
 
 def test_threads_reach_every_backend_that_takes_them(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import { MANIFEST_NAME } from './manifest.js';
 import { SEED_LIMIT, checkSeed, normals, sdeDraw } from './noise.js';
 import { fetchIO, loadManifest } from './package.js';
 import { asFloat, formatG, pyRepr, pyTypeName } from './params.js';
-import { ENGINE_LIMITS, GenerationError, GenerationSettings, Jobs } from './request.js';
+import { ENGINE_LIMITS, GenerationError, GenerationSettings, Jobs, checkCost } from './request.js';
 import { EXTRAPOLATIONS, METHODS, canonicalExtrapolation, extrapolationName, withMethod } from './rope.js';
 import { SAMPLERS, SHIFTED, SettingError, checkCfg, checkSteps, checkTimeShift, guide, integrate } from './sampler.js';
 import { OnnxRuntimeBackend } from './session.js';
@@ -319,7 +319,7 @@ export class FitPipeline {
    * nearest valid one. label: a class id, a class name, null (unconditional), or several (an array, or names and
    * ids separated by commas) cycled over the images. Image `i` (0-based) has seed `seed + i` (a number, BigInt or
    * digit string). steps, sampler, cfg, extrapolation, timeShift: absent for the package's. Checks, in order: num,
-   * size, classes, seeds, settings (docs/runtime-spec.md §2).
+   * size, classes, seeds, settings (docs/runtime-spec.md §2), then the cost of an image against `limits.maxCost`.
    * @param {{width?: any, height?: any, label?: any, seed?: any, num?: any, snap?: boolean, steps?: any,
    *   sampler?: any, cfg?: any, extrapolation?: any, timeShift?: any,
    *   limits?: import('./request.js').Limits}} [request]
@@ -345,6 +345,7 @@ export class FitPipeline {
         'seed', { mentions: ['num'] });
     }
     const settings = this.settings({ steps, sampler, cfg, extrapolation, timeShift, limits });
+    checkCost(this.tokens(w, h), settings, labels.some((label) => label !== null), limits);
     return new Jobs(w, h, labels, first, Number(num), settings);
   }
 

@@ -34,16 +34,18 @@ export class GenerationError extends SettingError {
 }
 
 /**
- * The largest step count and guidance scale a request may ask for. The engine's own limits are the defaults
- * (MAX_STEPS, MAX_CFG of sampler.js); a server may set lower ones as its policy, and its refusals then read exactly
- * as the engine's, with its numbers.
+ * The largest step count and guidance scale a request may ask for, and the largest cost of one of its images
+ * ({@link imageCost}; null: no limit). The engine's own limits are the defaults (MAX_STEPS, MAX_CFG of sampler.js;
+ * no cost limit); a server may set lower ones as its policy, and its refusals then read exactly as the engine's,
+ * with its numbers.
  */
 export class Limits {
   /**
    * @param {number} [maxSteps] a whole number from 1 to MAX_STEPS
    * @param {number} [maxCfg] a number from 0 to MAX_CFG
+   * @param {number|null} [maxCost] a whole number of at least 1, or null
    */
-  constructor(maxSteps = MAX_STEPS, maxCfg = MAX_CFG) {
+  constructor(maxSteps = MAX_STEPS, maxCfg = MAX_CFG, maxCost = null) {
     if (pyTypeName(maxSteps) !== 'int' || !(maxSteps >= 1 && maxSteps <= MAX_STEPS)) {
       throw new RangeError(`max_steps must be a whole number from 1 to ${MAX_STEPS.toLocaleString('en-US')}, got `
         + `${pyRepr(maxSteps)}`);
@@ -51,8 +53,12 @@ export class Limits {
     if (typeof maxCfg !== 'number' || !(maxCfg >= 0 && maxCfg <= MAX_CFG)) {
       throw new RangeError(`max_cfg must be a number from 0 to ${formatG(MAX_CFG)}, got ${pyRepr(maxCfg)}`);
     }
+    if (maxCost !== null && (pyTypeName(maxCost) !== 'int' || !(maxCost >= 1))) {
+      throw new RangeError(`max_cost must be a whole number of at least 1 or null, got ${pyRepr(maxCost)}`);
+    }
     this.maxSteps = Number(maxSteps);
     this.maxCfg = maxCfg;
+    this.maxCost = maxCost === null ? null : Number(maxCost);
     Object.freeze(this);
   }
 }
@@ -163,5 +169,50 @@ export class Jobs {
 
   *[Symbol.iterator]() {
     for (let i = 0; i < this.num; i++) yield this.at(i);
+  }
+}
+
+/**
+ * Network evaluations of one sampling loop, at most: the fixed-step samplers' own count (euler, ab2, unipc, sde:
+ * steps; heun: 2 x steps); dopri5's worst case under the step limit it runs with (MAX_STEPS, sampler.js dopri5): 2
+ * (the first velocity and the initial step size), then 6 per attempted step, accepted or rejected.
+ * @param {import('./sampler.js').SamplerSettings} sampler
+ * @returns {number}
+ */
+export function maxEvaluations(sampler) {
+  if (sampler.method === 'dopri5') return 2 + 6 * MAX_STEPS;
+  return sampler.method === 'heun' ? 2 * sampler.steps : sampler.steps;
+}
+
+/**
+ * The network work of one image, in token evaluations: {@link maxEvaluations} x its tokens ((W/g) x (H/g) for the
+ * pixel granularity g), x 2 when the network runs the cond and uncond halves (guidance on and `conditional`: a
+ * class given). Batching and padding are left out: the cost of a request is its own.
+ * @param {number} tokens
+ * @param {GenerationSettings} settings
+ * @param {boolean} conditional
+ * @returns {number}
+ */
+export function imageCost(tokens, settings, conditional) {
+  return maxEvaluations(settings.sampler) * tokens * (settings.guided && conditional ? 2 : 1);
+}
+
+/**
+ * GenerationError when an image costs more than `limits.maxCost` ({@link imageCost}).
+ * @param {number} tokens
+ * @param {GenerationSettings} settings
+ * @param {boolean} conditional
+ * @param {Limits} limits
+ */
+export function checkCost(tokens, settings, conditional, limits) {
+  if (limits.maxCost === null) return;
+  const cost = imageCost(tokens, settings, conditional);
+  if (cost > limits.maxCost) {
+    const n = (value) => value.toLocaleString('en-US');
+    const bound = settings.sampler.method === 'dopri5' ? ' at most (dopri5)' : '';
+    const halves = settings.guided && conditional ? ' x 2 (guidance)' : '';
+    throw new GenerationError(`this request costs ${n(cost)} (${n(maxEvaluations(settings.sampler))} network `
+      + `evaluations${bound} x ${tokens} tokens${halves}), more than the limit of ${n(limits.maxCost)}; ask for fewer `
+      + 'steps, a smaller size or another sampler');
   }
 }

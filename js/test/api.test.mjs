@@ -94,6 +94,12 @@ test('prepare names the parameter at fault, the others it mentions and the optio
     [{ label: 'star,bogus' }, null, "unknown class 'bogus' (ids 0..7)"],
     [{ steps: 1001, limits: new Limits(1000, 20) }, 'steps', 'steps must be a whole number from 1 to 1,000, got 1001'],
     [{ cfg: 21, limits: new Limits(1000, 20.5) }, 'cfg', 'cfg must be a number from 0 to 20.5, got 21'],
+    [{ width: 80, height: 80, label: 'star', steps: 17, limits: new Limits(1000, 1000, 800) }, null,
+      'this request costs 850 (17 network evaluations x 25 tokens x 2 (guidance)), more than the limit of 800; ask for '
+      + 'fewer steps, a smaller size or another sampler'],
+    [{ width: 80, height: 80, sampler: 'dopri5', limits: new Limits(1000, 1000, 1500049) }, null,
+      'this request costs 1,500,050 (60,002 network evaluations at most (dopri5) x 25 tokens), more than the limit of '
+      + '1,500,049; ask for fewer steps, a smaller size or another sampler'],
   ];
   for (const [request, parameter, message] of cases) {
     assert.throws(() => pipe.prepare({ width: 32, height: 32, ...request }),
@@ -104,6 +110,10 @@ test('prepare names the parameter at fault, the others it mentions and the optio
   assert.throws(() => pipe.prepare({ width: 90, height: 64 }), (err) => err.hint === 'snap' && err.parameter === null);
   assert.equal(pipe.prepare({ width: 90, height: 64, snap: true }).at(0).request.width, 96);
   assert.throws(() => new Limits(10001), /^RangeError: max_steps must be a whole number from 1 to 10,000, got 10001$/);
+  assert.throws(() => new Limits(1000, 1000, 0), /^RangeError: max_cost must be a whole number of at least 1 or null/);
+  assert.equal(pipe.prepare({ width: 80, height: 80, label: 'star', limits: new Limits(1000, 1000, 800) }).length, 1);
+  assert.equal(pipe.prepare({ width: 80, height: 80, sampler: 'dopri5', limits: new Limits(1000, 1000, 1500050) })
+    .length, 1);
   await pipe.release();
 });
 
