@@ -80,6 +80,22 @@ describe('web page in headless Chromium', { skip: reason ?? false }, () => {
       /^Cannot open the model: the package has no fp16 transformer that onnxruntime can run; it holds fp32, ort, int8, ov$/);
   });
 
+  test('?bench=2 times two more runs of the request: per-step, decode and image times in the status line', async () => {
+    const other = await chromium.browser.newPage();
+    await other.goto(`${server.url}?ep=wasm&bench=2`);
+    await other.waitForFunction(() => ['ready', 'failed'].includes(document.body.dataset.state), { timeout: 60000 });
+    const result = await generateInPage(other, { width: 96, height: 64, steps: 3, sampler: 'euler' });
+    assert.equal(result.state, 'done', result.status);
+    assert.match(result.status, /^96×64 in [\d.]+ s on WASM; bench, 2 more runs of 96×64 euler on WASM: step [\d.]+ ms \(median of 6; min [\d.]+ ms\), decode [\d.]+ ms, image [\d.]+ s$/);
+    const runs = await other.evaluate(() => globalThis.fitPage.bench);
+    assert.equal(runs.length, 2);
+    for (const times of runs) {
+      assert.equal(times.length, 4);                          // the end of each of the 3 steps, then of the image
+      assert.ok(times.every((t, i) => t > (i ? times[i - 1] : 0)), String(times));
+    }
+    await other.close();
+  });
+
   test('a missing package is one message on the page', async () => {
     const other = await chromium.browser.newPage();
     await other.goto(`${server.url}?package=/missing/`);
