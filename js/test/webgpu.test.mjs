@@ -65,6 +65,7 @@ describe('web page on WebGPU in headless Chromium', { skip: reason ?? false }, (
     const state = await page.evaluate(() => ({ ep: globalThis.fitPage.executionProvider,
       decoder: globalThis.fitPage.decoderExecutionProvider, variant: globalThis.fitPage.pipeline.variant.name,
       status: document.getElementById('status').textContent }));
+    console.log(`# ${state.status}`);
     assert.deepEqual({ ...state, status: undefined }, { ep: 'webgpu', decoder: 'webgpu', variant: 'ort', status: undefined });
     assert.match(state.status, /^Model loaded in [\d.]+ s \(transformer ort on WebGPU \(.*, no shader-f16\); decoder on WebGPU\)\.$/);
   });
@@ -72,7 +73,7 @@ describe('web page on WebGPU in headless Chromium', { skip: reason ?? false }, (
   let sessions = null;
   for (const [width, height, extrapolation] of [[96, 64, ''], [128, 128, 'vision-ntk']]) {
     for (const sampler of [...new Set(['euler', DEFAULT_SAMPLER])]) {
-      test(`${width}x${height} ${extrapolation || 'package default'} ${sampler} matches fit-run within ${MIN_DB} dB`, async () => {
+      test(`${width}x${height} ${extrapolation || 'default RoPE'} ${sampler} matches fit-run within ${MIN_DB} dB`, async () => {
         if (!sessions) {            // the sessions and the package files of the first image serve every size
           await page.evaluate(() => { globalThis.firstSessions = [globalThis.fitPage.pipeline.backend.session,
             globalThis.fitPage.pipeline.vae.session]; });
@@ -113,6 +114,7 @@ describe('web page on WebGPU in headless Chromium', { skip: reason ?? false }, (
     assert.equal(await page.evaluate(() => globalThis.fitPage.loseDevice()), true);
     await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.state), { timeout: 300000 });
     const status = await page.$eval('#status', (el) => el.textContent);
+    console.log(`# ${status}`);
     assert.equal(await page.evaluate(() => document.body.dataset.state), 'done', status);
     assert.match(status, /^96×64 in [\d.]+ s on WASM \(not on WebGPU: the WebGPU device was lost \(.+\)\)$/);
     assert.equal(await page.evaluate(() => globalThis.fitPage.executionProvider), 'wasm');
