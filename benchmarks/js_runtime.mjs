@@ -3,6 +3,7 @@
  * Node vs Python runtime on the default model, and the web page in headless Chromium.
  *
  *   node benchmarks/js_runtime.mjs [--repeat 5] [--page-runs 3] [--page-only] [--optimization disabled,all] [--cpu]
+ *     [--threads 1,2] [--ep wasm,auto]
  *
  * Same settings everywhere: 96x64, class star, seed 0, the package's sampler and guidance.
  * Rows: whole process (`fit-run` vs `node js/bin/fit-run.mjs`), warm call (one more image from a loaded
@@ -14,8 +15,10 @@
  * Python rows; --optimization adds page rows per ONNX Runtime graph optimization level (?optimization=; default:
  * the page's own default). --cpu adds where the CPU time goes (Linux /proc): for each page open, how busy the
  * machine is and the CPU seconds of Chromium's threads while the freshly launched browser settles, while the page
- * loads and while it makes its first image (median over the opens). Needs .venv-core, `npm ci --prefix js` and
- * Debian's chromium.
+ * loads and while it makes its first image (median over the opens). --threads: the WASM thread counts of the page
+ * rows (default 1,2). --ep adds page rows per ?ep= (`auto`: none given); the browser runs with its GPU disabled, so
+ * `auto` measures what looking for a WebGPU adapter costs a page that then runs on WASM. Needs .venv-core,
+ * `npm ci --prefix js` and Debian's chromium.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
@@ -33,6 +36,8 @@ const pageRuns = Number(option('--page-runs')) || 3;
 const pageOnly = process.argv.includes('--page-only');
 const cpuProfile = process.argv.includes('--cpu');
 const levels = option('--optimization')?.split(',') ?? [null];
+const eps = option('--ep')?.split(',') ?? [null];
+const threadCounts = option('--threads')?.split(',').map(Number) ?? [1, 2];
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const ms = (x) => `${(x * 1000).toFixed(0)} ms`;
 /** "median (min–max)" of seconds. */
@@ -88,8 +93,8 @@ if (CHROMIUM) {
   const puppeteer = await loadPuppeteer();
   const server = await startFitWeb();
   const settings = { width: 96, height: 64, class: 7, seed: 0 };
-  cases = [1, 2].flatMap((threads) => levels.map((level) => ({ threads, level, load: [], first: [], warm: [],
-    phases: { 'browser start (launch to settled)': [], 'open to ready': [], 'first image': [] } })));
+  cases = threadCounts.flatMap((threads) => levels.flatMap((level) => eps.map((ep) => ({ threads, level, ep, load: [],
+    first: [], warm: [], phases: { 'browser start (launch to settled)': [], 'open to ready': [], 'first image': [] } }))));
   /** CPU use between two snapshots: {wall s, busy % of the machine, CPU s per thread group}. */
   const snapshot = (profile) => ({ at: performance.now(), machine: machineTicks(), threads: cpuByThread(profile) });
   function phase(a, b) {
@@ -112,7 +117,8 @@ if (CHROMIUM) {
     await settleBrowser(chromium);
     const settled = cpuProfile && snapshot(chromium.profile);
     const start = performance.now();
-    await page.goto(`${server.url}?threads=${c.threads}${c.level ? `&optimization=${c.level}` : ''}`);
+    await page.goto(`${server.url}?threads=${c.threads}${c.level ? `&optimization=${c.level}` : ''}`
+      + `${c.ep && c.ep !== 'auto' ? `&ep=${c.ep}` : ''}`);
     await page.waitForFunction(() => document.body.dataset.state === 'ready', { timeout: 120000, polling: 'mutation' });
     c.load.push((performance.now() - start) / 1000);
     const ready = cpuProfile && snapshot(chromium.profile);
@@ -136,7 +142,8 @@ if (CHROMIUM) {
   }
   for (let run = 0; run < pageRuns; run++) for (const c of cases) await open(c, run);
   for (const c of cases) {
-    browserRows.push([c.level ? `${c.threads}, optimization ${c.level}` : c.threads, stat(c.load), stat(c.first),
+    const label = [c.threads, c.level && `optimization ${c.level}`, c.ep && `ep ${c.ep}`].filter(Boolean).join(', ');
+    browserRows.push([label, stat(c.load), stat(c.first),
       stat(c.warm), c.isolated ? 'yes' : 'no']);
   }
   server.stop();

@@ -248,11 +248,14 @@ class TransformerSection(_Section):
     def default(self) -> VariantSection:
         return self.variant(self.default_variant or self.precision)
 
-    def select(self, backend: str, precision: Optional[str] = None, tuned: bool = True) -> VariantSection:
+    def select(self, backend: str, precision: Optional[str] = None, tuned: bool = True,
+               fp16: bool = False) -> VariantSection:
         """The variant ``backend`` runs for ``precision``: a variant name, a precision (``fp32``, ``int8``, ...),
         or None for the package default. Among the variants of a precision the backend prefers the one made for it
         (``runtime`` equal to its name: the ONNX Runtime-tuned copy) unless ``tuned`` is False; a variant made for
-        another runtime is never chosen. Raises PackageError naming what the package holds."""
+        another runtime is never chosen. ``fp16``: the device computes in float16 natively (a WebGPU adapter with
+        ``shader-f16``), so with no precision asked for an fp32 default gives way to an fp16 variant the backend
+        may run. Raises PackageError naming what the package holds."""
         runnable = [v for v in self.all_variants() if v.runtime in (None, backend)]
         names = ", ".join(v.name for v in self.all_variants())
         if precision is None:
@@ -260,7 +263,9 @@ class TransformerSection(_Section):
             if wanted.runtime not in (None, backend):             # tuned for another runtime: the same numbers
                 wanted = self.base if self.base.precision == wanted.precision else wanted
             precision = wanted.precision
-            if wanted.runtime == backend and tuned:
+            if fp16 and precision == "fp32" and any(v.precision == "fp16" for v in runnable):
+                precision = "fp16"
+            elif wanted.runtime == backend and tuned:
                 return wanted
         elif precision not in VARIANT_PRECISIONS:        # a variant name (an unknown one is refused by name)
             chosen = self.variant(precision)

@@ -48,6 +48,20 @@ def test_selection_rules():
         t.select("onnxruntime", "fp16")
 
 
+def test_a_device_with_float16_prefers_an_fp16_variant_only_when_nothing_is_asked_for():
+    fp16 = {"name": "fp16", "file": "transformer.fp16.onnx", "precision": "fp16"}
+    t = Manifest.from_dict(doc_with([ORT, INT8_ORT, fp16])).transformer
+    assert t.select("onnxruntime", fp16=True).name == "fp16"
+    assert t.select("onnxruntime").name == "ort"                   # no float16 on the device: the fp32 default
+    assert t.select("onnxruntime", "fp32", fp16=True).name == "ort"  # asked for: what was asked for
+    assert t.select("onnxruntime", "int8", fp16=True).name == "int8"
+    int8_default = Manifest.from_dict(doc_with([ORT, INT8_ORT, fp16], default="int8")).transformer
+    assert int8_default.select("onnxruntime", fp16=True).name == "int8"     # only an fp32 default gives way
+    openvino_only = Manifest.from_dict(doc_with([ORT, dict(fp16, runtime="openvino")])).transformer
+    assert openvino_only.select("onnxruntime", fp16=True).name == "ort"     # never one made for another runtime
+    assert Manifest.from_dict(doc_with([ORT])).transformer.select("onnxruntime", fp16=True).name == "ort"
+
+
 def test_default_variant_is_honoured_by_every_runtime():
     t = Manifest.from_dict(doc_with([ORT, INT8_ORT, INT8_ANY], default="int8")).transformer
     assert t.select("onnxruntime").name == "int8"

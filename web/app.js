@@ -1,26 +1,42 @@
 /**
  * The FiT web page: the js/ core on onnxruntime-web. The page is served by `fit-web` (or any static host that sends
- * the headers in docs/javascript.md); query parameters: ?package=URL (default /package/), ?threads=N (WASM threads),
- * ?precision=NAME (a transformer variant or precision, as fit-run --precision; default: the package's default variant),
- * ?optimization=disabled|basic|extended|all (ONNX Runtime graph optimization, default disabled: the first image comes
- * 0.2-0.4 s sooner on a 2-core CPU, with the default model's pixels and warm speed unchanged, as its transformer
- * variant is fused at export; `all` may run a package without such a variant faster once loaded).
+ * the headers in docs/javascript.md); query parameters: ?package=URL (default /package/), ?ep=webgpu|wasm (where the
+ * graphs run; default WebGPU when the browser offers an adapter, else WASM), ?threads=N (WASM threads),
+ * ?precision=NAME (a transformer variant or precision, as fit-run --precision; default: the package's default
+ * variant, its fp16 variant on a WebGPU adapter with shader-f16), ?optimization=disabled|basic|extended|all (ONNX
+ * Runtime graph optimization, default disabled: the first image comes 0.2-0.4 s sooner on a 2-core CPU, with the
+ * default model's pixels and warm speed unchanged, as its transformer variant is fused at export; `all` may run a
+ * package without such a variant faster once loaded), ?bench=N (after each image, N more of the same request, and
+ * their per-step and decoding times in the status line).
+ *
+ * WebGPU runs on onnxruntime-web's WebGPU build (/ort/ort.webgpu.min.mjs, imported only when an adapter exists);
+ * WASM on its WASM build. When WebGPU cannot be used (no adapter, a session it cannot create, the device lost, a
+ * failed run) the page runs on WASM and the status line says why.
  */
-import * as ort from '/ort/ort.wasm.min.mjs';
-import { FitPipeline, SAMPLERS, fetchIO, pngBytes } from '/js/src/index.js';
-import { pyNumber } from '/js/src/params.js';
+import * as ortWasm from '/ort/ort.wasm.min.mjs';
+import { FitPipeline, GenerationError, SAMPLERS, fetchIO, pngBytes } from '/js/src/index.js';
+import { pyNumber, pyRepr } from '/js/src/params.js';
 
 const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
 const status = (text, error = false) => { $('status').textContent = text; $('status').className = error ? 'error' : ''; };
+const seconds = (ms) => `${(ms / 1000).toFixed(2)} s`;
+const milliseconds = (ms) => `${ms < 10 ? ms.toFixed(1) : Math.round(ms)} ms`;
 
-ort.env.wasm.wasmPaths = '/ort/';
+/** Where the graphs can run, in the order the page tries them. */
+const EXECUTION_PROVIDERS = ['webgpu', 'wasm'];
+const EP_LABELS = { webgpu: 'WebGPU', wasm: 'WASM' };
+
 // Threads need cross-origin isolation: then one per core, at most 4 (on 2 cores, 2 threads gave a warm image 1.5x
 // sooner than 1; see docs/javascript.md, Speed).
 const threadsByDefault = globalThis.crossOriginIsolated ? Math.max(1, Math.min(4, navigator.hardwareConcurrency || 1)) : 1;
-ort.env.wasm.numThreads = Number(query.get('threads') ?? threadsByDefault);
+const threads = Number(query.get('threads') ?? threadsByDefault);
 
 let pipe = null;
+/** Where `pipe` runs: {ep, ort, adapter, device, lost (the device's loss, once it happened), fallback (why not WebGPU),
+ * decoderEp, decoderFallback}. */
+let running = null;
+let decoderReady = Promise.resolve();
 let last = null;
 let busy = false;
 
@@ -70,6 +86,145 @@ function show(image) {
   canvas.getContext('2d').putImageData(new ImageData(rgba, image.width, image.height), 0, 0);
 }
 
+// -- where the graphs run ---------------------------------------------------------------------------------------
+
+/** Why a WebGPU failure happened, as the status line says it: the device lost, memory, an operator, or ORT's line.
+ * A run on a lost device may fail before the loss is reported: the report is awaited for up to 200 ms. */
+async function gpuFailure(err) {
+  const device = running?.ep === 'webgpu' ? running.device : null;
+  if (device) await Promise.race([device.lost, new Promise((resolve) => { setTimeout(resolve, 200); })]);
+  if (device && running.lost) return `the WebGPU device was lost (${running.lost})`;
+  const text = String(err?.message ?? err);
+  if (/out of memory|OutOfMemory|OOM\b/i.test(text)) return `out of GPU memory (${text})`;
+  if (/NOT_IMPLEMENTED|not implemented|Could not find an implementation|unsupported op/i.test(text)) {
+    return `an operator is missing on WebGPU (${text})`;
+  }
+  return `WebGPU failed (${text})`;
+}
+
+/** A GPU adapter, or why there is none. */
+async function findAdapter() {
+  if (!navigator.gpu) return { reason: 'this browser has no WebGPU' };
+  try {
+    const adapter = await navigator.gpu.requestAdapter();
+    return adapter ? { adapter } : { reason: 'no WebGPU adapter' };
+  } catch (err) {
+    return { reason: `no WebGPU adapter (${err.message})` };
+  }
+}
+
+/** Open the package on `ort` with `executionProviders`; `fp16`: prefer an fp16 variant (manifest.js select). */
+function openPackage(ort, executionProviders, backendName, fp16 = false) {
+  return FitPipeline.load(fetchIO(query.get('package') ?? '/package/'), { ort, backendName, executionProviders,
+    lazyDecoder: true, precision: query.get('precision') || null, fp16,
+    graphOptimizationLevel: query.get('optimization') ?? 'disabled' });
+}
+
+/** Open the package on the adapter's device; the device that ONNX Runtime created is watched for its loss. */
+async function openOnWebGpu(adapter) {
+  const ort = await import('/ort/ort.webgpu.min.mjs');
+  ort.env.wasm.wasmPaths = '/ort/';
+  ort.env.wasm.numThreads = threads;
+  ort.env.webgpu.adapter = adapter;
+  const fp16 = adapter.features.has('shader-f16');
+  const opened = await openPackage(ort, ['webgpu'], 'onnxruntime-web/webgpu', fp16);
+  const device = await ort.env.webgpu.device;
+  const state = { ep: 'webgpu', ort, adapter, device, fp16, lost: null, fallback: null, decoderEp: 'webgpu' };
+  device?.lost.then((info) => { state.lost = info.message || info.reason || 'no reason given'; });
+  return [opened, state];
+}
+
+async function openOnWasm(fallback) {
+  ortWasm.env.wasm.wasmPaths = '/ort/';
+  ortWasm.env.wasm.numThreads = threads;
+  const opened = await openPackage(ortWasm, ['wasm'], 'onnxruntime-web');
+  return [opened, { ep: 'wasm', ort: ortWasm, fallback, decoderEp: 'wasm' }];
+}
+
+/** The decoder's session, created once the page is usable: on WebGPU where it can be, else on WASM. */
+async function openDecoder(opened, state) {
+  try {
+    await opened.loadDecoder();
+  } catch (err) {
+    if (state.ep !== 'webgpu' || !opened.vae) throw err;
+    state.decoderFallback = await gpuFailure(err);
+    state.decoderEp = 'wasm';
+    await opened.vae.deactivate();
+    opened.vae.executionProviders = ['wasm'];             // the WebGPU build runs WASM sessions too
+    await opened.loadDecoder();
+  }
+}
+
+/** Where the graphs run, for the status line. */
+function placement() {
+  const { ep, fallback, adapter, fp16 } = running;
+  const variant = `transformer ${pipe.variant.name}`;
+  if (ep === 'wasm') {
+    return `${variant}, ${threads} WASM thread${threads === 1 ? '' : 's'}${fallback ? `; not on WebGPU: ${fallback}` : ''}`;
+  }
+  const name = [adapter.info?.vendor, adapter.info?.architecture].filter(Boolean).join(' ') || 'GPU';
+  return `${variant} on WebGPU (${name}${fp16 ? ', shader-f16' : ', no shader-f16'})`;
+}
+
+function decoderPlacement() {
+  if (!pipe.vae || running.ep === 'wasm') return '';
+  return running.decoderEp === 'webgpu' ? '; decoder on WebGPU' : `; decoder on WASM: ${running.decoderFallback}`;
+}
+
+function use(opened, state) {
+  [pipe, running] = [opened, state];
+  document.body.dataset.ep = state.ep;
+  decoderReady = openDecoder(opened, state);
+  return decoderReady;
+}
+
+/** Leave WebGPU for WASM (the session of the lost device is dropped, not awaited: its device may never answer). */
+async function fallBackToWasm(reason) {
+  const gpu = pipe;
+  status(`Not on WebGPU: ${reason}; opening the model on WASM…`, true);
+  gpu.release().catch(() => {});
+  const [opened, state] = await openOnWasm(reason);
+  use(opened, state).catch((err) => status(`Cannot open the decoder: ${err.message}`, true));
+}
+
+// -- generating ---------------------------------------------------------------------------------------------------
+
+/** Generate `request` on the current pipeline; on WebGPU a lost device ends the wait at once. Returns {image, times}:
+ * times[i] = ms from the start to the end of step i + 1, then to the image. */
+async function generateOnce(request) {
+  const on = pipe;
+  const jobs = on.prepare(request);
+  const total = request.sampler === 'dopri5' ? null : request.steps;
+  const started = performance.now();
+  const times = [];
+  const run = on.generateMany(jobs, { onStep(done, _total, t) {
+    if (pipe !== on) return;                              // an abandoned run on a lost device
+    times.push(performance.now() - started);
+    $('progress').value = total ? done / total : t;
+    status(total ? `Step ${done} of ${total}` : `Step ${done} (t = ${t.toFixed(3)})`);
+  } });
+  let image;
+  if (running.ep === 'webgpu') {
+    const lost = running.device?.lost.then((info) => { throw new Error(info.message || 'device lost'); });
+    lost?.catch(() => {});                                // no unhandled rejection when the run wins
+    [image] = await (lost ? Promise.race([run, lost]) : run);
+  } else [image] = await run;
+  times.push(performance.now() - started);
+  return { image, times };
+}
+
+/** Per-step and decode times of bench runs (median over runs). */
+function benchLine(runs, request) {
+  const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
+  const steps = runs.flatMap(({ times }) => times.slice(0, -1).map((t, i) => t - (i ? times[i - 1] : 0)));
+  const decode = runs.map(({ times }) => times.at(-1) - times.at(-2));
+  const whole = runs.map(({ times }) => times.at(-1));
+  const where = running.ep === 'webgpu' ? `WebGPU${running.decoderEp === 'webgpu' ? '' : ', decoder on WASM'}` : 'WASM';
+  return `bench, ${runs.length} more run${runs.length === 1 ? '' : 's'} of ${request.width}×${request.height} `
+    + `${request.sampler} on ${where}: step ${milliseconds(median(steps))} (median of ${steps.length}; `
+    + `min ${milliseconds(Math.min(...steps))}), decode ${milliseconds(median(decode))}, image ${seconds(median(whole))}`;
+}
+
 async function generate(event) {
   event?.preventDefault();
   if (busy || !pipe) return;
@@ -79,18 +234,32 @@ async function generate(event) {
   const request = readRequest();
   const started = performance.now();
   try {
-    const total = request.sampler === 'dopri5' ? null : request.steps;
     $('progress').value = 0;
     status('Generating…');
-    // The page has no snap control: a size off the grid is the engine's message as it is (its hint is not shown).
-    [last] = await pipe.generateMany(pipe.prepare(request), { onStep(done, _total, t) {
-      $('progress').value = total ? done / total : t;
-      status(total ? `Step ${done} of ${total}` : `Step ${done} (t = ${t.toFixed(3)})`);
-    } });
+    await decoderReady.catch(() => {});
+    let result;
+    try {
+      result = await generateOnce(request);
+    } catch (err) {
+      // A request the engine refuses is refused on every device; anything else on WebGPU: run it on WASM.
+      if (err instanceof GenerationError || running.ep !== 'webgpu') throw err;
+      await fallBackToWasm(await gpuFailure(err));
+      result = await generateOnce(request);
+    }
+    last = result.image;
     show(last);
     $('progress').value = 1;
     $('save').disabled = false;
-    status(`${last.width}×${last.height} in ${((performance.now() - started) / 1000).toFixed(2)} s`);
+    const took = `${last.width}×${last.height} in ${seconds(performance.now() - started)} on ${EP_LABELS[running.ep]}`;
+    const bench = Number(query.get('bench') ?? 0);
+    if (bench > 0) {
+      const runs = [];
+      for (let i = 0; i < bench; i++) runs.push(await generateOnce(request));
+      globalThis.fitPage.bench = runs.map(({ times }) => times);
+      status(`${took}; ${benchLine(runs, request)}`);
+    } else {
+      status(`${took}${running.fallback ? ` (not on WebGPU: ${running.fallback})` : ''}`);
+    }
     document.body.dataset.state = 'done';
   } catch (err) {
     status(err.message, true);
@@ -120,26 +289,58 @@ async function save() {
 
 async function start() {
   const started = performance.now();
+  const asked = query.get('ep');
+  let opened = null;
   try {
-    pipe = await FitPipeline.load(fetchIO(query.get('package') ?? '/package/'), { ort,
-      backendName: 'onnxruntime-web', executionProviders: ['wasm'], lazyDecoder: true,
-      precision: query.get('precision') || null, graphOptimizationLevel: query.get('optimization') ?? 'disabled' });
+    if (asked !== null && !EXECUTION_PROVIDERS.includes(asked)) {
+      throw new Error(`?ep must be one of ${EXECUTION_PROVIDERS.join(', ')}, got ${pyRepr(asked)}`);
+    }
+    let fallback = null;
+    if (asked !== 'wasm') {
+      const { adapter, reason } = await findAdapter();
+      fallback = reason ?? null;
+      if (adapter) {
+        status('Loading the model on WebGPU…');
+        try {
+          opened = await openOnWebGpu(adapter);
+        } catch (err) {
+          fallback = await gpuFailure(err);
+        }
+      }
+    }
+    opened ??= await openOnWasm(fallback);
   } catch (err) {
     status(`Cannot open the model: ${err.message}`, true);
     document.body.dataset.state = 'failed';
     return;
   }
+  const decoder = use(...opened);
   fillControls();
   $('generate').disabled = false;
-  status(`Model loaded in ${((performance.now() - started) / 1000).toFixed(2)} s (transformer ${pipe.variant.name}, `
-    + `${ort.env.wasm.numThreads} WASM `
-    + `thread${ort.env.wasm.numThreads === 1 ? '' : 's'}).`);
+  status(`Model loaded in ${seconds(performance.now() - started)} (${placement()}).`);
   document.body.dataset.state = 'ready';
   // The page is usable now; the decoder's session is created while the user picks settings.
-  pipe.loadDecoder().catch((err) => status(`Cannot open the decoder: ${err.message}`, true));
+  decoder.then(() => {
+    if (!busy && running.ep === 'webgpu' && document.body.dataset.state === 'ready') {
+      status(`Model loaded in ${seconds(performance.now() - started)} (${placement()}${decoderPlacement()}).`);
+    }
+  }, (err) => status(`Cannot open the decoder: ${err.message}`, true));
 }
 
 $('controls').addEventListener('submit', generate);
 $('save').addEventListener('click', save);
-globalThis.fitPage = { get pipeline() { return pipe; }, pngBytes: lastPng };
+globalThis.fitPage = {
+  get pipeline() { return pipe; },
+  /** 'webgpu' or 'wasm', where the transformer runs; the decoder's; why not WebGPU (null when it is). */
+  get executionProvider() { return running?.ep ?? null; },
+  get decoderExecutionProvider() { return running?.decoderEp ?? null; },
+  get fallback() { return running?.fallback ?? null; },
+  /** Destroy the WebGPU device (a test of the fallback); false when not on WebGPU. */
+  loseDevice() {
+    if (running?.ep !== 'webgpu' || !running.device) return false;
+    running.device.destroy();
+    return true;
+  },
+  pngBytes: lastPng,
+};
 start();

@@ -168,13 +168,16 @@ export function variant(transformer, name) {
  * The variant `backend` runs for `precision`: a variant name, a precision (`fp32`, `fp16`, `int8`), or null for the
  * package default. Among the variants of a precision the backend prefers the one made for it (`runtime` equal to
  * its name: the ONNX Runtime-tuned copy) unless `tuned` is false; a variant made for another runtime is never
- * chosen (docs/package-format.md#variants). PackageError names what the package holds.
+ * chosen (docs/package-format.md#variants). `fp16`: the device computes in float16 natively (a WebGPU adapter with
+ * `shader-f16`), so with no precision asked for an fp32 default gives way to an fp16 variant the backend may run.
+ * PackageError names what the package holds.
  * @param {object} transformer the manifest's transformer section
  * @param {string} backend
  * @param {string|null} [precision]
  * @param {boolean} [tuned]
+ * @param {boolean} [fp16]
  */
-export function select(transformer, backend, precision = null, tuned = true) {
+export function select(transformer, backend, precision = null, tuned = true, fp16 = false) {
   const all = allVariants(transformer);
   const runnable = all.filter((v) => v.runtime === null || v.runtime === backend);
   const names = all.map((v) => v.name).join(', ');
@@ -183,7 +186,8 @@ export function select(transformer, backend, precision = null, tuned = true) {
     let chosen = variant(transformer, transformer.default_variant || transformer.precision);
     if (chosen.runtime !== null && chosen.runtime !== backend && all[0].precision === chosen.precision) chosen = all[0];
     wanted = chosen.precision;
-    if (chosen.runtime === backend && tuned) return chosen;
+    if (fp16 && wanted === 'fp32' && runnable.some((v) => v.precision === 'fp16')) wanted = 'fp16';
+    else if (chosen.runtime === backend && tuned) return chosen;
   } else if (!VARIANT_PRECISIONS.includes(wanted)) {       // a variant name (an unknown one is refused by name)
     const chosen = variant(transformer, wanted);
     if (chosen.runtime !== null && chosen.runtime !== backend) {

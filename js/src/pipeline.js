@@ -46,6 +46,8 @@ function ropeProblem(rope) {
  * @property {boolean} [lazyDecoder] create the VAE session on the first decode instead of at load
  * @property {string|null} [precision] transformer variant: a variant name or a precision (fp32, int8, fp16); null:
  *   the manifest's default variant (docs/package-format.md#variants)
+ * @property {boolean} [fp16] the device computes in float16 natively (onnxruntime-web on a WebGPU adapter with
+ *   `shader-f16`): with no `precision`, an fp16 variant of the package comes before an fp32 default
  * @property {(message: string) => void} [warn] where warnings go (default console.warn)
  */
 
@@ -91,10 +93,11 @@ export class FitPipeline {
     this.ort = options.ort;
     this.#readManifest(manifest);
     this.backendName = options.backendName ?? (this.ort.env?.versions?.node ? 'onnxruntime-node' : 'onnxruntime-web');
-    const { verify, threads, executionProviders, graphOptimizationLevel, precision, warn } = options;
+    const { verify, threads, executionProviders, graphOptimizationLevel, precision, fp16, warn } = options;
     const shared = { verify, threads, executionProviders, graphOptimizationLevel, warn };
     /** The transformer's backend. */
-    this.backend = new OnnxRuntimeBackend(this.ort, io, manifest, { ...shared, precision: precision ?? null });
+    this.backend = new OnnxRuntimeBackend(this.ort, io, manifest, { ...shared, precision: precision ?? null,
+      fp16: fp16 ?? false });
     /** The VAE decoder's backend, when the package has one. */
     this.vae = manifest.vae_decoder
       ? new OnnxRuntimeBackend(this.ort, io, manifest, { ...shared, graph: 'vae_decoder' }) : null;

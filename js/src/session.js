@@ -16,7 +16,9 @@ import { pyRepr } from './params.js';
  * Options: `verify` (check size and sha256 of the files it opens, default true), `threads` (intra-op threads, 0 =
  * ONNX Runtime's choice), `executionProviders`, `graphOptimizationLevel` ('disabled' | 'basic' | 'extended' | 'all',
  * default 'all'), `precision` (which transformer variant: a variant name, a precision, or null for the manifest's
- * default variant), `warn` (where the fallback warning goes, default console.warn).
+ * default variant), `fp16` (the device computes in float16 natively: with no precision asked for, an fp16 variant
+ * comes before an fp32 default; see manifest.js select), `warn` (where the fallback warning goes, default
+ * console.warn).
  */
 export class OnnxRuntimeBackend {
   /** The runtime name variants are made for (`runtime: "onnxruntime"`): onnxruntime-node and -web alike. */
@@ -34,7 +36,7 @@ export class OnnxRuntimeBackend {
    * @param {object} [options]
    */
   constructor(ort, io, manifest, { graph = 'transformer', verify = true, threads = 0, executionProviders = null,
-    graphOptimizationLevel = 'all', precision = null, warn = console.warn } = {}) {
+    graphOptimizationLevel = 'all', precision = null, fp16 = false, warn = console.warn } = {}) {
     Object.assign(this, { ort, io, manifest, graph, verify, threads, executionProviders, graphOptimizationLevel });
     this.warn = warn;
     /** The graph file that runs. */
@@ -45,7 +47,7 @@ export class OnnxRuntimeBackend {
     this.fallback = null;
     if (graph === 'transformer') {
       try {
-        this.variant = select(manifest.transformer, this.name, precision);
+        this.variant = select(manifest.transformer, this.name, precision, true, fp16);
       } catch (err) {
         if (err instanceof PackageError) throw new BackendError(err.message);
         throw err;
@@ -56,6 +58,13 @@ export class OnnxRuntimeBackend {
         if (standard.runtime === null) this.fallback = standard;
       }
     }
+  }
+
+  /** The name of the first execution provider asked for ('webgpu', 'wasm', 'cpu', ...), or null for ONNX Runtime's
+   * default. */
+  get executionProvider() {
+    const first = this.executionProviders?.[0];
+    return first === undefined ? null : (typeof first === 'string' ? first : first.name);
   }
 
   /** ONNX Runtime session options. */

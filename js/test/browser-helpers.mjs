@@ -26,11 +26,16 @@ export async function startFitWeb() {
   return { url: JSON.parse(line).url, stop: () => server.kill() };
 }
 
-/** Launch Chromium with a fresh profile; resolves to {browser, profile, close()}. */
-export async function launchChromium(puppeteer) {
+/** Chromium's software WebGPU: SwiftShader's Vulkan (shipped with Debian's chromium), fp32 only (no shader-f16). */
+export const WEBGPU_ARGS = [...CHROMIUM_ARGS.filter((arg) => arg !== '--disable-gpu'), '--enable-unsafe-webgpu',
+  '--enable-features=Vulkan', '--use-vulkan=swiftshader', '--use-webgpu-adapter=swiftshader'];
+
+/** Launch Chromium with a fresh profile (`webgpu`: with its software WebGPU adapter, else with the GPU disabled, so
+ * without WebGPU); resolves to {browser, profile, close()}. */
+export async function launchChromium(puppeteer, { webgpu = false } = {}) {
   const profile = mkdtempSync(join(tmpdir(), 'fit-chromium-'));
   const browser = await puppeteer.launch({ executablePath: CHROMIUM, headless: true,
-    args: [...CHROMIUM_ARGS, `--user-data-dir=${profile}`] });
+    args: [...(webgpu ? WEBGPU_ARGS : CHROMIUM_ARGS), `--user-data-dir=${profile}`] });
   return { browser, profile, close: async () => { await browser.close(); rmSync(profile, { recursive: true, force: true }); } };
 }
 

@@ -1,8 +1,9 @@
 /**
- * The web page in headless Chromium (Debian's chromium driven by puppeteer-core): fit-web serves the page and the
- * default model, the page generates 96x64 and 128x128 (vision-ntk) images, and the canvas pixels must match the
- * Python fit-run for the same seed (>= 50 dB), and a unipc image with a time shift the Python runtime's. A bad
- * request shows one message and the page stays usable.
+ * The web page in headless Chromium (Debian's chromium driven by puppeteer-core, its GPU disabled, so the page runs
+ * on WASM; webgpu.test.mjs runs it on WebGPU): fit-web serves the page and the default model, the page generates
+ * 96x64 and 128x128 (vision-ntk) images, and the canvas pixels must match the Python fit-run for the same seed
+ * (>= 50 dB), and a unipc image with a time shift the Python runtime's. A bad request shows one message and the page
+ * stays usable.
  * FIT_WEB_SCREENSHOT=path saves a screenshot of the page.
  */
 import assert from 'node:assert/strict';
@@ -59,7 +60,7 @@ describe('web page in headless Chromium', { skip: reason ?? false }, () => {
       status: 'time_shift applies to euler, heun, ab2, unipc, not sde, which keeps its own schedule' });
   });
 
-  test('?precision= picks a transformer variant; an unknown one is one message', async () => {
+  test('?precision= picks a transformer variant, ?ep= where it runs; an unknown one is one message', async () => {
     const status = async (query) => {
       const other = await chromium.browser.newPage();
       await other.goto(`${server.url}?${query}`);
@@ -68,9 +69,31 @@ describe('web page in headless Chromium', { skip: reason ?? false }, () => {
       await other.close();
       return text;
     };
-    assert.match(await status('precision=int8'), /^Model loaded in [\d.]+ s \(transformer int8, \d WASM threads?\)\.$/);
+    // This browser runs with its GPU disabled: no WebGPU adapter, so WASM, and the status line says why.
+    assert.match(await status('precision=int8'),
+      /^Model loaded in [\d.]+ s \(transformer int8, \d WASM threads?; not on WebGPU: no WebGPU adapter\)\.$/);
+    assert.match(await status('ep=webgpu'),
+      /^Model loaded in [\d.]+ s \(transformer ort, \d WASM threads?; not on WebGPU: no WebGPU adapter\)\.$/);
+    assert.match(await status('ep=wasm'), /^Model loaded in [\d.]+ s \(transformer ort, \d WASM threads?\)\.$/);
+    assert.equal(await status('ep=cuda'), "Cannot open the model: ?ep must be one of webgpu, wasm, got 'cuda'");
     assert.match(await status('precision=fp16'),
       /^Cannot open the model: the package has no fp16 transformer that onnxruntime can run; it holds fp32, ort, int8, ov$/);
+  });
+
+  test('?bench=2 times two more runs of the request: per-step, decode and image times in the status line', async () => {
+    const other = await chromium.browser.newPage();
+    await other.goto(`${server.url}?ep=wasm&bench=2`);
+    await other.waitForFunction(() => ['ready', 'failed'].includes(document.body.dataset.state), { timeout: 60000 });
+    const result = await generateInPage(other, { width: 96, height: 64, steps: 3, sampler: 'euler' });
+    assert.equal(result.state, 'done', result.status);
+    assert.match(result.status, /^96×64 in [\d.]+ s on WASM; bench, 2 more runs of 96×64 euler on WASM: step [\d.]+ ms \(median of 6; min [\d.]+ ms\), decode [\d.]+ ms, image [\d.]+ s$/);
+    const runs = await other.evaluate(() => globalThis.fitPage.bench);
+    assert.equal(runs.length, 2);
+    for (const times of runs) {
+      assert.equal(times.length, 4);                          // the end of each of the 3 steps, then of the image
+      assert.ok(times.every((t, i) => t > (i ? times[i - 1] : 0)), String(times));
+    }
+    await other.close();
   });
 
   test('a missing package is one message on the page', async () => {

@@ -47,6 +47,10 @@ const CASES = [
   ['default_variant', (d) => { d.transformer.default_variant = 'nope'; }],
   ['default_variant int8', (d) => { d.transformer.default_variant = 'int8'; }],
   ['no variants', (d) => { delete d.transformer.variants; }],
+  ['fp16 variant', (d) => {
+    d.transformer.variants.push(variant({ name: 'fp16', file: 'transformer.fp16.onnx', precision: 'fp16' }));
+    d.files['transformer.fp16.onnx'] = { sha256: '0'.repeat(64), bytes: 1 };
+  }],
   ['legacy ort_optimized', (d) => {
     d.transformer.ort_optimized = { file: 'transformer.ort.onnx', runtime: 'onnxruntime', opset: 23 };
     d.transformer.variants = d.transformer.variants.filter((v) => v.name !== 'ort');
@@ -77,7 +81,7 @@ const CASES = [
 ];
 
 /** The cases both readers accept; every other one is refused. */
-const ACCEPTED = ['nothing', 'default_variant int8', 'no variants', 'legacy ort_optimized', 'sampler.atol null',
+const ACCEPTED = ['nothing', 'default_variant int8', 'no variants', 'fp16 variant', 'legacy ort_optimized', 'sampler.atol null',
   'sampler lacks time_shift', 'rope.ori_max_pe_len null', 'vae_decoder null', 'decoder without names'];
 
 /** What js/src/manifest.js makes of a manifest object, in the shape of reference.py's read_manifest. */
@@ -90,10 +94,10 @@ function readManifest(doc) {
     return { error: err.message };
   }
   const selected = {};
-  for (const precision of [null, 'fp32', 'int8']) {
-    const key = precision ?? 'None';
+  for (const [precision, fp16] of [[null, false], ['fp32', false], ['int8', false], [null, true], ['fp32', true]]) {
+    const key = `${precision ?? 'None'}${fp16 ? ' fp16' : ''}`;
     try {
-      selected[key] = select(manifest.transformer, 'onnxruntime', precision).name;
+      selected[key] = select(manifest.transformer, 'onnxruntime', precision, true, fp16).name;
     } catch (err) {
       selected[key] = err.message;
     }

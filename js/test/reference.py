@@ -68,17 +68,19 @@ def sample_synthetic(case) -> tuple[np.ndarray, list[float]]:
 
 def read_manifest(doc) -> dict:
     """What Manifest.from_dict makes of a manifest object: its one-line error, or the variants, the referenced
-    files and the variant ONNX Runtime runs for no precision, fp32 and int8 (or why not)."""
+    files and the variant ONNX Runtime runs for no precision, fp32 and int8, and for no precision and fp32 on a device
+    with float16 (or why not)."""
     try:
         manifest = Manifest.from_dict(doc)
     except PackageError as err:
         return {"error": str(err)}
     selected = {}
-    for precision in (None, "fp32", "int8"):
+    for precision, fp16 in ((None, False), ("fp32", False), ("int8", False), (None, True), ("fp32", True)):
         try:
-            selected[str(precision)] = manifest.transformer.select("onnxruntime", precision).name
+            selected[str(precision) + (" fp16" if fp16 else "")] = manifest.transformer.select(
+                "onnxruntime", precision, fp16=fp16).name
         except PackageError as err:
-            selected[str(precision)] = str(err)
+            selected[str(precision) + (" fp16" if fp16 else "")] = str(err)
     return {"variants": [[v.name, v.file, v.weights_from] for v in manifest.transformer.all_variants()],
             "referenced": manifest.referenced_files(), "selected": selected}
 
