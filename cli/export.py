@@ -192,6 +192,27 @@ def ov_optimize_command(package):
                f"cosine {check['cosine']:.7f}")
 
 
+@main.command("fp16", short_help="Add an fp16 variant (for GPUs with float16 arithmetic, e.g. WebGPU shader-f16).")
+@click.argument("package", type=click.Path())
+@click.option("--from", "source", default="fp32", show_default=True,
+              help="fp32 variant to convert (one every runtime runs: the package's standard graph).")
+def fp16_command(package, source):
+    """Add transformer.fp16.onnx to a fp32 package: its graph converted to float16 with the norms, Softmax and
+    the summing reductions kept in float32 (the fp16 export's rule), float32 x/v as the package's graph, checked
+    against fp32 by images at a training, an off-square and an extrapolated size (PSNR, ONNX Runtime CPU). The
+    default variant stays; fit-run --precision fp16 runs it, and so does the web page on WebGPU with shader-f16."""
+    from fit_export.fp16_variant import Fp16VariantError, add_fp16_variant
+    from fit_export.onnx_export import ExportError
+    with user_errors(Fp16VariantError, PackageError, ExportError):
+        entry = add_fp16_variant(package, source, progress=lambda message: click.echo(message, err=True))
+    check, quality = entry["check"], entry["validation"]
+    images = ", ".join(f"{r['kind']} {r['size'][0]}x{r['size'][1]} {float(r['psnr_db']):.1f} dB"
+                       for r in quality["images"])
+    click.echo(f"wrote {os.path.join(package, entry['file'])}: {check['low_nodes']} nodes in fp16, "
+               f"{check['fp32_nodes']} in fp32, graph cosine {check['validation_cosine']:.7f} vs {entry['source']}; "
+               f"images vs {entry['source']} on ONNX Runtime CPU: {images}")
+
+
 main.add_command(build)
 main.add_command(trt_check)
 
