@@ -196,7 +196,9 @@ def ov_optimize_command(package):
 @click.argument("package", type=click.Path())
 @click.option("--from", "source", default="fp32", show_default=True,
               help="fp32 variant to convert (one every runtime runs: the package's standard graph).")
-def fp16_command(package, source):
+@click.option("--steps", type=click.IntRange(min=1), help="Sampler steps of the images compared with fp32 "
+              "(default: the package's).")
+def fp16_command(package, source, steps):
     """Add transformer.fp16.onnx to a fp32 package: its graph converted to float16 with the norms, Softmax and
     the summing reductions kept in float32 (the fp16 export's rule), float32 x/v as the package's graph, checked
     against fp32 by images at a training, an off-square and an extrapolated size (PSNR, ONNX Runtime CPU). The
@@ -204,7 +206,7 @@ def fp16_command(package, source):
     from fit_export.fp16_variant import Fp16VariantError, add_fp16_variant
     from fit_export.onnx_export import ExportError
     with user_errors(Fp16VariantError, PackageError, ExportError):
-        entry = add_fp16_variant(package, source, progress=lambda message: click.echo(message, err=True))
+        entry = add_fp16_variant(package, source, steps=steps, progress=lambda message: click.echo(message, err=True))
     check, quality = entry["check"], entry["validation"]
     images = ", ".join(f"{r['kind']} {r['size'][0]}x{r['size'][1]} {float(r['psnr_db']):.1f} dB"
                        for r in quality["images"])

@@ -12,7 +12,7 @@ graph's dtype; the JavaScript runtime feeds the contract's dtypes, float32 for a
 Quality, recorded as the variant's ``validation``: the converted graph against the fp32 graph on padded graph feeds
 (cosine, :data:`fit_export.typed.MIN_COSINE`), then images of the same seed from the fp32 variant and the fp16
 variant through ``engines.pipeline`` on ONNX Runtime's CPU provider at a training size, an off-square training size
-and an extrapolated size, PSNR each; the variant is written only when every image is at least
+and an extrapolated size (when the package takes sizes beyond its training budget), PSNR each; the variant is written only when every image is at least
 :data:`MIN_PSNR_DB`. ONNX Runtime's CPU provider has few float16 kernels and inserts casts to float32 around the
 others, so on the CPU this measures the error of storing activations and weights in float16 (not of float16
 arithmetic, which a GPU adds).
@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -48,7 +47,8 @@ def quality_sizes(manifest: mf.Manifest) -> list[tuple[str, int, int]]:
     """(kind, width, height) of the images the variant is measured on: ``training`` (the package's default size),
     ``off-square`` (the declared size within the training budget with the most unequal sides; the default size
     halved in height when every declared one is square) and ``extrapolated`` (the declared size with the most tokens
-    beyond the training budget; else the default size 1.5x on each side, within ``max_tokens``)."""
+    beyond the training budget; else the default size 1.5x on each side, within ``max_tokens``; none when
+    ``max_tokens`` is the training budget: the package takes no larger size)."""
     sizes = manifest.sizes
     g = manifest.latent.pixel_granularity
     tokens = lambda wh: (wh[0] // g) * (wh[1] // g)
@@ -56,13 +56,14 @@ def quality_sizes(manifest: mf.Manifest) -> list[tuple[str, int, int]]:
     width, height = sizes.default
     within = [s for s in declared if tokens(s) <= sizes.train_token_budget and s[0] != s[1]]
     off_square = max(within, key=lambda s: max(s) / min(s), default=(width, max(g, height // 2 // g * g)))
+    chosen = [("training", width, height), ("off-square", *off_square)]
     beyond = [s for s in declared if sizes.train_token_budget < tokens(s) <= sizes.max_tokens]
     if beyond:
-        extrapolated = max(beyond, key=tokens)
-    else:
+        chosen.append(("extrapolated", *max(beyond, key=tokens)))
+    elif sizes.max_tokens > sizes.train_token_budget:
         scale = min(1.5, math.sqrt(sizes.max_tokens / max(1, tokens((width, height)))))
-        extrapolated = (max(g, int(width * scale) // g * g), max(g, int(height * scale) // g * g))
-    return [("training", width, height), ("off-square", *off_square), ("extrapolated", *extrapolated)]
+        chosen.append(("extrapolated", max(g, int(width * scale) // g * g), max(g, int(height * scale) // g * g)))
+    return chosen
 
 
 def graph_feeds(manifest: mf.Manifest, seed: int = 0) -> list[dict]:
@@ -76,8 +77,9 @@ def graph_feeds(manifest: mf.Manifest, seed: int = 0) -> list[dict]:
     return [batch.feed([0.3, 0.7], np.random.default_rng(seed).standard_normal(batch.x.shape))]
 
 
-def image_quality(package, source: str, seed: int = 0) -> dict:
-    """Images of the same request (class 1, seed ``seed``, the package's sampler, steps and guidance) from the variant
+def image_quality(package, source: str, seed: int = 0, steps: Optional[int] = None) -> dict:
+    """Images of the same request (class 1, seed ``seed``, the package's sampler and guidance, ``steps`` or the
+    package's steps) from the variant
     ``source`` and from the fp16 variant at each of :func:`quality_sizes`, on ONNX Runtime CPU: PSNR (uint8, peak
     255) of each; ``passed`` when every one is at least MIN_PSNR_DB."""
     import engines
@@ -87,8 +89,9 @@ def image_quality(package, source: str, seed: int = 0) -> dict:
     for name in (source, FP16_VARIANT):
         with engines.load(package, precision=name, device="cpu", ort_optimized=False) as pipe:
             label = 1 % pipe.num_classes
-            images[name] = [pipe.generate_many([pipe.prepare(w, h, label, seed)[0]])[0] for _, w, h in sizes]
-            settings = pipe.prepare(None, None, label, seed)[0].settings
+            jobs = [pipe.prepare(w, h, label, seed, steps=steps)[0] for _, w, h in sizes]
+            images[name] = [pipe.generate_many([job])[0] for job in jobs]
+    settings = jobs[0].settings
     rows = []
     for (kind, w, h), ref, out in zip(sizes, images[source], images[FP16_VARIANT]):
         value = psnr(out, ref, 255.0)
@@ -99,12 +102,13 @@ def image_quality(package, source: str, seed: int = 0) -> dict:
             "steps": settings.sampler.steps, "cfg": settings.cfg, "images": rows}
 
 
-def add_fp16_variant(package, source: str = "fp32", seed: int = 0,
+def add_fp16_variant(package, source: str = "fp32", seed: int = 0, steps: Optional[int] = None,
                      progress: Callable[[str], None] = lambda message: None) -> dict:
     """Add ``transformer.fp16.onnx``, the fp16 conversion of the fp32 variant ``source`` (default: the package's
     standard graph), to the fp32 package ``package`` as the variant ``fp16`` (runtime null: every runtime may run
     it; the default variant stays as it was), with its conversion counts under ``check`` and its image quality
-    under ``validation`` (see the module docstring). Returns the variant's manifest entry.
+    under ``validation`` (see the module docstring; ``steps``: sampler steps of its images, None for the
+    package's). Returns the variant's manifest entry.
 
     Raises :class:`Fp16VariantError` (an fp16 package, one that holds an fp16 variant already, a source that is not
     an fp32 graph every runtime runs, a conversion or images below the bar), engines.manifest.PackageError or
@@ -139,7 +143,7 @@ def add_fp16_variant(package, source: str = "fp32", seed: int = 0,
         draft.manifest = doc.replace(transformer=dataclasses.replace(
             transformer, variants=transformer.variants + (variant,)), files=draft.files)
         progress(f"measuring images of {FP16_VARIANT} against {chosen.name} (ONNX Runtime CPU)")
-        quality = image_quality(draft.path, chosen.name, seed)        # the draft: the package as it will be
+        quality = image_quality(draft.path, chosen.name, seed, steps)        # the draft: the package as it will be
         if not quality["passed"]:
             shown = ", ".join(f"{r['kind']} {r['size'][0]}x{r['size'][1]} {r['psnr_db']} dB" for r in quality["images"])
             raise Fp16VariantError(f"the fp16 variant's images are below {MIN_PSNR_DB:g} dB against "
