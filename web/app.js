@@ -3,7 +3,8 @@
  * the headers in docs/javascript.md); query parameters: ?package=URL (default /package/), ?ep=webgpu|wasm (where the
  * graphs run; default WebGPU when the browser offers an adapter, else WASM), ?threads=N (WASM threads),
  * ?precision=NAME (a transformer variant or precision, as fit-run --precision; default: the package's default
- * variant, its fp16 variant on a WebGPU adapter with shader-f16), ?optimization=disabled|basic|extended|all (ONNX
+ * variant, its fp16 variant on a WebGPU adapter with shader-f16; an fp16 variant asked for on an adapter without
+ * shader-f16 runs on WASM, and the status line says why), ?optimization=disabled|basic|extended|all (ONNX
  * Runtime graph optimization, default disabled: the first image comes 0.2-0.4 s sooner on a 2-core CPU, with the
  * default model's pixels and warm speed unchanged, as its transformer variant is fused at export; `all` may run a
  * package without such a variant faster once loaded), ?bench=N (after each image, N more of the same request, and
@@ -14,11 +15,12 @@
  * failed run) the page runs on WASM and the status line says why.
  */
 import * as ortWasm from '/ort/ort.wasm.min.mjs';
-import { FitPipeline, GenerationError, SAMPLERS, fetchIO, pngBytes } from '/js/src/index.js';
+import { FitPipeline, GenerationError, SAMPLERS, fetchIO, loadManifest, pngBytes, select } from '/js/src/index.js';
 import { pyNumber, pyRepr } from '/js/src/params.js';
 
 const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
+const packageUrl = query.get('package') ?? '/package/';
 const status = (text, error = false) => { $('status').textContent = text; $('status').className = error ? 'error' : ''; };
 const seconds = (ms) => `${(ms / 1000).toFixed(2)} s`;
 const milliseconds = (ms) => `${ms < 10 ? ms.toFixed(1) : Math.round(ms)} ms`;
@@ -113,9 +115,25 @@ async function findAdapter() {
   }
 }
 
+/** The adapter's vendor and architecture, for the status line. */
+function adapterName(adapter) {
+  return [adapter.info?.vendor, adapter.info?.architecture].filter(Boolean).join(' ') || 'GPU';
+}
+
+/** Why the transformer variant the page would run on `adapter` cannot run there, or null: an fp16 one (asked for with
+ * ?precision, or the package's default) computes in float16, which WebGPU has only with shader-f16. */
+async function float16Refusal(adapter) {
+  if (adapter.features.has('shader-f16')) return null;
+  const { transformer } = await loadManifest(fetchIO(packageUrl));
+  const variant = select(transformer, 'onnxruntime', query.get('precision') || null, true, false);
+  if (variant.precision !== 'fp16') return null;
+  return `transformer ${variant.name} computes in float16 and needs shader-f16, which this adapter `
+    + `(${adapterName(adapter)}) lacks`;
+}
+
 /** Open the package on `ort` with `executionProviders`; `fp16`: prefer an fp16 variant (manifest.js select). */
 function openPackage(ort, executionProviders, backendName, fp16 = false) {
-  return FitPipeline.load(fetchIO(query.get('package') ?? '/package/'), { ort, backendName, executionProviders,
+  return FitPipeline.load(fetchIO(packageUrl), { ort, backendName, executionProviders,
     lazyDecoder: true, precision: query.get('precision') || null, fp16,
     graphOptimizationLevel: query.get('optimization') ?? 'disabled' });
 }
@@ -162,8 +180,7 @@ function placement() {
   if (ep === 'wasm') {
     return `${variant}, ${threads} WASM thread${threads === 1 ? '' : 's'}${fallback ? `; not on WebGPU: ${fallback}` : ''}`;
   }
-  const name = [adapter.info?.vendor, adapter.info?.architecture].filter(Boolean).join(' ') || 'GPU';
-  return `${variant} on WebGPU (${name}${fp16 ? ', shader-f16' : ', no shader-f16'})`;
+  return `${variant} on WebGPU (${adapterName(adapter)}${fp16 ? ', shader-f16' : ', no shader-f16'})`;
 }
 
 function decoderPlacement() {
@@ -298,8 +315,8 @@ async function start() {
     let fallback = null;
     if (asked !== 'wasm') {
       const { adapter, reason } = await findAdapter();
-      fallback = reason ?? null;
-      if (adapter) {
+      fallback = reason ?? (adapter ? await float16Refusal(adapter) : null);
+      if (adapter && !fallback) {
         status('Loading the model on WebGPU…');
         try {
           opened = await openOnWebGpu(adapter);

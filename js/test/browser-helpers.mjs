@@ -16,9 +16,9 @@ export const CHROMIUM = process.env.CHROMIUM || ['/usr/bin/chromium', '/usr/bin/
 export const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 
-/** Start fit-web on a free port; resolves to {url, stop()}. */
-export async function startFitWeb() {
-  const server = spawn(PYTHON, ['-m', 'cli.web', '--port', '0', '-q'], { cwd: REPO, env: pythonEnv, stdio: ['ignore', 'pipe', 'inherit'] });
+/** Start fit-web on a free port (serving `pkg`, default the shipped model); resolves to {url, stop()}. */
+export async function startFitWeb(pkg = null) {
+  const server = spawn(PYTHON, ['-m', 'cli.web', ...(pkg ? [pkg] : []), '--port', '0', '-q'], { cwd: REPO, env: pythonEnv, stdio: ['ignore', 'pipe', 'inherit'] });
   const line = await new Promise((resolve, reject) => {
     createInterface({ input: server.stdout }).once('line', resolve);
     server.once('exit', (code) => reject(new Error(`fit-web exited with ${code}`)));
