@@ -1,6 +1,6 @@
 """``fit-export``: model packages (``onnx``), validation against PyTorch (``validate``), the ONNX Runtime- and
-OpenVINO-tuned graph copies (``ort-optimize``, ``ov-optimize``), int8 variants (``quantize``), TensorRT engines
-(``build``, ``trt-check``). Thin wrappers."""
+OpenVINO-tuned graph copies (``ort-optimize``, ``ov-optimize``), int8 and fp16 variants (``quantize``, ``fp16``),
+TensorRT engines (``build``, ``trt-check``). Thin wrappers."""
 from __future__ import annotations
 
 import os
@@ -41,8 +41,8 @@ def _buckets(text):
 @click.group(cls=Group, prog="fit-export", extra="export")
 def main():
     """Export FiT models to ONNX model packages (onnx), check them against PyTorch (validate), add the ONNX
-    Runtime- or OpenVINO-tuned graph (ort-optimize, ov-optimize) or an int8 variant (quantize), and build and check
-    TensorRT engines (build, trt-check)."""
+    Runtime- or OpenVINO-tuned graph (ort-optimize, ov-optimize), an int8 variant (quantize) or an fp16 variant
+    (fp16), and build and check TensorRT engines (build, trt-check)."""
 
 
 @main.command("onnx", short_help="Write a model package (ONNX graphs + manifest) from a checkpoint.")

@@ -150,10 +150,12 @@ class LatentSection(_Section):
 @dataclass(frozen=True)
 class VariantSection(_Section):
     """One more transformer graph a package holds besides ``transformer.file``: the ONNX Runtime-tuned copy, an
-    int8 (or fp16) version. Every variant follows the graph contract with float32 ``x``/``v``, except fp16."""
+    int8 or fp16 version. Every variant follows the package's graph contract (an fp32 package's: float32 ``x``/``v``,
+    the fp16 variant of ``fit-export fp16`` too, with its casts inside the graph)."""
 
-    name: str = _doc("variant name (`fit-run --precision NAME`), e.g. `ort`, `ov`, `int8`")
-    file: str = _doc("its ONNX file, e.g. `transformer.ort.onnx`, `transformer.ov.onnx`, `transformer.int8.onnx`")
+    name: str = _doc("variant name (`fit-run --precision NAME`), e.g. `ort`, `ov`, `int8`, `fp16`")
+    file: str = _doc("its ONNX file, e.g. `transformer.ort.onnx`, `transformer.ov.onnx`, `transformer.int8.onnx`, "
+                     "`transformer.fp16.onnx`")
     precision: str = _doc("numbers its weights are stored in: `fp32`, `fp16` or `int8`")
     runtime: Optional[str] = _doc("the only backend that runs it (`onnxruntime`: opset-23 fused ops, ONNX Runtime's "
                                   "quantized kernels; `openvino`: the copy rewritten for OpenVINO), or null for any",
@@ -168,10 +170,12 @@ class VariantSection(_Section):
                              "(`ov`)", default=0)
     quantization: Optional[dict] = _doc("`fit-export quantize` settings (mode, per_channel, ops, calibration)",
                                         default=None)
-    check: Optional[dict] = _doc("its comparison with the graph it was made from, when it was written",
+    check: Optional[dict] = _doc("its comparison with the graph it was made from, when it was written (`fit-export "
+                                 "fp16`: the conversion's node counts, the ops kept in float32, the cosine)",
                                  default=None)
     validation: Optional[dict] = _doc("quality against fp32 (`fit-export quantize`: per-step cosine, image "
-                                      "PSNR, fit-eval accuracy)", default=None)
+                                      "PSNR, fit-eval accuracy; `fit-export fp16`: image PSNR at a training, an "
+                                      "off-square and an extrapolated size)", default=None)
     ort_format: Optional[str] = _doc("the same graph in ONNX Runtime's ORT format (mobile and reduced builds), or "
                                      "null", default=None)
     operator_config: Optional[str] = _doc("operator configuration of an ONNX Runtime reduced build that runs "
