@@ -353,6 +353,7 @@ NEEDS_AN_EXTRA = [
     ("fit-export", ["quantize", "{package}", "--out", "{tmp}/int8"], "export"),
     ("fit-export", ["ort-optimize", "{tmp}"], "export"),
     ("fit-export", ["ov-optimize", "{tmp}"], "export"),
+    ("fit-export", ["fp16", "{tmp}"], "export"),
     ("fit-export", ["build", "{package}", "--dry-run"], "export"),
     ("fit-export", ["trt-check", "{package}"], "export"),
     ("fit-train", ["run", "--config", "fitv2-tiny", "--out", "{tmp}/run"], "train"),

@@ -124,6 +124,7 @@ COMMANDS = {
     "quantize": (["quantize", "{pkg}", "--out", "{out}", "--no-accuracy"], "int8"),
     "ort-optimize": (["ort-optimize", "{pkg}"], "pkg"),
     "ov-optimize": (["ov-optimize", "{pkg}"], "pkg"),
+    "fp16": (["fp16", "{pkg}", "--steps", "1"], "pkg"),
 }
 
 
@@ -145,6 +146,6 @@ def test_a_killed_command_leaves_the_old_package_and_the_next_run_nothing_else(c
     assert listing(tmp_path) == sorted({"pkg", written})                      # the draft is gone
     doc = load_manifest(tmp_path / written, verify=True)                     # complete, every hash matches
     assert snapshot(tmp_path / written) != before
-    if command in ("quantize", "ort-optimize", "ov-optimize"):
-        variant = {"quantize": "int8", "ort-optimize": "ort", "ov-optimize": "ov"}[command]
+    if command in ("quantize", "ort-optimize", "ov-optimize", "fp16"):
+        variant = {"quantize": "int8", "ort-optimize": "ort", "ov-optimize": "ov", "fp16": "fp16"}[command]
         assert doc.transformer.variant(variant).file in doc.files
