@@ -26,13 +26,11 @@ import dataclasses
 import math
 from typing import Callable, Optional
 
-import numpy as np
-
 from engines import manifest as mf
 from engines.metrics import psnr
 from engines.package import load_manifest
 from fit_export.package_writer import update_package
-from fit_export.typed import FP32_OPS, TypedGraphError, typed_graph
+from fit_export.typed import FP32_OPS, TypedGraphError, check_feeds, typed_graph
 
 FP16_FILE = "transformer.fp16.onnx"
 FP16_VARIANT = "fp16"
@@ -64,17 +62,6 @@ def quality_sizes(manifest: mf.Manifest) -> list[tuple[str, int, int]]:
         scale = min(1.5, math.sqrt(sizes.max_tokens / max(1, tokens((width, height)))))
         chosen.append(("extrapolated", max(g, int(width * scale) // g * g), max(g, int(height * scale) // g * g)))
     return chosen
-
-
-def graph_feeds(manifest: mf.Manifest, seed: int = 0) -> list[dict]:
-    """Padded graph feeds the conversion is checked on: the default size and one a quarter of it (cond and null
-    label), every token random (padding too: the graph ignores it), with the package's RoPE tables."""
-    g = manifest.latent.pixel_granularity
-    grid = (manifest.sizes.default[1] // g, manifest.sizes.default[0] // g)
-    grids = [grid, (max(1, grid[0] // 2), max(1, grid[1] // 2))]
-    batch = manifest.graph.padded_batch(grids, manifest.rope.settings(),
-                                        [1 % manifest.model.num_classes, manifest.model.null_class])
-    return [batch.feed([0.3, 0.7], np.random.default_rng(seed).standard_normal(batch.x.shape))]
 
 
 def image_quality(package, source: str, seed: int = 0, steps: Optional[int] = None) -> dict:
@@ -132,7 +119,9 @@ def add_fp16_variant(package, source: str = "fp32", seed: int = 0, steps: Option
                                    f"converted from a graph every runtime runs (--from {transformer.precision})")
         progress(f"converting {chosen.file} to fp16 ({', '.join(FP32_OPS[:3])}, ... kept in float32)")
         try:
-            typed = typed_graph(draft.path / chosen.file, "fp16", draft.add(FP16_FILE), graph_feeds(doc, seed))
+            g = doc.latent.pixel_granularity
+            feeds = check_feeds(doc, (doc.sizes.default[1] // g, doc.sizes.default[0] // g), seed)
+            typed = typed_graph(draft.path / chosen.file, "fp16", draft.add(FP16_FILE), feeds)
         except TypedGraphError as err:
             raise Fp16VariantError(str(err)) from None
         data = FP16_FILE + ".data"                          # save_model's weights file, past protobuf's 2 GB
@@ -154,5 +143,5 @@ def add_fp16_variant(package, source: str = "fp32", seed: int = 0, steps: Option
     return variant.to_dict()
 
 
-__all__ = ["FP16_FILE", "FP16_VARIANT", "MIN_PSNR_DB", "Fp16VariantError", "add_fp16_variant", "graph_feeds",
+__all__ = ["FP16_FILE", "FP16_VARIANT", "MIN_PSNR_DB", "Fp16VariantError", "add_fp16_variant",
            "image_quality", "quality_sizes"]

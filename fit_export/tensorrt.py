@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 
 from engines.atomic import atomic_file
 from engines.buckets import (BatchRange, Bucket, BucketProfile, parse_batch,
@@ -41,7 +40,7 @@ from engines.errors import BackendError
 from engines.manifest import Manifest
 from engines.package import load_manifest, sha256_file
 from fit_export.trt_ops import UnsupportedByTensorRT, assert_supported
-from fit_export.typed import TypedGraphError, typed_graph
+from fit_export.typed import TypedGraphError, check_feeds, typed_graph
 
 _PACKAGE_PRECISION = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
@@ -232,7 +231,6 @@ def _progress_monitor(trt, log: Callable[[str], None]):
 def validation_feeds(plan: BuildPlan, seed: int = 0) -> list[dict]:
     """Graph feeds the typed conversion is checked on: the smallest bucket, a full row and a padded shorter row
     (cond and null label), with the package's RoPE tables."""
-    manifest = plan.manifest
     bucket = plan.buckets[0]
     g = plan.granularity
     if bucket.sizes:
@@ -241,11 +239,7 @@ def validation_feeds(plan: BuildPlan, seed: int = 0) -> list[dict]:
     else:
         side = max(1, int(bucket.tokens ** 0.5))
         grid = (side, bucket.tokens // side)
-    grids = [grid, (max(1, grid[0] // 2), max(1, grid[1] // 2))]
-    batch = manifest.graph.padded_batch(grids, manifest.rope.settings(),
-                                        [1 % manifest.model.num_classes, manifest.model.null_class])
-    x = np.random.default_rng(seed).standard_normal(batch.x.shape)          # padding too: the graph ignores it
-    return [batch.feed([0.3, 0.7], x)]
+    return check_feeds(plan.manifest, grid, seed)
 
 
 def build_engines(plan: BuildPlan, log: Callable[[str], None] = None, verify_onnx: bool = True) -> list[Path]:

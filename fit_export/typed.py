@@ -229,6 +229,16 @@ def validate(reference: Path, typed: Path, feeds: Sequence[Mapping[str, np.ndarr
     return worst
 
 
+def check_feeds(manifest, grid: tuple[int, int], seed: int = 0) -> list[dict]:
+    """Graph feeds a conversion is checked on (:func:`validate`): one padded batch of the grid ``grid`` (h, w) and of
+    one half as high and wide (cond and null label), with the package's RoPE tables (``manifest``: an
+    engines.manifest.Manifest); every token random, padding too (the graph ignores it)."""
+    grids = [grid, (max(1, grid[0] // 2), max(1, grid[1] // 2))]
+    batch = manifest.graph.padded_batch(grids, manifest.rope.settings(),
+                                        [1 % manifest.model.num_classes, manifest.model.null_class])
+    return [batch.feed([0.3, 0.7], np.random.default_rng(seed).standard_normal(batch.x.shape))]
+
+
 @dataclass(frozen=True)
 class TypedGraph:
     path: Path
