@@ -67,6 +67,16 @@ def metric_values(text: str, name: str) -> list[float]:
     return [float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)]
 
 
+def metrics_once(port: int, name: str, count: float, seconds: float = 60) -> str:
+    """The Prometheus page at ``port`` once the series ``name`` reads ``count`` (Ray exports every few seconds);
+    the last page read when it does not within ``seconds``."""
+    text, deadline = "", time.monotonic() + seconds
+    while time.monotonic() < deadline and metric_values(text, name) != [count]:
+        time.sleep(1)
+        text = call(f"http://127.0.0.1:{port}/metrics").body.decode()
+    return text
+
+
 def listening_addresses(port: int) -> set[str]:
     """The local addresses of the TCP sockets listening on ``port`` (from /proc/net/tcp and tcp6, hex)."""
     found = set()
@@ -92,22 +102,22 @@ def test_local_run_beside_a_stale_address_file_with_exact_metrics_and_a_drain_on
                                    "--max-cost", "100000")
     try:
         ray_processes = descendants(server.pid)
-        assert call(base + "/v1/model").json()["limits"]["max_cost"] == 100000
-        refused = generate(base, {"sampler": "dopri5"})             # 60,002 evaluations at most x 25 tokens
-        assert refused.status == 422 and refused.json()["error"].startswith("this request costs 1,500,050 (")
         answer = generate(base, {"steps": 2, "seed": 1}, accept_json=True)      # 80x80: 25 tokens, alone
         assert answer.status == 200 and answer.json()["timing"]["batch_tokens"] == 25
-        text, deadline = "", time.monotonic() + 60
-        while time.monotonic() < deadline and not metric_values(text, "ray_fit_serve_request_latency_s_count"):
-            time.sleep(1)
-            text = call(f"http://127.0.0.1:{metrics_port}/metrics").body.decode()
+        text = metrics_once(metrics_port, "ray_fit_serve_request_latency_s_count", 1)
         assert metric_values(text, "ray_fit_serve_batch_tokens_sum") == [25.0]     # Ray's Histogram: 24
         assert metric_values(text, "ray_fit_serve_batch_requests_sum") == [1.0]    # Ray's Histogram: 0.5
-        assert metric_values(text, "ray_fit_serve_batch_tokens_count") == [1.0]    # the refused one: no call
         assert 'ray_fit_serve_batch_tokens_bucket{' in text and metric_values(text, "ray_fit_serve_batch_tokens_bucket")
-        [latency] = metric_values(text, "ray_fit_serve_request_latency_s_sum")
+        [latency] = metric_values(text, "ray_fit_serve_request_latency_s_sum")     # this request's alone
         assert answer.json()["timing"]["total_s"] <= latency <= answer.seconds
         assert listening_addresses(metrics_port) == {"0100007F"}                 # 127.0.0.1 only
+
+        model = call(base + "/v1/model")
+        assert model.status == 200 and model.json()["limits"]["max_cost"] == 100000, model.body[:300]
+        refused = generate(base, {"sampler": "dopri5"})             # 60,002 evaluations at most x 25 tokens
+        assert refused.status == 422 and refused.json()["error"].startswith("this request costs 1,500,050 (")
+        text = metrics_once(metrics_port, "ray_fit_serve_request_latency_s_count", 3)
+        assert metric_values(text, "ray_fit_serve_batch_tokens_count") == [1.0]    # the refused one: no call
 
         bodies = [{"width": 128, "height": 128, "seed": i, "steps": 150} for i in range(5)]
         with ThreadPoolExecutor(len(bodies) + 1) as pool:
