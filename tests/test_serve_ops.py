@@ -1,8 +1,8 @@
 """Operating fit-serve (docs/serving.md, "Operations"): a local run starts its own Ray whatever else runs on the
 machine (a stale address file, another cluster), it joins a token-authenticated cluster with the token alone, the
 metrics endpoint listens on the host it is given and its histogram sums are the observed values, a request above
-the cost limit is refused before any work, and SIGTERM with requests in flight answers every one of them before it
-exits 143.
+the cost limit is refused before any work, and SIGTERM to fit-serve's process group (Ray's processes included) with
+requests in flight answers every one of them before it exits 143.
 
 Each test keeps Ray's files in a temporary folder of its own (HOME and RAY_TMPDIR), so nothing here reads or
 writes the machine's /tmp/ray or ~/.ray; a cluster started here is stopped by the ids of its processes."""
@@ -35,7 +35,7 @@ def ray_home():
     that uses it."""
     with tempfile.TemporaryDirectory(prefix="fit-ray-") as folder:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": folder, "RAY_TMPDIR": folder}
-        for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "FIT_SERVE_API_KEY"):
             env.pop(name, None)
         yield Path(folder), env
 
@@ -43,7 +43,8 @@ def ray_home():
 def start_fit_serve(env: dict, *args: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "cli.serve", "--port", str(port), "--threads", "1", *args],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)     # a process group of its own, as a shell's job
     base = f"http://127.0.0.1:{port}"
     if not wait_until_healthy(base, 120):
         server.kill()
@@ -51,9 +52,13 @@ def start_fit_serve(env: dict, *args: str) -> tuple[subprocess.Popen, str]:
     return server, base
 
 
-def stop(server: subprocess.Popen, signum: int) -> str:
-    """Send ``signum``, wait for the exit; stderr."""
-    server.send_signal(signum)
+def stop(server: subprocess.Popen, signum: int, group: bool = False) -> str:
+    """Send ``signum`` (with ``group`` to its whole process group, as ``kill %1``, ``timeout`` or a supervisor do),
+    wait for the exit; stderr."""
+    if group:
+        os.killpg(server.pid, signum)
+    else:
+        server.send_signal(signum)
     try:
         return server.communicate(timeout=120)[1]
     finally:
@@ -92,7 +97,8 @@ def listening_addresses(port: int) -> set[str]:
 def test_local_run_beside_a_stale_address_file_with_exact_metrics_and_a_drain_on_sigterm(ray_home):
     """A stale current-cluster address file made ray.init join it ("num_cpus and num_gpus must not be provided");
     the metrics endpoint listens on 127.0.0.1 like --host; histogram sums are exact; SIGTERM with 5 requests in
-    flight answers all 5 with their image and exits 143, without Ray's graceful-shutdown failure."""
+    flight, sent to fit-serve's whole process group (the raylet and GCS died of it and the drain hung), answers all
+    5 with their image and exits 143, without Ray's graceful-shutdown failure."""
     folder, env = ray_home
     (folder / "ray").mkdir()
     (folder / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")    # nothing listens there
@@ -124,7 +130,7 @@ def test_local_run_beside_a_stale_address_file_with_exact_metrics_and_a_drain_on
             pending = [pool.submit(lambda b: (generate(base, b, timeout=180), time.monotonic()), b) for b in bodies]
             time.sleep(1.5)
             signalled = time.monotonic()
-            stderr_future = pool.submit(stop, server, signal.SIGTERM)
+            stderr_future = pool.submit(stop, server, signal.SIGTERM, True)     # Ray's processes get it too
             answers = [p.result(timeout=200) for p in pending]
             stderr = stderr_future.result(timeout=200)
     finally:
