@@ -10,9 +10,9 @@ line of this checkout, whatever its server code), on a free localhost port:
               /healthz: answered or not, in how long; whether the server dropped the stalled connections
     sigterm   R requests in flight, then SIGTERM: statuses, exit code, seconds to exit, Ray's failure line or not
 
-A model replica is found among the fit-serve process's descendants by its Ray process title (``ray::ServeReplica``
-and the application name) as the one with the largest resident memory (it holds the model; an ingress replica is
-small). Requests carry ``Authorization: Bearer KEY`` when an API key is given.
+A model replica is found among the fit-serve process's descendants by its Ray process title
+(``ray::ServeReplica:fit:FitModel``: application and deployment). Requests carry ``Authorization: Bearer KEY``
+when an API key is given.
 """
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from common import ROOT
+from fit_serve.app import APP_NAME
 from fit_serve.client import Answer, call
+from fit_serve.model import MODEL_NAME
 
 FAULT_PHASES = ("kill", "burst", "stalled", "sigterm")
 
@@ -75,8 +77,8 @@ class Server:
             self.stderr = self.process.communicate()[1]
         return self.process.returncode
 
-    def replica_processes(self) -> dict[int, int]:
-        """pid -> resident KiB of the Serve replica processes below this server."""
+    def model_replicas(self) -> list[int]:
+        """pids of the model replica processes below this server, largest resident memory first."""
         children: dict[int, list[int]] = {}
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
@@ -95,17 +97,9 @@ class Server:
                     rss = int(Path(f"/proc/{child}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
                 except (OSError, ValueError):
                     continue
-                if title.startswith("ray::ServeReplica:fit:"):
+                if title.startswith(f"ray::ServeReplica:{APP_NAME}:{MODEL_NAME}"):
                     found[child] = rss
-        return found
-
-    def model_replicas(self) -> list[int]:
-        """Model replica pids, largest resident memory first (the ingress, if any, holds no model)."""
-        processes = self.replica_processes()
-        if not processes:
-            return []
-        biggest = max(processes.values())
-        return sorted((p for p, rss in processes.items() if rss >= biggest / 2), key=lambda p: -processes[p])
+        return sorted(found, key=lambda p: -found[p])
 
 
 def body(i: int, steps: int, size: int = 64) -> dict:

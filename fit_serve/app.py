@@ -262,7 +262,11 @@ class FitIngress:
                                   f"({type(err).__name__}); retry") from None
 
     async def _model_info(self) -> dict:
+        """The model replicas' description (asked once); BadRequest(503) at once while none runs, rather than a
+        call that waits for one."""
         if self.info is None:
+            if not (await self._replica_states()).get("RUNNING"):
+                raise BadRequest(503, "no model replica is running yet; retry")
             self.info = await self._call(self.model.info)
         return self.info
 

@@ -121,6 +121,41 @@ def loopback_node(enabled: bool) -> Iterator[None]:
 
 
 @contextmanager
+def signals_kept_from_ray() -> Iterator[None]:
+    """Inside the block SIGTERM is blocked in this thread, and so in every process started from it: the processes
+    of a local Ray (GCS, raylet, their agents and workers) keep it blocked for life, as Ray itself blocks SIGINT in
+    them. A SIGTERM sent to the whole process group of ``fit-serve`` (``kill %1`` in a shell, ``timeout``,
+    ``kill -- -PGID``, a supervisor) then reaches this process alone, which drains the application and stops Ray
+    (:func:`stop_local_ray`); without this the raylet and GCS died at once and the drain waited for them forever.
+    A SIGTERM to this process during the block is delivered when it ends."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def stop_local_ray() -> None:
+    """Disconnect from the local Ray started here and stop it at once: SIGKILL to every process under this one
+    (GCS, raylet, agents, the Serve controller and proxy; the application is deleted by now). Ray's own shutdown
+    would send SIGTERM, which they ignore (:func:`signals_kept_from_ray`), and wait a second for each."""
+    import psutil                       # a dependency of Ray
+    from ray._private import worker
+
+    processes = psutil.Process().children(recursive=True)
+    node, worker._global_node = worker._global_node, None       # ray.shutdown then only disconnects
+    ray.shutdown()
+    if node is not None:
+        node.destroy_external_storage()
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(processes, timeout=10)
+
+
+@contextmanager
 def running(config: ServeConfig, host: str, port: int, address: Optional[str] = None,
             metrics_port: Optional[int] = None, metrics_host: Optional[str] = None) -> Iterator[None]:
     """Inside the block the application serves http://host:port: on a local Ray started here (its own, whatever
@@ -142,8 +177,9 @@ def running(config: ServeConfig, host: str, port: int, address: Optional[str] = 
             check_port(host, port)
             cpus = max(os.cpu_count() or 1, int(-(-config.replicas * config.replica_cpus // 1)))
             # "local": a Ray of its own, also when another cluster runs here or a stopped one left its address file
-            ray.init(address="local", num_cpus=cpus, include_dashboard=False, namespace=NAMESPACE,
-                     log_to_driver=False, _metrics_export_port=metrics_port)
+            with signals_kept_from_ray():
+                ray.init(address="local", num_cpus=cpus, include_dashboard=False, namespace=NAMESPACE,
+                         log_to_driver=False, _metrics_export_port=metrics_port)
         with serving(config, host, port, joined):
             yield
 
@@ -172,10 +208,12 @@ def serving(config: ServeConfig, host: str, port: int, joined: bool) -> Iterator
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             # Deleting the application first drains it: its replicas finish the requests they hold (at most
-            # drain_s), the proxies stay up to deliver the answers; only then does Serve itself stop.
+            # drain_s), the proxies stay up to deliver the answers. A local Ray then stops with Serve in it; no
+            # serve.shutdown, whose killed controller task Ray 2.60 reports as a "graceful_shutdown failed" line.
             serve.delete(APP_NAME)
-            if not joined:
-                serve.shutdown()
         finally:
-            ray.shutdown()
+            if joined:
+                ray.shutdown()
+            else:
+                stop_local_ray()
             sys.stderr.flush()

@@ -92,7 +92,10 @@ def test_emit_config_is_a_serve_config(tmp_path):
 
 
 def test_emit_config_names_where_the_api_key_is_never_the_key(tmp_path, monkeypatch):
-    monkeypatch.delenv("FIT_SERVE_API_KEY", raising=False)
+    # fit-serve --api-key puts the key into its own environment (for the replicas): set, then delete, so that the
+    # teardown restores the variable as it was (it leaked into later tests' servers, which then wanted a key)
+    monkeypatch.setenv("FIT_SERVE_API_KEY", "")
+    monkeypatch.delenv("FIT_SERVE_API_KEY")
     keys = tmp_path / "keys.txt"
     keys.write_text("key-from-file-5c2e\n")
     result = fit_serve("--emit-config", "-", "--api-key", "secret-key-91ab", "--api-keys-file", str(keys))

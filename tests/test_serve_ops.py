@@ -1,8 +1,8 @@
 """Operating fit-serve (docs/serving.md, "Operations"): a local run starts its own Ray whatever else runs on the
 machine (a stale address file, another cluster), it joins a token-authenticated cluster with the token alone, the
 metrics endpoint listens on the host it is given and its histogram sums are the observed values, a request above
-the cost limit is refused before any work, and SIGTERM with requests in flight answers every one of them before it
-exits 143.
+the cost limit is refused before any work, and SIGTERM to fit-serve's process group (Ray's processes included) with
+requests in flight answers every one of them before it exits 143.
 
 Each test keeps Ray's files in a temporary folder of its own (HOME and RAY_TMPDIR), so nothing here reads or
 writes the machine's /tmp/ray or ~/.ray; a cluster started here is stopped by the ids of its processes."""
@@ -35,7 +35,7 @@ def ray_home():
     that uses it."""
     with tempfile.TemporaryDirectory(prefix="fit-ray-") as folder:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": folder, "RAY_TMPDIR": folder}
-        for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "FIT_SERVE_API_KEY"):
             env.pop(name, None)
         yield Path(folder), env
 
@@ -43,7 +43,8 @@ def ray_home():
 def start_fit_serve(env: dict, *args: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "cli.serve", "--port", str(port), "--threads", "1", *args],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)     # a process group of its own, as a shell's job
     base = f"http://127.0.0.1:{port}"
     if not wait_until_healthy(base, 120):
         server.kill()
@@ -51,9 +52,13 @@ def start_fit_serve(env: dict, *args: str) -> tuple[subprocess.Popen, str]:
     return server, base
 
 
-def stop(server: subprocess.Popen, signum: int) -> str:
-    """Send ``signum``, wait for the exit; stderr."""
-    server.send_signal(signum)
+def stop(server: subprocess.Popen, signum: int, group: bool = False) -> str:
+    """Send ``signum`` (with ``group`` to its whole process group, as ``kill %1``, ``timeout`` or a supervisor do),
+    wait for the exit; stderr."""
+    if group:
+        os.killpg(server.pid, signum)
+    else:
+        server.send_signal(signum)
     try:
         return server.communicate(timeout=120)[1]
     finally:
@@ -65,6 +70,16 @@ def stop(server: subprocess.Popen, signum: int) -> str:
 def metric_values(text: str, name: str) -> list[float]:
     """The values of every series of ``name`` (all tags) in a Prometheus text page."""
     return [float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)]
+
+
+def metrics_once(port: int, name: str, count: float, seconds: float = 60) -> str:
+    """The Prometheus page at ``port`` once the series ``name`` reads ``count`` (Ray exports every few seconds);
+    the last page read when it does not within ``seconds``."""
+    text, deadline = "", time.monotonic() + seconds
+    while time.monotonic() < deadline and metric_values(text, name) != [count]:
+        time.sleep(1)
+        text = call(f"http://127.0.0.1:{port}/metrics").body.decode()
+    return text
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -82,7 +97,8 @@ def listening_addresses(port: int) -> set[str]:
 def test_local_run_beside_a_stale_address_file_with_exact_metrics_and_a_drain_on_sigterm(ray_home):
     """A stale current-cluster address file made ray.init join it ("num_cpus and num_gpus must not be provided");
     the metrics endpoint listens on 127.0.0.1 like --host; histogram sums are exact; SIGTERM with 5 requests in
-    flight answers all 5 with their image and exits 143, without Ray's graceful-shutdown failure."""
+    flight, sent to fit-serve's whole process group (the raylet and GCS died of it and the drain hung), answers all
+    5 with their image and exits 143, without Ray's graceful-shutdown failure."""
     folder, env = ray_home
     (folder / "ray").mkdir()
     (folder / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")    # nothing listens there
@@ -92,29 +108,29 @@ def test_local_run_beside_a_stale_address_file_with_exact_metrics_and_a_drain_on
                                    "--max-cost", "100000")
     try:
         ray_processes = descendants(server.pid)
-        assert call(base + "/v1/model").json()["limits"]["max_cost"] == 100000
-        refused = generate(base, {"sampler": "dopri5"})             # 60,002 evaluations at most x 25 tokens
-        assert refused.status == 422 and refused.json()["error"].startswith("this request costs 1,500,050 (")
         answer = generate(base, {"steps": 2, "seed": 1}, accept_json=True)      # 80x80: 25 tokens, alone
         assert answer.status == 200 and answer.json()["timing"]["batch_tokens"] == 25
-        text, deadline = "", time.monotonic() + 60
-        while time.monotonic() < deadline and not metric_values(text, "ray_fit_serve_request_latency_s_count"):
-            time.sleep(1)
-            text = call(f"http://127.0.0.1:{metrics_port}/metrics").body.decode()
+        text = metrics_once(metrics_port, "ray_fit_serve_request_latency_s_count", 1)
         assert metric_values(text, "ray_fit_serve_batch_tokens_sum") == [25.0]     # Ray's Histogram: 24
         assert metric_values(text, "ray_fit_serve_batch_requests_sum") == [1.0]    # Ray's Histogram: 0.5
-        assert metric_values(text, "ray_fit_serve_batch_tokens_count") == [1.0]    # the refused one: no call
         assert 'ray_fit_serve_batch_tokens_bucket{' in text and metric_values(text, "ray_fit_serve_batch_tokens_bucket")
-        [latency] = metric_values(text, "ray_fit_serve_request_latency_s_sum")
+        [latency] = metric_values(text, "ray_fit_serve_request_latency_s_sum")     # this request's alone
         assert answer.json()["timing"]["total_s"] <= latency <= answer.seconds
         assert listening_addresses(metrics_port) == {"0100007F"}                 # 127.0.0.1 only
+
+        model = call(base + "/v1/model")
+        assert model.status == 200 and model.json()["limits"]["max_cost"] == 100000, model.body[:300]
+        refused = generate(base, {"sampler": "dopri5"})             # 60,002 evaluations at most x 25 tokens
+        assert refused.status == 422 and refused.json()["error"].startswith("this request costs 1,500,050 (")
+        text = metrics_once(metrics_port, "ray_fit_serve_request_latency_s_count", 3)
+        assert metric_values(text, "ray_fit_serve_batch_tokens_count") == [1.0]    # the refused one: no call
 
         bodies = [{"width": 128, "height": 128, "seed": i, "steps": 150} for i in range(5)]
         with ThreadPoolExecutor(len(bodies) + 1) as pool:
             pending = [pool.submit(lambda b: (generate(base, b, timeout=180), time.monotonic()), b) for b in bodies]
             time.sleep(1.5)
             signalled = time.monotonic()
-            stderr_future = pool.submit(stop, server, signal.SIGTERM)
+            stderr_future = pool.submit(stop, server, signal.SIGTERM, True)     # Ray's processes get it too
             answers = [p.result(timeout=200) for p in pending]
             stderr = stderr_future.result(timeout=200)
     finally:
