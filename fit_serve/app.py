@@ -6,12 +6,15 @@
     POST /v1/jobs                a /v1/generate body -> 202 {"id", "state", "progress"}
     GET  /v1/jobs/{id}           state, progress, and the image when done
     GET  /v1/model               package name, classes, sizes, samplers, extrapolations, defaults, limits
-    GET  /healthz                200 while model replicas run (answered here, never queued); no key needed
+    GET  /healthz                200 while model replicas run (answered here, never queued); no key needed;
+                                 503 {"status": "draining"} once fit-serve shuts down
     GET  /openapi.json, /docs    the API description and its page (offline)
 
 The ingress does what must not wait behind engine work: it reads request bodies (with a timeout), checks API keys,
 admits at most ``admission_limit`` images at once (beyond that a JSON 503 with Retry-After, at once), answers
-health and the model description, and retries a generation whose model replica died (fit_serve.retry). A client
+health and the model description, and retries a generation whose model replica died (fit_serve.retry). Once the
+launcher asks for a drain (fit_serve.drain), it refuses new work with a JSON 503, finishes what it admitted and
+reports its requests in flight. A client
 that disconnects cancels its handler here, and Ray Serve passes the cancellation on to the model replica. Build the
 application with :func:`build` (also the ``import_path`` of the Serve config that ``fit-serve --emit-config``
 writes).
@@ -33,9 +36,9 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter
 from starlette.exceptions import HTTPException
 
-from fit_serve import openapi
+from fit_serve import drain, openapi
 from fit_serve.api import MAX_BODY_BYTES, BadRequest, parse_body, parse_openai
-from fit_serve.config import ServeConfig, load_api_keys
+from fit_serve.config import DRAIN_CHECK_S, ServeConfig, load_api_keys
 from fit_serve.jobs import FitJobs
 from fit_serve.metrics import Histogram
 from fit_serve.model import MODEL_NAME, FitModel, Outcome
@@ -73,6 +76,16 @@ async def _invalid(_request, err: RequestValidationError) -> JSONResponse:
     return error_response(422, f"{'.'.join(map(str, first.get('loc', ())))}: {first.get('msg', 'invalid')}")
 
 
+def replica_states(app: str, deployment: str) -> dict:
+    """Ray Serve's count of the replicas of ``deployment`` in ``app`` by state (RUNNING, STARTING, ...); empty when
+    the application or deployment is not there (a blocking call to the Serve controller)."""
+    try:
+        replicas = serve.status().applications[app].deployments[deployment].replica_states
+    except (KeyError, RuntimeError, AttributeError):
+        return {}
+    return {getattr(state, "value", str(state)): count for state, count in replicas.items()}
+
+
 @serve.deployment(name=INGRESS_NAME)
 @serve.ingress(api)
 class FitIngress:
@@ -82,7 +95,9 @@ class FitIngress:
         self.config = ServeConfig.from_dict(config)
         self.model, self.jobs = model, jobs
         self.keys = [key.encode() for key in load_api_keys(self.config)]
-        self.in_flight = 0
+        self.in_flight = 0                  # images admitted
+        self.requests_open = 0              # requests being handled (any route but /healthz)
+        self.draining = False
         self.info: Optional[dict] = None
         self.replica_states: tuple[float, dict] = (-math.inf, {})
         self.retry_after = str(math.ceil(self.config.retry_after_s))
@@ -90,19 +105,20 @@ class FitIngress:
         self.retries = Counter("fit_serve_retries", "model calls tried again because their replica died")
         self.latency = Histogram("fit_serve_request_latency_s", "seconds from arrival to answer",
                                  boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60])
+        self.drain_watch = asyncio.get_running_loop().create_task(self._watch_drain())   # constructed on the loop
 
     # -- routes -------------------------------------------------------------------------------------------------
     @api.post("/v1/generate")
     async def generate(self, http: HttpRequest) -> Response:
-        return await self._answer(http, self._generate)
+        return await self._answer(http, self._generate, new_work=True)
 
     @api.post("/v1/images/generations")
     async def images(self, http: HttpRequest) -> Response:
-        return await self._answer(http, self._images, openai=True)
+        return await self._answer(http, self._images, openai=True, new_work=True)
 
     @api.post("/v1/jobs")
     async def submit_job(self, http: HttpRequest) -> Response:
-        return await self._answer(http, self._submit_job)
+        return await self._answer(http, self._submit_job, new_work=True)
 
     @api.get("/v1/jobs/{job_id}")
     async def job(self, http: HttpRequest, job_id: str) -> Response:
@@ -114,15 +130,17 @@ class FitIngress:
 
     @api.get("/healthz")
     async def healthz(self) -> Response:
-        """200 while at least one model replica runs; the replicas up, and the images this ingress holds."""
+        """200 while at least one model replica runs and no drain began; the replicas up, and the images and
+        requests this ingress holds."""
         states = await self._replica_states()
         running = states.get("RUNNING", 0)
-        body = {"status": "ok" if running else "unavailable", "replicas": {"running": running,
-                                                                             "target": self.config.replicas},
-                "in_flight": self.in_flight, "admission_limit": self.config.admission_limit}
+        status = "draining" if self.draining else "ok" if running else "unavailable"
+        body = {"status": status, "replicas": {"running": running, "target": self.config.replicas},
+                "in_flight": self.in_flight, "requests": self.requests_open,
+                "admission_limit": self.config.admission_limit}
         if self.info is not None:
             body["model"] = self.info["name"]
-        return JSONResponse(body, status_code=200 if running else 503)
+        return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     @api.get("/openapi.json")
     async def openapi_json(self, http: HttpRequest) -> Response:
@@ -188,17 +206,24 @@ class FitIngress:
         return JSONResponse(openapi.document(await self._model_info(), self.config.max_images, bool(self.keys)))
 
     # -- the parts ----------------------------------------------------------------------------------------------
-    async def _answer(self, http: HttpRequest, handler, *args, keyed: bool = True, openai: bool = False) -> Response:
+    async def _answer(self, http: HttpRequest, handler, *args, keyed: bool = True, openai: bool = False,
+                      new_work: bool = False) -> Response:
         """The handler's response, or a one-line JSON error for a BadRequest (with Retry-After for 503 and
-        WWW-Authenticate for 401; OpenAI's error shape with ``openai``); counted in the metrics."""
+        WWW-Authenticate for 401; OpenAI's error shape with ``openai``); counted in the metrics. ``new_work``
+        (generation, jobs): refused with 503 once a drain began."""
         arrived = time.perf_counter()
+        self.requests_open += 1
         try:
             if keyed:
                 self._authorize(http)
+            if new_work and self.draining:
+                raise BadRequest(503, "the server is shutting down")
             response = await handler(http, *args)
         except BadRequest as err:
             headers = {503: {"Retry-After": self.retry_after}, 401: {"WWW-Authenticate": "Bearer"}}.get(err.status)
             response = error_response(err.status, str(err), headers, openai)
+        finally:
+            self.requests_open -= 1
         self.requests.inc(tags={"status": str(response.status_code)})
         self.latency.observe(time.perf_counter() - arrived)
         return response
@@ -270,19 +295,29 @@ class FitIngress:
             self.info = await self._call(self.model.info)
         return self.info
 
+    async def _watch_drain(self) -> None:
+        """Every DRAIN_CHECK_S: whether the launcher asked for a drain; from then on, report the requests this
+        replica holds (fit_serve.drain)."""
+        app = serve.get_replica_context().app_name
+        replica = serve.get_replica_context().replica_id.unique_id
+        while True:
+            try:
+                if not self.draining:
+                    self.draining = await asyncio.to_thread(drain.requested, app)
+                if self.draining:
+                    await asyncio.to_thread(drain.report, app, replica, self.requests_open)
+            except Exception:           # the GCS unreachable for a moment: try again at the next check
+                pass
+            await asyncio.sleep(DRAIN_CHECK_S)
+
     async def _replica_states(self) -> dict:
         """Ray Serve's count of model replicas by state (RUNNING, STARTING, ...), at most STATUS_CACHE_S old."""
         checked, states = self.replica_states
         if time.monotonic() - checked > STATUS_CACHE_S:
-            app = serve.get_replica_context().app_name
-            try:
-                status = await asyncio.to_thread(serve.status)
-                replicas = status.applications[app].deployments[MODEL_NAME].replica_states
-                states = {getattr(state, "value", str(state)): count for state, count in replicas.items()}
-            except (KeyError, RuntimeError, AttributeError):
-                states = {}
+            states = await asyncio.to_thread(replica_states, serve.get_replica_context().app_name, MODEL_NAME)
             self.replica_states = (time.monotonic(), states)
         return states
+
 
 
 def build(args: Optional[dict] = None):

@@ -3,7 +3,8 @@ deploy, serve until Ctrl-C or SIGTERM, then drain and shut down what was started
 
     manifest = check_package(config)
     with running(config, "127.0.0.1", 8000):        # Ray up, application deployed
-        ...                                         # Ctrl-C or SIGTERM: KeyboardInterrupt here, then drain
+        ...                                         # Ctrl-C or SIGTERM: KeyboardInterrupt here, then drain:
+                                                    # new work refused (JSON 503), admitted work finished
 
 Imports Ray (the ``serve`` extra); never torch.
 """
@@ -25,7 +26,8 @@ from engines.backends import create_backend
 from engines.manifest import Manifest
 from engines.package import load_manifest, verify_files
 from engines.pipeline import DEFAULT_MODEL_DIR
-from fit_serve.app import APP_NAME, ServeConfig, build
+from fit_serve import drain
+from fit_serve.app import APP_NAME, INGRESS_NAME, ServeConfig, build, replica_states
 
 NAMESPACE = "fit-serve"
 
@@ -162,9 +164,8 @@ def running(config: ServeConfig, host: str, port: int, address: Optional[str] = 
     other cluster runs on the machine; enough CPUs for the replicas; Prometheus metrics on ``metrics_port`` at
     ``metrics_host``, see :func:`metrics_on_loopback`), or on the cluster at ``address`` / RAY_ADDRESS (with the Ray
     token at hand, :func:`use_token_if_given`). SIGTERM raises :class:`Terminated` inside the block, Ctrl-C
-    KeyboardInterrupt. On leaving, the application is deleted first: its replicas finish the requests they hold
-    (at most ``config.drain_s``) while the proxies deliver the answers; then a local Ray shuts down with all its
-    processes; a cluster only loses the application. Raises LaunchError when it cannot start."""
+    KeyboardInterrupt. On leaving, the application drains first (:func:`serving`); then a local Ray shuts down
+    with all its processes; a cluster only loses the application. Raises LaunchError when it cannot start."""
     joined = address is not None or bool(os.environ.get("RAY_ADDRESS"))
     if joined and (metrics_port is not None or metrics_host is not None):
         name = "metrics_port" if metrics_port is not None else "metrics_host"
@@ -186,17 +187,23 @@ def running(config: ServeConfig, host: str, port: int, address: Optional[str] = 
 
 @contextmanager
 def serving(config: ServeConfig, host: str, port: int, joined: bool) -> Iterator[None]:
-    """The application deployed on the Ray this process is connected to, inside the block; on leaving, drained and
-    deleted (``joined``: Serve itself stays up), then Ray disconnected (a local Ray shuts down)."""
+    """The application deployed on the Ray this process is connected to, inside the block. On leaving, drained:
+    every ingress replica refuses new work with a JSON 503 and finishes what it admitted, until all report nothing
+    in flight (at most ``config.drain_s``); then the application is deleted (its replicas finish what they still
+    hold, at most ``config.drain_s`` more) and Ray disconnected (``joined``: Serve itself stays up; a local Ray
+    shuts down)."""
 
     def stop(_signum, _frame):
         raise Terminated
 
     signal.signal(signal.SIGTERM, stop)             # after ray.init, which installs its own handler
+    deployed = False
     try:
         try:
+            drain.clear(APP_NAME)                   # a cluster may keep the drain of an earlier fit-serve
             serve.start(http_options={"host": host, "port": port})
             serve.run(build(config.to_dict()), name=APP_NAME, route_prefix="/", blocking=False)
+            deployed = True
         except (RuntimeError, ValueError, ray.exceptions.RayError) as err:
             cause = getattr(err, "cause", None) or err
             text = str(cause).strip()
@@ -207,10 +214,15 @@ def serving(config: ServeConfig, host: str, port: int, joined: bool) -> Iterator
         signal.signal(signal.SIGTERM, signal.SIG_IGN)   # a second signal must not cut the drain short
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            # Deleting the application first drains it: its replicas finish the requests they hold (at most
-            # drain_s), the proxies stay up to deliver the answers. A local Ray then stops with Serve in it; no
-            # serve.shutdown, whose killed controller task Ray 2.60 reports as a "graceful_shutdown failed" line.
+            if deployed:
+                drain.request(APP_NAME)
+                drain.wait_until_idle(APP_NAME, lambda: replica_states(APP_NAME, INGRESS_NAME).get("RUNNING", 0),
+                                      config.drain_s)
+            # Deleting the application: its replicas finish what they still hold (at most drain_s), the proxies
+            # stay up to deliver the answers. A local Ray then stops with Serve in it; no serve.shutdown, whose
+            # killed controller task Ray 2.60 reports as a "graceful_shutdown failed" line.
             serve.delete(APP_NAME)
+            drain.clear(APP_NAME)
         finally:
             if joined:
                 ray.shutdown()

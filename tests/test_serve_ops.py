@@ -2,7 +2,7 @@
 machine (a stale address file, another cluster), it joins a token-authenticated cluster with the token alone, the
 metrics endpoint listens on the host it is given and its histogram sums are the observed values, a request above
 the cost limit is refused before any work, and SIGTERM to fit-serve's process group (Ray's processes included) with
-requests in flight answers every one of them before it exits 143.
+requests in flight answers every one of them, and refuses new ones with a JSON 503, before it exits 143.
 
 Each test keeps Ray's files in a temporary folder of its own (HOME and RAY_TMPDIR), so nothing here reads or
 writes the machine's /tmp/ray or ~/.ray; a cluster started here is stopped by the ids of its processes."""
@@ -20,7 +20,7 @@ import pytest
 
 pytest.importorskip("ray.serve")
 
-from fit_serve.client import call, generate, wait_until_healthy  # noqa: E402
+from fit_serve.client import Answer, call, generate, wait_until_healthy  # noqa: E402
 from tests.serve_helpers import free_port  # noqa: E402
 from tests.test_serve_cli import alive, descendants  # noqa: E402
 
@@ -67,6 +67,17 @@ def stop(server: subprocess.Popen, signum: int, group: bool = False) -> str:
             server.communicate()
 
 
+def wait_until_draining(base: str, seconds: float) -> Answer:
+    """Poll GET /healthz until it answers 503 ``draining``; the last answer (whatever it is after ``seconds``)."""
+    answer, deadline = Answer(0), time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        answer = call(base + "/healthz", timeout=10)
+        if answer.status == 503 and answer.json().get("status") == "draining":
+            break
+        time.sleep(0.1)
+    return answer
+
+
 def metric_values(text: str, name: str) -> list[float]:
     """The values of every series of ``name`` (all tags) in a Prometheus text page."""
     return [float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)]
@@ -98,7 +109,8 @@ def test_local_run_beside_a_stale_address_file_with_exact_metrics_and_a_drain_on
     """A stale current-cluster address file made ray.init join it ("num_cpus and num_gpus must not be provided");
     the metrics endpoint listens on 127.0.0.1 like --host; histogram sums are exact; SIGTERM with 5 requests in
     flight, sent to fit-serve's whole process group (the raylet and GCS died of it and the drain hung), answers all
-    5 with their image and exits 143, without Ray's graceful-shutdown failure."""
+    5 with their image; during the drain /healthz says "draining" and new generation requests get a JSON 503 (Ray's
+    plain-text 404 before: the application was gone); exit 143, without Ray's graceful-shutdown failure."""
     folder, env = ray_home
     (folder / "ray").mkdir()
     (folder / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")    # nothing listens there
@@ -131,6 +143,10 @@ def test_local_run_beside_a_stale_address_file_with_exact_metrics_and_a_drain_on
             time.sleep(1.5)
             signalled = time.monotonic()
             stderr_future = pool.submit(stop, server, signal.SIGTERM, True)     # Ray's processes get it too
+            health = wait_until_draining(base, 60)
+            late = generate(base, {"steps": 2, "seed": 9}, timeout=60)
+            late_openai = call(base + "/v1/images/generations", "POST", {"prompt": "", "size": "80x80"},
+                               {"Content-Type": "application/json"})
             answers = [p.result(timeout=200) for p in pending]
             stderr = stderr_future.result(timeout=200)
     finally:
@@ -139,6 +155,11 @@ def test_local_run_beside_a_stale_address_file_with_exact_metrics_and_a_drain_on
             server.communicate()
     assert [a.status for a, _ in answers] == [200] * 5, [(a.status, a.error, a.body[:100]) for a, _ in answers]
     assert all(a.body.startswith(b"\x89PNG") for a, _ in answers)
+    assert health.status == 503 and health.json()["status"] == "draining", (health.status, health.body[:300])
+    assert (late.status, late.json(), late.headers.get("retry-after")) == (
+        503, {"error": "the server is shutting down"}, "1"), (late.status, late.error, late.body[:300])
+    assert late.body.count(b"\n") == 0
+    assert late_openai.status == 503 and late_openai.json()["error"]["message"] == "the server is shutting down"
     assert any(finished > signalled for _, finished in answers)             # they were in flight at the signal
     assert server.returncode == 143 and stderr.rstrip().endswith("fit-serve: terminated"), stderr[-2000:]
     assert "graceful" not in stderr.lower() and "Traceback" not in stderr, stderr[-2000:]
