@@ -8,7 +8,8 @@ line of this checkout, whatever its server code), on a free localhost port:
               Retry-After, how fast the 503s came, and /healthz probed during the burst
     stalled   S uploads that send their headers and one body byte, then stall; meanwhile a generation request and
               /healthz: answered or not, in how long; whether the server dropped the stalled connections
-    sigterm   R requests in flight, then SIGTERM: statuses, exit code, seconds to exit, Ray's failure line or not
+    sigterm   R requests in flight, then SIGTERM: statuses, exit code, seconds to exit, Ray's failure line or not;
+              requests sent during the drain (one every 0.5 s until the exit): statuses and content types
 
 A model replica is found among the fit-serve process's descendants by its Ray process title
 (``ray::ServeReplica:fit:FitModel``: application and deployment). Requests carry ``Authorization: Bearer KEY``
@@ -234,19 +235,30 @@ def stalled_phase(args, quick: bool) -> dict:
 
 
 def sigterm_phase(args, quick: bool) -> dict:
-    """R requests in flight, then SIGTERM."""
+    """R requests in flight, then SIGTERM; a request every 0.5 s during the drain."""
     server = Server(["--threads", "1", "--max-batch-size", "4", *args.common], args.serve_args, args.api_key)
     server.wait_healthy()
-    with ThreadPoolExecutor(args.in_flight) as pool:
+
+    def during_drain() -> list[Answer]:
+        late = []
+        while server.process.poll() is None:
+            time.sleep(0.5)
+            late.append(server.generate(body(len(late), 2), 60))
+        return late
+
+    with ThreadPoolExecutor(args.in_flight + 1) as pool:
         pending = [pool.submit(server.generate, body(i, args.fault_steps * 10, 128), 300)
                    for i in range(args.in_flight)]
         time.sleep(1.5)
         signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        late = pool.submit(during_drain)
         code = server.stop(signal.SIGTERM)
         exit_s = round(time.monotonic() - signalled, 2)
         answers = [p.result() for p in pending]
     return {"in_flight": args.in_flight, **summary(answers), "exit_code": code, "exit_s": exit_s,
-            "ray_failure_line": "graceful_shutdown" in server.stderr or "Traceback" in server.stderr}
+            "ray_failure_line": "graceful_shutdown" in server.stderr or "Traceback" in server.stderr,
+            "during_drain": summary(late.result())}
 
 
 def run_faults(args, phases: list[str], quick: bool) -> dict:
@@ -287,7 +299,9 @@ def markdown(results: dict) -> list[str]:
     if "sigterm" in results:
         r = results["sigterm"]
         lines += ["", f"SIGTERM with {r['in_flight']} requests in flight:", "",
-                  "| statuses | exit code | seconds to exit | Ray failure line |", "|---|---:|---:|---|",
+                  "| statuses | exit code | seconds to exit | Ray failure line | requests sent during the drain: "
+                  "statuses | their content types |", "|---|---:|---:|---|---|---|",
                   f"| {r['statuses']} | {r['exit_code']} | {r['exit_s']} | "
-                  f"{'yes' if r['ray_failure_line'] else 'no'} |"]
+                  f"{'yes' if r['ray_failure_line'] else 'no'} | {r['during_drain']['statuses']} | "
+                  f"{', '.join(r['during_drain']['content_types_of_errors']) or '-'} |"]
     return lines

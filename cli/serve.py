@@ -2,8 +2,8 @@
 
 Starts a local Ray by default; ``--address`` (or RAY_ADDRESS) joins a running Ray cluster instead.
 ``--emit-config FILE`` writes the Serve config YAML for ``serve deploy`` / ``serve run`` and exits. Ctrl-C (or
-SIGTERM) stops the application: the replicas finish the requests they hold (at most ``--drain-s``), then the local
-Ray shuts down with all its processes; exit 130 (Ctrl-C) or 143 (SIGTERM).
+SIGTERM) stops the application: new requests get a JSON 503, the ones admitted finish (at most ``--drain-s``), then
+the local Ray shuts down with all its processes; exit 130 (Ctrl-C) or 143 (SIGTERM).
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ from fit_serve.config import API_KEY_ENV
               help="Where the local Ray's metrics endpoint listens: 127.0.0.1 or 0.0.0.0; default: --host (127.0.0.1 "
                    "when --host is one other address).")
 @click.option("--drain-s", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="On Ctrl-C or SIGTERM, how long the replicas may take to finish the requests they hold.")
+              help="On Ctrl-C or SIGTERM, how long the requests admitted may take to finish.")
 @click.option("--api-key", envvar=API_KEY_ENV, default=None, show_envvar=True,
               help="Every /v1 request must send Authorization: Bearer KEY. Prefer the environment variable: a "
                    "command line is visible to other users of the machine.")

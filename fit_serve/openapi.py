@@ -35,9 +35,9 @@ JOB_SCHEMA = {
         "result": GENERATE_JSON_SCHEMA, "error": {"type": "string"}}}
 HEALTH_SCHEMA = {
     "type": "object", "required": ["status", "replicas"],
-    "properties": {"status": {"type": "string", "enum": ["ok", "unavailable"]}, "model": {"type": "string"},
-                   "replicas": {"type": "object"}, "in_flight": {"type": "integer"},
-                   "admission_limit": {"type": "integer"}}}
+    "properties": {"status": {"type": "string", "enum": ["ok", "unavailable", "draining"]},
+                   "model": {"type": "string"}, "replicas": {"type": "object"}, "in_flight": {"type": "integer"},
+                   "requests": {"type": "integer"}, "admission_limit": {"type": "integer"}}}
 
 
 def _json(schema: dict) -> dict:
@@ -91,7 +91,8 @@ def document(info: dict, max_images: int, keyed: bool) -> dict:
         "/healthz": {"get": {
             "summary": "Whether model replicas run (answered by the ingress, never queued); no key needed",
             "responses": {"200": {"description": "at least one model replica runs", "content": _json(HEALTH_SCHEMA)},
-                          "503": {"description": "no model replica runs", "content": _json(HEALTH_SCHEMA)}}}},
+                          "503": {"description": "no model replica runs, or the server is shutting down",
+                                  "content": _json(HEALTH_SCHEMA)}}}},
     }
     components = {"schemas": {"Error": ERROR_SCHEMA, "OpenAIError": OPENAI_ERROR_SCHEMA}}
     if keyed:

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -334,6 +335,21 @@ def test_overload_answers_json_503_with_retry_after_at_once_health_stays_and_mem
           f"{rejected_s[-1]:.2f} s); {len(health)} health probes all 200; replica peak RSS {before} -> {after} MB")
 
 
+def http_reply(sock: socket.socket) -> bytes:
+    """One HTTP reply read from ``sock``: the head, and the body up to its Content-Length (the two may come in
+    separate reads), or whatever came before the connection closed."""
+    reply = b""
+    while True:
+        head, _, rest = reply.partition(b"\r\n\r\n")
+        length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+        if _ and length and len(rest) >= int(length.group(1)):
+            return reply
+        chunk = sock.recv(4096)
+        if not chunk:
+            return reply
+        reply += chunk
+
+
 def test_stalled_uploads_starve_neither_health_nor_generation(base):
     """20 clients send headers and one body byte, then stall (more than the model replica's 8 slots): health and
     a generation are answered while they stall, and each stalled upload gets a JSON 408 after the body timeout."""
@@ -355,7 +371,7 @@ def test_stalled_uploads_starve_neither_health_nor_generation(base):
         replies = []
         for sock in stalled:
             sock.settimeout(40)
-            replies.append(sock.recv(4096))
+            replies.append(http_reply(sock))
     finally:
         for sock in stalled:
             sock.close()
