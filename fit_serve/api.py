@@ -6,7 +6,7 @@ refusal is the engine's :class:`GenerationError`, in the engine's words, as a :c
 module adds is HTTP: the body size, JSON syntax, the field names, and the server's policy limits (lower steps and
 guidance caps than the engine's, passed to ``prepare`` as :class:`engines.request.Limits`). Fields left out take
 the package defaults exactly as ``fit-run`` does (size: the package default; class: unconditional; seed: 0;
-steps, sampler, cfg, extrapolation: the package's).
+steps, sampler, cfg, extrapolation, time_shift, tail_compression: the package's).
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from engines.sampler import SAMPLERS
 MAX_BODY_BYTES = 16 * 1024
 # field -> the Pipeline.prepare argument it sets
 FIELDS = {"width": "width", "height": "height", "class": "label", "seed": "seed", "steps": "steps",
-          "sampler": "sampler", "cfg": "cfg", "extrapolation": "extrapolation", "time_shift": "time_shift"}
+          "sampler": "sampler", "cfg": "cfg", "extrapolation": "extrapolation", "time_shift": "time_shift",
+          "tail_compression": "tail_compression"}
 
 
 class BadRequest(ValueError):
@@ -73,7 +74,7 @@ def model_info(pipe: Pipeline, limits: Limits) -> dict:
         "samplers": list(SAMPLERS),
         "extrapolations": list(pipe.extrapolations),
         "defaults": {"sampler": manifest.sampler.method, "steps": manifest.sampler.steps,
-                     "time_shift": manifest.sampler.time_shift,
+                     "time_shift": manifest.sampler.time_shift, "tail_compression": manifest.sampler.tail_compression,
                      "cfg": manifest.guidance.default_scale, "extrapolation": pipe.settings().extrapolation},
         "backend": pipe.backend_name,
         "variant": pipe.variant,
