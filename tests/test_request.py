@@ -105,6 +105,10 @@ def test_server_policy_limits_read_as_the_engines_own(pipe):
     with pytest.raises(GenerationError, match=f"from 1 to {MAX_STEPS:,}"):
         pipe.prepare(32, 32, steps=MAX_STEPS + 1)
     assert model_info(pipe, policy)["limits"] == {"max_steps": 1000, "max_cfg": 20.0, "max_body_bytes": 16384}
+    sampler = pipe.manifest.sampler
+    assert {k: model_info(pipe, policy)["defaults"][k] for k in ("sampler", "steps", "time_shift", "tail_compression")} \
+        == {"sampler": sampler.method, "steps": sampler.steps, "time_shift": sampler.time_shift,
+            "tail_compression": sampler.tail_compression}
     with pytest.raises(ValueError, match="max_steps"):
         Limits(max_steps=MAX_STEPS + 1)
 
