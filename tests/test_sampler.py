@@ -161,43 +161,33 @@ def test_settings_reject_bad_values(kwargs):
         ns.SamplerSettings(**kwargs)
 
 
-@pytest.mark.parametrize("shift", [0, 0.0, -1.0, 0.0099, 1e-300, 100.5, 1e300, math.nan, math.inf, -math.inf, "2", None,
-                                   True, [2.0]])
-def test_settings_refuse_a_time_shift_outside_its_range(shift):
+GRID_SETTINGS = {"time_shift": ("a number from 0.01 to 100", 1.0, 2.0),       # (range, neutral value, another)
+                 "tail_compression": ("a number from 0 to 1", 0.0, 0.5)}
+
+
+@pytest.mark.parametrize("name,value", [("time_shift", v) for v in (0, 0.0, -1.0, 0.0099, 1e-300, 100.5, 1e300,
+                                                                     math.nan, math.inf, -math.inf, "2", None, True,
+                                                                     [2.0])]
+                         + [("tail_compression", v) for v in (-0.1, 1.0000001, 2, math.nan, math.inf, "1", None,
+                                                              False, [0.5])])
+def test_settings_refuse_a_time_grid_setting_outside_its_range(name, value):
     with pytest.raises(ns.SettingError) as caught:
-        ns.SamplerSettings("euler", time_shift=shift)
+        ns.SamplerSettings("euler", **{name: value})
     message = str(caught.value)
-    assert message == f"time_shift must be a number from 0.01 to 100, got {shift!r}" and "\n" not in message
-    assert caught.value.parameter == "time_shift"
+    assert message == f"{name} must be {GRID_SETTINGS[name][0]}, got {value!r}" and "\n" not in message
+    assert caught.value.parameter == name
 
 
+@pytest.mark.parametrize("name", GRID_SETTINGS)
 @pytest.mark.parametrize("method", ["dopri5", "sde"])
-def test_settings_refuse_a_time_shift_for_samplers_with_their_own_schedule(method):
+def test_settings_refuse_a_time_grid_setting_for_samplers_with_their_own_schedule(method, name):
+    _, neutral, other = GRID_SETTINGS[name]
     with pytest.raises(ns.SettingError) as caught:
-        ns.SamplerSettings(method, time_shift=2.0)
+        ns.SamplerSettings(method, **{name: other})
     message = str(caught.value)
-    assert message == f"time_shift applies to euler, heun, ab2, unipc, not {method}, which keeps its own schedule"
-    assert "\n" not in message and caught.value.parameter == "time_shift"
-    assert ns.SamplerSettings(method, time_shift=1).time_shift == 1.0      # the neutral shift is accepted
-
-
-@pytest.mark.parametrize("tail", [-0.1, 1.0000001, 2, math.nan, math.inf, "1", None, False, [0.5]])
-def test_settings_refuse_a_tail_compression_outside_its_range(tail):
-    with pytest.raises(ns.SettingError) as caught:
-        ns.SamplerSettings("ab2", tail_compression=tail)
-    message = str(caught.value)
-    assert message == f"tail_compression must be a number from 0 to 1, got {tail!r}" and "\n" not in message
-    assert caught.value.parameter == "tail_compression"
-
-
-@pytest.mark.parametrize("method", ["dopri5", "sde"])
-def test_settings_refuse_a_tail_compression_for_samplers_with_their_own_schedule(method):
-    with pytest.raises(ns.SettingError) as caught:
-        ns.SamplerSettings(method, tail_compression=0.5)
-    assert str(caught.value) == (f"tail_compression applies to euler, heun, ab2, unipc, not {method}, which keeps its "
-                                 f"own schedule")
-    assert caught.value.parameter == "tail_compression"
-    assert ns.SamplerSettings(method, tail_compression=0).tail_compression == 0.0      # the neutral value is accepted
+    assert message == f"{name} applies to euler, heun, ab2, unipc, not {method}, which keeps its own schedule"
+    assert "\n" not in message and caught.value.parameter == name
+    assert getattr(ns.SamplerSettings(method, **{name: int(neutral)}), name) == neutral     # the neutral value is fine
 
 
 @pytest.mark.parametrize("method", ns.SHIFTED)

@@ -120,7 +120,7 @@ describe('web page in headless Chromium', { skip: reason ?? false }, () => {
       cfg: 4, extrapolation: '', 'time-shift': '2.5', 'tail-compression': '0.5' });
     assert.equal(result.state, 'done', result.status);
     const db = psnr(await canvasPixels(page), new Uint8Array(readFileSync(join(ref.dir, ref.index.images[0].file))));
-    console.log(`# page vs Python runtime, unipc time shift 2.5: ${db === Infinity ? 'identical' : `${db.toFixed(1)} dB`}`);
+    console.log(`# page vs Python runtime, unipc time shift 2.5, tail compression 0.5: ${db === Infinity ? 'identical' : `${db.toFixed(1)} dB`}`);
     assert.ok(db >= 50, `${db} dB`);
     const saved = join(ref.dir, 'page.png');
     writeFileSync(saved, Uint8Array.from(await page.evaluate(async () => Array.from(await globalThis.fitPage.pngBytes()))));
