@@ -2,7 +2,7 @@
 
     python benchmarks/sampler_quality.py [--quick] [--sizes 80x80,128x64,128x128:linear]
         [--samplers euler,heun,ab2,unipc] [--shifts 1,2,3,4,6] [--tails 0,1] [--evals 4,6,8,10,12,16,24,32]
-        [--scaled-shift 3] [--threads 1] [--out benchmarks/results/sampler_quality]
+        [--scaled-shift 3] [--threads 1] [--jobs 1] [--out benchmarks/results/sampler_quality]
         [--fit-eval [--fit-eval-settings ab2:12:6:1,unipc:12:3]]
 
 The default model (``engines.load(None)``) draws 16 images per size (classes 0-7 twice, seeds 100-115, guidance 4);
@@ -31,11 +31,14 @@ fewer shifts and counts) only prints unless ``--out`` is given. A script, not a 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import datetime
+import functools
 import importlib.util
 import json
 import math
+import multiprocessing
 import os
 import platform
 import sys
@@ -166,6 +169,21 @@ def measure_size(pipe, reference_pipe, check_pipe, size: Size, samplers, shifts,
             "rows": rows, "baseline": base, "package_default": package_default, "dopri5_package_tolerances": dopri5}
 
 
+def measure_sizes(sizes: list[Size], samplers, shifts, tails, evals, scaled_base: float,
+                  baseline: tuple[str, int, float, float], threads: int) -> list[dict]:
+    """:func:`measure_size` of each of ``sizes`` on the default model (a task of its own: ``--jobs``)."""
+    import engines
+
+    with engines.load(None, threads=threads) as pipe, with_tolerances(pipe, *REFERENCE, threads) as reference_pipe, \
+            with_tolerances(pipe, *CHECK, threads) as check_pipe:
+        return [measure_size(pipe, reference_pipe, check_pipe, size, samplers, shifts, tails, evals, scaled_base,
+                             baseline) for size in sizes]
+
+
+def _call(task):
+    return task()
+
+
 def summary(sizes: list[dict], samplers) -> list[dict]:
     """Per sampler and size: the fewest evaluations (and its schedule) whose PSNR reaches the baseline's."""
     out = []
@@ -189,6 +207,14 @@ def _db(cell: dict) -> float:
 # ----------------------------------------------------------------------------------------------------------
 # fit-eval's judge
 # ----------------------------------------------------------------------------------------------------------
+
+def fit_eval_of_package(settings: list[tuple[str, int, float, float]], threads: int) -> dict:
+    """:func:`fit_eval` on the default model (a task of its own: ``--jobs``)."""
+    import engines
+
+    with engines.load(None, threads=threads) as pipe:
+        return fit_eval(pipe, settings, threads)
+
 
 def fit_eval(pipe, settings: list[tuple[str, int, float, float]], threads: int) -> dict:
     """Shape accuracy and Fréchet distance (fit/eval) per training size for ``settings`` (sampler, steps, time
@@ -366,6 +392,8 @@ def main() -> None:
     parser.add_argument("--scaled-shift", type=float, default=3.0,
                         help="S of the resolution-dependent schedule S x sqrt(tokens / training tokens) (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of the runtime and torch (0: default)")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes: each size and the fit-eval part is a "
+                                                            "task of its own (the numbers do not change; default 1)")
     parser.add_argument("--fit-eval", action="store_true", help="also fit-eval's accuracy and FD (needs torch)")
     parser.add_argument("--baseline", default="heun:16:1",
                         help="sampler:steps:shift[:tail] whose PSNR the summary asks each sampler to reach (default "
@@ -392,6 +420,8 @@ def main() -> None:
             SamplerSettings("euler", time_shift=shift)
         for tail in tails:
             SamplerSettings("euler", tail_compression=tail)
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
         if not (sizes and samplers and shifts and tails and evals) or min(evals) < 1:
             raise ValueError("give at least one size, sampler, shift, tail compression and positive evaluation count")
         fit_eval_settings = parse_settings(args.fit_eval_settings, "--fit-eval-settings") if args.fit_eval else []
@@ -414,11 +444,17 @@ def main() -> None:
                 pipe.prepare(size.width, size.height, extrapolation=size.extrapolation)
         except GenerationError as err:
             parser.error(str(err))
-        with with_tolerances(pipe, *REFERENCE, args.threads) as reference_pipe, \
-                with_tolerances(pipe, *CHECK, args.threads) as check_pipe:
-            measured = [measure_size(pipe, reference_pipe, check_pipe, size, samplers, shifts, tails, evals,
-                                     args.scaled_shift, baseline) for size in sizes]
-        fit_eval_result = fit_eval(pipe, fit_eval_settings, args.threads) if args.fit_eval else None
+    tasks = [functools.partial(measure_sizes, [size], samplers, shifts, tails, evals, args.scaled_shift, baseline,
+                               args.threads) for size in sizes]
+    if args.fit_eval:
+        tasks.append(functools.partial(fit_eval_of_package, fit_eval_settings, args.threads))
+    if args.jobs == 1:
+        done = [task() for task in tasks]
+    else:
+        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = list(pool.map(_call, tasks))
+    measured = [entry for part in done[:len(sizes)] for entry in part]
+    fit_eval_result = done[-1] if args.fit_eval else None
     result = {"date": datetime.date.today().isoformat(),
               "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()}",
               "command": " ".join(["python benchmarks/sampler_quality.py"] + sys.argv[1:]),
