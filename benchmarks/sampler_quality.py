@@ -1,9 +1,9 @@
 """Sampler quality per network evaluation: every fixed-grid sampler and time schedule against a converged reference.
 
     python benchmarks/sampler_quality.py [--quick] [--sizes 80x80,128x64,128x128:linear]
-        [--samplers euler,heun,ab2,unipc] [--shifts 1,2,3,4] [--evals 4,6,8,10,12,16,24,32] [--scaled-shift 3]
-        [--threads 1] [--out benchmarks/results/sampler_quality]
-        [--fit-eval [--fit-eval-settings ab2:12:3,unipc:12:3]]
+        [--samplers euler,heun,ab2,unipc] [--shifts 1,2,3,4,6] [--tails 0,1] [--evals 4,6,8,10,12,16,24,32]
+        [--scaled-shift 3] [--threads 1] [--jobs 1] [--out benchmarks/results/sampler_quality]
+        [--fit-eval [--fit-eval-settings ab2:12:6:1,unipc:12:3]]
 
 The default model (``engines.load(None)``) draws 16 images per size (classes 0-7 twice, seeds 100-115, guidance 4);
 a size is ``WxH`` or ``WxH:EXTRAPOLATION`` (128x128 holds only with ``linear``, PI: docs/default-model.md). The
@@ -12,16 +12,17 @@ tolerances, as dopri5 reads them from the package); dopri5 at atol 1e-8, rtol 1e
 
 For each sampler x time schedule x evaluation count (heun: evaluations / 2 steps; a count a sampler cannot make is
 skipped) it records the image PSNR (``engines.metrics.psnr`` over all 16 images' uint8 pixels, peak 255) and the
-latent relative RMSE (sqrt(sum (x - ref)^2 / sum ref^2) over all 16 latents) against the reference. Schedules: the
-fixed time shifts ``--shifts`` and one resolution-dependent candidate, ``--scaled-shift`` S x sqrt(tokens /
-training tokens), reported only at the sizes where it differs from every fixed shift. Beside them: the
+latent relative RMSE (sqrt(sum (x - ref)^2 / sum ref^2) over all 16 latents) against the reference. Schedules:
+every fixed time shift of ``--shifts`` with every tail compression of ``--tails`` (``SamplerSettings``' time_shift
+and tail_compression), and one resolution-dependent candidate, ``--scaled-shift`` S x sqrt(tokens / training
+tokens) without tail compression, reported only at the sizes where it differs from every fixed shift. Beside them: the
 ``--baseline`` (default heun 16 steps = 32 evaluations, the package default before the multistep samplers), the
 package's default sampler and dopri5 at the package's tolerances. A summary gives, per sampler and size, the
 fewest evaluations whose PSNR reaches the baseline's.
 
 ``--fit-eval``: fit-eval's judge (fit/eval: the shape classifier's accuracy and the Fréchet distance of its features
 against procedural images, ``EvalSettings``' sample counts, seeds and guidance) at the package's training sizes for
-the package default and each ``--fit-eval-settings`` sampler:steps:shift. Its images come from the runtime, as
+the package default and each ``--fit-eval-settings`` sampler:steps:shift[:tail]. Its images come from the runtime, as
 ``fit-run`` writes them (uint8), the way ``fit-export quantize`` measures shape accuracy; needs torch.
 
 Writes ``<out>.json`` (every number) and ``<out>.md`` (the tables) with the machine and date; ``--quick`` (one size,
@@ -30,11 +31,14 @@ fewer shifts and counts) only prints unless ``--out`` is given. A script, not a 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import datetime
+import functools
 import importlib.util
 import json
 import math
+import multiprocessing
 import os
 import platform
 import sys
@@ -51,9 +55,9 @@ FIRST_SEED = 100
 CFG = 4.0
 REFERENCE = (1e-7, 1e-6)           # dopri5 (atol, rtol) of the reference
 CHECK = (1e-8, 1e-7)               # ... and of the run that checks it has converged
-FULL = {"sizes": "80x80,128x64,128x128:linear", "samplers": "euler,heun,ab2,unipc", "shifts": "1,2,3,4",
-        "evals": "4,6,8,10,12,16,24,32"}
-QUICK = {"sizes": "80x80", "samplers": "euler,heun,ab2,unipc", "shifts": "1,3", "evals": "4,8,16"}
+FULL = {"sizes": "80x80,128x64,128x128:linear", "samplers": "euler,heun,ab2,unipc", "shifts": "1,2,3,4,6",
+        "tails": "0,1", "evals": "4,6,8,10,12,16,24,32"}
+QUICK = {"sizes": "80x80", "samplers": "euler,heun,ab2,unipc", "shifts": "1,3", "tails": "0,1", "evals": "4,8,16"}
 OUT = ROOT / "benchmarks" / "results" / "sampler_quality"
 
 
@@ -82,7 +86,8 @@ class Run:
 
 
 def sample(pipe, size: Size, **settings) -> Run:
-    """The 16 images of ``size`` sampled in one batch with ``settings`` (prepare's sampler, steps, time_shift)."""
+    """The 16 images of ``size`` sampled in one batch with ``settings`` (prepare's sampler, steps, time_shift,
+    tail_compression)."""
     jobs = pipe.prepare(size.width, size.height, list(range(8)), FIRST_SEED, num=IMAGES, cfg=CFG,
                         extrapolation=size.extrapolation, **settings)
     calls = []
@@ -115,8 +120,13 @@ def evaluations_per_step(method: str) -> int:
     return SamplerSettings(method, steps=1).evaluations()
 
 
-def measure_size(pipe, reference_pipe, check_pipe, size: Size, samplers, shifts, evals, scaled_base: float,
-                 baseline: tuple[str, int, float]) -> dict:
+def schedule_name(shift: float, tail: float) -> str:
+    """``S=3`` or ``S=6, c=1``: the time shift and, when there is one, the tail compression."""
+    return f"S={shift:g}" + (f", c={tail:g}" if tail else "")
+
+
+def measure_size(pipe, reference_pipe, check_pipe, size: Size, samplers, shifts, tails, evals, scaled_base: float,
+                 baseline: tuple[str, int, float, float]) -> dict:
     """Every number of one size (the JSON's ``sizes`` entry)."""
     tokens = pipe.tokens(size.width, size.height)
     train = pipe.manifest.sizes.train_token_budget
@@ -126,33 +136,52 @@ def measure_size(pipe, reference_pipe, check_pipe, size: Size, samplers, shifts,
     log(f"{size.name}: reference {reference.evaluations} evaluations; check {check}")
     done: dict[tuple, dict] = {}
 
-    def measured(method: str, steps: int, shift: float) -> dict:
-        key = (method, steps, shift)
+    def measured(method: str, steps: int, shift: float, tail: float) -> dict:
+        key = (method, steps, shift, tail)
         if key not in done:
-            done[key] = compare(sample(pipe, size, sampler=method, steps=steps, time_shift=shift), reference)
+            done[key] = compare(sample(pipe, size, sampler=method, steps=steps, time_shift=shift,
+                                       tail_compression=tail), reference)
         return done[key]
 
-    schedules = [(f"S={s:g}", s) for s in shifts]
+    schedules = [(schedule_name(s, c), s, c) for c in tails for s in shifts]
     scaled = scaled_base * math.sqrt(tokens / train)
     if all(not math.isclose(scaled, s) for s in shifts):
-        schedules.append((f"S={scaled:.2f} = {scaled_base:g}·√(tokens/{train})", scaled))
+        schedules.append((f"S={scaled:.2f} = {scaled_base:g}·√(tokens/{train})", scaled, 0.0))
     rows = []
     for method in samplers:
         per_step = evaluations_per_step(method)
-        for name, shift in schedules:
-            cells = {str(n): measured(method, n // per_step, shift) for n in evals if n % per_step == 0}
-            rows.append({"sampler": method, "schedule": name, "time_shift": shift, "cells": cells})
+        for name, shift, tail in schedules:
+            cells = {str(n): measured(method, n // per_step, shift, tail) for n in evals if n % per_step == 0}
+            rows.append({"sampler": method, "schedule": name, "time_shift": shift, "tail_compression": tail,
+                         "cells": cells})
             log(f"{size.name}: {method} {name}: " + ", ".join(f"{n} {c['psnr_db']}" for n, c in cells.items()))
     default = pipe.settings().sampler
-    package_default = dict(measured(default.method, default.steps, default.time_shift), sampler=default.method,
-                           steps=default.steps, time_shift=default.time_shift)
-    base = dict(measured(*baseline), sampler=baseline[0], steps=baseline[1], time_shift=baseline[2])
+    package_default = dict(measured(default.method, default.steps, default.time_shift, default.tail_compression),
+                           sampler=default.method, steps=default.steps, time_shift=default.time_shift,
+                           tail_compression=default.tail_compression)
+    base = dict(measured(*baseline), sampler=baseline[0], steps=baseline[1], time_shift=baseline[2],
+                tail_compression=baseline[3])
     dopri5 = dict(compare(sample(pipe, size, sampler="dopri5"), reference), atol=default.atol, rtol=default.rtol)
     return {"size": size.name, "width": size.width, "height": size.height, "tokens": tokens,
             "extrapolation": pipe.settings(extrapolation=size.extrapolation).extrapolation,
             "reference": {"atol": REFERENCE[0], "rtol": REFERENCE[1], "evaluations": reference.evaluations,
                           "check": dict(check, atol=CHECK[0], rtol=CHECK[1])},
             "rows": rows, "baseline": base, "package_default": package_default, "dopri5_package_tolerances": dopri5}
+
+
+def measure_sizes(sizes: list[Size], samplers, shifts, tails, evals, scaled_base: float,
+                  baseline: tuple[str, int, float, float], threads: int) -> list[dict]:
+    """:func:`measure_size` of each of ``sizes`` on the default model (a task of its own: ``--jobs``)."""
+    import engines
+
+    with engines.load(None, threads=threads) as pipe, with_tolerances(pipe, *REFERENCE, threads) as reference_pipe, \
+            with_tolerances(pipe, *CHECK, threads) as check_pipe:
+        return [measure_size(pipe, reference_pipe, check_pipe, size, samplers, shifts, tails, evals, scaled_base,
+                             baseline) for size in sizes]
+
+
+def _call(task):
+    return task()
 
 
 def summary(sizes: list[dict], samplers) -> list[dict]:
@@ -179,9 +208,17 @@ def _db(cell: dict) -> float:
 # fit-eval's judge
 # ----------------------------------------------------------------------------------------------------------
 
-def fit_eval(pipe, settings: list[tuple[str, int, float]], threads: int) -> dict:
+def fit_eval_of_package(settings: list[tuple[str, int, float, float]], threads: int) -> dict:
+    """:func:`fit_eval` on the default model (a task of its own: ``--jobs``)."""
+    import engines
+
+    with engines.load(None, threads=threads) as pipe:
+        return fit_eval(pipe, settings, threads)
+
+
+def fit_eval(pipe, settings: list[tuple[str, int, float, float]], threads: int) -> dict:
     """Shape accuracy and Fréchet distance (fit/eval) per training size for ``settings`` (sampler, steps, time
-    shift) and the package default, with fit-eval's sample counts, seeds and guidance."""
+    shift, tail compression) and the package default, with fit-eval's sample counts, seeds and guidance."""
     import torch
 
     from fit.data.procedural import SHAPES
@@ -193,25 +230,28 @@ def fit_eval(pipe, settings: list[tuple[str, int, float]], threads: int) -> dict
         torch.set_num_threads(threads)
     judge = EvalSettings()
     default = pipe.settings().sampler
-    settings = list(dict.fromkeys(settings + [(default.method, default.steps, default.time_shift)]))
+    settings = list(dict.fromkeys(settings + [(default.method, default.steps, default.time_shift,
+                                               default.tail_compression)]))
     budget = pipe.manifest.sizes.train_token_budget
     sizes = [tuple(s) for b in pipe.manifest.sizes.buckets for s in b.sizes if pipe.tokens(*s) <= budget]
     classifier = load_classifier()
     labels = np.repeat(np.arange(len(SHAPES)), judge.num_per_class)
-    rows = [{"sampler": m, "steps": n, "time_shift": s, "evaluations": n * evaluations_per_step(m), "sizes": {}}
-            for m, n, s in settings]
+    rows = [{"sampler": m, "steps": n, "time_shift": s, "tail_compression": c,
+             "evaluations": n * evaluations_per_step(m), "sizes": {}} for m, n, s, c in settings]
     for width, height in sizes:
         reference = classify(classifier, reference_images(height, width, judge.reference_count))[1]
         for row in rows:
             jobs = pipe.prepare(width, height, labels.tolist(), judge.seed, num=len(labels), cfg=judge.cfg_scale,
-                                sampler=row["sampler"], steps=row["steps"], time_shift=row["time_shift"])
+                                sampler=row["sampler"], steps=row["steps"], time_shift=row["time_shift"],
+                                tail_compression=row["tail_compression"])
             images = np.concatenate([np.stack(pipe.generate_many(jobs[i:i + judge.batch_size]))
                                      for i in range(0, len(jobs), judge.batch_size)])
             pixels = torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1)
             predicted, features = classify(classifier, pixels)
             row["sizes"][f"{width}x{height}"] = {"accuracy": class_accuracy(predicted, labels),
                                                  "fd": frechet_distance_of(features, reference)}
-            log(f"fit-eval {width}x{height} {row['sampler']} {row['steps']} S={row['time_shift']:g}: "
+            log(f"fit-eval {width}x{height} {row['sampler']} {row['steps']} "
+                f"{schedule_name(row['time_shift'], row['tail_compression'])}: "
                 f"{row['sizes'][f'{width}x{height}']}")
     for row in rows:
         row["mean_accuracy"] = float(np.mean([c["accuracy"] for c in row["sizes"].values()]))
@@ -228,6 +268,11 @@ def _cell(cell: Optional[dict]) -> str:
     return "" if cell is None else "inf" if cell["psnr_db"] == "inf" else f"{cell['psnr_db']:.1f}"
 
 
+def _schedule(entry: dict) -> str:
+    """The schedule of a JSON entry (results written before tail compression existed have none)."""
+    return schedule_name(entry["time_shift"], entry.get("tail_compression", 0.0))
+
+
 def markdown(result: dict) -> str:
     s = result["settings"]
     lines = [f"# Sampler quality per network evaluation ({result['date']}, {result['machine']})", "",
@@ -235,8 +280,9 @@ def markdown(result: dict) -> str:
              f"Default model, {s['images']} images per size (classes 0-7 twice, seeds {s['seeds']}), guidance "
              f"{s['cfg']:g}. Cells: image PSNR in dB (all images' uint8 pixels, peak 255) against the same images by "
              f"dopri5 at atol {_g(REFERENCE[0])}, rtol {_g(REFERENCE[1])}; columns: network evaluations (heun: 2 per "
-             f"step); S: time shift (step i of N ends at t = u / (u + S (1 - u)), u = i/N). Latent relative RMSE "
-             f"for every cell is in the JSON.", ""]
+             f"step); S: time shift (step i of N ends at t = u / (u + S (1 - u)), u = i/N); c: tail compression "
+             f"(then t becomes t + c t (1 - t); none when not given). Latent relative RMSE for every cell is in "
+             f"the JSON.", ""]
     evals = s["evals"]
     for size in result["sizes"]:
         ref = size["reference"]
@@ -249,9 +295,9 @@ def markdown(result: dict) -> str:
                          + " | ".join(_cell(row["cells"].get(str(n))) for n in evals) + " |")
         b, d, p, c = size["baseline"], size["package_default"], size["dopri5_package_tolerances"], ref["check"]
         lines += ["", "| beside them | evaluations | PSNR (dB) | latent rel. RMSE |", "|---|---:|---:|---:|",
-                  f"| baseline: {b['sampler']} {b['steps']} steps, S={b['time_shift']:g} | {b['evaluations']} | "
+                  f"| baseline: {b['sampler']} {b['steps']} steps, {_schedule(b)} | {b['evaluations']} | "
                   f"{_cell(b)} | {b['latent_rel_rmse']:.2e} |",
-                  f"| package default: {d['sampler']} {d['steps']} steps, S={d['time_shift']:g} | {d['evaluations']} | "
+                  f"| package default: {d['sampler']} {d['steps']} steps, {_schedule(d)} | {d['evaluations']} | "
                   f"{_cell(d)} | {d['latent_rel_rmse']:.2e} |",
                   f"| dopri5 at the package's atol {_g(p['atol'])}, rtol {_g(p['rtol'])} | {p['evaluations']} | "
                   f"{_cell(p)} | {p['latent_rel_rmse']:.2e} |",
@@ -278,7 +324,7 @@ def markdown(result: dict) -> str:
                   "|---|---:|" + "---|" * (len(f["sizes"]) + 1)]
         for row in f["rows"]:
             cells = [f"{100 * c['accuracy']:.1f} / {c['fd']:.2f}" for c in row["sizes"].values()]
-            lines.append(f"| {row['sampler']} {row['steps']} steps, S={row['time_shift']:g} | {row['evaluations']} | "
+            lines.append(f"| {row['sampler']} {row['steps']} steps, {_schedule(row)} | {row['evaluations']} | "
                          + " | ".join(cells) + f" | {100 * row['mean_accuracy']:.1f} / {row['mean_fd']:.2f} |")
     return "\n".join(lines) + "\n"
 
@@ -315,20 +361,22 @@ def parse_numbers(text: str, kind: type, flag: str) -> list:
         raise ValueError(f"{flag} {text!r}: give comma-separated {'whole ' if kind is int else ''}numbers") from None
 
 
-def parse_settings(text: str) -> list[tuple[str, int, float]]:
-    """``sampler:steps:shift,...`` -> [(sampler, steps, shift), ...], checked by SamplerSettings."""
+def parse_settings(text: str, flag: str) -> list[tuple[str, int, float, float]]:
+    """``sampler:steps:shift[:tail],...`` -> [(sampler, steps, shift, tail), ...] (tail 0 when not given), checked
+    by SamplerSettings; ValueError naming ``flag`` otherwise."""
     from engines.sampler import SamplerSettings
 
     out = []
     for item in (part.strip() for part in text.split(",") if part.strip()):
         parts = item.split(":")
-        if len(parts) != 3:
-            raise ValueError(f"--fit-eval-settings {item!r}: give sampler:steps:shift, e.g. ab2:12:3")
+        if len(parts) not in (3, 4):
+            raise ValueError(f"{flag} {item!r}: give sampler:steps:shift or sampler:steps:shift:tail, e.g. ab2:12:6:1")
         try:
-            settings = SamplerSettings(parts[0], int(parts[1]), time_shift=float(parts[2]))
+            settings = SamplerSettings(parts[0], int(parts[1]), time_shift=float(parts[2]),
+                                       tail_compression=float(parts[3]) if len(parts) == 4 else 0.0)
         except ValueError as err:
-            raise ValueError(f"--fit-eval-settings {item!r}: {err}") from None
-        out.append((settings.method, settings.steps, settings.time_shift))
+            raise ValueError(f"{flag} {item!r}: {err}") from None
+        out.append((settings.method, settings.steps, settings.time_shift, settings.tail_compression))
     return out
 
 
@@ -339,17 +387,20 @@ def main() -> None:
     parser.add_argument("--sizes", help=f"WxH or WxH:EXTRAPOLATION, comma-separated (default {FULL['sizes']})")
     parser.add_argument("--samplers", help=f"fixed-grid samplers (default {FULL['samplers']})")
     parser.add_argument("--shifts", help=f"fixed time shifts (default {FULL['shifts']})")
+    parser.add_argument("--tails", help=f"tail compressions, each with every shift (default {FULL['tails']})")
     parser.add_argument("--evals", help=f"network evaluation counts (default {FULL['evals']})")
     parser.add_argument("--scaled-shift", type=float, default=3.0,
                         help="S of the resolution-dependent schedule S x sqrt(tokens / training tokens) (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of the runtime and torch (0: default)")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes: each size and the fit-eval part is a "
+                                                            "task of its own (the numbers do not change; default 1)")
     parser.add_argument("--fit-eval", action="store_true", help="also fit-eval's accuracy and FD (needs torch)")
     parser.add_argument("--baseline", default="heun:16:1",
-                        help="sampler:steps:shift whose PSNR the summary asks each sampler to reach (default "
-                             "heun:16:1, the package default before ab2 16 steps S=2)")
-    parser.add_argument("--fit-eval-settings", default="heun:16:1,ab2:12:3,unipc:12:3",
-                        help="sampler:steps:shift settings judged beside the package default (default "
-                             "heun:16:1,ab2:12:3,unipc:12:3)")
+                        help="sampler:steps:shift[:tail] whose PSNR the summary asks each sampler to reach (default "
+                             "heun:16:1, the package default before the multistep samplers)")
+    parser.add_argument("--fit-eval-settings", default="heun:16:1,ab2:16:2,ab2:12:6:1",
+                        help="sampler:steps:shift[:tail] settings judged beside the package default (default "
+                             "heun:16:1,ab2:16:2,ab2:12:6:1)")
     parser.add_argument("--out", help=f"write OUT.json and OUT.md (default {OUT.relative_to(ROOT)}; with --quick: "
                                       f"none)")
     args = parser.parse_args()
@@ -360,16 +411,24 @@ def main() -> None:
         sizes = parse_sizes(chosen["sizes"])
         samplers = [m.strip() for m in chosen["samplers"].split(",") if m.strip()]
         shifts = parse_numbers(chosen["shifts"], float, "--shifts")
+        tails = parse_numbers(chosen["tails"], float, "--tails")
         evals = sorted(set(parse_numbers(chosen["evals"], int, "--evals")))
         for method in samplers:
             if method not in SHIFTED:
                 raise ValueError(f"sampler {method!r} is not one of the fixed-grid samplers {', '.join(SHIFTED)}")
         for shift in shifts + [args.scaled_shift]:
             SamplerSettings("euler", time_shift=shift)
-        if not (sizes and samplers and shifts and evals) or min(evals) < 1:
-            raise ValueError("give at least one size, sampler, shift and positive evaluation count")
-        fit_eval_settings = parse_settings(args.fit_eval_settings) if args.fit_eval else []
-        [baseline] = parse_settings(args.baseline)
+        for tail in tails:
+            SamplerSettings("euler", tail_compression=tail)
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+        if not (sizes and samplers and shifts and tails and evals) or min(evals) < 1:
+            raise ValueError("give at least one size, sampler, shift, tail compression and positive evaluation count")
+        fit_eval_settings = parse_settings(args.fit_eval_settings, "--fit-eval-settings") if args.fit_eval else []
+        baselines = parse_settings(args.baseline, "--baseline")
+        if len(baselines) != 1:
+            raise ValueError("--baseline: give one sampler:steps:shift[:tail]")
+        baseline = baselines[0]
     except ValueError as err:
         parser.error(str(err))
     if args.fit_eval and importlib.util.find_spec("torch") is None:
@@ -385,17 +444,24 @@ def main() -> None:
                 pipe.prepare(size.width, size.height, extrapolation=size.extrapolation)
         except GenerationError as err:
             parser.error(str(err))
-        with with_tolerances(pipe, *REFERENCE, args.threads) as reference_pipe, \
-                with_tolerances(pipe, *CHECK, args.threads) as check_pipe:
-            measured = [measure_size(pipe, reference_pipe, check_pipe, size, samplers, shifts, evals,
-                                     args.scaled_shift, baseline) for size in sizes]
-        fit_eval_result = fit_eval(pipe, fit_eval_settings, args.threads) if args.fit_eval else None
+    tasks = [functools.partial(measure_sizes, [size], samplers, shifts, tails, evals, args.scaled_shift, baseline,
+                               args.threads) for size in sizes]
+    if args.fit_eval:
+        tasks.append(functools.partial(fit_eval_of_package, fit_eval_settings, args.threads))
+    if args.jobs == 1:
+        done = [task() for task in tasks]
+    else:
+        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = list(pool.map(_call, tasks))
+    measured = [entry for part in done[:len(sizes)] for entry in part]
+    fit_eval_result = done[-1] if args.fit_eval else None
     result = {"date": datetime.date.today().isoformat(),
               "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()}",
               "command": " ".join(["python benchmarks/sampler_quality.py"] + sys.argv[1:]),
               "onnxruntime": onnxruntime.__version__, "seconds": round(time.perf_counter() - started, 1),
               "settings": {"images": IMAGES, "classes": "0-7 twice", "seeds": f"{FIRST_SEED}-{FIRST_SEED + IMAGES - 1}",
-                           "cfg": CFG, "samplers": samplers, "shifts": shifts, "scaled_shift": args.scaled_shift,
+                           "cfg": CFG, "samplers": samplers, "shifts": shifts, "tails": tails,
+                           "scaled_shift": args.scaled_shift,
                            "evals": evals, "threads": args.threads},
               "sizes": measured, "summary": summary(measured, samplers), "fit_eval": fit_eval_result}
     text = markdown(result)

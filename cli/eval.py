@@ -60,6 +60,9 @@ def _outputs(out: str) -> tuple[Path, Path]:
 @click.option("--time-shift", type=float, default=1.0, show_default=True,
               help=f"Bends the time grid of {', '.join(SHIFTED)}: above 1, shorter steps near noise (the SD3/Flux "
                    f"shift t = u / (u + s (1 - u))); 1 = even steps.")
+@click.option("--tail-compression", type=float, default=0.0, show_default=True,
+              help="Bends the same grid near data, 0 to 1: each time t becomes t + c t (1 - t) after the shift "
+                   "(shorter steps near t = 1); 0 = none.")
 @click.option("--cfg", type=float, default=4.0, show_default=True, help="Classifier-free guidance scale.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--vae", type=click.Path(file_okay=False),
@@ -68,13 +71,14 @@ def _outputs(out: str) -> tuple[Path, Path]:
 @click.option("--threads", type=int, help="torch CPU threads.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the table (Markdown) here; rows as JSON "
               "next to it (.json).")
-def main(checkpoint, config_spec, num_per_class, sizes, methods, sampler, steps, time_shift, cfg, seed, vae,
-         classifier, threads, out):
+def main(checkpoint, config_spec, num_per_class, sizes, methods, sampler, steps, time_shift, tail_compression, cfg,
+         seed, vae, classifier, threads, out):
     """Generate NUM samples per class at each size with each RoPE extrapolation method; report the shape
     classifier's accuracy and the Fréchet distance on its features (a table shaped like FiTv2's Table III)."""
     outputs = _outputs(out) if out else None
     with user_errors(ValueError):                        # BucketError: a bad --sizes; SettingError
-        sampler_settings = SamplerSettings(sampler, steps=steps, time_shift=time_shift)
+        sampler_settings = SamplerSettings(sampler, steps=steps, time_shift=time_shift,
+                                           tail_compression=tail_compression)
         size_list = [(h, w) for w, h in parse_sizes(sizes)] if sizes is not None else None    # (height, width)
         method_list = None if methods.strip().lower() == "all" else [canonical_extrapolation(m)
                                                                      for m in _csv(methods)]

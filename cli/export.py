@@ -67,9 +67,12 @@ def main():
               help="Default sampler steps recorded for runtimes.")
 @click.option("--time-shift", "default_time_shift", type=float, default=1.0, show_default=True,
               help="Default time shift of the fixed-grid samplers (euler, heun, ab2, unipc) recorded for runtimes.")
+@click.option("--tail-compression", "default_tail_compression", type=float, default=0.0, show_default=True,
+              help="Default tail compression (0 to 1) of the fixed-grid samplers recorded for runtimes.")
 @click.option("--force", is_flag=True, help="Replace an existing package at --out.")
 def onnx_command(config, checkpoint, random_weights, out, precision, vae, name, sizes, buckets, include_weights,
-                 opset, class_names, default_cfg, default_sampler, default_steps, default_time_shift, force):
+                 opset, class_names, default_cfg, default_sampler, default_steps, default_time_shift,
+                 default_tail_compression, force):
     """Write a model package: transformer.onnx (+ vae_decoder.onnx) and manifest.json."""
     if checkpoint is None and not random_weights:
         raise UserError("pass --checkpoint PATH (or --random-weights for an untrained model)")
@@ -85,7 +88,8 @@ def onnx_command(config, checkpoint, random_weights, out, precision, vae, name, 
                               sizes=sizes, buckets=buckets, include_weights=include_weights, opset=opset,
                               class_names=[c.strip() for c in class_names.split(",")] if class_names else None,
                               default_cfg=default_cfg, default_sampler=default_sampler, default_steps=default_steps,
-                              default_time_shift=default_time_shift)
+                              default_time_shift=default_time_shift,
+                              default_tail_compression=default_tail_compression)
     click.echo(f"wrote {path}")
 
 

@@ -51,6 +51,9 @@ def output_path(out: Path, index: int, count: int, grid: bool) -> Path:
 @click.option("--time-shift", type=Passed("float"), default=None,
               help="Time shift S of the fixed-grid samplers (euler, heun, ab2, unipc): shorter steps near noise for "
                    "S > 1 (default: the package's).")
+@click.option("--tail-compression", type=Passed("float"), default=None,
+              help="Tail compression C of the same samplers, 0 to 1: each time t of the grid becomes t + C t (1 - t), "
+                   "shorter steps near data (default: the package's).")
 @click.option("--extrapolation", type=Passed("name", EXTRAPOLATIONS, numeric=False), default=None,
               help="RoPE extrapolation for sizes beyond training (default: the package's).")
 @runtime_options
@@ -59,14 +62,15 @@ def output_path(out: Path, index: int, count: int, grid: bool) -> Path:
 @click.option("--grid", is_flag=True, help="Write several images as one grid PNG.")
 @click.option("--snap", is_flag=True, help="Round a size off the model's pixel grid to the nearest valid one.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def main(package, width, height, label, num, steps, sampler, cfg, seed, time_shift, extrapolation, backend, precision,
-         threads, out, grid, snap, quiet):
+def main(package, width, height, label, num, steps, sampler, cfg, seed, time_shift, tail_compression, extrapolation,
+         backend, precision, threads, out, grid, snap, quiet):
     """Generate images from a FiT model PACKAGE (default: the model shipped with fit-toolkit)."""
     written = 0
     try:
         with user_errors(*USER_ERRORS):
             request = dict(width=width, height=height, label=label, seed=seed, num=num, snap=snap, steps=steps,
-                           sampler=sampler, cfg=cfg, extrapolation=extrapolation, time_shift=time_shift)
+                           sampler=sampler, cfg=cfg, extrapolation=extrapolation, time_shift=time_shift,
+                           tail_compression=tail_compression)
             for path in run(package, request, backend, precision, threads, out, grid, quiet):
                 click.echo(str(path))
                 written += 1

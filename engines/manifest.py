@@ -324,6 +324,9 @@ class SamplerSection(_Section):
     rtol: float = _doc("dopri5 relative tolerance", default=1e-3)
     time_shift: float = _doc("default time shift S of the fixed-grid samplers (euler, heun, ab2, unipc): step i of N "
                              "ends at t = u / (u + S (1 - u)), u = i/N; 1 = even steps", default=1.0)
+    tail_compression: float = _doc("default tail compression c of the fixed-grid samplers: each time t of the shifted "
+                                   "grid becomes t + c t (1 - t), shorter steps near data; 0 = none, 1 at most",
+                                   default=0.0)
     time_shifting: float = _doc("training-time timestep shift (informational)", default=1.0)
 
     def __post_init__(self):
@@ -331,6 +334,8 @@ class SamplerSection(_Section):
             raise PackageError(f"sampler.steps must be >= 1, got {self.steps}")
         if not 0.01 <= self.time_shift <= 100.0:          # engines.sampler.MIN_TIME_SHIFT, MAX_TIME_SHIFT
             raise PackageError(f"sampler.time_shift must be a number from 0.01 to 100, got {self.time_shift}")
+        if not 0.0 <= self.tail_compression <= 1.0:      # engines.sampler.MAX_TAIL_COMPRESSION
+            raise PackageError(f"sampler.tail_compression must be a number from 0 to 1, got {self.tail_compression}")
 
 
 @dataclass(frozen=True)

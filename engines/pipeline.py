@@ -221,7 +221,7 @@ class Pipeline:
 
     def settings(self, *, steps: Optional[int] = None, sampler: Optional[str] = None, cfg: Optional[float] = None,
                  extrapolation: Optional[str] = None, time_shift: Optional[float] = None,
-                 limits: Limits = ENGINE_LIMITS) -> GenerationSettings:
+                 tail_compression: Optional[float] = None, limits: Limits = ENGINE_LIMITS) -> GenerationSettings:
         """Resolve a request's settings against the package defaults, once; raises GenerationError. ``limits``: the
         largest steps and guidance scale allowed (a server's policy; the engine's own by default)."""
         defaults = self.manifest.sampler
@@ -231,10 +231,13 @@ class Pipeline:
             raise GenerationError(f"unknown sampler {method!r}; choose one of {', '.join(SAMPLERS)}", "sampler")
         if time_shift is None:                       # the package's, for the samplers it applies to
             time_shift = defaults.time_shift if method in SHIFTED else 1.0
+        if tail_compression is None:                 # likewise
+            tail_compression = defaults.tail_compression if method in SHIFTED else 0.0
         try:
             steps = check_steps(steps, limits.max_steps)
             cfg = check_cfg(self.manifest.guidance.default_scale if cfg is None else cfg, limits.max_cfg)
-            sampler_settings = SamplerSettings(method, int(steps), defaults.atol, defaults.rtol, time_shift=time_shift)
+            sampler_settings = SamplerSettings(method, int(steps), defaults.atol, defaults.rtol, time_shift=time_shift,
+                                               tail_compression=tail_compression)
         except SettingError as err:
             raise GenerationError(str(err), err.parameter) from None
         if extrapolation is None:
@@ -254,15 +257,17 @@ class Pipeline:
         return GenerationSettings(sampler_settings, float(cfg), name, rope, self.manifest.guidance.scale_pow)
 
     def prepare(self, width=None, height=None, label=None, seed=0, *, num=1, snap: bool = False, steps=None,
-                sampler=None, cfg=None, extrapolation=None, time_shift=None, limits: Limits = ENGINE_LIMITS) -> Jobs:
+                sampler=None, cfg=None, extrapolation=None, time_shift=None, tail_compression=None,
+                limits: Limits = ENGINE_LIMITS) -> Jobs:
         """Check a request once and return the jobs of its ``num`` images (a sequence made on access); raises
         GenerationError.
 
         width, height: pixels (None: the package default size); with ``snap`` a size off the pixel grid becomes the
         nearest valid one. label: a class id, a class name, None (unconditional), or several (a sequence, or names
         and ids separated by commas) cycled over the images. Image ``i`` (0-based) has seed ``seed + i``. steps,
-        sampler, cfg, extrapolation: None for the package's. Checks, in order: num, size, classes, seeds, settings
-        (docs/runtime-spec.md §2), then the cost of an image against ``limits.max_cost``.
+        sampler, cfg, extrapolation, time_shift, tail_compression: None for the package's. Checks, in order: num,
+        size, classes, seeds, settings (docs/runtime-spec.md §2), then the cost of an image against
+        ``limits.max_cost``.
         """
         if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
             raise GenerationError(f"num must be a whole number of at least 1, got {num!r}", "num")
@@ -280,7 +285,7 @@ class Pipeline:
             raise GenerationError(f"seed {seed} with num {num} needs seeds up to {seed + num - 1}; seeds must be "
                                   f"below 2**64", "seed", mentions=("num",))
         settings = self.settings(steps=steps, sampler=sampler, cfg=cfg, extrapolation=extrapolation,
-                                 time_shift=time_shift, limits=limits)
+                                 time_shift=time_shift, tail_compression=tail_compression, limits=limits)
         check_cost(self.tokens(width, height), settings, any(label is not None for label in labels), limits)
         return Jobs(width, height, labels, seed, int(num), settings)
 
@@ -364,23 +369,26 @@ class Pipeline:
         return [self.decode(z) for z in self.sample_latents(jobs, callback)]
 
     def parameters(self, job: Job) -> dict:
-        """The generation parameters of one image, as stored in its PNG text metadata: what was actually used."""
+        """The generation parameters of one image, as stored in its PNG text metadata: what was actually used
+        (``tail_compression`` only when it is not 0, so that images without it keep the parameters they had)."""
         request, settings = job.request, job.settings
         label = request.label
+        tail = settings.sampler.tail_compression
         return {
             "model": self.name, "width": request.width, "height": request.height,
             "class": label if label is None else int(label),
             "class_name": self.class_names[label] if label is not None and label < len(self.class_names) else None,
             "seed": int(request.seed), "sampler": settings.sampler.method, "steps": settings.sampler.steps,
-            "time_shift": settings.sampler.time_shift,
+            "time_shift": settings.sampler.time_shift, **({"tail_compression": tail} if tail != 0.0 else {}),
             "cfg": settings.cfg, "extrapolation": settings.extrapolation, "backend": self.backend_name,
             "variant": self.variant,
         }
 
     def generate(self, width: Optional[int] = None, height: Optional[int] = None, label=None, seed: int = 0, *,
                  steps: Optional[int] = None, sampler: Optional[str] = None, cfg: Optional[float] = None,
-                 extrapolation: Optional[str] = None, time_shift: Optional[float] = None, snap: bool = False,
-                 output: str = "pil", callback: Optional[Callback] = None):
+                 extrapolation: Optional[str] = None, time_shift: Optional[float] = None,
+                 tail_compression: Optional[float] = None, snap: bool = False, output: str = "pil",
+                 callback: Optional[Callback] = None):
         """One image of ``width`` x ``height`` pixels (the package default size when omitted).
 
         label: class id, class name, or None (unconditional). Returns a PIL image whose ``info["parameters"]``
@@ -389,7 +397,8 @@ class Pipeline:
         if output not in ("pil", "array"):
             raise GenerationError(f"output must be 'pil' or 'array', got {output!r}", "output")
         job = self.prepare(width, height, label, seed, snap=snap, steps=steps, sampler=sampler, cfg=cfg,
-                           extrapolation=extrapolation, time_shift=time_shift)[0]
+                           extrapolation=extrapolation, time_shift=time_shift,
+                           tail_compression=tail_compression)[0]
         image = self.generate_many([job], callback=callback)[0]
         if output == "array":
             return image

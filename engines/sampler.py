@@ -21,8 +21,8 @@ Callback = Callable[[int, Optional[int], float], None]           # (steps done, 
 
 F32 = np.float32
 SAMPLERS = ("euler", "heun", "dopri5", "sde", "ab2", "unipc")
-# The samplers that step along a fixed time grid, which the time shift bends; dopri5 chooses its own steps and sde
-# keeps the official schedule.
+# The samplers that step along a fixed time grid, which the time shift and the tail compression bend; dopri5 chooses
+# its own steps and sde keeps the official schedule.
 SHIFTED = ("euler", "heun", "ab2", "unipc")
 # Limits of a request (docs/runtime.md, "Limits and interruptions"). Steps: Euler's error falls as 1/steps and
 # Heun's as 1/steps^2, so a few hundred steps (the official SDE sampler uses 250) already give the 8-bit image
@@ -36,6 +36,8 @@ MAX_CFG = 1000.0
 # grid collapses onto t = 0 or t = 1 and steps of zero length would divide by zero.
 MIN_TIME_SHIFT = 0.01
 MAX_TIME_SHIFT = 100.0
+# Tail compression c, from 0 (none) to 1: above 1 the warp t + c t (1 - t) would pass t = 1 and come back.
+MAX_TAIL_COMPRESSION = 1.0
 
 
 class SettingError(ValueError):
@@ -65,6 +67,16 @@ def check_time_shift(shift) -> float:
     return float(shift)
 
 
+def check_tail_compression(compression) -> float:
+    """``compression`` as a float if it is a number from 0 to :data:`MAX_TAIL_COMPRESSION`; SettingError otherwise
+    (nan too)."""
+    if isinstance(compression, bool) or not isinstance(compression, (int, float, np.integer, np.floating)) \
+            or not 0 <= compression <= MAX_TAIL_COMPRESSION:
+        raise SettingError(f"tail_compression must be a number from 0 to {MAX_TAIL_COMPRESSION:g}, got "
+                           f"{compression!r}", "tail_compression")
+    return float(compression)
+
+
 def check_cfg(cfg, maximum: float = MAX_CFG) -> float:
     """``cfg`` as a float if it is a guidance scale from 0 to ``maximum`` (at most :data:`MAX_CFG`); SettingError
     otherwise (nan too)."""
@@ -77,7 +89,8 @@ def check_cfg(cfg, maximum: float = MAX_CFG) -> float:
 @dataclass(frozen=True)
 class SamplerSettings:
     """How to integrate from noise to data. ``method``: euler | heun | ab2 | unipc (on a time grid bent by
-    ``time_shift``, 1 = even steps) | dopri5 | sde (official SDE defaults)."""
+    ``time_shift``, 1 = even steps, and ``tail_compression``, 0 = none: :func:`time_grid`) | dopri5 | sde (official
+    SDE defaults)."""
 
     method: str = "euler"
     steps: int = 50
@@ -86,6 +99,7 @@ class SamplerSettings:
     diffusion_norm: float = 1.0
     last_step_size: float = 0.04
     time_shift: float = 1.0
+    tail_compression: float = 0.0
 
     def __post_init__(self):
         if self.method not in SAMPLERS:
@@ -95,9 +109,11 @@ class SamplerSettings:
         if self.atol <= 0 or self.rtol <= 0:
             raise ValueError("dopri5 tolerances atol and rtol must be positive")
         object.__setattr__(self, "time_shift", check_time_shift(self.time_shift))     # a float, as recorded
-        if self.time_shift != 1.0 and self.method not in SHIFTED:
-            raise SettingError(f"time_shift applies to {', '.join(SHIFTED)}, not {self.method}, which keeps its own "
-                               f"schedule", "time_shift")
+        object.__setattr__(self, "tail_compression", check_tail_compression(self.tail_compression))
+        for name, neutral in (("time_shift", 1.0), ("tail_compression", 0.0)):
+            if getattr(self, name) != neutral and self.method not in SHIFTED:
+                raise SettingError(f"{name} applies to {', '.join(SHIFTED)}, not {self.method}, which keeps its own "
+                                   f"schedule", name)
 
     @property
     def rows_independent(self) -> bool:
@@ -162,28 +178,38 @@ def shift_time(u: float, shift: float) -> float:
     return u if shift == 1.0 else u / (u + shift * (1.0 - u))
 
 
-def time_grid(steps: int, shift: float = 1.0) -> Iterator[tuple[float, float]]:
+def compress_tail(t: float, compression: float) -> float:
+    """t + c t (1 - t) in float64 (t itself when c = 0): with c > 0 the steps are shorter near data (t = 1), where
+    the long last step of a shifted grid costs the most; c = 1 gives 1 - (1 - t)^2. 0 and 1 stay 0 and 1."""
+    return t if compression == 0.0 else t + compression * t * (1.0 - t)
+
+
+def time_grid(steps: int, shift: float = 1.0, tail: float = 0.0) -> Iterator[tuple[float, float]]:
     """The (t0, t1) of each of ``steps`` steps from 0 to 1, computed as they are needed (nothing is built up
     front): u_i = i * (1 / steps) in float64, u_steps = 1 (the values of ``numpy.linspace(0, 1, steps + 1)``),
-    and t_i = shift_time(u_i, shift)."""
+    and t_i = compress_tail(shift_time(u_i, shift), tail)."""
     h = 1.0 / steps
+
+    def at(u: float) -> float:
+        return compress_tail(shift_time(u, shift), tail)
+
     for i in range(steps):
-        yield shift_time(i * h, shift), shift_time(1.0 if i + 1 == steps else (i + 1) * h, shift)
+        yield at(i * h), at(1.0 if i + 1 == steps else (i + 1) * h)
 
 
 def euler(v: Velocity, x: np.ndarray, steps: int, callback: Optional[Callback] = None,
-          shift: float = 1.0) -> np.ndarray:
+          shift: float = 1.0, tail: float = 0.0) -> np.ndarray:
     """x <- x + (t1 - t0) v(x, t0); one evaluation per step."""
-    for i, (t0, t1) in enumerate(time_grid(steps, shift)):
+    for i, (t0, t1) in enumerate(time_grid(steps, shift, tail)):
         x = x + F32(t1 - t0) * v(x, _full(t0, x))
         _notify(callback, i + 1, steps, t1)
     return x
 
 
 def heun(v: Velocity, x: np.ndarray, steps: int, callback: Optional[Callback] = None,
-         shift: float = 1.0) -> np.ndarray:
+         shift: float = 1.0, tail: float = 0.0) -> np.ndarray:
     """Explicit trapezoidal rule (second order), two evaluations per step."""
-    for i, (t0, t1) in enumerate(time_grid(steps, shift)):
+    for i, (t0, t1) in enumerate(time_grid(steps, shift, tail)):
         h = t1 - t0
         k1 = v(x, _full(t0, x))
         k2 = v(x + F32(h) * k1, _full(t1, x))
@@ -193,11 +219,11 @@ def heun(v: Velocity, x: np.ndarray, steps: int, callback: Optional[Callback] = 
 
 
 def ab2(v: Velocity, x: np.ndarray, steps: int, callback: Optional[Callback] = None,
-        shift: float = 1.0) -> np.ndarray:
+        shift: float = 1.0, tail: float = 0.0) -> np.ndarray:
     """Two-step Adams-Bashforth for uneven steps (second order), one evaluation per step: with h = t1 - t0 and
     r = h / (t0 - t_prev), x <- x + h (1 + r/2) v(x, t0) - h (r/2) v_prev; the first step is Euler's."""
     previous = None                                    # (h, k) of the step before
-    for i, (t0, t1) in enumerate(time_grid(steps, shift)):
+    for i, (t0, t1) in enumerate(time_grid(steps, shift, tail)):
         h = t1 - t0
         k = v(x, _full(t0, x))
         if previous is None:
@@ -276,14 +302,14 @@ def _unipc_update(x_s: np.ndarray, s: float, t: float, m_s: np.ndarray, before: 
 
 
 def unipc(v: Velocity, x: np.ndarray, steps: int, callback: Optional[Callback] = None,
-          shift: float = 1.0) -> np.ndarray:
+          shift: float = 1.0, tail: float = 0.0) -> np.ndarray:
     """UniPC (Zhao et al. 2023), second order, for velocity models: each evaluation v(x, t_i) gives the data
     prediction m_i = x + (1 - t_i) v; it first corrects the step that led to t_i (UniC, using m_i: no extra
     evaluation), then predicts the next point (UniP-2). One evaluation per step; the last step is first order
     (it lands on the data prediction)."""
     previous = None                                    # (x_s, s, m_s, before) of the step that led here
     before = None
-    for i, (t0, t1) in enumerate(time_grid(steps, shift)):
+    for i, (t0, t1) in enumerate(time_grid(steps, shift, tail)):
         k = v(x, _full(t0, x))
         m = x + F32(1.0 - t0) * k
         if previous is not None:
@@ -447,7 +473,7 @@ def integrate(v: Velocity, x: np.ndarray, settings: SamplerSettings, draw: Optio
     x = np.asarray(x, dtype=F32)
     if settings.method in SHIFTED:
         fixed = {"euler": euler, "heun": heun, "ab2": ab2, "unipc": unipc}[settings.method]
-        return fixed(v, x, settings.steps, callback, settings.time_shift)
+        return fixed(v, x, settings.steps, callback, settings.time_shift, settings.tail_compression)
     if settings.method == "dopri5":
         return dopri5(v, x, settings.atol, settings.rtol, callback=callback)
     return sde(v, x, settings.steps, settings.diffusion_norm, settings.last_step_size, draw, callback)

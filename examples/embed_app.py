@@ -30,7 +30,7 @@ def parse_query(query: str) -> dict:
     for key, value in fields.items():
         if key in INTEGER_FIELDS:
             args[key] = int(value)
-        elif key in ("cfg", "time_shift"):
+        elif key in ("cfg", "time_shift", "tail_compression"):
             args[key] = float(value)
         elif key in ("label", "sampler", "extrapolation"):
             args[key] = value

@@ -29,6 +29,7 @@ export function parseQuery(params) {
     if (INTEGER_FIELDS.includes(key)) args[key] = pyNumber(value, 'int');
     else if (key === 'cfg') args.cfg = pyNumber(value);
     else if (key === 'time_shift') args.timeShift = pyNumber(value);
+    else if (key === 'tail_compression') args.tailCompression = pyNumber(value);
     else if (['label', 'sampler', 'extrapolation'].includes(key)) args[key] = value;
     else throw new GenerationError(`unknown parameter ${pyRepr(key)}`);
   }

@@ -85,17 +85,17 @@ def _full(t: float, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
 
 
-def euler(v: Velocity, x: torch.Tensor, steps: int, shift: float = 1.0) -> torch.Tensor:
-    """x <- x + (t1 - t0) v(x, t0) on ``time_grid(steps, shift)``, one evaluation per step (twin of
+def euler(v: Velocity, x: torch.Tensor, steps: int, shift: float = 1.0, tail: float = 0.0) -> torch.Tensor:
+    """x <- x + (t1 - t0) v(x, t0) on ``time_grid(steps, shift, tail)``, one evaluation per step (twin of
     :func:`engines.sampler.euler`)."""
-    for t0, t1 in time_grid(steps, shift):
+    for t0, t1 in time_grid(steps, shift, tail):
         x = x + (t1 - t0) * v(x, _full(t0, x))
     return x
 
 
-def heun(v: Velocity, x: torch.Tensor, steps: int, shift: float = 1.0) -> torch.Tensor:
+def heun(v: Velocity, x: torch.Tensor, steps: int, shift: float = 1.0, tail: float = 0.0) -> torch.Tensor:
     """Explicit trapezoidal rule (second order), 2 evaluations per step (twin of :func:`engines.sampler.heun`)."""
-    for t0, t1 in time_grid(steps, shift):
+    for t0, t1 in time_grid(steps, shift, tail):
         h = t1 - t0
         k1 = v(x, _full(t0, x))
         k2 = v(x + h * k1, _full(t1, x))
@@ -103,12 +103,12 @@ def heun(v: Velocity, x: torch.Tensor, steps: int, shift: float = 1.0) -> torch.
     return x
 
 
-def ab2(v: Velocity, x: torch.Tensor, steps: int, shift: float = 1.0) -> torch.Tensor:
+def ab2(v: Velocity, x: torch.Tensor, steps: int, shift: float = 1.0, tail: float = 0.0) -> torch.Tensor:
     """Two-step Adams-Bashforth for uneven steps (second order), one evaluation per step (twin of
     :func:`engines.sampler.ab2`): with h = t1 - t0 and r = h / (t0 - t_prev),
     x <- x + h (1 + r/2) v(x, t0) - h (r/2) v_prev; the first step is Euler's."""
     previous = None                                    # (h, k) of the step before
-    for t0, t1 in time_grid(steps, shift):
+    for t0, t1 in time_grid(steps, shift, tail):
         h = t1 - t0
         k = v(x, _full(t0, x))
         if previous is None:
@@ -136,13 +136,13 @@ def _unipc_update(x_s: torch.Tensor, s: float, t: float, m_s: torch.Tensor, befo
     return base - b * (rho1 * d1 + rho2 * (m_t - m_s))
 
 
-def unipc(v: Velocity, x: torch.Tensor, steps: int, shift: float = 1.0) -> torch.Tensor:
+def unipc(v: Velocity, x: torch.Tensor, steps: int, shift: float = 1.0, tail: float = 0.0) -> torch.Tensor:
     """UniPC-2 in data prediction, one evaluation per step (twin of :func:`engines.sampler.unipc`): each
     evaluation v(x, t_i) gives m_i = x + (1 - t_i) v, first corrects the step that led to t_i (UniC), then
     predicts the next point (UniP-2); the last step lands on the data prediction."""
     previous = None                                    # (x_s, s, m_s, before) of the step that led here
     before = None
-    for t0, t1 in time_grid(steps, shift):
+    for t0, t1 in time_grid(steps, shift, tail):
         k = v(x, _full(t0, x))
         m = x + (1.0 - t0) * k
         if previous is not None:
@@ -202,7 +202,7 @@ def integrate(v: Velocity, x: torch.Tensor, settings: SamplerSettings,
     :func:`engines.sampler.integrate`); ``draw`` or ``generator`` gives the sde sampler's noise."""
     if settings.method in SHIFTED:
         fixed = {"euler": euler, "heun": heun, "ab2": ab2, "unipc": unipc}[settings.method]
-        return fixed(v, x, settings.steps, settings.time_shift)
+        return fixed(v, x, settings.steps, settings.time_shift, settings.tail_compression)
     if settings.method == "dopri5":
         return dopri5(v, x, settings.atol, settings.rtol)
     return sde(v, x, settings.steps, settings.diffusion_norm, settings.last_step_size, generator, draw)

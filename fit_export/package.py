@@ -38,7 +38,8 @@ def export_package(model_or_config: Union[FiT, FiTConfig, str, dict], checkpoint
                    sizes: Optional[Sequence[tuple[int, int]]] = None, buckets: Optional[Sequence[int]] = None,
                    include_weights: bool = False, opset: int = DEFAULT_OPSET,
                    class_names: Optional[Sequence[str]] = None, default_cfg: float = 1.5,
-                   default_sampler: str = "euler", default_steps: int = 50, default_time_shift: float = 1.0) -> Path:
+                   default_sampler: str = "euler", default_steps: int = 50, default_time_shift: float = 1.0,
+                   default_tail_compression: float = 0.0) -> Path:
     """Export a FiT into the model package ``out_dir`` and return its path.
 
     model_or_config: a :class:`FiT` (used as is; ``checkpoint`` must then be None), or a preset name, official
@@ -51,7 +52,7 @@ def export_package(model_or_config: Union[FiT, FiTConfig, str, dict], checkpoint
     include_weights: also store the PyTorch weights (``weights.safetensors``) so ``validate`` needs no checkpoint.
     force: replace an existing package at ``out_dir``.
     class_names: one name per class (``fit-run --class NAME``); default_cfg / default_sampler / default_steps /
-        default_time_shift: the generation defaults the manifest records for runtimes.
+        default_time_shift / default_tail_compression: the generation defaults the manifest records for runtimes.
 
     Raises ExportError, ConfigError or CheckpointError (all ValueError/RuntimeError with a one-line message);
     nothing is left at ``out_dir`` on failure.
@@ -74,7 +75,8 @@ def export_package(model_or_config: Union[FiT, FiTConfig, str, dict], checkpoint
         if class_names is not None and len(class_names) != cfg.num_classes:
             raise ExportError(f"{len(class_names)} class names given for a model with {cfg.num_classes} classes")
         try:
-            sampler_defaults = SamplerSettings(default_sampler, default_steps, time_shift=default_time_shift)
+            sampler_defaults = SamplerSettings(default_sampler, default_steps, time_shift=default_time_shift,
+                                               tail_compression=default_tail_compression)
         except ValueError as e:
             raise ExportError(str(e)) from None
         if not default_cfg >= 0:
@@ -105,6 +107,7 @@ def export_package(model_or_config: Union[FiT, FiTConfig, str, dict], checkpoint
             sampler=mf.SamplerSection(method=sampler_defaults.method, steps=sampler_defaults.steps,
                                       atol=sampler_defaults.atol, rtol=sampler_defaults.rtol,
                                       time_shift=sampler_defaults.time_shift,
+                                      tail_compression=sampler_defaults.tail_compression,
                                       time_shifting=float(cfg.time_shifting)),
             rope=describe_rope(cfg), sizes=sizes_section, reference=mf.ReferenceSection(**reference),
             files=draft.files)

@@ -427,7 +427,8 @@ def end_to_end(model: Optional[FiT], pipe: Pipeline, provider: str, steps: int, 
     m = pipe.manifest
     sizes = [tuple(m.sizes.default), tuple(m.sizes.buckets[0].sizes[-1])]
     labels = (1 % pipe.num_classes, 2 % pipe.num_classes)
-    jobs = [pipe.prepare(w, h, label, seed + i, sampler="euler", steps=steps, time_shift=1.0)[0]       # even steps
+    jobs = [pipe.prepare(w, h, label, seed + i, sampler="euler", steps=steps, time_shift=1.0,         # even steps
+                         tail_compression=0.0)[0]
             for i, ((w, h), label) in enumerate(zip(sizes, labels))]
     requests = [job.request for job in jobs]
     noise = [pipe.noise(r) for r in requests]

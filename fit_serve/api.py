@@ -7,7 +7,7 @@ refusal is the engine's :class:`GenerationError`, in the engine's words, as a :c
 module adds is HTTP: the body size, JSON syntax, the field names, and the server's policy limits (lower steps and
 guidance caps than the engine's, passed to ``prepare`` as :class:`engines.request.Limits`). Fields left out take
 the package defaults exactly as ``fit-run`` does (size: the package default; class: unconditional; seed: 0;
-steps, sampler, cfg, extrapolation: the package's).
+steps, sampler, cfg, extrapolation, time_shift, tail_compression: the package's).
 
 :data:`FIELDS` is the one list of the generation fields: parsing, the engine call and the OpenAPI schemas all
 read it. The schemas take their ranges from :func:`model_info` (a package's sizes, classes, samplers and the
@@ -22,7 +22,7 @@ from typing import Callable
 
 from engines.noise import SEED_LIMIT
 from engines.pipeline import GenerationError, Job, Limits, Pipeline
-from engines.sampler import MAX_TIME_SHIFT, MIN_TIME_SHIFT, SAMPLERS, SHIFTED
+from engines.sampler import MAX_TAIL_COMPRESSION, MAX_TIME_SHIFT, MIN_TIME_SHIFT, SAMPLERS, SHIFTED
 
 MAX_BODY_BYTES = 16 * 1024
 
@@ -66,6 +66,10 @@ FIELDS = {
         "type": "number", "minimum": MIN_TIME_SHIFT, "maximum": MAX_TIME_SHIFT,
         "description": f"time shift of the step grid, only for {', '.join(SHIFTED)} (default "
                        f"{info['defaults']['time_shift']})"}),
+    "tail_compression": Field("tail_compression", lambda info: {
+        "type": "number", "minimum": 0, "maximum": MAX_TAIL_COMPRESSION,
+        "description": f"tail compression of the step grid (0 = off), only for {', '.join(SHIFTED)} (default "
+                       f"{info['defaults']['tail_compression']})"}),
 }
 
 # OpenAI-style images API: its own fields, then the generation fields it takes as documented extensions (the size
@@ -167,7 +171,7 @@ def model_info(pipe: Pipeline, limits: Limits) -> dict:
         "samplers": list(SAMPLERS),
         "extrapolations": list(pipe.extrapolations),
         "defaults": {"sampler": manifest.sampler.method, "steps": manifest.sampler.steps,
-                     "time_shift": manifest.sampler.time_shift,
+                     "time_shift": manifest.sampler.time_shift, "tail_compression": manifest.sampler.tail_compression,
                      "cfg": manifest.guidance.default_scale, "extrapolation": pipe.settings().extrapolation},
         "backend": pipe.backend_name,
         "variant": pipe.variant,

@@ -14,7 +14,7 @@ fit-train prepare "$W/images" "$W/latents" --max-tokens 25 --vae "$W/vae"
 fit-train run --config configs/demo_latent.yaml --data "$W/latents" --out "$W/run"
 fit-export onnx --config "$W/run/config.yaml" --checkpoint "$W/run/ema.safetensors" --vae "$W/vae_ft" \
     --out engines/default_model --name fitv2-shapes --force \
-    --class-names "$CLASSES" --cfg 4 --sampler ab2 --steps 16 --time-shift 2 \
+    --class-names "$CLASSES" --cfg 4 --sampler ab2 --steps 12 --time-shift 6 --tail-compression 1 \
     --sizes 64x64,96x64,64x96,80x80,80x64,64x80,112x48,48x112,96x96,128x64,64x128,128x128 --buckets 25,64
 mkdir -p models/fitv2-shapes && cp "$W/run/ema.safetensors" models/fitv2-shapes/weights.safetensors
 rm -rf models/shapes-vae && mkdir -p models/shapes-vae

@@ -93,6 +93,11 @@ BAD = [
     (["--time-shift", "nan"], "--time-shift must be a number from 0.01 to 100, got nan"),
     (["--time-shift", "abc"], "--time-shift must be a number from 0.01 to 100, got 'abc'"),
     (["--time-shift", 2, "--sampler", "sde"], "--time-shift applies to euler, heun, ab2, unipc, not sde"),
+    (["--tail-compression", -0.5], "--tail-compression must be a number from 0 to 1, got -0.5"),
+    (["--tail-compression", "inf"], "--tail-compression must be a number from 0 to 1, got inf"),
+    (["--tail-compression", "x"], "--tail-compression must be a number from 0 to 1, got 'x'"),
+    (["--tail-compression", 1, "--sampler", "dopri5"], "--tail-compression applies to euler, heun, ab2, unipc, not "
+                                                       "dopri5"),
     (["--extrapolation", "warp"], "unknown extrapolation 'warp'; choose one of"),
     (["--backend", "magic"], "magic"),
 ]

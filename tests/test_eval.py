@@ -108,12 +108,17 @@ def test_table_rows_and_reuse_of_identical_methods():
                       "16 procedural images.\n\n" + table)
 
 
-def test_the_time_shift_reaches_the_sampler():
+def test_the_time_shift_and_tail_compression_reach_the_sampler():
     model, clf = tiny_pixel_model(), load_classifier()
     fds = [evaluate(model, clf, [(32, 32)], ["normal"],
                     EvalSettings(num_per_class=2, sampler=SamplerSettings("ab2", steps=2, time_shift=shift),
                                  cfg_scale=1.0, reference_count=16))[0].fd for shift in (1.0, 3.0)]
     assert fds[0] != fds[1]
+    compressed = evaluate(model, clf, [(32, 32)], ["normal"],
+                          EvalSettings(num_per_class=2, sampler=SamplerSettings("ab2", steps=2, time_shift=3.0,
+                                                                                tail_compression=1.0),
+                                       cfg_scale=1.0, reference_count=16))[0].fd
+    assert compressed != fds[1]
     dopri5 = EvalSettings(sampler=SamplerSettings("dopri5"))
     assert describe(dopri5).startswith("Sampler dopri5 (atol 1e-06, rtol 0.001), guidance 4, 16 samples per class")
 
@@ -156,13 +161,13 @@ def test_cli_writes_the_table(tmp_path):
 
 
 @pytest.mark.parametrize("sampler", ["ab2", "unipc"])
-def test_cli_takes_the_new_samplers_and_a_time_shift(tmp_path, sampler):
+def test_cli_takes_the_new_samplers_a_time_shift_and_a_tail_compression(tmp_path, sampler):
     ckpt = _save_tiny(tmp_path)
     result = CliRunner().invoke(eval_main, ["--checkpoint", str(ckpt), "--num", "2", "--sizes", "32x32",
                                             "--methods", "normal", "--steps", "2", "--sampler", sampler,
-                                            "--time-shift", "3", "--cfg", "1"])
+                                            "--time-shift", "3", "--tail-compression", "0.5", "--cfg", "1"])
     assert result.exit_code == 0, result.output
-    assert f"Sampler {sampler} (2 steps, time shift 3), guidance 1," in result.output
+    assert f"Sampler {sampler} (2 steps, time shift 3, tail compression 0.5), guidance 1," in result.output
     assert "| 32x32 | 16 | none |" in result.output
 
 
@@ -183,6 +188,10 @@ def test_cli_takes_the_new_samplers_and_a_time_shift(tmp_path, sampler):
                                                    "which keeps its own schedule"),
     (["--sampler", "sde", "--time-shift", "2"], "--time-shift applies to euler, heun, ab2, unipc, not sde, which "
                                                 "keeps its own schedule"),
+    (["--tail-compression", "-1"], "--tail-compression must be a number from 0 to 1, got -1.0"),
+    (["--tail-compression", "nan"], "--tail-compression must be a number from 0 to 1, got nan"),
+    (["--sampler", "dopri5", "--tail-compression", "1"], "--tail-compression applies to euler, heun, ab2, unipc, "
+                                                         "not dopri5, which keeps its own schedule"),
     (["--sizes", "1600x1600"], "size 1600x1600 has 40000 tokens, more than 4x the model's training budget of 16 "
                                "(64); the largest size with this aspect ratio is about 64x64"),
 ])

@@ -158,13 +158,15 @@ def test_fp16_export_keeps_norms_and_softmax_in_fp32(model, checkpoint, package,
     out = tmp_path / "fp16"
     shutil.copytree(package, out)                                        # an existing package: needs --force
     args = ["onnx", "--config", "fitv2-tiny", "--checkpoint", str(checkpoint), "--out", str(out),
-            "--precision", "fp16"]
+            "--precision", "fp16", "--sampler", "ab2", "--time-shift", "6", "--tail-compression", "0.5"]
     assert CliRunner().invoke(fit_export, args).exit_code == 2
     result = CliRunner().invoke(fit_export, args + ["--force"])
     assert result.exit_code == 0, result.output
     doc = load_manifest(out).to_dict()
     assert doc["transformer"]["precision"] == "fp16" and "weights.safetensors" not in doc["files"]
     assert doc["reference"]["checkpoint"] == "tiny.safetensors"
+    assert (doc["sampler"]["method"], doc["sampler"]["time_shift"], doc["sampler"]["tail_compression"]) == \
+        ("ab2", 6.0, 0.5)                                                  # the generation defaults recorded
 
     proto = onnx.load(str(out / "transformer.onnx"))
     types = {v.name: v.type.tensor_type.elem_type for v in
@@ -217,6 +219,10 @@ def bad_checkpoints(model, tmp_path_factory):
     (["--config", "fitv2-tiny", "--checkpoint", "{root}/junk.pt"],
      "junk.pt is not a checkpoint: neither a PyTorch file (zip or pickle) nor safetensors"),
     (["--config", "fitv2-tiny", "--random-weights", "--sizes", "250x256"], "off the pixel grid"),
+    (["--config", "fitv2-tiny", "--random-weights", "--tail-compression", "2"],
+     "tail_compression must be a number from 0 to 1, got 2.0"),
+    (["--config", "fitv2-tiny", "--random-weights", "--sampler", "sde", "--tail-compression", "0.5"],
+     "tail_compression applies to euler, heun, ab2, unipc, not sde, which keeps its own schedule"),
 ])
 def test_bad_export_input(args, message, bad_checkpoints, tmp_path):
     out = tmp_path / "pkg"

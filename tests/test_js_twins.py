@@ -78,8 +78,8 @@ EXCEPTIONS = {
     "sampler:Draw": (None, "a type: the draw argument of sde and integrate"),
     "sampler:Callback": (None, "a type: JSDoc @callback Progress"),
     "sampler:F32": (None, "JavaScript rounds to float32 with Math.fround"),
-    "sampler:SamplerSettings": (None, "a plain {method, steps, atol, rtol, timeShift} object (JSDoc typedef "
-                                          "SamplerSettings)"),
+    "sampler:SamplerSettings": (None, "a plain {method, steps, atol, rtol, timeShift, tailCompression} object "
+                                          "(JSDoc typedef SamplerSettings)"),
     "request:Limits.to_dict": (None, "fit-serve lists its limits in GET /v1/model; no JavaScript front end does"),
     "pipeline:F32": (None, "JavaScript rounds to float32 with Math.fround"),
     "pipeline:DEFAULT_MODEL_DIR": ("node.js:DEFAULT_MODEL_DIR", "a directory: Node only"),

@@ -34,19 +34,20 @@ def latent_noise(requests, seed=0):
     return [rng.standard_normal((4, r.height // 8, r.width // 8), dtype=np.float32) for r in requests]
 
 
-@pytest.mark.parametrize("method,cfg,extrapolation,shift", [
-    ("euler", 1.0, None, 1.0), ("euler", 3.0, "ntk-pro1", 1.0), ("heun", 2.0, "vision-yarn", 1.0),
-    ("dopri5", 1.0, None, 1.0), ("ab2", 2.0, None, 3.0), ("unipc", 3.0, "ntk-pro1", 2.0), ("unipc", 1.0, None, 1.0)])
-def test_runtime_matches_torch_sampling(pipe, package, method, cfg, extrapolation, shift):
+@pytest.mark.parametrize("method,cfg,extrapolation,shift,tail", [
+    ("euler", 1.0, None, 1.0, 0.0), ("euler", 3.0, "ntk-pro1", 1.0, 0.0), ("heun", 2.0, "vision-yarn", 1.0, 0.0),
+    ("dopri5", 1.0, None, 1.0, 0.0), ("ab2", 2.0, None, 3.0, 0.0), ("unipc", 3.0, "ntk-pro1", 2.0, 0.0),
+    ("unipc", 1.0, None, 1.0, 0.0), ("ab2", 4.0, None, 6.0, 1.0), ("unipc", 2.0, "ntk-pro1", 5.0, 0.75)])
+def test_runtime_matches_torch_sampling(pipe, package, method, cfg, extrapolation, shift, tail):
     """ONNX Runtime + numpy sampler vs fit.sampling.sample with the same noise, mixed sizes in one batch."""
     model = package[1]
     requests = [Request(64, 32, 3, 0), Request(32, 48, 7, 1), Request(48, 48, None, 2)]
     noise = latent_noise(requests)
     ours = pipe.sample_latents(jobs(pipe, requests, sampler=method, steps=4, cfg=cfg, extrapolation=extrapolation,
-                                    time_shift=shift), noise=noise)
+                                    time_shift=shift, tail_compression=tail), noise=noise)
     ref = sample(model, [(r.height // 8, r.width // 8, model.num_classes if r.label is None else r.label)
                          for r in requests],
-                 sampler=flow.SamplerSettings(method, steps=4, time_shift=shift), cfg_scale=cfg,
+                 sampler=flow.SamplerSettings(method, steps=4, time_shift=shift, tail_compression=tail), cfg_scale=cfg,
                  rope_method=extrapolation,
                  noise=[torch.from_numpy(n) for n in noise])
     for a, b in zip(ours, ref):
@@ -78,6 +79,15 @@ def test_generate_returns_pil_with_parameters(pipe, tmp_path):
     path = save_png(image, tmp_path / "a.png")
     assert read_parameters(path) == params
     assert not [p for p in tmp_path.iterdir() if p.name != "a.png"]          # no temporary file left
+
+
+def test_parameters_name_a_tail_compression_only_when_there_is_one(pipe):
+    """An image without tail compression keeps exactly the parameters it had before the setting existed."""
+    plain = json.loads(pipe.generate(width=32, height=32, steps=2, sampler="ab2", time_shift=2).info["parameters"])
+    assert "tail_compression" not in plain and plain["time_shift"] == 2.0
+    compressed = json.loads(pipe.generate(width=32, height=32, steps=2, sampler="ab2", time_shift=2,
+                                          tail_compression=1).info["parameters"])
+    assert compressed == dict(plain, tail_compression=1.0)
 
 
 def test_patchify_matches_torch_and_round_trips():
@@ -253,10 +263,12 @@ def test_example_app_serves_png(package):
         thread.start()
         base = f"http://127.0.0.1:{server.server_port}/generate"
         try:
-            with urllib.request.urlopen(f"{base}?width=32&height=48&label=2&seed=1&steps=2&time_shift=3") as response:
+            query = "width=32&height=48&label=2&seed=1&steps=2&time_shift=3&tail_compression=0.5"
+            with urllib.request.urlopen(f"{base}?{query}") as response:
                 assert response.headers["Content-Type"] == "image/png"
                 parameters = json.loads(response.headers["X-Generation-Parameters"])
                 assert parameters["seed"] == 1 and parameters["time_shift"] == 3.0
+                assert parameters["tail_compression"] == 0.5
                 assert response.read()[:8] == b"\x89PNG\r\n\x1a\n"
             with pytest.raises(urllib.error.HTTPError) as err:
                 urllib.request.urlopen(f"{base}?width=33&height=48")

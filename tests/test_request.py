@@ -47,6 +47,10 @@ def test_jobs_are_made_on_access_so_any_num_starts_at_once(pipe):
     (dict(sampler=3), "sampler", "unknown sampler 3; choose one of euler, heun, dopri5, sde, ab2, unipc"),
     (dict(time_shift=0), "time_shift", "time_shift must be a number from 0.01 to 100, got 0"),
     (dict(time_shift=2.0, sampler="sde"), "time_shift", "time_shift applies to euler, heun, ab2, unipc, not sde"),
+    (dict(tail_compression=1.5), "tail_compression", "tail_compression must be a number from 0 to 1, got 1.5"),
+    (dict(tail_compression="1"), "tail_compression", "tail_compression must be a number from 0 to 1, got '1'"),
+    (dict(tail_compression=0.5, sampler="dopri5"), "tail_compression",
+     "tail_compression applies to euler, heun, ab2, unipc, not dopri5"),
     (dict(extrapolation=5), "extrapolation", "unknown extrapolation 5; choose one of"),
     (dict(label="star,bogus"), None, "unknown class 'bogus'"),
 ])
@@ -103,6 +107,10 @@ def test_server_policy_limits_read_as_the_engines_own(pipe):
         pipe.prepare(32, 32, steps=MAX_STEPS + 1)
     assert model_info(pipe, policy)["limits"] == {"max_steps": 1000, "max_cfg": 20.0, "max_cost": None,
                                                   "max_body_bytes": 16384}
+    sampler = pipe.manifest.sampler
+    assert {k: model_info(pipe, policy)["defaults"][k] for k in ("sampler", "steps", "time_shift", "tail_compression")} \
+        == {"sampler": sampler.method, "steps": sampler.steps, "time_shift": sampler.time_shift,
+            "tail_compression": sampler.tail_compression}
     with pytest.raises(ValueError, match="max_steps"):
         Limits(max_steps=MAX_STEPS + 1)
 

@@ -39,12 +39,12 @@ def test_matches_torch_on_an_analytic_field(method, steps):
     assert vn.calls == vt.calls                      # same steps (dopri5: same accepted/rejected sequence)
 
 
-@pytest.mark.parametrize("shift", [1.0, 2.0, 3.0])
+@pytest.mark.parametrize("shift,tail", [(1.0, 0.0), (2.0, 0.0), (3.0, 0.0), (1.0, 1.0), (6.0, 1.0), (4.0, 0.3)])
 @pytest.mark.parametrize("steps", [1, 2, 3, 7])
 @pytest.mark.parametrize("method", ["euler", "heun", "ab2", "unipc"])
-def test_shifted_grid_samplers_match_torch(method, steps, shift):
+def test_shifted_grid_samplers_match_torch(method, steps, shift, tail):
     vt, vn = counted(field_torch), counted(field_numpy)
-    settings = dict(method=method, steps=steps, time_shift=shift)
+    settings = dict(method=method, steps=steps, time_shift=shift, tail_compression=tail)
     ref = flow.integrate(vt, torch.from_numpy(X0), flow.SamplerSettings(**settings)).numpy()
     out = ns.integrate(vn, X0, ns.SamplerSettings(**settings))
     assert out.dtype == np.float32
@@ -61,6 +61,29 @@ def test_time_shift_bends_the_grid_towards_noise():
     sizes = [t1 - t0 for t0, t1 in bent]
     assert sizes == sorted(sizes) and sizes[0] < 0.25 < sizes[-1]
     assert all(a[1] == b[0] for a, b in zip(bent, bent[1:]))
+
+
+def test_tail_compression_bends_the_grid_towards_data():
+    """t + c t (1 - t) after the shift: c = 0 leaves the grid alone, c = 1 is 1 - (1 - t)^2 (the last step of 4 even
+    ones is 1/16 long instead of 1/4), c = 0.5 lies between; both ends stay 0 and 1 exactly."""
+    assert list(ns.time_grid(4, 3.0, 0.0)) == list(ns.time_grid(4, 3.0))
+    squared = list(ns.time_grid(4, 1.0, 1.0))
+    assert squared == [(0.0, 0.4375), (0.4375, 0.75), (0.75, 0.9375), (0.9375, 1.0)]
+    half = list(ns.time_grid(4, 1.0, 0.5))
+    assert [t for _, t in half] == [0.25 + 0.5 * 0.25 * 0.75, 0.5 + 0.5 * 0.5 * 0.5, 0.75 + 0.5 * 0.75 * 0.25, 1.0]
+    shifted = list(ns.time_grid(5, 6.0, 1.0))
+    assert shifted[0][0] == 0.0 and shifted[-1][1] == 1.0
+    assert [b for _, b in shifted] == pytest.approx([1 - (1 - t1) ** 2 for _, t1 in ns.time_grid(5, 6.0)], abs=1e-15)
+    assert all(a[1] == b[0] for a, b in zip(shifted, shifted[1:]))
+
+
+@pytest.mark.parametrize("shift", [ns.MIN_TIME_SHIFT, 1.0, ns.MAX_TIME_SHIFT])
+@pytest.mark.parametrize("tail", [0.0, 0.5, ns.MAX_TAIL_COMPRESSION])
+def test_every_step_of_an_extreme_grid_moves_forward(shift, tail):
+    """At the ends of both ranges and the largest step count, every step still has a positive length (ab2 and unipc
+    divide by step lengths)."""
+    ends = [t1 for _, t1 in ns.time_grid(ns.MAX_STEPS, shift, tail)]
+    assert ends[-1] == 1.0 and all(b > a for a, b in zip([0.0] + ends, ends))
 
 
 def test_sde_matches_torch_with_the_same_noise():
@@ -138,24 +161,39 @@ def test_settings_reject_bad_values(kwargs):
         ns.SamplerSettings(**kwargs)
 
 
-@pytest.mark.parametrize("shift", [0, 0.0, -1.0, 0.0099, 1e-300, 100.5, 1e300, math.nan, math.inf, -math.inf, "2", None,
-                                   True, [2.0]])
-def test_settings_refuse_a_time_shift_outside_its_range(shift):
+GRID_SETTINGS = {"time_shift": ("a number from 0.01 to 100", 1.0, 2.0),       # (range, neutral value, another)
+                 "tail_compression": ("a number from 0 to 1", 0.0, 0.5)}
+
+
+@pytest.mark.parametrize("name,value", [("time_shift", v) for v in (0, 0.0, -1.0, 0.0099, 1e-300, 100.5, 1e300,
+                                                                     math.nan, math.inf, -math.inf, "2", None, True,
+                                                                     [2.0])]
+                         + [("tail_compression", v) for v in (-0.1, 1.0000001, 2, math.nan, math.inf, "1", None,
+                                                              False, [0.5])])
+def test_settings_refuse_a_time_grid_setting_outside_its_range(name, value):
     with pytest.raises(ns.SettingError) as caught:
-        ns.SamplerSettings("euler", time_shift=shift)
+        ns.SamplerSettings("euler", **{name: value})
     message = str(caught.value)
-    assert message == f"time_shift must be a number from 0.01 to 100, got {shift!r}" and "\n" not in message
-    assert caught.value.parameter == "time_shift"
+    assert message == f"{name} must be {GRID_SETTINGS[name][0]}, got {value!r}" and "\n" not in message
+    assert caught.value.parameter == name
 
 
+@pytest.mark.parametrize("name", GRID_SETTINGS)
 @pytest.mark.parametrize("method", ["dopri5", "sde"])
-def test_settings_refuse_a_time_shift_for_samplers_with_their_own_schedule(method):
+def test_settings_refuse_a_time_grid_setting_for_samplers_with_their_own_schedule(method, name):
+    _, neutral, other = GRID_SETTINGS[name]
     with pytest.raises(ns.SettingError) as caught:
-        ns.SamplerSettings(method, time_shift=2.0)
+        ns.SamplerSettings(method, **{name: other})
     message = str(caught.value)
-    assert message == f"time_shift applies to euler, heun, ab2, unipc, not {method}, which keeps its own schedule"
-    assert "\n" not in message and caught.value.parameter == "time_shift"
-    assert ns.SamplerSettings(method, time_shift=1).time_shift == 1.0      # the neutral shift is accepted
+    assert message == f"{name} applies to euler, heun, ab2, unipc, not {method}, which keeps its own schedule"
+    assert "\n" not in message and caught.value.parameter == name
+    assert getattr(ns.SamplerSettings(method, **{name: int(neutral)}), name) == neutral     # the neutral value is fine
+
+
+@pytest.mark.parametrize("method", ns.SHIFTED)
+def test_settings_keep_a_tail_compression_in_range(method):
+    assert ns.SamplerSettings(method, tail_compression=1).tail_compression == 1.0
+    assert ns.SamplerSettings(method, tail_compression=np.float32(0.25)).tail_compression == 0.25
 
 
 @pytest.mark.parametrize("method", ns.SHIFTED)

@@ -130,7 +130,7 @@ def test_json_answer_has_png_parameters_and_timing(base):
     data = answer.json()
     assert base64.b64decode(data["image_png_base64"]).startswith(b"\x89PNG")
     assert data["parameters"]["width"] == 64 and data["parameters"]["sampler"] == "ab2"           # the package's
-    assert data["parameters"]["time_shift"] == 2.0
+    assert data["parameters"]["time_shift"] == 6.0 and data["parameters"]["tail_compression"] == 1.0
     assert data["timing"]["batch_requests"] == 1 and data["timing"]["total_s"] > 0
 
 

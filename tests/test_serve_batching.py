@@ -51,17 +51,18 @@ def test_bucket_budget_is_the_smallest_bucket_holding_the_request():
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_image_does_not_depend_on_batch_mates(threads):
-    """What the server relies on: the fixed-grid samplers (euler, heun, ab2, unipc; time-shifted too) give a row bit
+    """What the server relies on: the fixed-grid samplers (euler, heun, ab2, unipc; on bent grids too) give a row bit
     for bit what it gives alone, whatever sizes, guidance scales and extrapolation methods share its padded batch
     (ONNX Runtime CPU, measured: a 6-token row alone, and padded to 64 tokens among 4 rows)."""
     target = Request(48, 32, 2, 11)
     mates = [Request(128, 128, 1, 3), Request(96, 64, 5, 4), Request(32, 32, 0, 9)]
     with engines.load(None, threads=threads) as pipe:
-        for method, shift in (("euler", 1.0), ("heun", 1.0), ("ab2", 3.0), ("unipc", 2.0)):
+        for method, shift, tail in (("euler", 1.0, 0.0), ("heun", 1.0, 0.5), ("ab2", 3.0, 0.0), ("ab2", 6.0, 1.0),
+                                    ("unipc", 2.0, 1.0)):
             job = pipe.prepare(target.width, target.height, target.label, target.seed, sampler=method, steps=3,
-                               cfg=2.0, time_shift=shift)[0]
+                               cfg=2.0, time_shift=shift, tail_compression=tail)[0]
             mate_jobs = [pipe.prepare(m.width, m.height, m.label, m.seed, sampler=method, steps=3, cfg=c,
-                                      extrapolation=e, time_shift=shift)[0]
+                                      extrapolation=e, time_shift=shift, tail_compression=tail)[0]
                          for m, (c, e) in zip(mates, ((5.0, "ntk-aware"), (1.5, None), (2.0, "linear")))]
             alone = pipe.sample_latents([job])[0]
             mixed = pipe.sample_latents(mate_jobs[:2] + [job] + mate_jobs[2:])[2]
@@ -80,6 +81,8 @@ BAD_BODIES = [
     (b'{"sampler": "ddim"}', 422), (b'{"sampler": 3}', 422),
     (b'{"time_shift": 0}', 422), (b'{"time_shift": -2.5}', 422), (b'{"time_shift": "3"}', 422),
     (b'{"time_shift": 1e999}', 422), (b'{"time_shift": 2, "sampler": "dopri5"}', 422),
+    (b'{"tail_compression": -1}', 422), (b'{"tail_compression": 1.01}', 422), (b'{"tail_compression": "1"}', 422),
+    (b'{"tail_compression": 0.5, "sampler": "sde"}', 422),
     (b'{"extrapolation": "bogus"}', 422), (b'{"extrapolation": 5}', 422),
     (b'{"widht": 64}', 422), (b'{"prompt": "a cat"}', 422),
 ]
@@ -104,4 +107,4 @@ def test_unset_fields_take_the_package_defaults_like_fit_run(pipe):
     assert job.request == Request(96, 64, 7, 7)
     assert job.settings == pipe.settings(steps=5, sampler="euler", cfg=3.0, extrapolation="ntk")
     assert set(FIELDS) == {"width", "height", "class", "seed", "steps", "sampler", "cfg", "extrapolation",
-                           "time_shift"}
+                           "time_shift", "tail_compression"}

@@ -65,12 +65,14 @@ function fillControls() {
 function readRequest() {
   const number = (id) => ($(id).value.trim() === '' ? NaN : Number($(id).value));
   const shift = $('time-shift').value;
+  const tail = $('tail-compression').value;
   return {
     width: number('width'), height: number('height'), label: $('class').value === '' ? null : Number($('class').value),
     seed: $('seed').value.trim(), steps: number('steps'), sampler: $('sampler').value, cfg: number('cfg'),
     extrapolation: $('extrapolation').value || null,
     // empty: the package's; text that reads as a number is that number, other text goes to the engine's check as is
     timeShift: shift.trim() === '' ? null : pyNumber(shift),
+    tailCompression: tail.trim() === '' ? null : pyNumber(tail),
   };
 }
 

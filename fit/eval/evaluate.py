@@ -201,6 +201,7 @@ def describe(settings: EvalSettings) -> str:
     s = settings.sampler
     steps = f"atol {s.atol:g}, rtol {s.rtol:g}" if s.method == "dopri5" else f"{s.steps} step{'s' * (s.steps != 1)}"
     shift = f", time shift {s.time_shift:g}" if s.method in SHIFTED else ""
+    shift += f", tail compression {s.tail_compression:g}" if s.tail_compression else ""
     return (f"Sampler {s.method} ({steps}{shift}), guidance {settings.cfg_scale:g}, {settings.num_per_class} "
             f"samples per class, seed {settings.seed}; FD against {settings.reference_count} procedural images.")
 

@@ -31,6 +31,9 @@ const OPTIONS = [
   { name: 'sampler', type: 'text', choices: SAMPLERS, help: "Integrator (default: the package's)." },
   { name: 'time-shift', param: 'time_shift', type: 'float', help: `Time shift S of the fixed-grid samplers `
     + `(${SHIFTED.join(', ')}): shorter steps near noise for S > 1 (default: the package's).` },
+  { name: 'tail-compression', param: 'tail_compression', type: 'float', help: 'Tail compression C of the same '
+    + "samplers, 0 to 1: each time t of the grid becomes t + C t (1 - t), shorter steps near data (default: the "
+    + "package's)." },
   { name: 'cfg', type: 'float', help: `Classifier-free guidance scale, 0 to ${MAX_CFG}; 1 = off.` },
   { name: 'seed', type: 'int', default: 0, help: 'Seed of image 1 (0 to 2**64 - 1); image i uses seed + i - 1.' },
   { name: 'extrapolation', type: 'text', choices: EXTRAPOLATIONS,
@@ -133,7 +136,7 @@ async function* run(a) {
   try {
     const jobs = pipe.prepare({ width: a.width, height: a.height, label: a.class, seed: a.seed, num: a.num,
       snap: a.snap, steps: a.steps, sampler: a.sampler, cfg: a.cfg, extrapolation: a.extrapolation,
-      timeShift: a['time-shift'] });
+      timeShift: a['time-shift'], tailCompression: a['tail-compression'] });
     const { width, height } = jobs.at(0).request;
     const wanted = [a.width || pipe.defaultSize[0], a.height || pipe.defaultSize[1]];
     if (width !== wanted[0] || height !== wanted[1]) {

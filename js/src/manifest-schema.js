@@ -104,6 +104,7 @@ export const SCHEMA = {
       {"name": "atol", "type": "float", "default": 1e-06},
       {"name": "rtol", "type": "float", "default": 0.001},
       {"name": "time_shift", "type": "float", "default": 1.0},
+      {"name": "tail_compression", "type": "float", "default": 0.0},
       {"name": "time_shifting", "type": "float", "default": 1.0},
     ],
     "RopeSection": [

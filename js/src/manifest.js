@@ -132,6 +132,10 @@ const CHECKS = {
     if (!(s.time_shift >= 0.01 && s.time_shift <= 100)) { // sampler.js MIN_TIME_SHIFT, MAX_TIME_SHIFT
       throw new PackageError(`sampler.time_shift must be a number from 0.01 to 100, got ${pyFloat(s.time_shift)}`);
     }
+    if (!(s.tail_compression >= 0 && s.tail_compression <= 1)) { // sampler.js MAX_TAIL_COMPRESSION
+      throw new PackageError('sampler.tail_compression must be a number from 0 to 1, got '
+        + `${pyFloat(s.tail_compression)}`);
+    }
   },
   SizesSection(s, source) {
     if (s.default.length !== 2 || !s.default.every((v) => Number.isInteger(v) && v > 0)) {

@@ -13,7 +13,9 @@ import { fetchIO, loadManifest } from './package.js';
 import { asFloat, formatG, pyRepr, pyTypeName } from './params.js';
 import { ENGINE_LIMITS, GenerationError, GenerationSettings, Jobs, checkCost } from './request.js';
 import { EXTRAPOLATIONS, METHODS, canonicalExtrapolation, extrapolationName, withMethod } from './rope.js';
-import { SAMPLERS, SHIFTED, SettingError, checkCfg, checkSteps, checkTimeShift, guide, integrate } from './sampler.js';
+import {
+  SAMPLERS, SHIFTED, SettingError, checkCfg, checkSteps, checkTailCompression, checkTimeShift, guide, integrate,
+} from './sampler.js';
 import { OnnxRuntimeBackend } from './session.js';
 
 const f32 = Math.fround;
@@ -255,21 +257,21 @@ export class FitPipeline {
     return this.settings({ extrapolation: name }).rope;
   }
 
-  /** {method, steps, atol, rtol, timeShift} with the package's defaults filled in. */
+  /** {method, steps, atol, rtol, timeShift, tailCompression} with the package's defaults filled in. */
   samplerSettings(sampler, steps) {
     return this.settings({ sampler, steps }).sampler;
   }
 
   /**
    * A request's settings resolved once against the package defaults; throws GenerationError naming the parameter.
-   * `cfg` and `timeShift` may be a number or {float}; no `timeShift`: the package's for the samplers it applies to
-   * (SHIFTED), 1 for the others. `limits`: the largest steps and guidance scale allowed (a server's policy; the
-   * engine's own by default).
-   * @param {{steps?: any, sampler?: any, cfg?: any, extrapolation?: any, timeShift?: any,
+   * `cfg`, `timeShift` and `tailCompression` may be a number or {float}; no `timeShift` (`tailCompression`): the
+   * package's for the samplers it applies to (SHIFTED), 1 (0) for the others. `limits`: the largest steps and
+   * guidance scale allowed (a server's policy; the engine's own by default).
+   * @param {{steps?: any, sampler?: any, cfg?: any, extrapolation?: any, timeShift?: any, tailCompression?: any,
    *   limits?: import('./request.js').Limits}} [options]
    * @returns {GenerationSettings}
    */
-  settings({ steps, sampler, cfg, extrapolation, timeShift, limits = ENGINE_LIMITS } = {}) {
+  settings({ steps, sampler, cfg, extrapolation, timeShift, tailCompression, limits = ENGINE_LIMITS } = {}) {
     const defaults = this.manifest.sampler;
     const method = sampler ?? defaults.method;
     let count = steps ?? defaults.steps;
@@ -278,18 +280,21 @@ export class FitPipeline {
     }
     let scale;
     let shift;
+    let tail;
     try {
       count = checkSteps(count, limits.maxSteps);
       scale = checkCfg(cfg ?? this.manifest.guidance.default_scale, limits.maxCfg);
-      if (timeShift === null || timeShift === undefined) {     // the package's, for the samplers it applies to
-        shift = SHIFTED.includes(method) ? defaults.time_shift : 1;
-      } else {
-        shift = checkTimeShift(timeShift);
-        if (shift !== 1 && !SHIFTED.includes(method)) {
-          throw new SettingError(`time_shift applies to ${SHIFTED.join(', ')}, not ${method}, which keeps its own `
-            + 'schedule', 'time_shift');
+      shift = timeShift === null || timeShift === undefined ? null : checkTimeShift(timeShift);
+      tail = tailCompression === null || tailCompression === undefined ? null : checkTailCompression(tailCompression);
+      for (const [name, value, neutral] of [['time_shift', shift, 1], ['tail_compression', tail, 0]]) {
+        if (value !== null && value !== neutral && !SHIFTED.includes(method)) {
+          throw new SettingError(`${name} applies to ${SHIFTED.join(', ')}, not ${method}, which keeps its own `
+            + 'schedule', name);
         }
       }
+      const shifted = SHIFTED.includes(method);                 // absent: the package's, for the samplers it applies to
+      shift ??= shifted ? defaults.time_shift : 1;
+      tail ??= shifted ? defaults.tail_compression : 0;
     } catch (err) {
       if (err instanceof SettingError) throw new GenerationError(err.message, err.parameter);
       throw err;
@@ -310,7 +315,8 @@ export class FitPipeline {
       }
       rope = withMethod(this.rope, name, this.trainSide);
     }
-    const samplerSettings = { method, steps: count, atol: defaults.atol, rtol: defaults.rtol, timeShift: shift };
+    const samplerSettings = { method, steps: count, atol: defaults.atol, rtol: defaults.rtol, timeShift: shift,
+      tailCompression: tail };
     return new GenerationSettings(samplerSettings, scale, name, rope, this.manifest.guidance.scale_pow);
   }
 
@@ -321,15 +327,16 @@ export class FitPipeline {
    * width, height: pixels (absent: the package default size); with `snap` a size off the pixel grid becomes the
    * nearest valid one. label: a class id, a class name, null (unconditional), or several (an array, or names and
    * ids separated by commas) cycled over the images. Image `i` (0-based) has seed `seed + i` (a number, BigInt or
-   * digit string). steps, sampler, cfg, extrapolation, timeShift: absent for the package's. Checks, in order: num,
-   * size, classes, seeds, settings (docs/runtime-spec.md §2), then the cost of an image against `limits.maxCost`.
+   * digit string). steps, sampler, cfg, extrapolation, timeShift, tailCompression: absent for the package's.
+   * Checks, in order: num, size, classes, seeds, settings (docs/runtime-spec.md §2), then the cost of an image
+   * against `limits.maxCost`.
    * @param {{width?: any, height?: any, label?: any, seed?: any, num?: any, snap?: boolean, steps?: any,
-   *   sampler?: any, cfg?: any, extrapolation?: any, timeShift?: any,
+   *   sampler?: any, cfg?: any, extrapolation?: any, timeShift?: any, tailCompression?: any,
    *   limits?: import('./request.js').Limits}} [request]
    * @returns {Jobs}
    */
   prepare({ width, height, label = null, seed = 0, num = 1, snap = false, steps, sampler, cfg, extrapolation,
-    timeShift, limits = ENGINE_LIMITS } = {}) {
+    timeShift, tailCompression, limits = ENGINE_LIMITS } = {}) {
     if (pyTypeName(num) !== 'int' || num < 1) {
       throw new GenerationError(`num must be a whole number of at least 1, got ${pyRepr(num)}`, 'num');
     }
@@ -347,7 +354,7 @@ export class FitPipeline {
       throw new GenerationError(`seed ${first} with num ${num} needs seeds up to ${last}; seeds must be below 2**64`,
         'seed', { mentions: ['num'] });
     }
-    const settings = this.settings({ steps, sampler, cfg, extrapolation, timeShift, limits });
+    const settings = this.settings({ steps, sampler, cfg, extrapolation, timeShift, tailCompression, limits });
     checkCost(this.tokens(w, h), settings, labels.some((label) => label !== null), limits);
     return new Jobs(w, h, labels, first, Number(num), settings);
   }
@@ -472,15 +479,20 @@ export class FitPipeline {
     return images;
   }
 
-  /** The parameters of one image as stored in its PNG text chunks (cfg as {float}): what was actually used. */
+  /**
+   * The parameters of one image as stored in its PNG text chunks (cfg as {float}): what was actually used
+   * (`tail_compression` only when it is not 0, so that images without it keep the parameters they had).
+   */
   parameters(job) {
     const { request, settings } = job;
     const { label, seed } = request;
+    const tail = settings.sampler.tailCompression;
     return {
       model: this.name, width: request.width, height: request.height, class: label,
       class_name: label !== null && label < this.classNames.length ? this.classNames[label] : null,
       seed: Number.isSafeInteger(Number(seed)) ? Number(seed) : seed,
       sampler: settings.sampler.method, steps: settings.sampler.steps, time_shift: asFloat(settings.sampler.timeShift),
+      ...(tail !== 0 ? { tail_compression: asFloat(tail) } : {}),
       cfg: asFloat(settings.cfg),
       extrapolation: settings.extrapolation, backend: this.backendName, variant: this.variant.name,
     };
@@ -490,12 +502,14 @@ export class FitPipeline {
    * One image of `width` x `height` pixels (the package default size when omitted): {@link FitPipeline#prepare}
    * then {@link FitPipeline#generateMany}.
    * @param {{width?: any, height?: any, label?: any, seed?: any, steps?: any, sampler?: any, cfg?: any,
-   *   extrapolation?: any, timeShift?: any, snap?: boolean, onStep?: (done: number, total: number|null, t: number)
-   *   => void}} [request]
+   *   extrapolation?: any, timeShift?: any, tailCompression?: any, snap?: boolean, onStep?: (done: number,
+   *   total: number|null, t: number) => void}} [request]
    * @returns {Promise<Image>}
    */
-  async generate({ width, height, label, seed, steps, sampler, cfg, extrapolation, timeShift, snap, onStep } = {}) {
-    const job = this.prepare({ width, height, label, seed, snap, steps, sampler, cfg, extrapolation, timeShift }).at(0);
+  async generate({ width, height, label, seed, steps, sampler, cfg, extrapolation, timeShift, tailCompression, snap,
+    onStep } = {}) {
+    const job = this.prepare({ width, height, label, seed, snap, steps, sampler, cfg, extrapolation, timeShift,
+      tailCompression }).at(0);
     const [image] = await this.generateMany([job], { onStep });
     return image;
   }

@@ -105,11 +105,11 @@ export class GenerationSettings {
 
   /**
    * Requests whose settings share this key can share one step loop (and so one padded batch): same integrator,
-   * steps, time shift and tolerances, guidance on or off. Scale and extrapolation may differ per row.
+   * steps, time grid and tolerances, guidance on or off. Scale and extrapolation may differ per row.
    */
   loopKey() {
     const s = this.sampler;
-    return [s.method, s.steps, s.atol, s.rtol, s.timeShift, this.guided, this.scalePow].join();
+    return [s.method, s.steps, s.atol, s.rtol, s.timeShift, s.tailCompression, this.guided, this.scalePow].join();
   }
 }
 

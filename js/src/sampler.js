@@ -10,8 +10,8 @@ const f32 = Math.fround;
 
 export const SAMPLERS = ['euler', 'heun', 'dopri5', 'sde', 'ab2', 'unipc'];
 /**
- * The samplers that step along a fixed time grid, which the time shift bends; dopri5 chooses its own steps and sde
- * keeps the official schedule.
+ * The samplers that step along a fixed time grid, which the time shift and the tail compression bend; dopri5 chooses
+ * its own steps and sde keeps the official schedule.
  */
 export const SHIFTED = ['euler', 'heun', 'ab2', 'unipc'];
 /** Limits of a request (docs/runtime-spec.md §9): sampler steps and guidance scale. */
@@ -19,9 +19,11 @@ export const MAX_STEPS = 10000;
 export const MAX_CFG = 1000;
 export const MIN_TIME_SHIFT = 0.01;
 export const MAX_TIME_SHIFT = 100;
+export const MAX_TAIL_COMPRESSION = 1;
 
 /**
- * A sampler or guidance setting out of range; `parameter` names it (`steps`, `cfg`, `time_shift`), and the message
+ * A sampler or guidance setting out of range; `parameter` names it (`steps`, `cfg`, `time_shift`,
+ * `tail_compression`), and the message
  * starts with it.
  */
 export class SettingError extends RangeError {
@@ -56,6 +58,21 @@ export function checkTimeShift(shift) {
 }
 
 /**
+ * `compression` (a number, or {float} for a value that is a float in Python's sense) as a number if it is a number
+ * from 0 to MAX_TAIL_COMPRESSION; SettingError otherwise (NaN too).
+ * @param {any} compression
+ */
+export function checkTailCompression(compression) {
+  const value = compression !== null && typeof compression === 'object' && 'float' in compression
+    ? compression.float : compression;
+  if (typeof value !== 'number' || !(value >= 0 && value <= MAX_TAIL_COMPRESSION)) {
+    throw new SettingError(`tail_compression must be a number from 0 to ${formatG(MAX_TAIL_COMPRESSION)}, got `
+      + `${pyRepr(compression)}`, 'tail_compression');
+  }
+  return value;
+}
+
+/**
  * `cfg` (a number, or {float} for a value that is a float in Python's sense) as a number if it is a guidance scale
  * from 0 to `maximum` (at most MAX_CFG); SettingError otherwise (NaN too).
  * @param {any} cfg
@@ -73,11 +90,13 @@ export function checkCfg(cfg, maximum = MAX_CFG) {
  * How to integrate from noise to data (engines.sampler.SamplerSettings); the sde sampler's `diffusionNorm` and
  * `lastStepSize` default to the official 1 and 0.04.
  * @typedef {object} SamplerSettings
- * @property {string} method euler | heun | ab2 | unipc (on a time grid bent by `timeShift`) | dopri5 | sde
+ * @property {string} method euler | heun | ab2 | unipc (on a time grid bent by `timeShift` and `tailCompression`) |
+ *   dopri5 | sde
  * @property {number} steps
  * @property {number} atol dopri5 absolute tolerance
  * @property {number} rtol dopri5 relative tolerance
  * @property {number} [timeShift] the time shift of the fixed-grid samplers (SHIFTED); 1 (the default) = even steps
+ * @property {number} [tailCompression] their tail compression (timeGrid); 0 (the default) = none
  * @property {number} [diffusionNorm]
  * @property {number} [lastStepSize]
  */
@@ -158,19 +177,28 @@ export function shiftTime(u, shift) {
 }
 
 /**
+ * t + c t (1 - t) in float64 (t itself when c is 0): with c > 0 the steps are shorter near data (t = 1), where the long
+ * last step of a shifted grid costs the most; c = 1 gives 1 - (1 - t)^2. 0 and 1 stay 0 and 1.
+ */
+export function compressTail(t, compression) {
+  return compression === 0 ? t : t + compression * t * (1 - t);
+}
+
+/**
  * The [t0, t1] of each of `steps` steps from 0 to 1, computed as they are needed: u_i = i * (1 / steps) in float64,
- * u_steps = 1, and t_i = shiftTime(u_i, shift).
+ * u_steps = 1, and t_i = compressTail(shiftTime(u_i, shift), tail).
  * @returns {Generator<[number, number]>}
  */
-export function* timeGrid(steps, shift = 1) {
+export function* timeGrid(steps, shift = 1, tail = 0) {
   const h = 1 / steps;
-  for (let i = 0; i < steps; i++) yield [shiftTime(i * h, shift), shiftTime(i + 1 === steps ? 1 : (i + 1) * h, shift)];
+  const at = (u) => compressTail(shiftTime(u, shift), tail);
+  for (let i = 0; i < steps; i++) yield [at(i * h), at(i + 1 === steps ? 1 : (i + 1) * h)];
 }
 
 /** x <- x + (t1 - t0) v(x, t0); one evaluation per step. @returns {Promise<Float32Array>} */
-export async function euler(v, x, batch, steps, progress, shift = 1) {
+export async function euler(v, x, batch, steps, progress, shift = 1, tail = 0) {
   let i = 0;
-  for (const [t0, t1] of timeGrid(steps, shift)) {
+  for (const [t0, t1] of timeGrid(steps, shift, tail)) {
     const h = f32(t1 - t0);
     const vel = await v(x, full(t0, batch));
     const y = x;
@@ -181,9 +209,9 @@ export async function euler(v, x, batch, steps, progress, shift = 1) {
 }
 
 /** Explicit trapezoidal rule (second order), two evaluations per step. @returns {Promise<Float32Array>} */
-export async function heun(v, x, batch, steps, progress, shift = 1) {
+export async function heun(v, x, batch, steps, progress, shift = 1, tail = 0) {
   let i = 0;
-  for (const [t0, t1] of timeGrid(steps, shift)) {
+  for (const [t0, t1] of timeGrid(steps, shift, tail)) {
     const h = t1 - t0;
     const h32 = f32(h);
     const half = f32(0.5 * h);
@@ -201,10 +229,10 @@ export async function heun(v, x, batch, steps, progress, shift = 1) {
  * r = h / (t0 - t_prev), x <- x + h (1 + r/2) v(x, t0) - h (r/2) v_prev; the first step is Euler's.
  * @returns {Promise<Float32Array>}
  */
-export async function ab2(v, x, batch, steps, progress, shift = 1) {
+export async function ab2(v, x, batch, steps, progress, shift = 1, tail = 0) {
   let previous = null;                                 // [h, k] of the step before
   let i = 0;
-  for (const [t0, t1] of timeGrid(steps, shift)) {
+  for (const [t0, t1] of timeGrid(steps, shift, tail)) {
     const h = t1 - t0;
     const k = await v(x, full(t0, batch));
     const y = x;
@@ -310,11 +338,11 @@ function unipcUpdate(xS, s, t, mS, before, mT) {
  * prediction).
  * @returns {Promise<Float32Array>}
  */
-export async function unipc(v, x, batch, steps, progress, shift = 1) {
+export async function unipc(v, x, batch, steps, progress, shift = 1, tail = 0) {
   let previous = null;                                 // [xS, s, mS, before] of the step that led here
   let before = null;
   let i = 0;
-  for (const [t0, t1] of timeGrid(steps, shift)) {
+  for (const [t0, t1] of timeGrid(steps, shift, tail)) {
     const k = await v(x, full(t0, batch));
     const a = f32(1 - t0);
     const y = x;
@@ -532,7 +560,7 @@ function nextStep(dt, ratio, safety = 0.9, ifactor = 10, dfactor = 0.2, order = 
 export async function integrate(v, x, batch, settings, draw = null, progress = null) {
   if (SHIFTED.includes(settings.method)) {
     const fixed = { euler, heun, ab2, unipc }[settings.method];
-    return fixed(v, x, batch, settings.steps, progress, settings.timeShift);
+    return fixed(v, x, batch, settings.steps, progress, settings.timeShift, settings.tailCompression);
   }
   if (settings.method === 'dopri5') return dopri5(v, x, batch, settings.atol, settings.rtol, MAX_STEPS, progress);
   return sde(v, x, batch, settings.steps, settings.diffusionNorm, settings.lastStepSize, draw, progress);

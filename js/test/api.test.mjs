@@ -89,6 +89,14 @@ test('prepare names the parameter at fault, the others it mentions and the optio
     [{ timeShift: true }, 'time_shift', 'time_shift must be a number from 0.01 to 100, got True'],
     [{ timeShift: 2, sampler: 'dopri5' }, 'time_shift', 'time_shift applies to euler, heun, ab2, unipc, not dopri5, '
       + 'which keeps its own schedule'],
+    [{ tailCompression: 1.5 }, 'tail_compression', 'tail_compression must be a number from 0 to 1, got 1.5'],
+    [{ tailCompression: NaN }, 'tail_compression', 'tail_compression must be a number from 0 to 1, got nan'],
+    [{ tailCompression: '1' }, 'tail_compression', "tail_compression must be a number from 0 to 1, got '1'"],
+    [{ tailCompression: { float: 2 } }, 'tail_compression', 'tail_compression must be a number from 0 to 1, got 2.0'],
+    [{ tailCompression: 0.5, sampler: 'sde' }, 'tail_compression', 'tail_compression applies to euler, heun, ab2, '
+      + 'unipc, not sde, which keeps its own schedule'],
+    [{ tailCompression: 2, timeShift: 2, sampler: 'sde' }, 'tail_compression', 'tail_compression must be a number '
+      + 'from 0 to 1, got 2'],                           // both ranges are checked before either sampler rule
     [{ extrapolation: 5 }, 'extrapolation', 'unknown extrapolation 5; choose one of normal, linear, ntk-aware, '
       + 'ntk-by-parts, yarn, ntk-aware-pro1, ntk-aware-pro2, vision-ntk, vision-yarn'],
     [{ label: 'star,bogus' }, null, "unknown class 'bogus' (ids 0..7)"],
@@ -135,6 +143,28 @@ test('the time shift: the package\'s for the fixed-grid samplers, 1 for the othe
     pipe.prepare({ width: 32, height: 32, sampler: 'ab2' }).at(0)]), /^GenerationError: jobs sampled together need/);
   const [image] = await pipe.generateMany(pipe.prepare({ width: 32, height: 32, sampler: 'unipc', steps: 2 }));
   assert.deepEqual(image.parameters.time_shift, { float: 3 });
+  await pipe.release();
+});
+
+test('the tail compression: the package\'s for the fixed-grid samplers, 0 for the others, part of the loop key, in '
+  + 'the parameters only when not 0', async () => {
+  const io = directoryIO(PACKAGE);
+  const doc = JSON.parse(await io.readManifest());
+  doc.sampler.tail_compression = 0.5;
+  const pipe = await FitPipeline.load({ ...io, readManifest: async () => JSON.stringify(doc) },
+    { ort, lazyDecoder: true });
+  const tail = (request) => pipe.settings(request).sampler.tailCompression;
+  assert.deepEqual(['euler', 'heun', 'ab2', 'unipc', 'dopri5', 'sde'].map((sampler) => tail({ sampler })),
+    [0.5, 0.5, 0.5, 0.5, 0, 0]);
+  assert.equal(tail({ sampler: 'ab2', tailCompression: { float: 1 } }), 1);
+  assert.equal(tail({ sampler: 'dopri5', tailCompression: 0 }), 0);
+  const key = (tailCompression) => pipe.settings({ sampler: 'ab2', tailCompression }).loopKey();
+  assert.notEqual(key(0), key(1));
+  const parameters = async (request) => (await pipe.generateMany(pipe.prepare({ width: 32, height: 32, steps: 2,
+    ...request })))[0].parameters;
+  assert.deepEqual((await parameters({ sampler: 'ab2' })).tail_compression, { float: 0.5 });
+  assert.equal('tail_compression' in await parameters({ sampler: 'ab2', tailCompression: 0 }), false);
+  assert.equal('tail_compression' in await parameters({ sampler: 'sde' }), false);
   await pipe.release();
 });
 
@@ -199,12 +229,14 @@ test('examples/embed_node.mjs serves PNGs and answers bad requests with 400', as
   const server = await serve(pipe, 0);
   const base = `http://127.0.0.1:${server.address().port}`;
   try {
-    const ok = await fetch(`${base}/generate?width=96&height=64&label=star&seed=3&steps=2&time_shift=3`);
+    const ok = await fetch(`${base}/generate?width=96&height=64&label=star&seed=3&steps=2&time_shift=3`
+      + '&tail_compression=1');
     assert.equal(ok.status, 200);
     const png = new Uint8Array(await ok.arrayBuffer());
     assert.deepEqual([...png.subarray(1, 4)], [80, 78, 71]);
     assert.ok(Buffer.from(png).includes('fit:class_name\0star'));
     assert.ok(Buffer.from(png).includes('fit:time_shift\x003.0'));
+    assert.ok(Buffer.from(png).includes('fit:tail_compression\x001.0'));
     const bad = await fetch(`${base}/generate?width=90&height=64`);
     assert.equal(bad.status, 400);
     assert.equal(await bad.text(), "90x64 is not on the model's 16-pixel grid; nearest valid sizes: 96x64, 80x64\n");

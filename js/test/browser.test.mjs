@@ -38,10 +38,10 @@ describe('web page in headless Chromium', { skip: reason ?? false }, () => {
 
   test('the form starts at the package defaults', async () => {
     const values = await page.evaluate(() => Object.fromEntries(['width', 'height', 'class', 'steps', 'sampler',
-      'time-shift', 'cfg', 'extrapolation'].map((id) => [id, document.getElementById(id).value])));
+      'time-shift', 'tail-compression', 'cfg', 'extrapolation'].map((id) => [id, document.getElementById(id).value])));
     const { sampler } = JSON.parse(readFileSync(join(PACKAGE, 'manifest.json'), 'utf8'));
     assert.deepEqual(values, { width: '80', height: '80', class: '0', steps: String(sampler.steps),
-      sampler: sampler.method, 'time-shift': '', cfg: '4', extrapolation: '' });
+      sampler: sampler.method, 'time-shift': '', 'tail-compression': '', cfg: '4', extrapolation: '' });
     const samplers = await page.$$eval('#sampler option', (options) => options.map((o) => o.value));
     assert.deepEqual(samplers, ['euler', 'heun', 'dopri5', 'sde', 'ab2', 'unipc']);
   });
@@ -58,6 +58,10 @@ describe('web page in headless Chromium', { skip: reason ?? false }, () => {
       { state: 'error', status: 'time_shift must be a number from 0.01 to 100, got 0.0' });
     assert.deepEqual(await generateInPage(page, { sampler: 'sde', 'time-shift': '2' }), { state: 'error',
       status: 'time_shift applies to euler, heun, ab2, unipc, not sde, which keeps its own schedule' });
+    assert.deepEqual(await generateInPage(page, { sampler: 'ab2', 'time-shift': '', 'tail-compression': '2' }),
+      { state: 'error', status: 'tail_compression must be a number from 0 to 1, got 2.0' });
+    assert.deepEqual(await generateInPage(page, { sampler: 'dopri5', 'tail-compression': '0.5' }), { state: 'error',
+      status: 'tail_compression applies to euler, heun, ab2, unipc, not dopri5, which keeps its own schedule' });
   });
 
   test('?precision= picks a transformer variant, ?ep= where it runs; an unknown one is one message', async () => {
@@ -109,7 +113,7 @@ describe('web page in headless Chromium', { skip: reason ?? false }, () => {
     test(`${width}x${height} ${extrapolation || 'package default'} matches fit-run`, async () => {
       const dir = mkdtempSync(join(tmpdir(), 'fit-web-'));
       const result = await generateInPage(page, { width, height, class: 7, seed: 5, steps: 8, sampler: 'heun', cfg: 4,
-        extrapolation, 'time-shift': '' });
+        extrapolation, 'time-shift': '', 'tail-compression': '' });
       assert.equal(result.state, 'done', result.status);
       const args = ['-W', width, '-H', height, '--class', 7, '--seed', 5, '--steps', 8, '--sampler', 'heun', '--cfg', 4,
         '-q', '-o', join(dir, 'py.png'), ...(extrapolation ? ['--extrapolation', extrapolation] : [])].map(String);
@@ -131,19 +135,21 @@ describe('web page in headless Chromium', { skip: reason ?? false }, () => {
     });
   }
 
-  test('unipc with time shift 2.5 matches the Python runtime and the PNG records the shift', async () => {
-    const ref = pythonReference({ package: PACKAGE,
-      images: [{ width: 96, height: 64, label: 7, seed: 5, steps: 8, sampler: 'unipc', cfg: 4, timeShift: 2.5 }] });
+  test('unipc with time shift 2.5 and tail compression 0.5 matches the Python runtime and the PNG records both',
+    async () => {
+    const ref = pythonReference({ package: PACKAGE, images: [{ width: 96, height: 64, label: 7, seed: 5, steps: 8,
+      sampler: 'unipc', cfg: 4, timeShift: 2.5, tailCompression: 0.5 }] });
     const result = await generateInPage(page, { width: 96, height: 64, class: 7, seed: 5, steps: 8, sampler: 'unipc',
-      cfg: 4, extrapolation: '', 'time-shift': '2.5' });
+      cfg: 4, extrapolation: '', 'time-shift': '2.5', 'tail-compression': '0.5' });
     assert.equal(result.state, 'done', result.status);
     const db = psnr(await canvasPixels(page), new Uint8Array(readFileSync(join(ref.dir, ref.index.images[0].file))));
-    console.log(`# page vs Python runtime, unipc time shift 2.5: ${db === Infinity ? 'identical' : `${db.toFixed(1)} dB`}`);
+    console.log(`# page vs Python runtime, unipc time shift 2.5, tail compression 0.5: ${db === Infinity ? 'identical' : `${db.toFixed(1)} dB`}`);
     assert.ok(db >= 50, `${db} dB`);
     const saved = join(ref.dir, 'page.png');
     writeFileSync(saved, Uint8Array.from(await page.evaluate(async () => Array.from(await globalThis.fitPage.pngBytes()))));
     const { text } = readPng(saved);
     assert.equal(text['fit:time_shift'], '2.5');
+    assert.equal(text['fit:tail_compression'], '0.5');
     assert.deepEqual({ ...JSON.parse(text.parameters), backend: null }, { ...ref.index.images[0].parameters, backend: null });
   });
 });

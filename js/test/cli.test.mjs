@@ -58,7 +58,8 @@ describe('node fit-run', { skip: missing ?? false }, () => {
     assert.deepEqual(strip(b.text), strip(a.text));
   });
 
-  test('--time-shift goes to the engine as a float; its mistakes read as fit-run words them', () => {
+  test('--time-shift and --tail-compression go to the engine as floats; their mistakes read as fit-run words them',
+    () => {
     const dir = mkdtempSync(join(tmpdir(), 'fit-js-shift-'));
     const out = ['-W', '96', '-H', '64', '--steps', '3', '-q', '-o', join(dir, 'out.png')];
     const refused = [
@@ -69,6 +70,12 @@ describe('node fit-run', { skip: missing ?? false }, () => {
       [['--time-shift', 'abc'], "--time-shift must be a number from 0.01 to 100, got 'abc'"],
       [['--time-shift', '2', '--sampler', 'sde'],
         '--time-shift applies to euler, heun, ab2, unipc, not sde, which keeps its own schedule'],
+      [['--tail-compression', '-1'], '--tail-compression must be a number from 0 to 1, got -1.0'],
+      [['--tail-compression', '1.5'], '--tail-compression must be a number from 0 to 1, got 1.5'],
+      [['--tail-compression', 'nan'], '--tail-compression must be a number from 0 to 1, got nan'],
+      [['--tail-compression', 'x'], "--tail-compression must be a number from 0 to 1, got 'x'"],
+      [['--tail-compression', '1', '--sampler', 'dopri5'],
+        '--tail-compression applies to euler, heun, ab2, unipc, not dopri5, which keeps its own schedule'],
     ];
     for (const [args, message] of refused) {
       const js = fitRunJs([...out, ...args]);
@@ -76,16 +83,21 @@ describe('node fit-run', { skip: missing ?? false }, () => {
       assert.equal(js.stderr, `fit-run: error: ${message}\n`);
       assert.equal(existsSync(join(dir, 'out.png')), false);
     }
-    const packageShift = JSON.parse(readFileSync(join(PACKAGE, 'manifest.json'), 'utf8')).sampler.time_shift;
-    for (const [args, sampler, shift] of [[['--sampler', 'unipc', '--time-shift', '2.5'], 'unipc', '2.5'],
-      [['--sampler', 'sde', '--time-shift', '1'], 'sde', '1.0'],
-      [['--sampler', 'ab2'], 'ab2', pyFloat(packageShift)]]) {           // the package's shift
+    const packageSampler = JSON.parse(readFileSync(join(PACKAGE, 'manifest.json'), 'utf8')).sampler;
+    const packageTail = packageSampler.tail_compression ? pyFloat(packageSampler.tail_compression) : undefined;
+    for (const [args, sampler, shift, tail] of [
+      [['--sampler', 'unipc', '--time-shift', '2.5', '--tail-compression', '0.5'], 'unipc', '2.5', '0.5'],
+      [['--sampler', 'sde', '--time-shift', '1', '--tail-compression', '0'], 'sde', '1.0', undefined],
+      [['--sampler', 'heun', '--tail-compression', '0'], 'heun', pyFloat(packageSampler.time_shift), undefined],
+      [['--sampler', 'ab2'], 'ab2', pyFloat(packageSampler.time_shift), packageTail]]) {      // the package's grid
       const js = fitRunJs([...out, ...args]);
       assert.equal(js.status, 0, js.stderr);
       const { text } = readPng(join(dir, 'out.png'));
       assert.equal(text['fit:sampler'], sampler);
       assert.equal(text['fit:time_shift'], shift);
       assert.ok(text.parameters.includes(`"time_shift": ${shift}, `), text.parameters);
+      assert.equal(text['fit:tail_compression'], tail);
+      assert.equal(text.parameters.includes('tail_compression'), tail !== undefined, text.parameters);
     }
   });
 

@@ -63,6 +63,11 @@ const CASES = [
   ['sampler.time_shift negative', (d) => { d.sampler.time_shift = -2.5; }],
   ['sampler.time_shift type', (d) => { d.sampler.time_shift = 'fast'; }],
   ['sampler lacks time_shift', (d) => { delete d.sampler.time_shift; }],
+  ['sampler.tail_compression negative', (d) => { d.sampler.tail_compression = -0.5; }],
+  ['sampler.tail_compression above 1', (d) => { d.sampler.tail_compression = 1.5; }],
+  ['sampler.tail_compression type', (d) => { d.sampler.tail_compression = '1'; }],
+  ['sampler.tail_compression 1', (d) => { d.sampler.tail_compression = 1; }],
+  ['sampler lacks tail_compression', (d) => { delete d.sampler.tail_compression; }],
   ['sizes.max_tokens type', (d) => { d.sizes.max_tokens = 'many'; }],
   ['sizes.default', (d) => { d.sizes.default = [80]; }],
   ['bucket lacks tokens', (d) => { delete d.sizes.buckets[0].tokens; }],
@@ -81,8 +86,9 @@ const CASES = [
 ];
 
 /** The cases both readers accept; every other one is refused. */
-const ACCEPTED = ['nothing', 'default_variant int8', 'no variants', 'fp16 variant', 'legacy ort_optimized', 'sampler.atol null',
-  'sampler lacks time_shift', 'rope.ori_max_pe_len null', 'vae_decoder null', 'decoder without names'];
+const ACCEPTED = ['nothing', 'default_variant int8', 'no variants', 'fp16 variant', 'legacy ort_optimized',
+  'sampler.atol null', 'sampler lacks time_shift', 'sampler.tail_compression 1', 'sampler lacks tail_compression',
+  'rope.ori_max_pe_len null', 'vae_decoder null', 'decoder without names'];
 
 /** What js/src/manifest.js makes of a manifest object, in the shape of reference.py's read_manifest. */
 function readManifest(doc) {
@@ -120,11 +126,13 @@ test('defaults fill what a manifest leaves out; unknown fields are ignored', () 
   const doc = structuredClone(DOC);
   delete doc.sampler.atol;
   delete doc.sampler.time_shift;
+  delete doc.sampler.tail_compression;
   delete doc.vae_decoder.input_is_scaled;
   doc.guidance.a_later_field = 1;
   const manifest = Manifest.fromDict(doc);
   assert.equal(manifest.sampler.atol, 1e-6);
   assert.equal(manifest.sampler.time_shift, 1);
+  assert.equal(manifest.sampler.tail_compression, 0);
   assert.equal(manifest.vae_decoder.input_is_scaled, false);
   assert.equal(manifest.guidance.a_later_field, undefined);
   assert.deepEqual(manifest.reference, DOC.reference);

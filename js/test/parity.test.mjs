@@ -39,25 +39,35 @@ function imageCases() {
   return cases;
 }
 
-/** The new samplers on shifted grids: pixel-identical (the host arithmetic is the same, operation by operation). */
+/**
+ * The new samplers on shifted grids, without and with tail compression: pixel-identical (the host arithmetic is the
+ * same, operation by operation).
+ */
 function shiftedCases() {
   const cases = [];
   for (const sampler of ['ab2', 'unipc']) {
-    for (const timeShift of [1, 2, 3]) {
+    for (const [timeShift, tailCompression] of [[1, 0], [2, 0], [3, 0], [6, 1], [4, 0.5]]) {
       for (const cfg of [1, 4]) {
-        cases.push({ width: 96, height: 64, label: 'ring', seed: 6, sampler, steps: 6, timeShift, cfg });
-        cases.push({ width: 128, height: 128, label: 'star', seed: 7, sampler, steps: 6, timeShift, cfg,
-          extrapolation: 'vision-ntk' });
+        cases.push({ width: 96, height: 64, label: 'ring', seed: 6, sampler, steps: 6, timeShift, tailCompression,
+          cfg });
+        cases.push({ width: 128, height: 128, label: 'star', seed: 7, sampler, steps: 6, timeShift, tailCompression,
+          cfg, extrapolation: 'vision-ntk' });
       }
     }
+  }
+  for (const sampler of ['euler', 'heun']) {
+    cases.push({ width: 96, height: 64, label: 'frame', seed: 8, sampler, steps: 5, timeShift: 3, tailCompression: 0.75,
+      cfg: 4 });
   }
   return cases;
 }
 
-// Every fixed-grid sampler, steps 1 to 40, on the grids of these time shifts (engines.sampler's UniPC scalars
-// come from its own log1p, which any language computes to the same bits).
-const SYNTHETIC = SHIFTED.flatMap((method) => [1, 2, 3, 2.5, 4, 6].flatMap((shift) =>
-  Array.from({ length: 40 }, (_, i) => ({ method, steps: i + 1, shift }))));
+// Every fixed-grid sampler, steps 1 to 40, on the grids of these time shifts and tail compressions
+// (engines.sampler's UniPC scalars come from its own log1p, which any language computes to the same bits).
+const GRIDS = [[1, 0], [2, 0], [3, 0], [2.5, 0], [4, 0], [6, 0], [1, 1], [3, 0.5], [6, 1], [2.5, 0.75], [100, 1],
+  [0.01, 0.3]];
+const SYNTHETIC = SHIFTED.flatMap((method) => GRIDS.flatMap(([shift, tail]) =>
+  Array.from({ length: 40 }, (_, i) => ({ method, steps: i + 1, shift, tail }))));
 
 const TABLE_SIZES = [[5, 5], [8, 8], [4, 8], [8, 4], [3, 11], [1, 1]];
 // Every accepted name on a package whose own RoPE is decoupled: an official name must couple the axes again.
@@ -116,12 +126,12 @@ describe('parity with the Python runtime', { skip: missing ?? false }, () => {
     const velocity = async (x, t) => Float32Array.from(x, (value, j) => Math.fround(d[j] - value)
       * Math.fround(1 + t[Math.floor(j / 32)]));
     for (let i = 0; i < SYNTHETIC.length; i++) {
-      const { method, steps, shift } = SYNTHETIC[i];
+      const { method, steps, shift, tail } = SYNTHETIC[i];
       const times = [];
-      const settings = { method, steps, atol: 1e-6, rtol: 1e-3, timeShift: shift };
+      const settings = { method, steps, atol: 1e-6, rtol: 1e-3, timeShift: shift, tailCompression: tail };
       const got = await integrate(velocity, x0, 2, settings, null, (_done, _total, t) => times.push(t));
       const expected = readFloat32(join(ref.dir, ref.index.samplers[i].file));
-      const name = `${method} steps ${steps} shift ${shift}`;
+      const name = `${method} steps ${steps} shift ${shift} tail ${tail}`;
       assert.deepEqual(times, ref.index.samplers[i].times, `${name}: times`);
       let differ = 0;
       for (let j = 0; j < got.length; j++) differ += !Object.is(got[j], expected[j]);
@@ -147,7 +157,8 @@ describe('parity with the Python runtime', { skip: missing ?? false }, () => {
     console.log(`# ${identical} of ${cases.length} cases pixel-identical\n# ${report.join('\n# ')}`);
   });
 
-  test('ab2 and unipc with time shifts 1, 2, 3 give fit-run\'s runtime\'s pixels and parameters', async () => {
+  test('the fixed-grid samplers on shifted and tail-compressed grids give fit-run\'s runtime\'s pixels and '
+    + 'parameters', async () => {
     for (let i = 0; i < shifted.length; i++) {
       const c = shifted[i];
       const { file, parameters } = ref.index.images[cases.length + i];
@@ -156,6 +167,7 @@ describe('parity with the Python runtime', { skip: missing ?? false }, () => {
       assert.equal(db, Infinity, `case ${JSON.stringify(c)}: ${db.toFixed(1)} dB`);
       assert.deepEqual({ ...plain(image.parameters), backend: null }, { ...parameters, backend: null });
       assert.equal(parameters.time_shift, c.timeShift);
+      assert.equal(parameters.tail_compression, c.tailCompression || undefined);       // recorded when not 0
     }
   });
 

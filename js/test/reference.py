@@ -28,7 +28,7 @@ def main(job_path: str, out_dir: str) -> None:
             for i, case in enumerate(job["images"]):
                 one = pipe.prepare(case["width"], case["height"], case.get("label"), case["seed"],
                                    **{k: case.get(k) for k in ("steps", "sampler", "cfg", "extrapolation")},
-                                   time_shift=case.get("timeShift"))[0]
+                                   time_shift=case.get("timeShift"), tail_compression=case.get("tailCompression"))[0]
                 image = pipe.generate_many([one])[0]
                 (out / f"image{i}.bin").write_bytes(image.tobytes())
                 index["images"].append({"file": f"image{i}.bin", "parameters": pipe.parameters(one)})
@@ -60,7 +60,7 @@ def sample_synthetic(case) -> tuple[np.ndarray, list[float]]:
     x = noise.normals(1, 64, 0).reshape(2, 8, 4)
     d = noise.normals(2, 64, 0).reshape(2, 8, 4)
     times = []
-    settings = SamplerSettings(case["method"], case["steps"], time_shift=case["shift"])
+    settings = SamplerSettings(case["method"], case["steps"], time_shift=case["shift"], tail_compression=case["tail"])
     x = integrate(lambda x, t: (d - x) * (np.float32(1) + t)[:, None, None], x, settings,
                   callback=lambda done, total, t: times.append(t))
     return x, times
