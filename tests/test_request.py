@@ -143,10 +143,13 @@ def test_max_evaluations_counts_the_network_calls_of_each_sampler(method):
 
 def test_cost_limit_is_refused_by_the_engine_before_any_work(pipe):
     """Cost of an image = evaluations x tokens, x 2 when guidance runs the cond/uncond halves (a class given)."""
-    default = pipe.settings()                                     # ab2 16 steps, guidance 4
-    assert image_cost(25, default, conditional=False) == 16 * 25 and image_cost(25, default, True) == 16 * 25 * 2
+    default = pipe.settings()                                     # the package's: ab2 (one evaluation a step), cfg 4
+    evaluations = default.sampler.evaluations()
+    assert default.sampler.method == "ab2" and evaluations == default.sampler.steps
+    assert image_cost(25, default, conditional=False) == evaluations * 25
+    assert image_cost(25, default, conditional=True) == evaluations * 25 * 2
     policy = Limits(max_cost=800)
-    assert len(pipe.prepare(80, 80, "star", limits=policy)) == 1                       # exactly at the limit
+    assert len(pipe.prepare(80, 80, "star", steps=16, limits=policy)) == 1             # exactly at the limit
     assert pipe.prepare(80, 80, "star", steps=32, cfg=1, limits=policy)                 # guidance off: no halves
     assert pipe.prepare(80, 80, None, steps=32, limits=policy)                          # unconditional: no halves
     with pytest.raises(BadRequest) as err:
