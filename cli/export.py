@@ -16,6 +16,8 @@ from engines.errors import PackageError
 from engines.manifest import QUANTIZATION_MODES
 from engines.rope import EXTRAPOLATIONS, canonical_extrapolation
 from engines.sampler import SAMPLERS
+from engines.backends.tensorrt.store import QDQ_HIGH_PRECISIONS, QDQ_PRECISIONS
+from engines.metrics import QualityGate
 
 
 def _user_errors():
@@ -41,8 +43,8 @@ def _buckets(text):
 @click.group(cls=Group, prog="fit-export", extra="export")
 def main():
     """Export FiT models to ONNX model packages (onnx), check them against PyTorch (validate), add the ONNX
-    Runtime- or OpenVINO-tuned graph (ort-optimize, ov-optimize), an int8 variant (quantize) or an fp16 variant
-    (fp16), and build and check TensorRT engines (build, trt-check)."""
+    Runtime- or OpenVINO-tuned graph (ort-optimize, ov-optimize), an int8 or fp8 variant (quantize) or an fp16
+    variant (fp16), and build and check TensorRT engines (build, trt-check)."""
 
 
 @main.command("onnx", short_help="Write a model package (ONNX graphs + manifest) from a checkpoint.")
@@ -107,12 +109,25 @@ def onnx_command(config, checkpoint, random_weights, out, precision, vae, name, 
 @click.option("--backend", type=BACKEND, default="onnxruntime", show_default=True,
               help="Run the package's ONNX graph on ONNX Runtime, or its TensorRT engines (needs a GPU).")
 @click.option("--precision", help="Transformer variant or precision to validate (fp32, int8, ...; OpenVINO: f32 or "
-              "bf16; TensorRT: which engines, default the newest matching build).")
-def validate_command(package, checkpoint, report, providers, methods, e2e_steps, backend, precision):
-    """Compare the package's ONNX graph or TensorRT engines with the PyTorch reference; exit 1 on a failure."""
+              "bf16; TensorRT: which engines, fp32/fp16/bf16/int8/fp8, default the newest matching build).")
+@click.option("--recorded", is_flag=True, help="Print the quality records the package's Q/DQ variants were written "
+              "with (measured on the CPU per size and extrapolation method) and run nothing.")
+def validate_command(package, checkpoint, report, providers, methods, e2e_steps, backend, precision, recorded):
+    """Compare the package's ONNX graph or TensorRT engines with the PyTorch reference; exit 1 on a failure. The
+    TensorRT int8/fp8 engines are also shown with the CPU record of the Q/DQ variant they were built from."""
     if report:
         check_writable(report)
     errors = _user_errors()
+    with user_errors(*errors):
+        from fit_export.qdq import recorded_quality
+        records = recorded_quality(package, None if recorded else precision if backend == "tensorrt" else "")
+    for text, _ in records:
+        click.echo(text)
+    if recorded:
+        if not records:
+            raise UserError(f"{package} holds no Q/DQ variant with a quality record (fit-export quantize --for "
+                            f"tensorrt writes one)")
+        sys.exit(0 if all(passed for _, passed in records) else 1)
     with user_errors(*errors):
         from fit_export.validate import validate_package
         result = validate_package(package, checkpoint=checkpoint, backend=backend, providers=providers or None,
@@ -128,35 +143,80 @@ def validate_command(package, checkpoint, report, providers, methods, e2e_steps,
     sys.exit(0 if result.passed else 1)
 
 
-@main.command("quantize", short_help="Write a package with an int8 variant (dynamic or calibrated static).")
+@main.command("quantize", short_help="Write a package with an int8 variant (ONNX Runtime) or an int8/fp8 Q/DQ "
+              "variant (TensorRT).")
 @click.argument("package", type=click.Path())
 @click.option("--out", "out", required=True, type=click.Path(), help="Package directory to write.")
-@click.option("--mode", type=click.Choice(QUANTIZATION_MODES), default="dynamic", show_default=True,
-              help="dynamic: activations quantized per call; static: QDQ with ranges calibrated on the package's "
-                   "own sampling trajectories.")
-@click.option("--per-channel", is_flag=True, help="One weight scale per output channel (better quality).")
-@click.option("--calibration-images", type=click.IntRange(min=1), default=8, show_default=True,
-              help="--mode static: images sampled to record calibration activations.")
+@click.option("--for", "runtime", type=click.Choice(("onnxruntime", "tensorrt")), default="onnxruntime",
+              show_default=True, help="onnxruntime: an int8 graph for ONNX Runtime (and OpenVINO with --from fp32); "
+              "tensorrt: a Q/DQ graph TensorRT builds int8/fp8 engines from, gated on its quality on the CPU.")
+@click.option("--format", "fmt", type=click.Choice(QDQ_PRECISIONS), default="int8", show_default=True,
+              help="--for tensorrt: int8 or fp8 (E4M3) matrix products.")
+@click.option("--mode", type=click.Choice(QUANTIZATION_MODES), default=None,
+              help="--for onnxruntime: dynamic (default; activations quantized per call) or static (QDQ with ranges "
+                   "calibrated on the package's own sampling trajectories). TensorRT variants are always static.")
+@click.option("--per-channel", is_flag=True, help="One weight scale per output channel (better quality; TensorRT "
+              "variants always have it).")
+@click.option("--calibration-images", type=click.IntRange(min=1), default=None,
+              help="Images sampled to record calibration activations (default 8; --for tensorrt: one per declared "
+                   "size, at least 8).")
+@click.option("--calibration-sizes", help="--for tensorrt: calibrate on these sizes WIDTHxHEIGHT,... only (default: "
+              "every declared size).")
+@click.option("--high-precision", type=click.Choice(QDQ_HIGH_PRECISIONS), default="fp16", show_default=True,
+              help="--for tensorrt: what the rest of the graph computes in (the typed conversion of fit-export build).")
+@click.option("--min-step-cosine", type=float, default=QualityGate.min_step_cosine, show_default=True,
+              help="--for tensorrt gate: per-step cosine against fp32, every step of every size and method.")
+@click.option("--min-psnr", type=float, default=QualityGate.min_psnr_db, show_default=True,
+              help="--for tensorrt gate: image PSNR (dB) against fp32 from the same seeds, every size and method.")
+@click.option("--max-accuracy-drop", type=float, default=QualityGate.max_accuracy_drop, show_default=True,
+              help="--for tensorrt gate: shape-accuracy drop against fp32 at any training size (default model).")
 @click.option("--keep-default", is_flag=True, help="Keep the package's default variant; int8 runs with "
-              "--precision int8 (default: int8 becomes the default).")
+              "--precision int8 (default: int8 becomes the default; TensorRT variants never do).")
 @click.option("--ort-format", is_flag=True, help="Also write the ORT-format model and the operator configuration "
               "of a reduced ONNX Runtime build.")
 @click.option("--from", "source", help="fp32 variant to quantize (default: the one ONNX Runtime runs, the tuned copy "
               "when present; 'fp32': the standard graph, so OpenVINO runs the int8 variant too).")
 @click.option("--no-accuracy", is_flag=True, help="Skip the shape-accuracy part of the validation record.")
 @click.option("--force", is_flag=True, help="Replace an existing package at --out.")
-def quantize_command(package, out, mode, per_channel, calibration_images, keep_default, ort_format, source,
+def quantize_command(package, out, runtime, fmt, mode, per_channel, calibration_images, calibration_sizes,
+                     high_precision, min_step_cosine, min_psnr, max_accuracy_drop, keep_default, ort_format, source,
                      no_accuracy, force):
-    """Write --out: PACKAGE plus transformer.int8.onnx (MatMul/Gemm weights in int8, onnxruntime.quantization),
-    with a validation record against the fp32 variant (per-step cosine, image PSNR, shape accuracy)."""
+    """Write --out: PACKAGE plus an int8 variant for ONNX Runtime (transformer.int8.onnx: MatMul/Gemm weights in
+    int8, onnxruntime.quantization) with a validation record against fp32, or with --for tensorrt a Q/DQ variant
+    (transformer.trt-int8.onnx / transformer.trt-fp8.onnx) whose quality per size and extrapolation method is
+    measured on the CPU first: below the gate nothing is written (one line naming the worst case, exit 2)."""
+    from engines.pipeline import GenerationError
     from fit_export.onnx_export import ExportError
     from fit_export.ort_format import OrtFormatError
     from fit_export.quantize import QuantizeError, quantize_package
-    with user_errors(QuantizeError, OrtFormatError, ExportError, PackageError, OSError):
+    progress = lambda message: click.echo(message, err=True)
+    errors = (QuantizeError, OrtFormatError, ExportError, PackageError, GenerationError, BucketError, OSError)
+    if runtime == "tensorrt":
+        from fit_export.qdq import format_record, quantize_for_tensorrt
+        given = [flag for flag, value in (("--mode dynamic", mode == "dynamic"), ("--per-channel", per_channel),
+                                          ("--keep-default", keep_default), ("--ort-format", ort_format),
+                                          ("--from", source)) if value]
+        if given:
+            raise UserError(f"{given[0]} does not apply to --for tensorrt (Q/DQ variants are static, per channel, "
+                            f"made from transformer.onnx and never the default variant)")
+        with user_errors(BucketError):
+            sizes = parse_sizes(calibration_sizes) if calibration_sizes else None
+        gate = QualityGate(min_step_cosine, min_psnr, max_accuracy_drop)
+        with user_errors(*errors):
+            entry = quantize_for_tensorrt(package, out, fmt, high_precision, calibration_images, sizes, gate,
+                                          accuracy=not no_accuracy, force=force, progress=progress)
+        click.echo(format_record(entry["name"], entry["validation"]))
+        click.echo(f"wrote {out}: {entry['file']} ({fmt} Q/DQ for TensorRT, {high_precision} elsewhere); build it "
+                   f"with: fit-export build {out} --precision {fmt}")
+        return
+    if fmt != "int8" or calibration_sizes or high_precision != "fp16":
+        raise UserError("--format, --calibration-sizes and --high-precision are for --for tensorrt (Q/DQ variants); "
+                        "ONNX Runtime's variant is int8")
+    mode = mode or "dynamic"
+    with user_errors(*errors):
         entry = quantize_package(package, out, mode=mode, per_channel=per_channel,
-                                 calibration_images=calibration_images, force=force, keep_default=keep_default,
-                                 accuracy=not no_accuracy, ort_format=ort_format, source=source,
-                                 progress=lambda message: click.echo(message, err=True))
+                                 calibration_images=calibration_images or 8, force=force, keep_default=keep_default,
+                                 accuracy=not no_accuracy, ort_format=ort_format, source=source, progress=progress)
     v = entry["validation"]
     click.echo(f"wrote {out}: {entry['file']} ({mode}{', per channel' if per_channel else ''}); vs fp32: case "
                f"cosine min {v['min_case_cosine']:.5f}, per-step cosine min {v['min_step_cosine']:.5f}, image PSNR "

@@ -25,7 +25,8 @@ USER_ERRORS = (PackageError, BucketError, BackendError, ValueError, OSError)
                                  "(64,256,1024). Default: the package's declared buckets.")
 @click.option("--precision", type=click.Choice(PRECISIONS),
               help="Engine precision. Default: the ONNX graph's own. fp16/bf16 from an fp32 package build a typed "
-                   "conversion of the graph, checked on ONNX Runtime first. Always strongly typed.")
+                   "conversion of the graph, checked on ONNX Runtime first; int8/fp8 build the package's Q/DQ variant "
+                   "(fit-export quantize --for tensorrt; fp8 needs compute capability 8.9+). Always strongly typed.")
 @click.option("--batch", default="1", show_default=True,
               help="Images per call: N, MIN:MAX or MIN:OPT:MAX. With CFG the graph batch is twice this.")
 @click.option("--cfg/--no-cfg", default=True, show_default=True,

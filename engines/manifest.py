@@ -25,7 +25,7 @@ if TYPE_CHECKING:                                            # annotations only:
 FORMAT = "fit-package"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-VARIANT_PRECISIONS = ("fp32", "fp16", "int8")
+VARIANT_PRECISIONS = ("fp32", "fp16", "int8", "fp8")
 QUANTIZATION_MODES = ("dynamic", "static")       # `quantization.mode` of an int8 variant (`fit-export quantize`)
 ORT_VARIANT = "ort"               # name of the ONNX Runtime-tuned copy (`fit-export ort-optimize`)
 OPENVINO_VARIANT = "ov"           # name of the OpenVINO-tuned copy (`fit-export ov-optimize`)
@@ -153,12 +153,13 @@ class VariantSection(_Section):
     int8 or fp16 version. Every variant follows the package's graph contract (an fp32 package's: float32 ``x``/``v``,
     the fp16 variant of ``fit-export fp16`` too, with its casts inside the graph)."""
 
-    name: str = _doc("variant name (`fit-run --precision NAME`), e.g. `ort`, `ov`, `int8`, `fp16`")
+    name: str = _doc("variant name (`fit-run --precision NAME`), e.g. `ort`, `ov`, `int8`, `fp16`, `trt-int8`")
     file: str = _doc("its ONNX file, e.g. `transformer.ort.onnx`, `transformer.ov.onnx`, `transformer.int8.onnx`, "
                      "`transformer.fp16.onnx`")
-    precision: str = _doc("numbers its weights are stored in: `fp32`, `fp16` or `int8`")
+    precision: str = _doc("numbers its weights are stored in: `fp32`, `fp16`, `int8` or `fp8`")
     runtime: Optional[str] = _doc("the only backend that runs it (`onnxruntime`: opset-23 fused ops, ONNX Runtime's "
-                                  "quantized kernels; `openvino`: the copy rewritten for OpenVINO), or null for any",
+                                  "quantized kernels; `openvino`: the copy rewritten for OpenVINO; `tensorrt`: the "
+                                  "Q/DQ graphs its int8/fp8 engines are built from), or null for any",
                                   default=None)
     opset: Optional[int] = _doc("its ONNX opset", default=None)
     weights_from: Optional[str] = _doc("the file its large initializers are read from (ONNX external data with "
@@ -168,14 +169,16 @@ class VariantSection(_Section):
     fused_attention: int = _doc("attention blocks fused into one op", default=0)
     fused_rotary: int = _doc("RoPE rotations rewritten: into one `RotaryEmbedding` op (`ort`), into one `MatMul` "
                              "(`ov`)", default=0)
-    quantization: Optional[dict] = _doc("`fit-export quantize` settings (mode, per_channel, ops, calibration)",
+    quantization: Optional[dict] = _doc("`fit-export quantize` settings (mode, per_channel, ops, calibration; Q/DQ "
+                                        "variants: format, high_precision)",
                                         default=None)
     check: Optional[dict] = _doc("its comparison with the graph it was made from, when it was written (`fit-export "
                                  "fp16`: the conversion's node counts, the ops kept in float32, the cosine)",
                                  default=None)
     validation: Optional[dict] = _doc("quality against fp32 (`fit-export quantize`: per-step cosine, image "
                                       "PSNR, fit-eval accuracy; `fit-export fp16`: image PSNR at a training, an "
-                                      "off-square and an extrapolated size)", default=None)
+                                      "off-square and an extrapolated size; Q/DQ variants: per size and "
+                                      "extrapolation method, with the gate's thresholds)", default=None)
     ort_format: Optional[str] = _doc("the same graph in ONNX Runtime's ORT format (mobile and reduced builds), or "
                                      "null", default=None)
     operator_config: Optional[str] = _doc("operator configuration of an ONNX Runtime reduced build that runs "

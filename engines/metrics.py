@@ -7,6 +7,7 @@ benchmarks. numpy only (no torch), so the runtime side can use it too.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,3 +31,13 @@ def psnr(a, b, peak: float) -> float:
 
 
 __all__ = ["cosine", "psnr"]
+
+
+@dataclass(frozen=True)
+class QualityGate:
+    """The quality a quantized (Q/DQ) transformer must reach against fp32 before it is written (``fit-export
+    quantize --for tensorrt``): every network evaluation of every size and extrapolation method, every image."""
+
+    min_step_cosine: float = 0.999        # per network evaluation, against fp32 on the same feed
+    min_psnr_db: float = 35.0             # decoded images against fp32 from the same seeds
+    max_accuracy_drop: float = 0.02       # shape accuracy at a training size, fp32 minus quantized (default model)

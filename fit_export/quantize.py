@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -75,9 +75,12 @@ def _checked_copy(feed: dict, out: dict) -> dict:
     return {name: np.array(value, copy=True) for name, value in feed.items()}
 
 
-def record_calibration(package, images: int, seed: int = 0, batch: int = 4, threads: int = 0) -> dict:
-    """Feeds of the package's fp32 transformer recorded while sampling ``images`` requests (sizes: every declared
-    bucket size in turn; classes in turn; seeds from ``seed``), ``batch`` requests per padded batch.
+def record_calibration(package, images: int, seed: int = 0, batch: int = 4, threads: int = 0,
+                       sizes: Optional[Sequence[tuple[int, int]]] = None,
+                       progress: Callable[[str], None] = lambda message: None) -> dict:
+    """Feeds of the package's fp32 transformer recorded while sampling ``images`` requests (sizes: ``sizes``, by
+    default every declared bucket size, in turn; classes in turn; seeds from ``seed``), ``batch`` requests per
+    padded batch.
 
     Returns ``{"feeds": [...], "sizes": [[w, h], ...], "steps": n, "sampler": name, "cfg": scale}``.
     """
@@ -86,7 +89,10 @@ def record_calibration(package, images: int, seed: int = 0, batch: int = 4, thre
     if images < 1:
         raise QuantizeError(f"--calibration-images must be at least 1, got {images}")
     with engines.load(package, precision="fp32", ort_optimized=False, device="cpu", threads=threads) as pipe:
-        sizes = [tuple(s) for b in pipe.manifest.sizes.buckets for s in b.sizes] or [pipe.default_size]
+        if sizes is None:
+            sizes = [tuple(s) for b in pipe.manifest.sizes.buckets for s in b.sizes] or [pipe.default_size]
+        sizes = [pipe.check_size(*s) for s in sizes]
+        progress(f"recording calibration activations from {images} sampled images")
         guided = pipe.manifest.guidance.default_scale != 1.0
         cfg = None if guided else 1.5
         jobs = [pipe.prepare(*sizes[i % len(sizes)], i % pipe.num_classes, seed + i, cfg=cfg)[0]
@@ -173,9 +179,10 @@ def _check_scales(path) -> None:
 #                               Accuracy (shapes)                               #
 #################################################################################
 
-def shapes_accuracy(package, precisions, num_per_class: int = 16, seed: int = 0) -> Optional[dict]:
+def shapes_accuracy(package, runs: Mapping[str, dict], num_per_class: int = 16, seed: int = 0) -> Optional[dict]:
     """The shape classifier's accuracy (fit-eval's classifier and metric) of images the package generates at its
-    training sizes (the declared sizes within the training budget), per precision — for packages of the
+    training sizes (the declared sizes within the training budget), per run (a name -> the ``engines.load``
+    options of the transformer that runs, e.g. ``{"int8": {"precision": "int8"}}``) — for packages of the
     procedural shapes; None for other packages."""
     import engines
     import torch
@@ -193,16 +200,16 @@ def shapes_accuracy(package, precisions, num_per_class: int = 16, seed: int = 0)
     classifier = load_classifier()
     labels = np.repeat(np.arange(len(SHAPES)), num_per_class)
     result = {"num_per_class": num_per_class, "sizes": [list(s) for s in sizes], "accuracy": {}}
-    for precision in precisions:
+    for name, options in runs.items():
         per_size = {}
-        with engines.load(package, precision=precision, device="cpu") as pipe:
+        with engines.load(package, device="cpu", **options) as pipe:
             for width, height in sizes:
                 jobs = [pipe.prepare(width, height, int(c), seed + i)[0] for i, c in enumerate(labels)]
                 images = np.concatenate([np.stack(pipe.generate_many(jobs[i:i + 32]))
                                          for i in range(0, len(jobs), 32)])
                 pixels = torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1)
                 per_size[f"{width}x{height}"] = class_accuracy(classify(classifier, pixels)[0], labels)
-        result["accuracy"][precision] = per_size
+        result["accuracy"][name] = per_size
     return result
 
 
@@ -240,8 +247,7 @@ def quantize_package(package, out, mode: str = "dynamic", per_channel: bool = Fa
     with new_package(out, force=force, base=package) as draft:
         calibration = feeds = None
         if mode == "static":
-            progress(f"recording calibration activations from {calibration_images} sampled images")
-            recorded = record_calibration(package, calibration_images, seed)
+            recorded = record_calibration(package, calibration_images, seed, progress=progress)
             feeds = recorded.pop("feeds")
             calibration = dict(recorded, images=calibration_images, evaluations=len(feeds), method="minmax")
         progress(f"quantizing {source.file} ({mode}{', per channel' if per_channel else ''})")
@@ -294,7 +300,7 @@ def validation_record(package, accuracy: bool = True, progress: Callable[[str], 
               "image_psnr_db": e2e.psnr_db if np.isfinite(e2e.psnr_db) else "inf", "sizes": e2e.sizes}
     if accuracy:
         progress("measuring shape accuracy at the training sizes (int8 and fp32)")
-        shapes = shapes_accuracy(package, [INT8_VARIANT, "fp32"], seed=seed)
+        shapes = shapes_accuracy(package, {name: {"precision": name} for name in (INT8_VARIANT, "fp32")}, seed=seed)
         if shapes is not None:
             record["shapes_accuracy"] = shapes
     return record

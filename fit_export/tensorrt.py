@@ -11,7 +11,10 @@ Precision: every network is parsed *strongly typed* (TensorRT 11 has no other mo
 in the dtype of the ONNX graph. When the requested precision is the graph's own (fp32 -> fp32, fp16 -> fp16) the
 package graph is built as it is; fp16/bf16 from an fp32 package first converts the graph to a typed fp16/bf16
 graph (``fit_export.typed``: LayerNorm, softmax, reductions and the t/RoPE/mask paths stay fp32), checks it on
-ONNX Runtime against the fp32 graph (cosine >= 0.999) and builds that. The same code builds on TensorRT 10 and 11.
+ONNX Runtime against the fp32 graph (cosine >= 0.999) and builds that. int8 and fp8 are built from the package's
+Q/DQ variant of that precision (``fit-export quantize --for tensorrt``, :mod:`fit_export.qdq`: explicit
+quantization, already typed, its quality measured on the CPU when it was written); fp8 needs a GPU of compute
+capability 8.9 or newer. The same code builds on TensorRT 10 and 11.
 
 The timing cache (tactic timings, per TensorRT version and GPU) is loaded before and merged back after each
 build, so rebuilding with other profiles or precisions is much faster. Engines are written atomically: plans
@@ -33,7 +36,9 @@ from engines.atomic import atomic_file
 from engines.buckets import (BatchRange, Bucket, BucketProfile, parse_batch,
                              parse_profiles, plan_profiles)
 from engines.backends.tensorrt.install import GpuInfo, gpu_info, require_tensorrt
-from engines.backends.tensorrt.store import ENGINE_DIR, ENGINE_SUFFIX, PRECISIONS, Sidecar, engine_stem, sidecar_path, write_sidecar
+from engines.backends.tensorrt.store import (ENGINE_DIR, ENGINE_SUFFIX, FP8_MIN_COMPUTE_CAPABILITY, PRECISIONS,
+                                             QDQ_PRECISIONS, EngineMismatchError, Sidecar, engine_stem, qdq_variant,
+                                             sidecar_path, write_sidecar)
 from engines.cache import cache_dir
 from engines.contract import TensorSpec
 from engines.errors import BackendError
@@ -84,11 +89,17 @@ class BuildPlan:
     timing_cache: Optional[Path] = None           # None: the per-TensorRT/GPU file under default_cache_dir()
     optimization_level: Optional[int] = None
     notes: list[str] = field(default_factory=list)
+    variant: str = ""                             # the transformer variant built (onnx_file is its file)
 
     @property
     def converted(self) -> bool:
         """Whether the package's fp32 graph is converted to a typed fp16/bf16 graph before building."""
         return self.precision != self.onnx_precision
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the engine is built from a Q/DQ variant (int8, fp8)."""
+        return self.precision in QDQ_PRECISIONS
 
     @property
     def granularity(self) -> int:
@@ -101,7 +112,8 @@ class BuildPlan:
 
     def to_dict(self) -> dict:
         return {
-            "package": str(self.package), "onnx": self.onnx_file, "onnx_precision": self.onnx_precision,
+            "package": str(self.package), "onnx": self.onnx_file, "variant": self.variant,
+            "onnx_precision": self.onnx_precision,
             "precision": self.precision, "strongly_typed": True, "converted": self.converted, "batch": self.batch.to_dict(),
             "static": self.static,
             "engines": [{"engine": e.engine_file, "sidecar": e.sidecar_file,
@@ -114,7 +126,11 @@ class BuildPlan:
         """Human-readable plan: what ``--dry-run`` prints."""
         b = self.batch
         graph = b.graph
-        typing = ("strongly typed (dtypes as exported)" if not self.converted else
+        high = (self.manifest.transformer.variant(self.variant).quantization or {}).get("high_precision", "fp16") \
+            if self.quantized else ""
+        typing = (f"strongly typed: the Q/DQ variant {self.variant} (linear layers of the token stream in "
+                  f"{self.precision}, the rest {high}; quality measured on the CPU when it was written)"
+                  if self.quantized else "strongly typed (dtypes as exported)" if not self.converted else
                   f"strongly typed: {self.onnx_precision} graph converted to {self.precision} (LayerNorm, softmax, "
                   f"reductions and the t/RoPE/mask paths in fp32), checked on ONNX Runtime before building")
         lines = [
@@ -170,7 +186,14 @@ def plan_build(package, profiles: Optional[str] = None, precision: Optional[str]
     precision = precision or onnx_precision
     if precision not in PRECISIONS:
         raise BuildError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if onnx_precision != "fp32" and precision != onnx_precision:
+    variant = transformer.base
+    if precision in QDQ_PRECISIONS:
+        try:
+            variant = qdq_variant(transformer, precision, package)
+        except EngineMismatchError as err:
+            raise BuildError(str(err)) from None
+        onnx_precision = precision
+    elif onnx_precision != "fp32" and precision != onnx_precision:
         raise BuildError(f"the package graph is {onnx_precision}; build --precision {onnx_precision}, or export an "
                          f"fp32 package to build {precision}")
     if optimization_level is not None and not 0 <= optimization_level <= 5:
@@ -184,8 +207,9 @@ def plan_build(package, profiles: Optional[str] = None, precision: Optional[str]
     else:
         engines = [EngineTarget(engine_stem(precision), planned)]
     inputs = manifest.graph.inputs
-    plan = BuildPlan(package, manifest, transformer.file, onnx_precision, precision, inputs, batch_range,
-                     buckets, static, engines, Path(timing_cache) if timing_cache else None, optimization_level)
+    plan = BuildPlan(package, manifest, variant.file, onnx_precision, precision, inputs, batch_range,
+                     buckets, static, engines, Path(timing_cache) if timing_cache else None, optimization_level,
+                     variant=variant.name)
     max_tokens = manifest.sizes.max_tokens
     beyond = [b.name for b in buckets if max_tokens and b.tokens > max_tokens]
     if beyond:
@@ -196,6 +220,14 @@ def plan_build(package, profiles: Optional[str] = None, precision: Optional[str]
         plan.notes.append("the batch range is not a single value, so no profile is fully static and CUDA graphs "
                           "stay off; use --batch N for CUDA graphs")
     return plan
+
+
+def check_gpu_precision(precision: str, gpu: Optional[GpuInfo]) -> None:
+    """BuildError when ``gpu`` cannot run ``precision`` (fp8 below compute capability 8.9)."""
+    if precision == "fp8" and gpu is not None and tuple(gpu.compute_capability) < FP8_MIN_COMPUTE_CAPABILITY:
+        need = ".".join(map(str, FP8_MIN_COMPUTE_CAPABILITY))
+        raise BuildError(f"fp8 engines need a GPU of compute capability {need} or newer (Ada, Hopper, Blackwell); "
+                         f"{gpu.name} is {gpu.sm}: build --precision int8 or fp16 instead")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -245,6 +277,7 @@ def validation_feeds(plan: BuildPlan, seed: int = 0) -> list[dict]:
 def build_engines(plan: BuildPlan, log: Callable[[str], None] = None, verify_onnx: bool = True) -> list[Path]:
     """Build every engine of ``plan`` into the package; returns the sidecar paths. Needs TensorRT and a GPU."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    check_gpu_precision(plan.precision, gpu_info())
     try:
         require_tensorrt("building TensorRT engines")
     except BackendError as err:
@@ -320,7 +353,7 @@ def build_engines(plan: BuildPlan, log: Callable[[str], None] = None, verify_onn
                        precision=plan.precision, strongly_typed=True, profiles=list(target.profiles),
                        batch=plan.batch.to_dict(), inputs=[s.to_dict() for s in plan.inputs],
                        build_seconds=round(seconds, 1), build_id=build_id,
-                       typed_graph=typed.to_dict() if typed is not None else {})
+                       typed_graph=typed.to_dict() if typed is not None else {}, variant=plan.variant)
         write_sidecar(package / target.sidecar_file, side)
         sidecars.append(package / target.sidecar_file)
     return sidecars

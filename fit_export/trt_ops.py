@@ -114,7 +114,7 @@ _AUX_SLOTS: dict[str, dict[str, dict[int, str]]] = {
     "LayerNormalization": {"out": {1: "FP32", 2: "FP32"}},
     "RotaryEmbedding": {"in": {3: "INT64"}},
     "Attention": {"in": {3: _F + " BOOL"}},
-    "QuantizeLinear": {"in": {1: _F}, "out": {0: "INT8 FP8 FP4 INT4"}},
+    "QuantizeLinear": {"in": {1: _F, 2: "INT8 FP8 FP4 INT4"}, "out": {0: "INT8 FP8 FP4 INT4"}},
     "DequantizeLinear": {"in": {1: _F}, "out": {0: _F}},
     "Range": {},
     "EyeLike": {"in": {0: _FIB + " INT8 UINT8"}},

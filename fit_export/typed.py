@@ -60,7 +60,7 @@ class Conversion:
                 "casts": self.casts, "converted_weights": self.converted_weights}
 
 
-def _constant_array(value: ir.Value):
+def constant_array(value: ir.Value):
     """The float32 array of an initializer or Constant-node output, else None."""
     if value.const_value is not None:
         return value.const_value.numpy()
@@ -100,7 +100,7 @@ def convert(model: ir.Model, precision: str) -> Conversion:
     def as_dtype(value: ir.Value, target: ir.DataType, before: ir.Node) -> ir.Value:
         key = (value, target)
         if key not in converted:
-            array = _constant_array(value)
+            array = constant_array(value)
             if array is not None:
                 with np.errstate(over="ignore"):                # an overflow is caught by validate()
                     data = array.astype(_NUMPY.get(target, np.float32))
@@ -149,7 +149,7 @@ def convert(model: ir.Model, precision: str) -> Conversion:
             graph.append(cast)
             graph.outputs[index] = restored
             counts["casts"] += 1
-    _drop_unused(graph)
+    drop_unused(graph)
     return Conversion(precision, counts["low"], counts["fp32"], counts["casts"], counts["weights"])
 
 
@@ -163,7 +163,8 @@ def save_model(onnx_model: ir.Model, path) -> Optional[str]:
     return data_name
 
 
-def _drop_unused(graph: ir.Graph) -> None:
+def drop_unused(graph: ir.Graph) -> None:
+    """Remove the Constant nodes and initializers nothing reads."""
     for node in reversed(list(graph)):
         if node.op_type == "Constant" and not any(out.uses() or out.is_graph_output() for out in node.outputs):
             graph.remove(node, safe=True)

@@ -19,7 +19,8 @@ of PyTorch (no checkpoint needed; ``fit-export quantize`` records its results th
 
 Pass rules by the precision that runs (:func:`tolerances`): fp32 max abs error <= 1e-4 x output scale and
 end-to-end PSNR >= 40 dB; fp16/bf16 cosine >= 0.999 per case and per step (PSNR reported); OpenVINO bf16 cosine
->= 0.9999 and PSNR >= 40 dB; int8 cosine >= 0.99 and PSNR >= 35 dB. No NaN/Inf anywhere.
+>= 0.9999 and PSNR >= 40 dB; int8 and fp8 (ONNX Runtime's int8 variants, TensorRT's Q/DQ engines) cosine >= 0.99
+and PSNR >= 35 dB. No NaN/Inf anywhere.
 """
 from __future__ import annotations
 
@@ -156,7 +157,7 @@ def tolerances(precision: str, backend: Optional[str] = None) -> dict:
     and per step; the minimum end-to-end PSNR (None: reported only)."""
     if (backend, precision) in _BACKEND_TOLERANCES:
         return dict(_BACKEND_TOLERANCES[backend, precision])
-    if precision == "int8":
+    if precision in ("int8", "fp8"):
         return {"min_cosine": INT8_MIN_COSINE, "min_psnr_db": INT8_MIN_PSNR_DB}
     if precision != "fp32":
         return {"min_cosine": LOW_PRECISION_MIN_COSINE, "min_psnr_db": None}
@@ -431,33 +432,51 @@ def end_to_end(model: Optional[FiT], pipe: Pipeline, provider: str, steps: int, 
                          tail_compression=0.0)[0]
             for i, ((w, h), label) in enumerate(zip(sizes, labels))]
     requests = [job.request for job in jobs]
-    noise = [pipe.noise(r) for r in requests]
     settings = jobs[0].settings
     reference = torch_runner(model) if reference_pipe is None else backend_runner(reference_pipe.backend, "reference")
+    d = pipe.downsample
+
+    def expected(noise):
+        if reference_pipe is not None:
+            return reference_pipe.sample_latents(jobs, noise=noise)
+        return [z.numpy() for z in sample(model, [(r.height // d, r.width // d, r.label) for r in requests],
+                                          sampler=settings.sampler, cfg_scale=settings.cfg,
+                                          scale_pow=settings.scale_pow, noise=[torch.from_numpy(n) for n in noise])]
+
+    with reference:
+        result = trajectory(pipe, jobs, lambda feed: reference.infer(feed)["v"], expected)
+    threshold = limits["min_psnr_db"]
+    passed = result.finite and (result.psnr_db >= threshold if threshold is not None else True) and \
+        result.min_step_cosine >= limits.get("min_cosine", -1.0)
+    return EndToEndResult(provider, steps, settings.cfg, [list(s) for s in sizes], "images", result.psnr_db,
+                          threshold, passed, result.min_step_cosine, len(result.step_cosines))
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    step_cosines: list          # per network evaluation, over the real tokens of the whole call
+    psnr_db: float              # decoded uint8 images against the reference's, peak 255
+    finite: bool                # the final latents have no NaN/Inf
+
+    @property
+    def min_step_cosine(self) -> float:
+        return min(self.step_cosines) if self.step_cosines else 1.0
+
+
+def trajectory(pipe: Pipeline, jobs, reference_infer, reference_latents) -> Trajectory:
+    """Sample ``jobs`` on ``pipe`` from their seeds' noise with ``reference_infer(feed) -> v`` run on every feed of
+    the loop (per-step cosine), then compare the decoded images with those of ``reference_latents(noise)`` (the
+    reference's latents from the same noise)."""
+    noise = [pipe.noise(job.request) for job in jobs]
     cosines: list[float] = []
 
     def compare_step(feed: dict, out: dict) -> None:            # the reference on the very same feed
         real = feed["mask"] != 0
-        ref = reference.infer(feed)["v"]
+        ref = np.asarray(reference_infer(feed), np.float32)
         cosines.append(compare(np.asarray(out["v"], np.float32)[real], ref[real])["cosine"])
 
-    with reference, pipe.tap(compare_step):
+    with pipe.tap(compare_step):
         latents = pipe.sample_latents(jobs, noise=noise)
-    d = pipe.downsample
-    if reference_pipe is None:
-        expected = [z.numpy() for z in sample(model, [(r.height // d, r.width // d, r.label) for r in requests],
-                                              sampler=settings.sampler, cfg_scale=settings.cfg,
-                                              scale_pow=settings.scale_pow,
-                                              noise=[torch.from_numpy(n) for n in noise])]
-    else:
-        expected = reference_pipe.sample_latents(jobs, noise=noise)
     images = np.concatenate([pipe.decode(z).ravel() for z in latents])
-    ref_images = np.concatenate([pipe.decode(z).ravel() for z in expected])
-    value = psnr(images, ref_images, 255.0)
-    worst = min(cosines) if cosines else 1.0
-    finite = all(np.isfinite(z).all() for z in latents)
-    threshold = limits["min_psnr_db"]
-    passed = finite and (value >= threshold if threshold is not None else True) and \
-        worst >= limits.get("min_cosine", -1.0)
-    return EndToEndResult(provider, steps, settings.cfg, [list(s) for s in sizes], "images", value, threshold,
-                          passed, worst, len(cosines))
+    ref_images = np.concatenate([pipe.decode(z).ravel() for z in reference_latents(noise)])
+    return Trajectory(cosines, psnr(images, ref_images, 255.0), all(np.isfinite(z).all() for z in latents))

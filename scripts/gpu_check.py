@@ -16,6 +16,9 @@ and then the report. Steps (each records its numbers, what it compared and ``pas
 * ``export_onnx``  export_package from a model on CUDA; ONNX Runtime (CPU) on the package against the CUDA model
 * ``latency``      the denoiser at the FiTv2-XL shape (random weights, bf16 autocast), eager vs torch.compile,
   batch 1/2/8 x 256/1024 tokens (CUDA events, median of repeats)
+* ``tensorrt_qdq`` when TensorRT imports: the int8 and fp8 Q/DQ variants of a tiny package (fit-export quantize
+  --for tensorrt), their strongly typed engines (fp8 only at compute capability >= 8.9) and fit-export validate
+  --backend tensorrt on them; skipped (and reported so) without TensorRT or a GPU
 
 Every step takes ``--device`` (default cuda) so the plumbing also runs on a CPU (tests/test_gpu_check.py).
 """
@@ -270,6 +273,48 @@ def step_latency(out: Path, device: str = "cuda", quick: bool = False, config: s
             "passed": all(math.isfinite(r.get(f"{m}_ms", math.nan)) for r in rows.values() for m in modes)}
 
 
+QDQ_GATE = {"min_step_cosine": 0.99, "min_psnr_db": 20.0}     # random weights: the plumbing, not the model
+
+
+def step_tensorrt_qdq(out: Path, device: str = "cuda", quick: bool = False) -> dict:
+    """Q/DQ variants -> int8/fp8 engines -> validation against PyTorch, on a tiny package with random weights."""
+    from engines.backends.tensorrt.install import gpu_info, tensorrt_status
+    from engines.backends.tensorrt.store import FP8_MIN_COMPUTE_CAPABILITY
+    from engines.metrics import QualityGate
+
+    missing = tensorrt_status() if device == "cuda" else ["a CUDA device (--device cpu)"]
+    if missing:
+        return {"skipped": "needs " + "; ".join(missing), "passed": True}
+    from fit_export import export_package
+    from fit_export.qdq import quantize_for_tensorrt
+    from fit_export.tensorrt import build_engines, plan_build
+    from fit_export.validate import validate_package
+
+    gpu = gpu_info()
+    formats = ["int8"] + (["fp8"] if tuple(gpu.compute_capability) >= FP8_MIN_COMPUTE_CAPABILITY else [])
+    source = export_package(_tiny_model("cpu"), None, out / "qdq-source", force=True, include_weights=True,
+                            sizes=[(256, 256), (384, 128), (320, 320)], buckets=[256, 400], default_steps=4)
+    results = {}
+    for fmt in formats:
+        package = out / f"qdq-{fmt}"
+        start = time.perf_counter()
+        entry = quantize_for_tensorrt(source, package, fmt, calibration_images=3, gate=QualityGate(**QDQ_GATE),
+                                      force=True)
+        quantize_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        build_engines(plan_build(package, precision=fmt, batch="1:2"), log=lambda message: None)
+        build_seconds = time.perf_counter() - start
+        report = validate_package(package, backend="tensorrt", precision=fmt, e2e_steps=4)
+        cases = [c for c in report.cases if not c.note.startswith("skipped")]
+        results[fmt] = {"quantize_seconds": round(quantize_seconds, 1), "build_seconds": round(build_seconds, 1),
+                        "cpu_record_worst": entry["validation"]["worst"],
+                        "engine_min_case_cosine": min((c.cosine for c in cases), default=math.nan),
+                        "engine_min_step_cosine": report.end_to_end[0].min_step_cosine,
+                        "engine_psnr_db": report.end_to_end[0].psnr_db, "validation_passed": report.passed}
+    return {"gpu": gpu.name, "compute_capability": list(gpu.compute_capability), "formats": results,
+            "fp8_skipped": "fp8" not in formats, "passed": all(r["validation_passed"] for r in results.values())}
+
+
 STEPS: dict[str, Callable[..., dict]] = {
     "pytest_gpu": step_pytest_gpu,
     "train_bf16": step_train_bf16,
@@ -277,6 +322,7 @@ STEPS: dict[str, Callable[..., dict]] = {
     "sampling": step_sampling,
     "export_onnx": step_export_onnx,
     "latency": step_latency,
+    "tensorrt_qdq": step_tensorrt_qdq,
 }
 # Steps scripts/gpu_check.sh starts under torchrun.
 TORCHRUN_STEPS = ("ddp_nccl",)
@@ -347,6 +393,8 @@ def write_report(out: Path, report_dir=None) -> dict:
 def _summary(step: dict) -> str:
     if "error" in step:
         return step["error"]
+    if "skipped" in step:
+        return f"skipped: {step['skipped']}"
     name = step["step"]
     if name == "pytest_gpu":
         return (f"{step['tests']} tests, {step['failures']} failed, {step['errors']} errors, {step['skipped']} "
@@ -363,6 +411,10 @@ def _summary(step: dict) -> str:
         return f"max abs {step['max_abs']:.2e} (scale {step['scale']:.3g}), export {step['export_seconds']} s"
     if name == "latency":
         return f"{len(step['rows'])} shapes of {step['config']} ({step['dtype']})"
+    if name == "tensorrt_qdq":
+        return "; ".join(f"{fmt}: engine min case cosine {r['engine_min_case_cosine']:.5f}, image "
+                         f"{r['engine_psnr_db']:.1f} dB, build {r['build_seconds']} s" for fmt, r in
+                         step["formats"].items()) + (" (fp8: GPU below sm_89)" if step["fp8_skipped"] else "")
     return ""
 
 

@@ -33,7 +33,7 @@ def test_dry_run_lists_every_step_and_runs_nothing(tmp_path):
     assert lines[0] == f"{sys.executable} -m pip install --no-deps --no-build-isolation -q -e ."
     run_lines = [line for line in lines if " -m scripts.gpu_check run " in line]
     assert [line.split(" run ")[1].split()[0] for line in run_lines] == steps() == [
-        "pytest_gpu", "train_bf16", "ddp_nccl", "sampling", "export_onnx", "latency"]
+        "pytest_gpu", "train_bf16", "ddp_nccl", "sampling", "export_onnx", "latency", "tensorrt_qdq"]
     ddp = next(line for line in lines if " run ddp_nccl " in line)
     assert "-m torch.distributed.run --standalone --nproc_per_node=1 -m scripts.gpu_check" in ddp
     assert all(line.startswith("timeout ") for line in run_lines)
@@ -44,7 +44,7 @@ def test_dry_run_lists_every_step_and_runs_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("step, extra", [
-    ("pytest_gpu", []), ("train_bf16", []), ("sampling", []),
+    ("pytest_gpu", []), ("train_bf16", []), ("sampling", []), ("tensorrt_qdq", []),
     ("latency", ["--config", "fitv2-tiny", "--shapes", "1x16,2x16", "--no-compile"]),
     pytest.param("export_onnx", [], marks=pytest.mark.slow),           # ~20 s of torch.export
 ])
@@ -58,6 +58,8 @@ def test_cheap_steps_run_on_the_cpu(tmp_path, step, extra):
         assert result["skip_reasons"][0].startswith("TensorRT tests need")
     if step == "latency":
         assert [(r["batch"], r["tokens"]) for r in result["rows"]] == [(1, 16), (2, 16)]
+    if step == "tensorrt_qdq":                                        # no TensorRT, no CUDA: reported as skipped
+        assert result["skipped"].startswith("needs ") and "skipped: needs" in proc.stdout
 
 
 def test_report_merges_steps_and_names_missing_ones(tmp_path):

@@ -27,6 +27,8 @@ def test_backend_registered_as_trt_and_refuses_cleanly(own_package):
     backend = create_backend("trt", own_package)
     assert isinstance(backend, TensorRTBackend) and backend.name == "tensorrt"
     with pytest.raises(BackendError, match="precision"):
+        create_backend("tensorrt", own_package, precision="int4")
+    with pytest.raises(BackendError, match="no int8 Q/DQ variant for TensorRT; write one with: fit-export quantize"):
         create_backend("tensorrt", own_package, precision="int8")
     if tensorrt_status():
         with pytest.raises(BackendError, match="the TensorRT backend needs"):

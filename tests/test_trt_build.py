@@ -60,7 +60,8 @@ def test_default_profiles_come_from_the_package(package):
 @pytest.mark.parametrize("args, fragment", [
     (["--profiles", "256x250"], "off the pixel grid"),
     (["--batch", "3:1"], "--batch 3:1"),
-    (["--precision", "int8"], "Invalid value for '--precision'"),
+    (["--precision", "int4"], "Invalid value for '--precision'"),
+    (["--precision", "int8"], "no int8 Q/DQ variant for TensorRT; write one with: fit-export quantize"),
     (["--optimization-level", "9"], "optimization-level must be 0..5"),
 ])
 def test_build_rejects_bad_input_in_one_line(package, args, fragment):

@@ -168,9 +168,10 @@ def test_tensorrt_honours_the_default_variant(tmp_path):
     (package / "manifest.json").write_text(json.dumps(doc_with([INT8_ORT], default="int8")))
     with pytest.raises(BackendError, match=r"default transformer variant is 'int8' \(int8\), which TensorRT does "
                                            r"not run \(its engines are built from transformer.onnx in fp32, fp16, "
-                                           r"bf16\); run it on onnxruntime, or choose an engine with --precision"):
+                                           r"bf16, or from a Q/DQ variant in int8, fp8\); run it on onnxruntime, or "
+                                           r"choose an engine with --precision"):
         create_backend("tensorrt", package)
-    with pytest.raises(BackendError, match="TensorRT does not run the transformer variant 'int8'"):
+    with pytest.raises(BackendError, match="int8 variant 'int8' is not a Q/DQ graph for TensorRT"):
         create_backend("tensorrt", package, precision="int8")
     assert create_backend("tensorrt", package, precision="fp16").variant == "fp32"      # built on activate()
     assert create_backend("tensorrt", DEFAULT_MODEL_DIR).variant == "fp32"

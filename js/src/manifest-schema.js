@@ -6,7 +6,7 @@ export const SCHEMA = {
     "FORMAT": "fit-package",
     "FORMAT_VERSION": 1,
     "MANIFEST_NAME": "manifest.json",
-    "VARIANT_PRECISIONS": ["fp32", "fp16", "int8"],
+    "VARIANT_PRECISIONS": ["fp32", "fp16", "int8", "fp8"],
     "ORT_VARIANT": "ort",
     "LATENT_SPACES": ["sd-vae", "pixel"],
     "PRECISIONS": ["fp32", "fp16"],

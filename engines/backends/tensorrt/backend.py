@@ -26,8 +26,8 @@ from engines.buckets import BucketError, Range, choose_profile
 from engines.errors import BackendError, PackageError
 from engines.manifest import Manifest
 from engines.package import load_manifest
-from engines.backends.tensorrt.store import (PRECISIONS, EngineMismatchError, Sidecar, rebuild_command, select_engines,
-                                 verify_engine_file)
+from engines.backends.tensorrt.store import (PRECISIONS, QDQ_PRECISIONS, TYPED_PRECISIONS, EngineMismatchError, Sidecar,
+                                             qdq_variant, rebuild_command, select_engines, verify_engine_file)
 from engines.backends.tensorrt.install import gpu_info, require_tensorrt
 
 
@@ -72,7 +72,8 @@ class _Slot:
 class TensorRTBackend(Backend):
     """Runs the transformer graph from TensorRT engines in the package.
 
-    precision: pick the engine of this precision (fp32/fp16/bf16); default: the newest matching build
+    precision: pick the engine of this precision (fp32/fp16/bf16, or int8/fp8 built from the package's Q/DQ
+        variant; its name, ``trt-int8``, works too); default: the newest matching build
     cuda_graphs: capture and replay CUDA graphs for profiles with static shapes
     verify: check the engine file's sha256 against its sidecar before loading (size is always checked)
     device: CUDA device index
@@ -91,19 +92,28 @@ class TensorRTBackend(Backend):
         except PackageError as err:
             raise BackendError(str(err)) from None
         transformer = self.manifest.transformer
-        engine_source = f"built from {transformer.file} in {', '.join(PRECISIONS)}"
+        engine_source = (f"built from {transformer.file} in {', '.join(TYPED_PRECISIONS)}, or from a Q/DQ variant in "
+                         f"{', '.join(QDQ_PRECISIONS)}")
         if precision is not None and precision not in PRECISIONS:
-            if precision in [v.name for v in transformer.all_variants()]:
+            named = next((v for v in transformer.all_variants() if v.name == precision), None)
+            if named is not None and named.runtime == self.name:
+                precision = named.precision                       # trt-int8 -> int8: the engines built from it
+            elif named is not None:
                 raise BackendError(f"TensorRT does not run the transformer variant {precision!r}: its engines are "
                                    f"{engine_source}; choose --precision {'|'.join(PRECISIONS)} or another backend")
-            raise BackendError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+            else:
+                raise BackendError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         default = transformer.default
-        if precision is None and default.precision not in PRECISIONS:
+        if precision is None and default.runtime == self.name:
+            precision = default.precision
+        elif precision is None and default.precision not in TYPED_PRECISIONS:
             # Every runtime honours the manifest's default variant (one seed, one image): an engine would not.
             raise BackendError(f"the package's default transformer variant is {default.name!r} ({default.precision}), "
                                f"which TensorRT does not run (its engines are {engine_source}); run it on "
                                f"onnxruntime, or choose an engine with --precision {'|'.join(PRECISIONS)}")
-        self.variant = transformer.base.name          # what the engines were built from (transformer.file)
+        self.variant = transformer.base.name          # what the engines were built from (set from their sidecar)
+        if precision in QDQ_PRECISIONS:
+            self.variant = qdq_variant(transformer, precision, self.package).name     # refused when there is none
         self.precision = precision
         self.cuda_graphs = cuda_graphs
         self.verify = verify
@@ -127,6 +137,7 @@ class TensorRTBackend(Backend):
         self.sidecars = select_engines(self.package, self.manifest, precision=self.precision,
                                        trt_version=trt.__version__, gpu=gpu_info(self.device))
         self.precision = self.sidecars[0][1].precision
+        self.variant = self.sidecars[0][1].variant or self.variant
         self._stream = self._cuda.stream()
         self._logger = trt.Logger(trt.Logger.WARNING)                 # must outlive the runtime and engines
         trt.init_libnvinfer_plugins(self._logger, "")                 # engines may hold TensorRT's own plugins

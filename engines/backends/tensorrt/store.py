@@ -27,7 +27,11 @@ SIDECAR_FORMAT = "fit-tensorrt-engine"
 SIDECAR_VERSION = 1
 ENGINE_DIR = "engines"
 ENGINE_SUFFIX = ".plan"
-PRECISIONS = ("fp32", "fp16", "bf16")
+TYPED_PRECISIONS = ("fp32", "fp16", "bf16")      # built from transformer.file (as it is, or a typed conversion)
+QDQ_PRECISIONS = ("int8", "fp8")                  # built from the package's Q/DQ variant of that precision
+QDQ_HIGH_PRECISIONS = ("fp16", "bf16")            # what a Q/DQ variant computes in outside its quantized products
+PRECISIONS = TYPED_PRECISIONS + QDQ_PRECISIONS
+FP8_MIN_COMPUTE_CAPABILITY = (8, 9)               # Ada, Hopper and later have fp8 tensor cores
 
 
 class EngineMismatchError(BackendError):
@@ -63,6 +67,7 @@ class Sidecar:
     created: str = ""
     build_id: str = ""               # shared by the engines of one per-bucket build
     typed_graph: dict = field(default_factory=dict)   # fp16/bf16 from an fp32 graph: the conversion and its check
+    variant: str = ""                # the transformer variant built (its file is onnx_file): trt-int8, trt-fp8, fp32
 
     def to_dict(self) -> dict:
         specs = [TensorSpec.from_dict(s) for s in self.inputs]
@@ -80,6 +85,7 @@ class Sidecar:
             "created": self.created or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "build_id": self.build_id,
             "typed_graph": self.typed_graph,
+            "variant": self.variant,
         }
 
     @classmethod
@@ -100,7 +106,7 @@ class Sidecar:
                 profiles=[BucketProfile.from_dict(p) for p in doc["profiles"]], batch=doc.get("batch", {}),
                 inputs=doc.get("inputs", []), build_seconds=doc.get("build_seconds"),
                 created=doc.get("created", ""), build_id=doc.get("build_id", ""),
-                typed_graph=doc.get("typed_graph", {}))
+                typed_graph=doc.get("typed_graph", {}), variant=doc.get("variant", ""))
         except (KeyError, TypeError, ValueError) as err:
             raise EngineMismatchError(f"{source} is incomplete ({err!r}); rebuild the engine with fit-export build"
                                       ) from None
@@ -144,7 +150,9 @@ def sidecar_mismatches(sidecar: Sidecar, *, onnx_sha256: str, trt_version: Optio
     model of the same compute capability runs but was tuned for another card, which is not refused.
     """
     reasons = []
-    if sidecar.onnx_sha256 != onnx_sha256:
+    if not onnx_sha256:
+        reasons.append(f"it was built from {sidecar.onnx_file}, which the package no longer lists")
+    elif sidecar.onnx_sha256 != onnx_sha256:
         reasons.append(f"it was built from another {sidecar.onnx_file} (sha256 {sidecar.onnx_sha256[:12]}…, the "
                        f"package has {onnx_sha256[:12]}…)")
     if trt_version is not None and sidecar.tensorrt_version != trt_version:
@@ -154,6 +162,28 @@ def sidecar_mismatches(sidecar: Sidecar, *, onnx_sha256: str, trt_version: Optio
     if precision is not None and sidecar.precision != precision:
         reasons.append(f"it is {sidecar.precision}, {precision} was asked for")
     return reasons
+
+
+def qdq_variant(transformer, precision: str, package="PACKAGE"):
+    """The Q/DQ variant (``runtime: tensorrt``) an int8/fp8 engine is built from. Raises EngineMismatchError, with
+    the command that writes one, when the package has none (an ONNX Runtime int8 variant is not one: TensorRT
+    builds neither MatMulInteger nor asymmetric QDQ graphs)."""
+    found = next((v for v in transformer.variants if v.runtime == "tensorrt" and v.precision == precision), None)
+    if found is not None:
+        return found
+    make = f"fit-export quantize {package} --out DIR --for tensorrt --format {precision}"
+    other = next((v for v in transformer.variants if v.precision == precision), None)
+    if other is not None:
+        raise EngineMismatchError(f"the package's {precision} variant {other.name!r} is not a Q/DQ graph for TensorRT "
+                                  f"(it is made for {other.runtime or 'ONNX Runtime and OpenVINO'}); write one "
+                                  f"with: {make}")
+    raise EngineMismatchError(f"the package has no {precision} Q/DQ variant for TensorRT; write one with: {make}")
+
+
+def graph_sha256(manifest: Manifest, name: str) -> str:
+    """The sha256 the manifest lists for the graph ``name`` an engine was built from ("" when it lists none)."""
+    entry = manifest.files.get(name)
+    return entry.sha256 if entry is not None else ""
 
 
 def rebuild_command(package: Path, sidecars: Sequence[Sidecar]) -> str:
@@ -186,18 +216,17 @@ def select_engines(package: Path, manifest: Manifest, *, precision: Optional[str
     """
     package = Path(package)
     found = find_sidecars(package)
-    onnx_name = manifest.transformer.file
     if not found:
         raise EngineMismatchError(f"package {package} has no TensorRT engines; build them on this machine with "
                                   f"`fit-export build {package} --profiles ...` (see docs/tensorrt.md)")
-    onnx_sha = manifest.files[onnx_name].sha256
     builds: dict[str, list[tuple[Path, Sidecar]]] = {}
     for path, side in found:
         builds.setdefault(side.build_id or path.name, []).append((path, side))
     rejected = []
     for build in sorted(builds.values(), key=lambda b: b[0][1].created, reverse=True):
         reasons = sorted({r for _, side in build for r in sidecar_mismatches(
-            side, onnx_sha256=onnx_sha, trt_version=trt_version, gpu=gpu, precision=precision)})
+            side, onnx_sha256=graph_sha256(manifest, side.onnx_file), trt_version=trt_version, gpu=gpu,
+            precision=precision)})
         if not reasons:
             return build
         rejected.append((build, reasons))
