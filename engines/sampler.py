@@ -174,7 +174,8 @@ def guide(out: np.ndarray, cfg_scale: float, t: np.ndarray, guided: int, scale_p
 
 def shift_time(u: float, shift: float) -> float:
     """u / (u + shift (1 - u)) in float64: the time at fraction u of the steps (u itself when shift is 1). With
-    shift > 1 the steps are shorter near noise (t = 0), as in SD3 and Flux; u = 0 and 1 stay 0 and 1."""
+    shift > 1 the steps are shorter near noise (t = 0), as in SD3 and Flux; u = 0 and 1 stay 0 and 1. Arithmetic
+    only, so it also bends a tensor of training times (fit.train's ``timestep_shift``)."""
     return u if shift == 1.0 else u / (u + shift * (1.0 - u))
 
 

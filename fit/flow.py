@@ -25,12 +25,6 @@ def logit_normal_t(n: int, generator: Optional[torch.Generator] = None, device=N
     return torch.sigmoid(u)
 
 
-def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
-    """t / (t + s (1 - t)): with s > 1 more training time near noise (t = 0), which large tokens (many pixels
-    each) need to learn the layout; s = 1 leaves t unchanged."""
-    return t if shift == 1.0 else t / (t + shift * (1 - t))
-
-
 def interpolate(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor):
     """(x_t, velocity target) for noise x0, data x1 and t (B,)."""
     tt = t.view(-1, *([1] * (x1.dim() - 1)))

@@ -36,10 +36,11 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from engines.atomic import atomic_file, atomic_write
+from engines.sampler import shift_time
 from fit.config import PRESETS, ConfigError, FiTConfig, network_from_document, preset, read_yaml
 from fit.data import DataError, FlexibleDataset, open_dataset
 from fit.data.batching import pad_batch
-from fit.flow import interpolate, logit_normal_t, masked_velocity_loss, shift_timesteps
+from fit.flow import interpolate, logit_normal_t, masked_velocity_loss
 from fit.hr import init_from_pretrained, set_trainable
 from fit.loading import CheckpointError
 from fit.model import FiT
@@ -205,7 +206,7 @@ class SampleStream(torch.utils.data.Dataset):
         else:
             raise DataError("100 unreadable samples in a row; check the data folder")
         sample["noise"] = torch.randn(sample["feature"].shape, generator=g)
-        sample["t"] = shift_timesteps(logit_normal_t(1, generator=g), self.timestep_shift)[0]
+        sample["t"] = shift_time(logit_normal_t(1, generator=g), self.timestep_shift)[0]
         sample["drop"] = torch.rand((), generator=g) < self.drop_prob
         return sample
 

@@ -256,13 +256,13 @@ def test_timestep_shift_moves_training_time_toward_noise():
     import torch
 
     from fit.config import ConfigError
-    from fit.flow import shift_timesteps
+    from engines.sampler import shift_time          # the samplers' grid bend, also on training times (tensors)
     from fit.train import TrainSettings
 
     t = torch.linspace(0.05, 0.95, 19)
-    assert torch.equal(shift_timesteps(t, 1.0), t)
-    shifted = shift_timesteps(t, 3.0)
+    assert torch.equal(shift_time(t, 1.0), t)
+    shifted = shift_time(t, 3.0)
     assert torch.all(shifted < t) and torch.all(shifted > 0)
-    assert torch.allclose(shift_timesteps(torch.tensor([0.5]), 3.0), torch.tensor([0.25]))
+    assert torch.allclose(shift_time(torch.tensor([0.5]), 3.0), torch.tensor([0.25]))
     with pytest.raises(ConfigError):
         TrainSettings(timestep_shift=0)
